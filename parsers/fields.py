@@ -1,0 +1,127 @@
+"""Field helpers shared by the MTA parsers.
+
+The client IP is the one field an attacker must never be able to choose, so it is
+only ever taken from the MTA's fixed ``name[ip]`` slot and always validated (and
+canonicalised) by :mod:`ipaddress`. Addresses are normalised the same way for every
+MTA so that counts from Postfix, Exim and Sendmail use the same keys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+_IP_CACHE: dict[str, str | None] = {}
+_IP_CACHE_MAX = 65536
+
+
+def normalize_ip(text: str) -> str | None:
+    """Canonical text of an IPv4/IPv6 address, or None if ``text`` is not one.
+
+    Accepts Sendmail's ``IPv6:`` prefix; IPv4-mapped IPv6 becomes plain IPv4 so the
+    same client is one key whichever way the MTA printed it."""
+    cached = _IP_CACHE.get(text, False)
+    if cached is not False:
+        return cached  # type: ignore[return-value]
+    raw = text
+    if raw[:5].lower() == "ipv6:":
+        raw = raw[5:]
+    try:
+        addr = ipaddress.ip_address(raw)
+    except ValueError:
+        result = None
+    else:
+        mapped = getattr(addr, "ipv4_mapped", None)
+        result = str(mapped if mapped is not None else addr)
+    if len(_IP_CACHE) >= _IP_CACHE_MAX:
+        _IP_CACHE.clear()
+    _IP_CACHE[text] = result
+    return result
+
+
+def split_client(field: str) -> tuple[str | None, str | None]:
+    """``name[ip]`` or ``name[ip]:port`` or ``[ip]:port`` -> (name, ip).
+
+    The name (reverse DNS, validated by the MTA) cannot contain ``[``, so the first
+    bracket opens the IP. Anything that does not validate as an IP gives ip=None."""
+    i = field.find("[")
+    if i < 0:
+        return None, None
+    j = field.find("]", i)
+    if j < 0:
+        return None, None
+    name = field[:i] or None
+    return name, normalize_ip(field[i + 1 : j])
+
+
+def clean_address(text: str | None) -> str | None:
+    """Envelope address as logged -> lower-case key without angle brackets; the null
+    sender (``<>`` or empty) is ``"<>"``. None stays None (not logged)."""
+    if text is None:
+        return None
+    if text[:1] == "<" and text[-1:] == ">":
+        text = text[1:-1]
+    if not text:
+        return "<>"
+    return text.lower()
+
+
+def domain_of(address: str) -> str | None:
+    """The domain part of an address key, or None for the null sender / bare names."""
+    i = address.rfind("@")
+    if i < 0 or i == len(address) - 1:
+        return None
+    return address[i + 1 :]
+
+
+def split_dsn(reply: str) -> tuple[int | None, str | None]:
+    """``550 5.1.1 text`` -> (550, "5.1.1"); either part None when absent."""
+    code = None
+    enhanced = None
+    parts = reply.split(" ", 2)
+    if parts and len(parts[0]) == 3 and parts[0].isdigit():
+        code = int(parts[0])
+        if len(parts) > 1 and _looks_enhanced(parts[1]):
+            enhanced = parts[1]
+    elif parts and _looks_enhanced(parts[0]):
+        enhanced = parts[0]
+    return code, enhanced
+
+
+def _looks_enhanced(token: str) -> bool:
+    bits = token.split(".")
+    return len(bits) == 3 and bits[0] in ("2", "4", "5") and bits[1].isdigit() and bits[2].isdigit()
+
+
+def classify_reason(text: str) -> str:
+    """A reject's free text -> one reason class from smtpguard_logwatch.events.
+
+    Order matters: the most specific signals first."""
+    t = text.lower()
+    if "blocked using" in t or " listed at " in t or "blacklist" in t or "rbl" in t \
+            or "spamhaus" in t or "dnsbl" in t or "blocklist" in t:
+        return "dnsbl"
+    if "relay access denied" in t or "relaying denied" in t or "relay not permitted" in t:
+        return "relay_denied"
+    if "user unknown" in t or "unknown user" in t or "no such user" in t \
+            or "undeliverable address" in t or "mailbox unavailable" in t \
+            or "addressee unknown" in t or "recipient address rejected: user unknown" in t:
+        return "unknown_user"
+    if "rate limit" in t or "ratelimit" in t or "too many connections" in t \
+            or "too many open connections" in t or "concurrency limit" in t:
+        return "rate_limit"
+    if "helo command rejected" in t or "helo" in t:
+        return "helo"
+    if "sender address rejected" in t or "sender verify" in t or "domain of sender" in t \
+            or "sender address" in t:
+        return "sender"
+    if "client host rejected" in t or "cannot find your hostname" in t \
+            or "forged" in t or "access denied" in t:
+        return "client"
+    if "authentication required" in t or "auth required" in t or "authentication is required" in t:
+        return "auth_required"
+    if "virus" in t or "spam" in t or "content" in t or "milter" in t or "header" in t \
+            or "body" in t or "message rejected" in t:
+        return "content"
+    if "command rejected" in t or "pipelining" in t or "protocol" in t or "syntax" in t:
+        return "protocol"
+    return "policy"

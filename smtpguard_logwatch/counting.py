@@ -1,0 +1,157 @@
+"""Whole-run counts per dimension and key: what ``replay`` summarises.
+
+Per event only the base dimensions are touched (client IP, sender, SASL user,
+recipient domain); client networks and sender domains are sums of those and are
+derived once at the end, which keeps the per-event cost low.
+
+Metric definitions (the documented contract of ``replay --json``):
+
+``connections``   SMTP sessions (SessionOpened).
+``messages``      messages accepted into the queue (MessageAccepted; a copy
+                  re-injected by a content filter is not a second message).
+``recipients``    recipients of those messages (the MTA's recipient count) for
+                  client_ip/client_net/sender/sender_domain/sasl_user; for
+                  recipient_domain, distinct recipients of accepted messages seen
+                  in delivery lines (a deferred-then-delivered recipient counts once).
+``rejects``       SMTP-level rejections at any stage (Rejection).
+``auth_failures`` failed SMTP AUTH attempts (AuthFailure); for sasl_user, keyed by
+                  the user name the client tried, when the MTA logged it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from typing import Any
+
+from .events import (
+    AuthFailure,
+    Event,
+    MessageAccepted,
+    RecipientOutcome,
+    Rejection,
+    SessionOpened,
+)
+from .parsers.fields import domain_of
+
+METRICS = ("connections", "messages", "recipients", "rejects", "auth_failures")
+DIMENSIONS = (
+    "client_ip", "client_net", "sender", "sender_domain", "sasl_user", "recipient_domain",
+)
+CONNECTIONS, MESSAGES, RECIPIENTS, REJECTS, AUTH_FAILURES = range(5)
+
+
+def _row() -> list[int]:
+    return [0, 0, 0, 0, 0]
+
+
+class _Rows(dict[str, list[int]]):
+    """key -> [connections, messages, recipients, rejects, auth_failures]."""
+
+    def __missing__(self, key: str) -> list[int]:
+        row = self[key] = _row()
+        return row
+
+
+def network_of(ip: str) -> str:
+    """The /24 (IPv4) or /64 (IPv6) network an address belongs to, as CIDR text."""
+    if ":" in ip:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    a, b, c, _d = ip.split(".")
+    return f"{a}.{b}.{c}.0/24"
+
+
+class Counts:
+    """Consumes events (``consume`` is the pipeline's sink) and keeps totals."""
+
+    def __init__(self) -> None:
+        self.client_ip = _Rows()
+        self.sender = _Rows()
+        self.sasl_user = _Rows()
+        self.recipient_domain = _Rows()
+        self.kinds: Counter[type] = Counter()
+
+    def consume(self, ev: Event) -> None:
+        kind = type(ev)
+        self.kinds[kind] += 1
+        if kind is MessageAccepted:
+            n = ev.nrcpt
+            for rows, key in ((self.client_ip, ev.ip), (self.sender, ev.sender),
+                              (self.sasl_user, ev.sasl_user)):
+                if key is not None:
+                    row = rows[key]
+                    row[MESSAGES] += 1
+                    row[RECIPIENTS] += n
+        elif kind is RecipientOutcome:
+            # Only recipients of messages we saw accepted: orphans (lines whose
+            # message started before the log) and Postfix's own bounces carry
+            # neither client nor sender.
+            if ev.first and not ev.reinjected and (ev.ip is not None or ev.sender is not None):
+                domain = domain_of(ev.recipient)
+                if domain is not None:
+                    self.recipient_domain[domain][RECIPIENTS] += 1
+        elif kind is SessionOpened:
+            if ev.ip is not None:
+                self.client_ip[ev.ip][CONNECTIONS] += 1
+        elif kind is Rejection:
+            if ev.ip is not None:
+                self.client_ip[ev.ip][REJECTS] += 1
+            if ev.sender is not None:
+                self.sender[ev.sender][REJECTS] += 1
+            if ev.recipient is not None:
+                domain = domain_of(ev.recipient)
+                if domain is not None:
+                    self.recipient_domain[domain][REJECTS] += 1
+        elif kind is AuthFailure:
+            if ev.ip is not None:
+                self.client_ip[ev.ip][AUTH_FAILURES] += 1
+            if ev.user is not None:
+                self.sasl_user[ev.user][AUTH_FAILURES] += 1
+
+    # -- results ------------------------------------------------------------------
+
+    def dimension_rows(self) -> dict[str, dict[str, list[int]]]:
+        """Every dimension's rows, derived ones included."""
+        nets: dict[str, list[int]] = _Rows()
+        for ip, row in self.client_ip.items():
+            _add(nets[network_of(ip)], row)
+        domains: dict[str, list[int]] = _Rows()
+        for sender, row in self.sender.items():
+            domain = domain_of(sender)
+            if domain is not None:
+                _add(domains[domain], row)
+        return {
+            "client_ip": self.client_ip,
+            "client_net": nets,
+            "sender": self.sender,
+            "sender_domain": domains,
+            "sasl_user": self.sasl_user,
+            "recipient_domain": self.recipient_domain,
+        }
+
+    def as_json(self) -> dict[str, dict[str, dict[str, int]]]:
+        return {
+            dim: {key: dict(zip(METRICS, row, strict=True)) for key, row in sorted(rows.items())}
+            for dim, rows in self.dimension_rows().items()
+        }
+
+    def events_by_kind(self) -> dict[str, int]:
+        return {kind.__name__: n for kind, n in sorted(self.kinds.items(),
+                                                        key=lambda kv: kv[0].__name__)}
+
+    def top(self, dimension: str, metric: str, n: int = 10) -> list[tuple[str, int]]:
+        index = METRICS.index(metric)
+        rows = self.dimension_rows()[dimension]
+        ranked = sorted(((row[index], key) for key, row in rows.items() if row[index]),
+                        key=lambda vk: (-vk[0], vk[1]))
+        return [(key, value) for value, key in ranked[:n]]
+
+
+def _add(target: list[int], row: list[int]) -> None:
+    for i, v in enumerate(row):
+        target[i] += v
+
+
+def summary_json(counts: Counts, lines: dict[str, Any]) -> dict[str, Any]:
+    """The replay JSON object (decisions are added by the engine when it runs)."""
+    return {"lines": lines, "events": counts.events_by_kind(), "counts": counts.as_json()}
