@@ -9,6 +9,13 @@ MTA so that counts from Postfix, Exim and Sendmail use the same keys.
 from __future__ import annotations
 
 import ipaddress
+import re
+
+# Canonical dotted-quad (no leading zeros): the form every MTA prints. Matching it
+# is ~10x cheaper than ipaddress, and a match is already the canonical text.
+_IPV4 = re.compile(
+    r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+).fullmatch
 
 _IP_CACHE: dict[str, str | None] = {}
 _IP_CACHE_MAX = 65536
@@ -19,6 +26,8 @@ def normalize_ip(text: str) -> str | None:
 
     Accepts Sendmail's ``IPv6:`` prefix; IPv4-mapped IPv6 becomes plain IPv4 so the
     same client is one key whichever way the MTA printed it."""
+    if _IPV4(text) is not None:
+        return text
     cached = _IP_CACHE.get(text, False)
     if cached is not False:
         return cached  # type: ignore[return-value]

@@ -77,7 +77,6 @@ _RATE_WARNING = re.compile(
     r"(?P<what>[A-Za-z ]+) (?:rate|count|concurrency) limit exceeded: \d+ from "
     r"(?P<client>[^\[\s]*\[[^\]]*\])"
 )
-_QUEUE_ID = re.compile(r"[0-9A-F]{5,20}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,20}")
 
 
 class _Session:
@@ -183,7 +182,7 @@ class PostfixParser:
                 return self._reject_line(t, host, pid, None, rest)
             if head == "warning":
                 return self._smtpd_warning(t, host, pid, rest)
-            if _QUEUE_ID.fullmatch(head):
+            if head.isalnum() and 5 <= len(head) <= 20:
                 if rest.startswith("client="):
                     return self._client(t, host, pid, head, rest)
                 return self._reject_line(t, host, pid, head, rest)

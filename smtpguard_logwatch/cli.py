@@ -120,8 +120,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.json:
         doc = summary_json(counts, pipeline.stats.as_dict())
         doc["files"] = [s.name for s in ordered]
-        json.dump(doc, sys.stdout, separators=(",", ":"))
-        sys.stdout.write("\n")
+        # dumps, not dump: dump streams through the pure-Python encoder.
+        sys.stdout.write(json.dumps(doc, separators=(",", ":")) + "\n")
     else:
         write_summary(sys.stdout, pipeline.stats, counts, top=args.top,
                       files=[s.name for s in ordered])
