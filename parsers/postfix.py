@@ -363,11 +363,8 @@ class PostfixParser:
             return True
         if rest.startswith("from=<"):
             end = rest.rfind(">, size=")
-            if end < 0:
-                end = rest.rfind(">, status=")
-                if end >= 0:  # expired, returned to sender
-                    return True
-                return False
+            if end < 0:  # "from=<s>, status=expired, returned to sender"
+                return rest.rfind(">, status=") >= 0
             record = self.messages.get((host, qid))
             if record is None or record.accepted:
                 return True  # orphan (before our log) or re-queued deferred message

@@ -9,6 +9,8 @@ Metric definitions (the documented contract of ``replay --json``):
 ``connections``   SMTP sessions (SessionOpened).
 ``messages``      messages accepted into the queue (MessageAccepted; a copy
                   re-injected by a content filter is not a second message).
+``messages``      for recipient_domain: accepted messages with at least one
+                  recipient in that domain.
 ``recipients``    recipients of those messages (the MTA's recipient count) for
                   client_ip/client_net/sender/sender_domain/sasl_user; for
                   recipient_domain, distinct recipients of accepted messages seen
@@ -39,6 +41,7 @@ DIMENSIONS = (
     "client_ip", "client_net", "sender", "sender_domain", "sasl_user", "recipient_domain",
 )
 CONNECTIONS, MESSAGES, RECIPIENTS, REJECTS, AUTH_FAILURES = range(5)
+_MESSAGE_DOMAINS_MAX = 200_000
 
 
 def _row() -> list[int]:
@@ -70,6 +73,20 @@ class Counts:
         self.sasl_user = _Rows()
         self.recipient_domain = _Rows()
         self.kinds: Counter[type] = Counter()
+        # (host, queue id, domain) already counted as a message to that domain; a
+        # bounded insertion-ordered set, since messages complete within minutes.
+        self._message_domains: dict[tuple[str, str, str], None] = {}
+
+    def _first_to_domain(self, host: str, queue_id: str, domain: str) -> bool:
+        seen = self._message_domains
+        key = (host, queue_id, domain)
+        if key in seen:
+            return False
+        if len(seen) >= _MESSAGE_DOMAINS_MAX:
+            for old in list(seen)[: _MESSAGE_DOMAINS_MAX // 10]:
+                del seen[old]
+        seen[key] = None
+        return True
 
     def consume(self, ev: Event) -> None:
         kind = type(ev)
@@ -89,7 +106,10 @@ class Counts:
             if ev.first and not ev.reinjected and (ev.ip is not None or ev.sender is not None):
                 domain = domain_of(ev.recipient)
                 if domain is not None:
-                    self.recipient_domain[domain][RECIPIENTS] += 1
+                    row = self.recipient_domain[domain]
+                    row[RECIPIENTS] += 1
+                    if self._first_to_domain(ev.mta_host, ev.queue_id, domain):
+                        row[MESSAGES] += 1
         elif kind is SessionOpened:
             if ev.ip is not None:
                 self.client_ip[ev.ip][CONNECTIONS] += 1

@@ -11,7 +11,7 @@ from smtpguard_logwatch.parsers.base import ParserOptions
 from smtpguard_logwatch.pipeline import LineStats, Pipeline
 
 
-def feed(lines: Iterable[str], *, year: int = 2026, parsers: list[str] | None = ["postfix"],
+def feed(lines: Iterable[str], *, year: int = 2026, parsers: list[str] | None = None,
          options: ParserOptions | None = None, finish: bool = True
          ) -> tuple[list[Event], LineStats]:
     """Events and line statistics for these lines (UTC, year-less stamps in ``year``)."""

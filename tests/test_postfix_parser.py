@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from feed import feed, of_kind
-
+from smtpguard_logwatch.envelope import Clock
 from smtpguard_logwatch.events import (
     AuthFailure,
     MessageAccepted,
@@ -15,9 +14,10 @@ from smtpguard_logwatch.events import (
     SessionClosed,
     SessionOpened,
 )
-from smtpguard_logwatch.envelope import Clock
 from smtpguard_logwatch.parsers.base import ParserOptions
 from smtpguard_logwatch.pipeline import Pipeline
+
+from feed import feed, of_kind
 
 H = "Jun 18 07:24:{:02d} mx postfix/{}: {}"
 
@@ -39,8 +39,8 @@ def message(qid: str, ip: str, sender: str, rcpts: list[str], *, sec: int = 10,
         out += lines((sec + 1, "smtp[7]", f"{qid}: to=<{r}>, relay=mx.example[198.51.100.1]:25, "
                       "delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0, status=sent (250 2.0.0 Ok)"))
     out += lines((sec + 1, "qmgr[3]", f"{qid}: removed"),
-                 (sec + 1, f"smtpd[{pid}]", f"disconnect from h[{ip}] ehlo=1 mail=1 rcpt={len(rcpts)} "
-                  f"data=1 quit=1 commands={len(rcpts) + 4}"))
+                 (sec + 1, f"smtpd[{pid}]", f"disconnect from h[{ip}] ehlo=1 mail=1 "
+                  f"rcpt={len(rcpts)} data=1 quit=1 commands={len(rcpts) + 4}"))
     return out
 
 
@@ -121,7 +121,8 @@ def test_pickup_local_submission() -> None:
 
 def test_orphan_qmgr_line_is_not_a_message() -> None:
     # A bounce Postfix generated itself, or a message from before the log started.
-    events, _ = feed(lines((1, "qmgr[3]", "FFFFF66666: from=<>, size=3000, nrcpt=1 (queue active)")))
+    orphan = "FFFFF66666: from=<>, size=3000, nrcpt=1 (queue active)"
+    events, _ = feed(lines((1, "qmgr[3]", orphan)))
     assert of_kind(events, MessageAccepted) == []
 
 

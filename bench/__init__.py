@@ -1,0 +1,1 @@
+"""Benchmarks and the seeded log generator (see README.md)."""

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Replay benchmark: speed and memory of ``smtpguard-logwatch replay --json`` on a big
+generated Postfix log, and its counts checked against the generator's ground truth.
+
+Why: replay is where admins tune rules on months of logs, so it must stay within a
+small factor of merely reading the file (target: replay <= 5 x a bare Python read
+loop) and within a fixed memory budget (target: peak RSS <= 150 MB) however long the
+log is; and its counts must equal the truth exactly.
+
+    python bench/bench_replay.py [--lines 1000000] [--seed 42] [--keep]
+                                 [--extra-args "--timezone UTC"]
+
+The log and its truth are cached in bench/out/ (gitignored), keyed by lines, seed,
+format and a hash of generate_log.py, so a changed generator regenerates them. The
+read loop and the replay each run --runs times (default 3); the best wall time
+counts, and the peak RSS of every replay child is taken from os.wait4 (its own
+rusage). Exit status is non-zero only when something crashed (generator, replay,
+unreadable JSON) -- never for missing a target or a count mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import generate_log  # noqa: E402  (sibling module; works as script and as bench.*)
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+RATIO_TARGET = 5.0
+RSS_TARGET_MB = 150.0
+EXAMPLES = 3
+
+
+def generator_hash() -> str:
+    """Short hash of the generator source: a changed generator means a new cache."""
+    return hashlib.sha1((HERE / "generate_log.py").read_bytes()).hexdigest()[:10]
+
+
+def cached_log(lines: int, seed: int, fmt: str, keep: bool) -> tuple[Path, Path, float | None]:
+    """(log, truth, seconds spent generating or None when reused)."""
+    OUT.mkdir(exist_ok=True)
+    stem = f"replay-{lines}-s{seed}-{fmt}-{generator_hash()}"
+    log, truth = OUT / f"{stem}.log", OUT / f"{stem}.truth.json"
+    if log.exists() and truth.exists():
+        return log, truth, None
+    if not keep:
+        prune(f"replay-{lines}-s{seed}-{fmt}-")
+    cfg = generate_log.Config(lines=lines, seed=seed, fmt=fmt)
+    t0 = time.perf_counter()
+    tmp = log.with_suffix(".log.tmp")
+    with open(tmp, "w", encoding="utf-8", buffering=1 << 20) as fh:
+        doc = generate_log.generate(cfg, fh)
+    generate_log.write_truth(doc, str(truth))
+    tmp.replace(log)  # the log appears only when complete
+    return log, truth, time.perf_counter() - t0
+
+
+def prune(prefix: str) -> None:
+    """Drop cached logs of older generator versions (they are ~150 MB each)."""
+    for p in OUT.glob(prefix + "*"):
+        p.unlink(missing_ok=True)
+
+
+def time_read(path: Path, runs: int) -> list[float]:
+    """The floor: a plain Python loop that only reads the lines."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        with open(path, encoding="utf-8") as fh:
+            for _line in fh:
+                pass
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_replay(path: Path, extra: list[str], out_json: Path,
+               err_path: Path) -> tuple[float, float, int]:
+    """One replay child: (wall seconds, its own peak RSS in MB, exit code)."""
+    cmd = [sys.executable, "-m", "smtpguard_logwatch", "replay", "--json", *extra, str(path)]
+    with open(out_json, "wb") as out, open(err_path, "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code  # reaped by wait4; tell Popen
+    return wall, usage.ru_maxrss / 1024.0, code
+
+
+def compare(truth: dict, replay: dict) -> tuple[list[tuple], list[str]]:
+    """Per dimension and metric: (dim, metric, truth keys, mismatched keys, truth total,
+    replay total); plus a few examples of the largest differences."""
+    rows, examples = [], []
+    tc, rc = truth["counts"], replay.get("counts", {})
+    for dim in generate_log.DIMENSIONS:
+        t, r = tc.get(dim, {}), rc.get(dim, {})
+        keys = sorted(set(t) | set(r))
+        for metric in generate_log.METRICS:
+            diffs = []
+            tt = rt = nonzero = 0
+            for k in keys:
+                a = t.get(k, {}).get(metric, 0)
+                b = r.get(k, {}).get(metric, 0)
+                tt, rt, nonzero = tt + a, rt + b, nonzero + (a != 0)
+                if a != b:
+                    diffs.append((-abs(a - b), k, a, b))
+            rows.append((dim, metric, nonzero, len(diffs), tt, rt))
+            for _, k, a, b in sorted(diffs)[:EXAMPLES]:
+                examples.append(f"{dim:<16} {metric:<13} {k}: truth {a}, replay {b}")
+        if dim not in rc:
+            examples.append(f"{dim}: missing from the replay JSON")
+    return rows, examples
+
+
+def fmt_rate(lines: int, secs: float) -> str:
+    return f"{lines / secs:>12,.0f} lines/s" if secs > 0 else ""
+
+
+def print_report(log: Path, truth: dict, gen_secs: float | None, reads: list[float],
+                 replays: list[tuple[float, float, int]], replay_doc: dict | None) -> None:
+    lines = truth["lines"]
+    size_mb = log.stat().st_size / 1e6
+    best_read = min(reads)
+    print(f"log        {log.relative_to(HERE.parent)}  ({lines:,} lines, {size_mb:.0f} MB)")
+    print(f"generate   {'cached' if gen_secs is None else f'{gen_secs:.1f} s'}")
+    print(f"read loop  {best_read:8.2f} s {fmt_rate(lines, best_read)}   "
+          f"runs {' '.join(f'{x:.2f}' for x in reads)}")
+    if not replays:
+        return
+    walls = [w for w, _, _ in replays]
+    best = min(walls)
+    peak = max(rss for _, rss, _ in replays)
+    ratio = best / best_read
+    print(f"replay     {best:8.2f} s {fmt_rate(lines, best)}   "
+          f"runs {' '.join(f'{x:.2f}' for x in walls)}")
+    print(f"ratio      {ratio:8.2f} x   (target <= {RATIO_TARGET:g})   "
+          f"{'ok' if ratio <= RATIO_TARGET else 'MISSED'}")
+    print(f"peak RSS   {peak:8.1f} MB  (target <= {RSS_TARGET_MB:g})  "
+          f"{'ok' if peak <= RSS_TARGET_MB else 'MISSED'}   "
+          f"runs {' '.join(f'{rss:.0f}' for _, rss, _ in replays)}")
+    if replay_doc is not None:
+        print_counts(truth, replay_doc)
+
+
+def print_counts(truth: dict, replay_doc: dict) -> None:
+    read = replay_doc.get("lines", {}).get("read")
+    print(f"lines read by replay: {read}  (generator wrote {truth['lines']})"
+          + ("" if read == truth["lines"] else "  MISMATCH"))
+    rows, examples = compare(truth, replay_doc)
+    print(f"\n{'dimension':<17}{'metric':<14}{'keys':>8}{'mismatched':>12}"
+          f"{'truth total':>13}{'replay total':>14}")
+    bad = 0
+    for dim, metric, nkeys, nbad, tt, rt in rows:
+        bad += nbad
+        if tt == 0 and rt == 0 and nbad == 0:
+            continue  # a metric this dimension cannot have
+        print(f"{dim:<17}{metric:<14}{nkeys:>8}{nbad:>12}{tt:>13}{rt:>14}"
+              + ("" if nbad == 0 else "  <--"))
+    print(f"\ncounts: {'all equal to the truth' if bad == 0 else f'{bad} mismatching cells'}")
+    for line in examples[:30]:
+        print("  " + line)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--lines", type=int, default=1_000_000)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--format", dest="fmt", default="bsd", choices=("bsd", "maillog", "rfc3339"))
+    p.add_argument("--runs", type=int, default=3, help="best of N (default 3)")
+    p.add_argument("--extra-args", default="", help="more replay arguments (one string)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the last replay's JSON/stderr in bench/out/ and do not prune "
+                        "cached logs of older generator versions")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    log, truth_path, gen_secs = cached_log(a.lines, a.seed, a.fmt, a.keep)
+    truth = json.loads(truth_path.read_text(encoding="utf-8"))
+    reads = time_read(log, a.runs)
+    out_json, err_path = log.with_suffix(".replay.json"), log.with_suffix(".replay.err")
+    extra = shlex.split(a.extra_args)
+    replays = []
+    for _ in range(a.runs):
+        wall, rss, code = run_replay(log, extra, out_json, err_path)
+        if code != 0:
+            print_report(log, truth, gen_secs, reads, [], None)
+            tail = err_path.read_text(errors="replace")[-2000:]
+            print(f"replay exited {code}:\n{tail}", file=sys.stderr)
+            return 2
+        replays.append((wall, rss, code))
+    try:
+        replay_doc = json.loads(out_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print_report(log, truth, gen_secs, reads, replays, None)
+        print(f"replay output is not JSON: {exc}", file=sys.stderr)
+        return 2
+    print_report(log, truth, gen_secs, reads, replays, replay_doc)
+    if not a.keep:
+        out_json.unlink(missing_ok=True)
+        err_path.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Install the system packages the root/end-to-end tests need, on Debian 12, as root.
+#
+#   postfix           - tests/e2e runs a PRIVATE Postfix instance (own config, queue and log
+#                       under a temp dir, own port on 127.0.0.1); the system instance is unused.
+#   libsasl2-modules,
+#   sasl2-bin         - Cyrus SASL PLAIN/LOGIN and saslpasswd2, for the SASL end-to-end test
+#                       (private sasldb; saslauthd is not used).
+#   nftables          - firewall action tests.
+#   iproute2          - network namespace / address helpers for tests.
+#
+# Idempotent and non-interactive: apt-get is skipped when everything is already installed.
+# Services that this run's installs may have started (postfix on port 25, saslauthd) are
+# stopped and disabled. A Postfix that was installed before this run is left alone (the
+# private test instance does not touch it).
+set -euo pipefail
+
+PACKAGES=(postfix libsasl2-modules sasl2-bin nftables iproute2)
+
+say() { printf 'install-test-deps: %s\n' "$*"; }
+die() { printf 'install-test-deps: ERROR: %s\n' "$*" >&2; exit 1; }
+
+[[ ${EUID} -eq 0 ]] || die "must run as root (try: sudo $0)"
+command -v apt-get >/dev/null 2>&1 || die "apt-get not found; this script supports Debian/Ubuntu only"
+command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found"
+
+is_installed() {
+    [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
+}
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if is_installed "$pkg"; then
+        say "$pkg is already installed ($(dpkg-query -W -f='${Version}' "$pkg"))"
+    else
+        missing+=("$pkg")
+    fi
+done
+
+postfix_was_installed=yes
+is_installed postfix || postfix_was_installed=no
+saslbin_was_installed=yes
+is_installed sasl2-bin || saslbin_was_installed=no
+
+if ((${#missing[@]} == 0)); then
+    say "all packages present; skipping apt-get"
+else
+    export DEBIAN_FRONTEND=noninteractive
+    say "preseeding debconf: postfix/main_mailer_type = No configuration"
+    command -v debconf-set-selections >/dev/null 2>&1 \
+        || die "debconf-set-selections not found (package debconf missing?)"
+    debconf-set-selections <<'EOF' || die "debconf-set-selections failed"
+postfix postfix/main_mailer_type select No configuration
+postfix postfix/mailname string localhost.localdomain
+EOF
+    say "running apt-get update"
+    # Lock timeout: on fresh CI VMs unattended-upgrades often holds the dpkg lock for a while.
+    apt-get -o DPkg::Lock::Timeout=300 update -q \
+        || die "apt-get update failed (network or apt sources problem)"
+    say "installing: ${missing[*]}"
+    apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        "${missing[@]}" || die "apt-get install ${missing[*]} failed"
+    for pkg in "${missing[@]}"; do
+        is_installed "$pkg" || die "$pkg still not installed after apt-get install"
+    done
+fi
+
+# Postfix: the tests start their own instance with `postfix -c DIR`; make sure the binaries
+# they need are where the helper looks for them.
+for bin in /usr/sbin/postfix /usr/sbin/postconf /usr/sbin/postqueue /usr/sbin/saslpasswd2; do
+    [[ -x "$bin" ]] || die "$bin missing or not executable after installing ${PACKAGES[*]}"
+done
+getent passwd postfix >/dev/null || die "user 'postfix' does not exist (broken postfix install?)"
+getent group postdrop >/dev/null || die "group 'postdrop' does not exist (broken postfix install?)"
+
+# Stop and disable a service that a package installed by this run may have started.
+quiesce_service() {
+    local unit=$1
+    command -v systemctl >/dev/null 2>&1 || return 0
+    if [[ -d /run/systemd/system ]]; then
+        say "stopping the system $unit service (tests do not use it)"
+        systemctl stop "$unit.service" >/dev/null 2>&1 || true
+    fi
+    # `disable` also works offline (no running systemd, e.g. in a container image build).
+    say "disabling the system $unit service"
+    systemctl disable "$unit.service" >/dev/null 2>&1 || true
+}
+
+if [[ $saslbin_was_installed == no ]]; then
+    quiesce_service saslauthd
+fi
+
+if [[ $postfix_was_installed == no ]]; then
+    # A fresh install with "No configuration" normally starts nothing; other preseeds or an
+    # existing /etc/postfix/main.cf can make the package start the system instance. Stop it.
+    quiesce_service postfix
+    if [[ -f /etc/postfix/main.cf ]] && /usr/sbin/postfix status >/dev/null 2>&1; then
+        say "stopping the running system postfix instance"
+        /usr/sbin/postfix stop || die "could not stop the system postfix instance"
+    fi
+elif [[ -f /etc/postfix/main.cf ]] && /usr/sbin/postfix status >/dev/null 2>&1; then
+    say "note: a system postfix instance is running; leaving it alone" \
+        "(the tests use their own config, queue and port)"
+fi
+
+say "postfix $(/usr/sbin/postconf -d -h mail_version 2>/dev/null || echo '?'), \
+nft $(nft --version 2>/dev/null | awk '{print $2}' || echo '?'), \
+$(ip -V 2>/dev/null | grep -o 'iproute2-[^ ,]*' || echo 'iproute2 ?')"
+command -v nft >/dev/null 2>&1 || die "nft not found after installing nftables"
+command -v ip >/dev/null 2>&1 || die "ip not found after installing iproute2"
+say "done"
