@@ -29,15 +29,17 @@ from smtpguard_logwatch.events import (
     COMMAND_LIMIT,
     DEFERRED,
     DELIVERED,
+    DNS_MISMATCH,
     DNSBL,
     HANGUP,
-    LOST_CONNECTION,
     NON_SMTP_COMMAND,
     PIPELINING,
     PREGREET,
     RATE_LIMIT,
     TOO_MANY_ERRORS,
     AuthFailure,
+    ClientNote,
+    ConnectionLost,
     MessageAccepted,
     ProtocolViolation,
     RecipientOutcome,
@@ -179,6 +181,8 @@ class PostfixParser:
             head = msg[:i]
             rest = msg[i + 2 :]
             if head == "NOQUEUE":
+                if rest.startswith(("lost connection", "timeout")):
+                    return self._smtpd_other(t, host, rest)
                 return self._reject_line(t, host, pid, None, rest)
             if head == "warning":
                 return self._smtpd_warning(t, host, pid, rest)
@@ -295,6 +299,8 @@ class PostfixParser:
         if k > 0 and "authentication failed" in rest:
             _name, ip = split_client(rest[:k])
             tail = rest[k + 7 :]
+            if _SERVER_SIDE_AUTH in tail:
+                return True  # the auth server failed, not the client's password
             mechanism = tail.split(" ", 1)[0] or None
             user = None
             u = tail.rfind(", sasl_username=")
@@ -307,6 +313,12 @@ class PostfixParser:
             _name, ip = split_client(client)
             self.emit(ProtocolViolation(t, host, ip, NON_SMTP_COMMAND, None, detail[:200]))
             return True
+        if rest.startswith("hostname ") and " does not resolve to address " in rest:
+            # "hostname H does not resolve to address IP[: reason]": a DNS fact.
+            addr = rest.split(" does not resolve to address ", 1)[1].split(":", 1)[0]
+            _name, ip = split_client(f"[{addr}]")
+            self.emit(ClientNote(t, host, ip, DNS_MISMATCH, rest[:200]))
+            return True
         m = _RATE_WARNING.match(rest)
         if m is not None:
             _name, ip = split_client(m.group("client"))
@@ -316,6 +328,12 @@ class PostfixParser:
         return True
 
     def _smtpd_other(self, t: float, host: str, msg: str) -> bool:
+        for prefix in _SMTPD_LOST:
+            if msg.startswith(prefix):
+                after, _sep, client = msg[len(prefix) :].partition(" from ")
+                _name, ip = split_client(client)
+                self.emit(ConnectionLost(t, host, ip, after or None, prefix.split(" ", 1)[0]))
+                return True
         for prefix, kind in _SMTPD_VIOLATIONS:
             if msg.startswith(prefix):
                 after, _sep, client = msg[len(prefix) :].partition(" from ")
@@ -482,9 +500,9 @@ def _int(text: str) -> int | None:
 
 _STATUS = {"sent": DELIVERED, "deferred": DEFERRED, "bounced": BOUNCED}
 
+_SMTPD_LOST = ("lost connection after ", "timeout after ")
+_SERVER_SIDE_AUTH = "Connection lost to authentication server"
 _SMTPD_VIOLATIONS = (
-    ("lost connection after ", LOST_CONNECTION),
-    ("timeout after ", LOST_CONNECTION),
     ("too many errors after ", TOO_MANY_ERRORS),
     ("improper command pipelining after ", PIPELINING),
 )
@@ -498,7 +516,7 @@ _POSTSCREEN_VIOLATIONS = (
     ("HANGUP ", HANGUP),
     ("COMMAND COUNT LIMIT", COMMAND_LIMIT),
     ("COMMAND PIPELINING", PIPELINING),
-    ("COMMAND TIME LIMIT", LOST_CONNECTION),
+    ("COMMAND TIME LIMIT", COMMAND_LIMIT),
     ("COMMAND LENGTH LIMIT", COMMAND_LIMIT),
     ("NON-SMTP COMMAND", NON_SMTP_COMMAND),
     ("BARE NEWLINE", PIPELINING),

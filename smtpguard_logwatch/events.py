@@ -49,7 +49,7 @@ BOUNCED = "bounced"
 # Protocol violation kinds (ProtocolViolation.kind).
 PREGREET = "pregreet"
 HANGUP = "hangup"
-LOST_CONNECTION = "lost_connection"
+LOST_CONNECTION = "lost_connection"  # kept for rules; the event is ConnectionLost
 TOO_MANY_ERRORS = "too_many_errors"
 NON_SMTP_COMMAND = "non_smtp_command"
 PIPELINING = "pipelining"
@@ -57,9 +57,14 @@ NO_MAIL = "no_mail"
 COMMAND_LIMIT = "command_limit"
 DROPPED = "dropped"
 VIOLATION_KINDS = (
-    PREGREET, HANGUP, LOST_CONNECTION, TOO_MANY_ERRORS, NON_SMTP_COMMAND,
-    PIPELINING, NO_MAIL, COMMAND_LIMIT, DROPPED,
+    PREGREET, HANGUP, TOO_MANY_ERRORS, NON_SMTP_COMMAND, PIPELINING, NO_MAIL,
+    COMMAND_LIMIT, DROPPED,
 )
+
+# Client note kinds (ClientNote.kind).
+NO_REVERSE_DNS = "no_reverse_dns"
+DNS_MISMATCH = "dns_mismatch"
+NOTE_KINDS = (NO_REVERSE_DNS, DNS_MISMATCH)
 
 
 class SessionOpened(NamedTuple):
@@ -164,14 +169,39 @@ class ProtocolViolation(NamedTuple):
     detail: str | None = None
 
 
+class ConnectionLost(NamedTuple):
+    """The connection ended without QUIT (Postfix ``lost connection after X`` or
+    ``timeout after X``, Exim ``unexpected disconnection``, Sendmail ``lost input
+    channel``). Not a failure on its own: legitimate clients lose connections too;
+    rules may still count them."""
+
+    time: float
+    mta_host: str
+    ip: str | None
+    after: str | None = None
+    detail: str | None = None
+
+
+class ClientNote(NamedTuple):
+    """Something the MTA found out about the client that is not its doing in the
+    session: no reverse DNS, forward/reverse DNS mismatch (``kind`` one of
+    NOTE_KINDS). Not a failure; rules may weigh it."""
+
+    time: float
+    mta_host: str
+    ip: str | None
+    kind: str
+    detail: str | None = None
+
+
 Event = (
     SessionOpened | MessageAccepted | RecipientOutcome | Rejection | AuthFailure
-    | SessionClosed | ProtocolViolation
+    | SessionClosed | ProtocolViolation | ConnectionLost | ClientNote
 )
 
 EVENT_TYPES: tuple[type, ...] = (
     SessionOpened, MessageAccepted, RecipientOutcome, Rejection, AuthFailure,
-    SessionClosed, ProtocolViolation,
+    SessionClosed, ProtocolViolation, ConnectionLost, ClientNote,
 )
 
 # Events that mean "this client did something wrong" (what fail2ban calls a failure).

@@ -7,6 +7,7 @@ import datetime as dt
 from smtpguard_logwatch.envelope import Clock
 from smtpguard_logwatch.events import (
     AuthFailure,
+    ConnectionLost,
     MessageAccepted,
     ProtocolViolation,
     RecipientOutcome,
@@ -179,8 +180,9 @@ def test_auth_failures_and_violations() -> None:
     assert [(a.ip, a.mechanism, a.user) for a in auth] == [
         ("192.0.2.237", "LOGIN", None), ("192.0.2.152", "PLAIN", "admin")]
     violations = of_kind(events, ProtocolViolation)
+    [lost] = of_kind(events, ConnectionLost)
+    assert (lost.ip, lost.after) == ("192.0.2.23", "AUTH")
     assert [(v.ip, v.kind, v.after) for v in violations] == [
-        ("192.0.2.23", "lost_connection", "AUTH"),
         ("192.0.2.11", "too_many_errors", "RCPT"),
         ("192.0.2.12", "pipelining", "NOOP"),
         ("192.0.2.13", "non_smtp_command", None),

@@ -1,0 +1,193 @@
+"""Reading rule files: includes (relative to the including file, globs, optional),
+cycle detection, and a holder that reloads without ever dropping working rules."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from . import syntax as S
+from .compiler import compile_statements
+from .errors import RuleError, Source
+from .grammar import parse
+from .model import RuleSet
+
+PathLike = str | os.PathLike[str]
+
+
+def default_rules_dir() -> Path:
+    """Where the shipped rule files (default.rules, examples/) are: the installed data
+    package ``smtpguard_logwatch.rules_data`` if present, else the source checkout's
+    top-level ``rules/`` directory."""
+    try:
+        spec = importlib.util.find_spec("smtpguard_logwatch.rules_data")
+    except (ImportError, ValueError):
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "default.rules").is_file():
+            return Path(location)
+    return Path(__file__).resolve().parents[2] / "rules"
+
+
+def default_rules_path() -> Path:
+    """The shipped default rule set."""
+    return default_rules_dir() / "default.rules"
+
+
+def _read(path: str, display: str) -> Source:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise RuleError(display, 0, 0, f"cannot read rule file: {exc.strerror or exc}") \
+            from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        partial = Source(display, raw[: exc.start].decode("utf-8", "replace"))
+        raise RuleError.at(partial, len(partial.text), "this file is not UTF-8 text") \
+            from None
+    return Source(display, text)
+
+
+class _Loader:
+    def __init__(self) -> None:
+        self.statements: list[tuple[Source, S.Statement]] = []
+        self.loaded: set[str] = set()  # real paths already read (diamond includes)
+        self.files: list[str] = []
+        self.watch: list[str] = []
+
+    def load(self, path: str, display: str, stack: tuple[str, ...],
+             chain: tuple[str, ...]) -> None:
+        real = os.path.realpath(path)
+        if real in self.loaded:
+            return
+        self.loaded.add(real)
+        src = _read(path, display)
+        self.files.append(os.path.abspath(path))
+        for st in parse(src):
+            if isinstance(st, S.Include):
+                self.include(src, st, path, stack + (real,), chain + (display,))
+            else:
+                self.statements.append((src, st))
+
+    def include(self, src: Source, st: S.Include, path: str, stack: tuple[str, ...],
+                chain: tuple[str, ...]) -> None:
+        base = os.path.dirname(path)
+        target = os.path.join(base, os.path.expanduser(st.path))
+        display_base = os.path.dirname(src.path)
+        if glob.has_magic(st.path):
+            self.watch.append(os.path.abspath(target))
+            matches = sorted(glob.glob(target))
+            if not matches and not st.optional:
+                raise RuleError.at(src, st.path_loc, f"include pattern '{st.path}' matches no "
+                                   f"file (in {os.path.abspath(base) or '.'}); write "
+                                   "'include optional' if that is fine")
+        else:
+            matches = [target]
+            if not os.path.exists(target):
+                if st.optional:
+                    self.watch.append(os.path.abspath(target))
+                    return
+                raise RuleError.at(src, st.path_loc, f"include file not found: '{st.path}' "
+                                   f"(looked for {os.path.abspath(target)})")
+        for m in matches:
+            real = os.path.realpath(m)
+            shown = os.path.normpath(os.path.join(display_base, os.path.relpath(m, base)))
+            if real in stack:
+                cycle = " → ".join(chain + (shown,))
+                raise RuleError.at(src, st.path_loc, f"include cycle: {cycle}")
+            if os.path.isdir(m):
+                raise RuleError.at(src, st.path_loc, f"'{st.path}' is a directory; include "
+                                   f"'{st.path.rstrip('/')}/*.rules' instead")
+            self.load(m, shown, stack, chain)
+
+
+def load_rules(paths: Iterable[PathLike]) -> RuleSet:
+    """Read, include, parse and compile rule files (in the order given) into one
+    RuleSet. Raises RuleError at the first error."""
+    loader = _Loader()
+    for p in paths:
+        p = os.fspath(p)
+        loader.load(p, p, (), ())
+    return compile_statements(loader.statements, loader.files, loader.watch)
+
+
+def load_text(text: str, name: str = "<rules>") -> RuleSet:
+    """Compile rules given as a string (tests, ``--rule`` on a command line). Includes
+    are resolved relative to the current directory."""
+    src = Source(name, text)
+    loader = _Loader()
+    for st in parse(src):
+        if isinstance(st, S.Include):
+            loader.include(src, st, os.path.join(os.getcwd(), name), (), (name,))
+        else:
+            loader.statements.append((src, st))
+    return compile_statements(loader.statements, loader.files, loader.watch)
+
+
+def _fingerprint(ruleset: RuleSet) -> tuple:
+    """Changes when any rule file changes, or an include glob / optional include would
+    now find different files."""
+    parts: list[tuple] = []
+    for f in ruleset.files:
+        try:
+            st = os.stat(f)
+            parts.append((f, st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            parts.append((f, None))
+    for pattern in ruleset.watch:
+        parts.append((pattern, tuple(sorted(glob.glob(pattern)))))
+    return tuple(parts)
+
+
+class RuleHolder:
+    """Holds the current RuleSet and swaps it atomically on reload.
+
+    ``reload()`` never leaves the holder without rules: if the new files are broken it
+    keeps the previous RuleSet and returns the RuleError (so a daemon logs it and carries
+    on). Readers just use ``holder.ruleset``."""
+
+    def __init__(self, paths: Iterable[PathLike], ruleset: RuleSet | None = None) -> None:
+        self.paths = [os.fspath(p) for p in paths]
+        self._lock = threading.Lock()
+        self._ruleset = ruleset if ruleset is not None else load_rules(self.paths)
+        self._fingerprint = _fingerprint(self._ruleset)
+        self.last_error: RuleError | None = None
+
+    @property
+    def ruleset(self) -> RuleSet:
+        return self._ruleset
+
+    def reload(self) -> RuleError | None:
+        """Load the files again; on success swap in the new rules and return None, on
+        error keep the old ones and return the error."""
+        with self._lock:
+            try:
+                new = load_rules(self.paths)
+            except RuleError as exc:
+                self.last_error = exc
+                self._fingerprint = self._current_fingerprint()
+                return exc
+            self._ruleset = new
+            self._fingerprint = _fingerprint(new)
+            self.last_error = None
+            return None
+
+    def _current_fingerprint(self) -> tuple:
+        return _fingerprint(self._ruleset)
+
+    def changed(self) -> bool:
+        """True if a rule file changed since the last (attempted) load."""
+        return _fingerprint(self._ruleset) != self._fingerprint
+
+    def reload_if_changed(self) -> RuleError | None:
+        """For polling loops (scan mode, daemons without SIGHUP): reload only when a file
+        changed. A broken file is reported once, not on every poll."""
+        if not self.changed():
+            return None
+        return self.reload()
