@@ -4,6 +4,9 @@ oracle) and every CrowdSec hub Postfix log."""
 from __future__ import annotations
 
 import pytest
+
+from smtpguard_logwatch.parsers.postfix import PostfixParser
+
 from corpus_oracle import (
     CORPUS,
     attributed,
@@ -13,8 +16,6 @@ from corpus_oracle import (
     iter_cases,
     replay_file,
 )
-
-from smtpguard_logwatch.parsers.postfix import PostfixParser
 
 PARSERS = (PostfixParser,)
 NAME = "fail2ban/postfix"
