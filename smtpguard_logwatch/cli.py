@@ -8,14 +8,21 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .counting import Counts, summary_json
+from .decisions import compare, decision_json, write_compare, write_timeline
 from .envelope import Clock, zone_from_name
+from .events import Event
 from .parsers.base import ParserOptions
 from .pipeline import LineStats, Pipeline
 from .report import write_summary
+from .rules import RuleError, check_main, default_rules_path, load_rules
 from .sources import LogSource, SourceError, chronological, iter_lines, source_for
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 DESCRIPTION = """\
 Reads Postfix, Exim and Sendmail logs, counts what every client IP, network,
@@ -59,7 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rows per top-talker table (default 5)")
     replay.add_argument("--no-progress", action="store_true",
                         help="no progress line on stderr even when it is a terminal")
+    replay.add_argument("--rules", action="append", metavar="FILE",
+                        help="rule file(s) to decide with (repeatable; default: the shipped "
+                             "default.rules)")
+    replay.add_argument("--no-rules", action="store_true",
+                        help="only count: decide nothing")
+    replay.add_argument("--compare", action="append", metavar="FILE",
+                        help="also run these rule file(s) over the same logs and show what "
+                             "they would have decided differently (repeatable)")
+    replay.add_argument("--warmup", default="1h", metavar="DURATION",
+                        help="log time at the start that only builds history, without "
+                             "deciding (default 1h; 0 to decide from the first line)")
+    replay.add_argument("--max-decisions", type=int, default=50, metavar="N",
+                        help="decisions shown in the text timeline (default 50; --json has all)")
     _add_input_options(replay)
+
+    check = sub.add_parser(
+        "check", help="validate rule files and print what they mean",
+        description="Validate rule files (with their includes) and print what they mean "
+                    "in plain English. Errors are reported as FILE:LINE:COLUMN with the "
+                    "offending line and a caret; exit status 1.")
+    check.add_argument("rules", nargs="+", metavar="RULES")
 
     explain = sub.add_parser(
         "explain", help="show the events each log line produces, or why none",
@@ -73,6 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
                          help="show only MTA lines that no parser understood")
     _add_input_options(explain)
     return parser
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``10m``, ``2h``, ``1d``, ``1w`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise UsageError(f"not a duration: {text!r} (use e.g. 90s, 10m, 2h, 1d)") from None
+
+
+class UsageError(Exception):
+    """A bad option value; reported as one line, exit status 2."""
 
 
 def _options(args: argparse.Namespace) -> ParserOptions:
@@ -105,27 +148,64 @@ def _progress_printer(enabled: bool):
     return show
 
 
+def _engine(paths: list[str], warmup: float) -> Engine:
+    from .engine import Engine
+    from .engine.local import LocalNetworks
+
+    return Engine(load_rules(paths), local=LocalNetworks.this_host(), warmup=warmup)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     sources = [source_for(f) for f in args.files]
     make_clock = _clock_factory(args)
+    rules = [] if args.no_rules else (args.rules or [str(default_rules_path())])
+    warmup = parse_duration(args.warmup)
+    engine = _engine(rules, warmup) if rules else None
+    other = _engine(args.compare, warmup) if args.compare else None
     ordered = chronological(sources, make_clock)
     counts = Counts()
-    pipeline = Pipeline(counts.consume, parsers=_parser_names(args), options=_options(args))
+    sinks = [e.consume for e in (engine, other) if e is not None]
+
+    def fan_out(ev: Event) -> None:
+        counts.consume(ev)
+        for sink in sinks:
+            sink(ev)
+
+    pipeline = Pipeline(fan_out if sinks else counts.consume, parsers=_parser_names(args),
+                        options=_options(args))
     show = _progress_printer(not args.no_progress and sys.stderr.isatty())
     for source in ordered:
         pipeline.feed(iter_lines(source), make_clock(source), progress=show)
     pipeline.finish()
     if show is not None:
         sys.stderr.write("\n")
+    decisions = list(engine.decisions()) if engine is not None else []
+    other_decisions = list(other.decisions()) if other is not None else []
     if args.json:
         doc = summary_json(counts, pipeline.stats.as_dict())
         doc["files"] = [s.name for s in ordered]
+        doc["rules"] = rules
+        doc["decisions"] = [decision_json(d) for d in decisions]
+        if other is not None:
+            doc["compare"] = {"rules": args.compare,
+                              "decisions": [decision_json(d) for d in other_decisions],
+                              **compare(decisions, other_decisions)}
         # dumps, not dump: dump streams through the pure-Python encoder.
         sys.stdout.write(json.dumps(doc, separators=(",", ":")) + "\n")
     else:
         write_summary(sys.stdout, pipeline.stats, counts, top=args.top,
                       files=[s.name for s in ordered])
+        if engine is not None:
+            sys.stdout.write(f"\nRules: {', '.join(rules)}\n")
+            write_timeline(sys.stdout, decisions, limit=args.max_decisions)
+        if other is not None:
+            write_compare(sys.stdout, compare(decisions, other_decisions),
+                          ", ".join(rules), ", ".join(args.compare))
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    return check_main(args.rules)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -144,7 +224,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                          only_unparsed=args.only_unparsed)
 
 
-COMMANDS = {"replay": cmd_replay, "explain": cmd_explain}
+COMMANDS = {"replay": cmd_replay, "explain": cmd_explain, "check": cmd_check}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,6 +238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SourceError as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return 1
+    except RuleError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except UsageError as exc:
+        print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, KeyError) as exc:  # bad --timezone, unknown parser
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return 2

@@ -56,12 +56,21 @@ class _Rows(dict[str, list[int]]):
         return row
 
 
+_NETS: dict[str, str] = {}
+
+
 def network_of(ip: str) -> str:
     """The /24 (IPv4) or /64 (IPv6) network an address belongs to, as CIDR text."""
-    if ":" in ip:
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    a, b, c, _d = ip.split(".")
-    return f"{a}.{b}.{c}.0/24"
+    net = _NETS.get(ip)
+    if net is None:
+        if ":" in ip:
+            net = str(ipaddress.IPv6Network((ip, 64), strict=False))
+        else:
+            net = ip[: ip.rfind(".")] + ".0/24"
+        if len(_NETS) >= 65536:
+            _NETS.clear()
+        _NETS[ip] = net
+    return net
 
 
 class Counts:

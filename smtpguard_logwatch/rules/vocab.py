@@ -38,6 +38,7 @@ SUM_METRICS: dict[str, tuple[frozenset[str], str]] = {
     "bounces": (_ALL, "bounced recipients"),
     "deferrals": (_ALL, "deferred deliveries"),
     "violations": (_NET, "protocol violations"),
+    "lost_connections": (_NET, "connections lost without QUIT"),
 }
 
 # Why a sum metric is absent for a dimension (shown in the error).
@@ -46,6 +47,7 @@ SUM_WHY_NOT: dict[str, str] = {
     "rejects": "the MTA logs rejects without the SASL user",
     "auth_failures": "a failed AUTH is only known by client address and the user name tried",
     "violations": "a protocol violation is only known by its client address",
+    "lost_connections": "a lost connection is only known by its client address",
 }
 
 QUALIFIERS: dict[str, tuple[str, ...]] = {

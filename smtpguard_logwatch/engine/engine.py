@@ -1,0 +1,334 @@
+"""The scoring engine: events in, decisions out.
+
+Per event: turn it into metric updates (``observe``), keep only the series the rules
+read, update the frequency store, then evaluate only the rules of the touched
+(dimension, key) pairs that read a touched metric — so the cost of an event does not
+depend on how many keys the store holds. A rule that fires adds points (at most once
+per its ``every`` for one key); points decay; when a key's points reach a step of its
+dimension's ladder, a decision is recorded in the ledger.
+
+Warm-up: with no history at all (a replay's first lines, a daemon's first start),
+every key looks new; ``warmup`` seconds of log time only build history, so a busy
+server seen for the first time is not mistaken for a sudden burst.
+
+Safety: allowlisted keys, loopback and this host's own addresses are never scored;
+the circuit breaker turns refusals into notifications when too many arrive at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..events import Event
+from ..rules.model import ACTION_ORDER, Ladder, LadderStep, Rule, RuleSet
+from ..store import FrequencyStore
+from .breaker import CircuitBreaker
+from .ledger import Decision, Ledger
+from .local import LocalNetworks
+from .observe import event_keys, observe
+from .points import Scores
+
+DEFAULT_MIN_HISTORY = 86400.0  # a key needs a day of history before "x usual" applies
+DEFAULT_FLOOR = 1.0
+# Distinct metrics live in the store under their own names: "recipients" is both a
+# sum (recipients accepted) and a distinct count (distinct recipient addresses).
+DISTINCT = "#"
+ENFORCING = frozenset({"delay", "throttle", "defer", "hold", "refuse"})
+_RANK = {a: i for i, a in enumerate(ACTION_ORDER)}
+
+
+class KeyViewOverStore:
+    """The rule language's KeyView for one (dimension, key) at one moment."""
+
+    __slots__ = ("store", "dimension", "key", "now", "authenticated")
+
+    def __init__(self, store: FrequencyStore, dimension: str, key: str, now: float,
+                 authenticated: bool) -> None:
+        self.store = store
+        self.dimension = dimension
+        self.key = key
+        self.now = now
+        self.authenticated = authenticated
+
+    def count(self, metric: str, window: float) -> float:
+        return self.store.count(self.dimension, self.key, metric, window, self.now)
+
+    def distinct(self, metric: str, window: float) -> int:
+        return self.store.distinct(self.dimension, self.key, DISTINCT + metric, window,
+                                   self.now)
+
+    def baseline(self, metric: str, window: float,
+                 min_history: float | None = None) -> float | None:
+        return self.store.baseline(
+            self.dimension, self.key, metric, window, self.now,
+            min_history=DEFAULT_MIN_HISTORY if min_history is None else min_history,
+            floor=DEFAULT_FLOOR)
+
+
+@dataclass
+class _Penalty:
+    """The step a key is on now, and until when."""
+
+    decision: Decision
+    rank: int
+    until: float | None
+
+
+@dataclass
+class EngineStats:
+    events: int = 0
+    evaluations: int = 0
+    fired: int = 0
+    skipped_allowlisted: int = 0
+    breaker_trips: int = 0
+    by_action: dict[str, int] = field(default_factory=dict)
+
+
+class Engine:
+    """Scores events against a RuleSet and records decisions in a Ledger."""
+
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        *,
+        store: FrequencyStore | None = None,
+        ledger: Ledger | None = None,
+        breaker: CircuitBreaker | None = None,
+        local: LocalNetworks | None = None,
+        on_decision: Callable[[Decision], None] | None = None,
+        warmup: float = 0.0,
+    ) -> None:
+        self.store = store if store is not None else FrequencyStore()
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
+        self.local = local if local is not None else LocalNetworks.loopback_only()
+        self.on_decision = on_decision
+        self.warmup = warmup
+        self._scoring_from: float | None = None
+        self.stats = EngineStats()
+        self.scores = Scores({})
+        self._penalties: dict[tuple[str, str], _Penalty] = {}
+        self._last_fired: dict[tuple[str, str], float] = {}
+        self._next_housekeeping: float | None = None
+        self._next_store_expiry = -math.inf
+        self.set_rules(ruleset)
+
+    # -- configuration -------------------------------------------------------------
+
+    def set_rules(self, ruleset: RuleSet) -> None:
+        """Use new rules (after a reload); counts and points are kept."""
+        self.ruleset = ruleset
+        self._allow_cache: dict[tuple[str, str], bool] = {}
+        dims = set(ruleset.dimensions()) | set(ruleset.ladders)
+        self.scores._half_life = {d: ruleset.half_life(d) for d in dims} | {
+            "*": ruleset.half_life("*")}
+        needed: dict[str, set[str]] = {}
+        rules_for: dict[tuple[str, str], list[Rule]] = {}
+        for rule in ruleset.rules:
+            for kind, metric, _window in rule.metrics:
+                if kind == "distinct":
+                    metric = DISTINCT + metric
+                needed.setdefault(rule.dimension, set()).add(metric)
+                bucket = rules_for.setdefault((rule.dimension, metric), [])
+                if rule not in bucket:
+                    bucket.append(rule)
+        self._needed = needed
+        self._rules_for = rules_for
+
+    # -- the hot path ----------------------------------------------------------------
+
+    def consume(self, ev: Event) -> None:
+        """Take one event (the pipeline's sink)."""
+        self.stats.events += 1
+        now = ev.time
+        if self._next_housekeeping is None or now >= self._next_housekeeping:
+            self.housekeeping(now)
+        if self._penalties:
+            self._extend_on_activity(ev, now)
+        adds, members = observe(ev)
+        if not adds and not members:
+            return
+        needed = self._needed
+        touched: dict[tuple[str, str], set[str]] = {}
+        store = self.store
+        for d, k, metric, n in adds:
+            wanted = needed.get(d)
+            if wanted is not None and metric in wanted:
+                store.add(d, k, metric, now, n)
+                touched.setdefault((d, k), set()).add(metric)
+        for d, k, name, member in members:
+            metric = DISTINCT + name
+            wanted = needed.get(d)
+            if wanted is not None and metric in wanted:
+                store.add_member(d, k, metric, member, now)
+                touched.setdefault((d, k), set()).add(metric)
+        if self._scoring_from is None:
+            self._scoring_from = now + self.warmup
+        if touched and now >= self._scoring_from:
+            authenticated = bool(getattr(ev, "sasl_user", None))
+            for (d, k), metrics in touched.items():
+                self._evaluate(d, k, metrics, now, authenticated)
+
+    def _evaluate(self, dimension: str, key: str, metrics: set[str], now: float,
+                  authenticated: bool) -> None:
+        candidates: list[Rule] = []
+        for metric in metrics:
+            for rule in self._rules_for.get((dimension, metric), ()):
+                if rule not in candidates:
+                    candidates.append(rule)
+        if not candidates:
+            return
+        if self.is_allowlisted(dimension, key):
+            self.stats.skipped_allowlisted += 1
+            return
+        view = KeyViewOverStore(self.store, dimension, key, now, authenticated)
+        fired: list[tuple[Rule, list[str]]] = []
+        for rule in candidates:
+            last = self._last_fired.get((rule.name, key))
+            if last is not None and now - last < rule.every:
+                continue
+            self.stats.evaluations += 1
+            if not rule.key_filter(key) or not rule.condition(view):
+                continue
+            ok, evidence = rule.condition_with_evidence(view)
+            if not ok:
+                continue
+            self._last_fired[(rule.name, key)] = now
+            self.stats.fired += 1
+            self.scores.add((dimension, key), rule.points, now, rule.temporary_for)
+            fired.append((rule, [str(e) for e in evidence]))
+        if fired:
+            self._climb(dimension, key, now, fired)
+
+    def is_allowlisted(self, dimension: str, key: str) -> bool:
+        """No rule may score these: the rule files' allowlist, loopback and this host.
+        Answers are cached: the same few keys come back event after event."""
+        cache = self._allow_cache
+        answer = cache.get((dimension, key))
+        if answer is None:
+            answer = self._allowlisted_uncached(dimension, key)
+            if len(cache) >= 65536:
+                cache.clear()
+            cache[(dimension, key)] = answer
+        return answer
+
+    def _allowlisted_uncached(self, dimension: str, key: str) -> bool:
+        if self.ruleset.allowlist.allows(dimension, key):
+            return True
+        if dimension == "client_ip":
+            return self.local.contains_ip(key)
+        if dimension == "client_net":
+            return self.local.overlaps(key)
+        return False
+
+    # -- the ladder ---------------------------------------------------------------------
+
+    def _climb(self, dimension: str, key: str, now: float,
+               fired: list[tuple[Rule, list[str]]]) -> None:
+        ladder = self.ruleset.ladders.get(dimension)
+        if ladder is None:
+            return
+        points = self.scores.value((dimension, key), now)
+        step = ladder.step_for(points)
+        if step is None:
+            return
+        current = self._penalties.get((dimension, key))
+        if current is not None and (current.until is None or current.until > now):
+            rank = _RANK.get(step.action, 0)
+            if rank <= current.rank:
+                return
+        elif current is not None:
+            del self._penalties[(dimension, key)]
+        self._decide(dimension, key, now, ladder, step, points, fired)
+
+    def _decide(self, dimension: str, key: str, now: float, ladder: Ladder, step: LadderStep,
+                points: float, fired: list[tuple[Rule, list[str]]]) -> None:
+        action, argument, duration = step.action, step.argument, step.duration
+        origin = "rule"
+        evidence: list[dict[str, Any]] = [
+            {"rule": rule.name, "location": rule.location, "points": rule.points,
+             "evidence": lines} for rule, lines in fired]
+        if step is ladder.steps[-1] and ladder.repeat_duration is not None:
+            n = self._repeat_count(dimension, key, now, ladder, step.action)
+            if n >= 1:
+                action = ladder.repeat_action or action
+                argument = ladder.repeat_argument if ladder.repeat_action else argument
+                duration = ladder.repeat_duration_for(n)
+                evidence.append({"repeat_offence": n + 1})
+        if duration is None:
+            duration = self._time_above(dimension, key, now, points, step.points)
+        if action in ENFORCING and not self.breaker.allow(now):
+            evidence.append({"circuit_breaker": f"more than {self.breaker.max_refusals} "
+                             f"enforcing decisions within {self.breaker.window:.0f}s; "
+                             f"'{action}' not applied"})
+            self.stats.breaker_trips += 1
+            action, argument, origin = "notify", None, "breaker"
+        until = now + duration if duration is not None and action != "notify" else None
+        decision = self.ledger.record(Decision(
+            time=now, dimension=dimension, key=key, action=action, until=until,
+            rules=tuple(rule.name for rule, _ in fired), evidence=evidence,
+            points=round(points, 2), argument=argument, origin=origin))
+        self.stats.by_action[action] = self.stats.by_action.get(action, 0) + 1
+        self._penalties[(dimension, key)] = _Penalty(
+            decision, _RANK.get(action, 0) if origin == "rule" else -1,
+            until if until is not None else (now + duration if duration else None))
+        if self.on_decision is not None:
+            self.on_decision(decision)
+
+    def _repeat_count(self, dimension: str, key: str, now: float, ladder: Ladder,
+                      action: str) -> int:
+        """How many earlier top-step penalties this key had within ``repeat_within``."""
+        within = ladder.repeat_within or math.inf
+        earlier = [d for d in self.ledger.for_key(dimension, key)
+                   if d.action in (action, ladder.repeat_action) and d.origin == "rule"
+                   and d.until is not None and now - d.until <= within]
+        return len(earlier)
+
+    def _time_above(self, dimension: str, key: str, now: float, points: float,
+                    threshold: float) -> float | None:
+        """For a step without ``for``: until decay takes the points below it."""
+        half_life = self.ruleset.half_life(dimension)
+        if threshold <= 0 or points <= threshold or not half_life:
+            return half_life or None
+        return half_life * math.log2(points / threshold)
+
+    def _extend_on_activity(self, ev: Event, now: float) -> None:
+        for dk in event_keys(ev):
+            penalty = self._penalties.get(dk)
+            if penalty is None or penalty.until is None or penalty.until <= now:
+                continue
+            ladder = self.ruleset.ladders.get(dk[0])
+            if ladder is None or not ladder.extend_on_activity:
+                continue
+            if penalty.decision.action not in ENFORCING:
+                continue
+            until = now + ladder.extend_on_activity
+            if until > penalty.until + 60:  # at most one ledger write a minute per key
+                penalty.until = until
+                penalty.decision.until = until
+                if penalty.decision.id is not None:
+                    self.ledger.extend(penalty.decision.id, until)
+
+    # -- upkeep --------------------------------------------------------------------------
+
+    def housekeeping(self, now: float) -> None:
+        """Forget expired penalties, decayed scores and old cooldowns (every 10 min of
+        log time); keeps memory proportional to the active keys."""
+        self._next_housekeeping = now + 600
+        for dk in [dk for dk, p in self._penalties.items()
+                   if p.until is not None and p.until <= now]:
+            del self._penalties[dk]
+        self.scores.expire(now)
+        horizon = max((r.every for r in self.ruleset.rules), default=0.0)
+        for rk in [rk for rk, t in self._last_fired.items() if now - t > horizon]:
+            del self._last_fired[rk]
+        if now >= self._next_store_expiry:
+            # A full pass over the store: hourly is enough, as buckets age by the hour.
+            self._next_store_expiry = now + 3600
+            self.store.expire(now)
+
+    def decisions(self) -> Iterable[Decision]:
+        return self.ledger.all()

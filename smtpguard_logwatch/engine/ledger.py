@@ -1,0 +1,103 @@
+"""The decision ledger: every decision — what, on whom, why (rules and evidence), from
+when, until when — in SQLite. Actions are applied and revoked from it; replay writes
+to an in-memory ledger and prints it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    id        INTEGER PRIMARY KEY,
+    time      REAL NOT NULL,
+    dimension TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    argument  REAL,
+    until     REAL,
+    points    REAL,
+    rules     TEXT NOT NULL,
+    evidence  TEXT NOT NULL,
+    origin    TEXT NOT NULL,
+    revoked   REAL
+);
+CREATE INDEX IF NOT EXISTS decisions_key ON decisions (dimension, key);
+CREATE INDEX IF NOT EXISTS decisions_until ON decisions (until);
+"""
+
+
+@dataclass
+class Decision:
+    """One decision. ``until`` None means it has no end (a notification).
+    ``origin``: ``rule`` (the engine), ``manual`` (an operator), ``breaker``."""
+
+    time: float
+    dimension: str
+    key: str
+    action: str
+    until: float | None
+    rules: tuple[str, ...]
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    points: float | None = None
+    argument: float | None = None
+    origin: str = "rule"
+    id: int | None = None
+    revoked: float | None = None
+
+    def active_at(self, now: float) -> bool:
+        return self.revoked is None and self.until is not None and self.until > now
+
+
+class Ledger:
+    """Decisions in SQLite (``:memory:`` by default, a file for the daemon)."""
+
+    def __init__(self, path: str = ":memory:", conn: sqlite3.Connection | None = None) -> None:
+        self.conn = conn if conn is not None else sqlite3.connect(path)
+        self.conn.executescript(SCHEMA)
+
+    def record(self, d: Decision) -> Decision:
+        cur = self.conn.execute(
+            "INSERT INTO decisions (time, dimension, key, action, argument, until, points,"
+            " rules, evidence, origin, revoked) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (d.time, d.dimension, d.key, d.action, d.argument, d.until, d.points,
+             json.dumps(list(d.rules)), json.dumps(d.evidence, default=str), d.origin,
+             d.revoked),
+        )
+        d.id = cur.lastrowid
+        return d
+
+    def revoke(self, decision_id: int, now: float) -> None:
+        self.conn.execute("UPDATE decisions SET revoked = ? WHERE id = ? AND revoked IS NULL",
+                          (now, decision_id))
+
+    def extend(self, decision_id: int, until: float) -> None:
+        self.conn.execute("UPDATE decisions SET until = ? WHERE id = ?", (until, decision_id))
+
+    def all(self) -> Iterator[Decision]:
+        yield from self._select("ORDER BY time, id")
+
+    def active(self, now: float) -> list[Decision]:
+        return list(self._select("WHERE revoked IS NULL AND until > ? ORDER BY time, id", (now,)))
+
+    def for_key(self, dimension: str, key: str) -> list[Decision]:
+        return list(self._select("WHERE dimension = ? AND key = ? ORDER BY time, id",
+                                 (dimension, key)))
+
+    def count_actions(self, dimension: str, key: str, action: str) -> int:
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM decisions WHERE dimension = ? AND key = ? AND action = ?",
+            (dimension, key, action)).fetchone()
+        return int(row[0])
+
+    def _select(self, where: str, params: tuple = ()) -> Iterator[Decision]:
+        cur = self.conn.execute(
+            "SELECT id, time, dimension, key, action, argument, until, points, rules, evidence,"
+            f" origin, revoked FROM decisions {where}", params)
+        for (id_, time, dim, key, action, argument, until, points, rules, evidence, origin,
+             revoked) in cur:
+            yield Decision(time, dim, key, action, until, tuple(json.loads(rules)),
+                           json.loads(evidence), points, argument, origin, id_, revoked)

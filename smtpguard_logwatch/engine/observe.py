@@ -1,0 +1,163 @@
+"""Events -> observations: which (dimension, key) gets which metric.
+
+One function per event type, each returning the updates an event makes. The metric
+names are the rule language's (``rejects``, ``rejects:unknown_user``, distinct
+``client_ips`` …). The engine asks the rule set which series it needs and drops the
+rest before touching the store, so unused metrics cost nothing but a set lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..counting import network_of
+from ..events import (
+    BOUNCED,
+    DEFERRED,
+    AuthFailure,
+    ConnectionLost,
+    Event,
+    MessageAccepted,
+    ProtocolViolation,
+    RecipientOutcome,
+    Rejection,
+    SessionOpened,
+)
+from ..parsers.fields import domain_of
+
+# (dimension, key, metric, amount)
+Add = tuple[str, str, str, float]
+# (dimension, key, distinct metric, member)
+Member = tuple[str, str, str, str]
+Observed = tuple[list[Add], list[Member]]
+
+_NONE: Observed = ([], [])
+
+
+def client_keys(ip: str | None) -> list[tuple[str, str]]:
+    """The client dimensions an event with this IP belongs to."""
+    if ip is None:
+        return []
+    return [("client_ip", ip), ("client_net", network_of(ip))]
+
+
+def sender_keys(sender: str | None) -> list[tuple[str, str]]:
+    if sender is None:
+        return []
+    domain = domain_of(sender)
+    keys = [("sender", sender)]
+    if domain is not None:
+        keys.append(("sender_domain", domain))
+    return keys
+
+
+def _session_opened(ev: SessionOpened) -> Observed:
+    return [(d, k, "connections", 1.0) for d, k in client_keys(ev.ip)], []
+
+
+def _message_accepted(ev: MessageAccepted) -> Observed:
+    keys = client_keys(ev.ip) + sender_keys(ev.sender)
+    if ev.sasl_user:
+        keys.append(("sasl_user", ev.sasl_user))
+    adds: list[Add] = []
+    n = float(ev.nrcpt)
+    for d, k in keys:
+        adds.append((d, k, "messages", 1.0))
+        if n:
+            adds.append((d, k, "recipients", n))
+    members: list[Member] = []
+    for d, k in keys:
+        if ev.ip is not None and d not in ("client_ip", "client_net"):
+            members.append((d, k, "client_ips", ev.ip))
+        if d not in ("sender", "sender_domain"):
+            members.append((d, k, "senders", ev.sender))
+        if ev.sasl_user and d != "sasl_user":
+            members.append((d, k, "sasl_users", ev.sasl_user))
+        for r in ev.recipients:
+            members.append((d, k, "recipients", r))
+    return adds, members
+
+
+def _recipient_outcome(ev: RecipientOutcome) -> Observed:
+    if ev.reinjected or (ev.ip is None and ev.sender is None):
+        return _NONE
+    keys = client_keys(ev.ip) + sender_keys(ev.sender)
+    if ev.sasl_user:
+        keys.append(("sasl_user", ev.sasl_user))
+    domain = domain_of(ev.recipient)
+    adds: list[Add] = []
+    members: list[Member] = []
+    if ev.first:
+        if domain is not None:
+            adds.append(("recipient_domain", domain, "recipients", 1.0))
+        members = [(d, k, "recipients", ev.recipient) for d, k in keys]
+    metric = "bounces" if ev.status == BOUNCED else "deferrals" if ev.status == DEFERRED else None
+    if metric is not None:
+        targets = keys + ([("recipient_domain", domain)] if domain is not None else [])
+        adds.extend((d, k, metric, 1.0) for d, k in targets)
+    return adds, members
+
+
+def _rejection(ev: Rejection) -> Observed:
+    keys = client_keys(ev.ip) + sender_keys(ev.sender)
+    if ev.recipient is not None:
+        domain = domain_of(ev.recipient)
+        if domain is not None:
+            keys.append(("recipient_domain", domain))
+    qualified = f"rejects:{ev.reason}"
+    adds: list[Add] = []
+    for d, k in keys:
+        adds.append((d, k, "rejects", 1.0))
+        adds.append((d, k, qualified, 1.0))
+    return adds, []
+
+
+def _auth_failure(ev: AuthFailure) -> Observed:
+    keys = client_keys(ev.ip)
+    adds = [(d, k, "auth_failures", 1.0) for d, k in keys]
+    members: list[Member] = []
+    if ev.user:
+        adds.append(("sasl_user", ev.user, "auth_failures", 1.0))
+        members = [(d, k, "auth_users", ev.user) for d, k in keys]
+    return adds, members
+
+
+def _violation(ev: ProtocolViolation) -> Observed:
+    qualified = f"violations:{ev.kind}"
+    adds: list[Add] = []
+    for d, k in client_keys(ev.ip):
+        adds.append((d, k, "violations", 1.0))
+        adds.append((d, k, qualified, 1.0))
+    return adds, []
+
+
+def _connection_lost(ev: ConnectionLost) -> Observed:
+    return [(d, k, "lost_connections", 1.0) for d, k in client_keys(ev.ip)], []
+
+
+OBSERVERS: dict[type, Callable[..., Observed]] = {
+    SessionOpened: _session_opened,
+    MessageAccepted: _message_accepted,
+    RecipientOutcome: _recipient_outcome,
+    Rejection: _rejection,
+    AuthFailure: _auth_failure,
+    ProtocolViolation: _violation,
+    ConnectionLost: _connection_lost,
+}
+
+
+def observe(ev: Event) -> Observed:
+    """The metric updates ``ev`` makes (empty for events no metric counts)."""
+    fn = OBSERVERS.get(type(ev))
+    return fn(ev) if fn is not None else _NONE
+
+
+def event_keys(ev: Event) -> list[tuple[str, str]]:
+    """Every (dimension, key) an event is about — for extending penalties on activity."""
+    keys = client_keys(ev.ip)
+    sender = getattr(ev, "sender", None)
+    keys += sender_keys(sender)
+    user = getattr(ev, "sasl_user", None)
+    if user:
+        keys.append(("sasl_user", user))
+    return keys
