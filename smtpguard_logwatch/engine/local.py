@@ -21,7 +21,7 @@ class LocalNetworks(NetworkSet):
 
     @classmethod
     def loopback_only(cls) -> LocalNetworks:
-        return cls(ipaddress.ip_network(n) for n in LOOPBACK)
+        return cls([ipaddress.ip_network(n) for n in LOOPBACK])
 
     @classmethod
     def this_host(cls) -> LocalNetworks:

@@ -1,0 +1,564 @@
+"""Sendmail (``sendmail``, ``sm-mta``, ``sm-msp-queue``, ``sm-acceptingconnections`` …)
+into typed events.
+
+How the join works (shared/notes §2.4):
+
+* A message is keyed by (MTA host, queue id). Sendmail logs the envelope once, as
+  ``QID: from=<s>, size=, class=, nrcpts=, …, relay=name [ip]`` — after the data
+  for an accepted message, or when the envelope is dropped for one that never got
+  that far (then ``size=0`` / ``nrcpts=0``). So a from= line with nrcpts>0 and
+  size>0 is a MessageAccepted; each later ``QID: to=<a>,<b>, …, stat=`` line gives
+  a RecipientOutcome per address, with the client IP and sender of the from= line.
+* Rejections that do not carry the client (``QID: <rcpt>... User unknown``,
+  ``Milter: to=…, reject=…``) come *before* the from= line of their envelope: they
+  wait in the message record and are emitted when the from= line supplies the IP
+  (or with ip=None if it never comes).
+* A session is keyed by (MTA host, pid) — one sendmail child per SMTP connection —
+  and only carries the SASL identity of ``AUTH=server, …, authid=`` to the from=
+  lines of that connection.
+* Sendmail logs no "removed": a message whose recipients have all had a final
+  outcome moves to a short-lived table (session_ttl) for stragglers; others expire
+  after queue_ttl.
+
+The client IP comes only from ``relay=… [ip]`` / the ``name [ip] (may be forged)``
+client slot Sendmail writes itself. On the lines where client text precedes
+``relay=`` (``arg1=<rcpt>``, ``user=``), the slot is found by the line's structure,
+not by searching the free text.
+"""
+
+from __future__ import annotations
+
+import re
+
+from smtpguard_logwatch.events import (
+    BOUNCED,
+    CLIENT,
+    COMMAND_LIMIT,
+    CONTENT,
+    DEFERRED,
+    DELIVERED,
+    NO_MAIL,
+    POLICY,
+    PREGREET,
+    RELAY_DENIED,
+    UNKNOWN_USER,
+    AuthFailure,
+    ConnectionLost,
+    MessageAccepted,
+    ProtocolViolation,
+    RecipientOutcome,
+    Rejection,
+    SessionOpened,
+)
+
+from .base import Emit, Handler, JoinTable, ParserOptions
+from .fields import classify_reason, clean_address, normalize_ip, split_dsn
+
+# <…> with quoted runs, as Sendmail logs an envelope address (``<"a, b>"@c>``).
+_ANGLE = re.compile(r'<(?:[^<>"\\]|\\.|"(?:[^"\\]|\\.)*")*>')
+# One address of a ``to=`` list: commas inside quotes or <…> do not split.
+_LIST_ITEM = re.compile(r'(?:[^,"<]|"(?:[^"\\]|\\.)*"?|<(?:[^<>"\\]|\\.|"(?:[^"\\]|\\.)*")*>?)+')
+_ENVELOPE = re.compile(
+    r", size=(\d+), class=-?\d+, (?:pri=\d+, )?nrcpts=(\d+)(?P<rest>.*)", re.S
+)
+_STAGES = {
+    "check_relay": "CONNECT", "check_mail": "MAIL", "check_rcpt": "RCPT",
+    "check_compat": "RCPT", "check_data": "DATA", "check_eom": "DATA", "check_eoh": "DATA",
+    "check_etrn": "ETRN", "check_expn": "EXPN", "check_vrfy": "VRFY", "tls_client": "STARTTLS",
+    "srv_features": "CONNECT", "try_tls": "STARTTLS",
+}
+_QUIET = (
+    "STARTTLS", "AUTH=client", "starting daemon", "alias database", "SYSERR", "clone ",
+    "DSN:", "done", "sender notify", "return to sender", "Authentication-Warning",
+    "Milter", "milter", "rejecting connections on daemon", "accepting connections again",
+    "collect:", "ctladdr=", "delay=", "relay=", "tcpwrappers", "Too many recipients",
+    "Possible SMTP RCPT flood", "Saved message", "postmaster notify", "load average",
+    "runqueue", "grew WorkList", "makeconnection",
+    "Syntax error", "discarded", "headers too large", "message size", "/", "gethostbyaddr",
+    "My unqualified host name", "unable to qualify my own domain name", "daemon ",
+)
+_FORGED = " (may be forged)"
+# The whole client slot Sendmail writes in front of its own text: "[user@]name [ip]",
+# "[ip]", optionally "(may be forged)". Lines whose prefix is not exactly this are
+# not the line we took them for.
+_SLOT = re.compile(r"(?:([^\s\[\]]+) )?\[([^\]\s]+)\](?: \(may be forged\))?")
+# Where client text may imitate the relay= slot, at most this many candidates are
+# weighed; a line with more is left unattributed.
+MAX_CANDIDATES = 8
+
+
+def client_ip(text: str) -> tuple[str | None, str | None]:
+    """Sendmail's client slot ``[user@]name [ip][ (may be forged)]`` -> (name, ip).
+
+    Only the bracketed address at the very end counts; ``[IPv6:…]`` is accepted."""
+    if text.endswith(_FORGED):
+        text = text[: -len(_FORGED)]
+    if not text.endswith("]"):
+        return (text or None), None
+    i = text.rfind("[")
+    if i < 0:
+        return None, None
+    name = text[:i].rstrip() or None
+    return name, normalize_ip(text[i + 1 : -1])
+
+
+def slot(text: str) -> tuple[str | None, str | None] | None:
+    """(name, ip) if ``text`` is exactly a client slot, else None."""
+    m = _SLOT.fullmatch(text)
+    if m is None:
+        return None
+    return m.group(1), normalize_ip(m.group(2))
+
+
+def classify(text: str) -> str:
+    """Sendmail's own wording first, then the shared classifier."""
+    t = text.lower()
+    if "user unknown" in t or "no such user" in t:
+        return UNKNOWN_USER
+    if "relaying denied" in t:
+        return RELAY_DENIED
+    if "reverse dns" in t or "resolve ptr" in t or "name lookup failed" in t:
+        return CLIENT
+    if "relaying temporarily denied" in t:
+        return CLIENT
+    return classify_reason(text)
+
+
+def _status(dsn: str | None, stat: str) -> str | None:
+    if dsn and dsn[:1] in "245":
+        return {"2": DELIVERED, "4": DEFERRED, "5": BOUNCED}[dsn[0]]
+    word = stat.split(" ", 1)[0].rstrip(":").lower()
+    if word == "sent":
+        return DELIVERED
+    if word == "deferred":
+        return DEFERRED
+    if word == "queued":
+        return None
+    return BOUNCED
+
+
+class _Message:
+    __slots__ = ("ip", "name", "sender", "sasl_user", "enveloped", "nrcpts", "final",
+                 "seen", "pending", "more")
+
+    def __init__(self) -> None:
+        self.ip: str | None = None
+        self.name: str | None = None
+        self.sender: str | None = None
+        self.sasl_user: str | None = None
+        self.enveloped = False  # the from= line was seen
+        self.nrcpts = 0
+        self.final = 0  # recipients with a final (not deferred) outcome
+        self.seen: dict[str, bool] | None = None  # recipient -> had a final outcome
+        # (time, stage, recipient, sender, text) waiting for the from= line
+        self.pending: list[tuple[float, str, str | None, str | None, str]] | None = None
+        self.more: list[str] | None = None
+
+
+class SendmailParser:
+    """State machine over Sendmail log lines."""
+
+    name = "sendmail"
+
+    def __init__(self, emit: Emit, *, options: ParserOptions | None = None) -> None:
+        self.emit = emit
+        opts = options or ParserOptions()
+        self.messages = JoinTable(opts.queue_ttl, opts.max_entries, on_evict=self._evicted)
+        self.finished = JoinTable(opts.session_ttl, opts.max_entries)
+        self.sessions = JoinTable(opts.session_ttl, opts.max_entries)
+
+    def handler_for(self, program: str) -> Handler | None:
+        if program == "sendmail" or program.startswith("sm-"):
+            return self._handle
+        return None
+
+    def expire(self, now: float) -> None:
+        self.messages.expire(now)
+        self.finished.expire(now)
+        self.sessions.expire(now)
+
+    def flush(self) -> None:
+        self.messages.clear()
+        self.finished.clear()
+        self.sessions.clear()
+
+    def state_size(self) -> int:
+        return len(self.messages) + len(self.finished) + len(self.sessions)
+
+    def _evicted(self, key: tuple[str, str], record: _Message) -> None:
+        """A record forgotten before its from= line: its rejections still count."""
+        if record.pending and not record.enveloped:
+            self._emit_pending(key[0], key[1], record, None)
+
+    def _emit_pending(self, host: str, qid: str, record: _Message, ip: str | None) -> None:
+        for t, stage, recipient, sender, text in record.pending or ():
+            code, enhanced = split_dsn(text)
+            reason = CONTENT if stage == "DATA" else classify(text)
+            self.emit(Rejection(t, host, ip, stage, code, enhanced, reason,
+                                sender or record.sender, recipient, None, qid, text))
+        record.pending = None
+
+    def _record(self, host: str, qid: str, t: float, create: bool = True) -> _Message | None:
+        key = (host, qid)
+        record = self.messages.get(key)
+        if record is not None:
+            self.messages.touch(key, t)
+            return record
+        record = self.finished.get(key)
+        if record is not None or not create:
+            return record
+        record = _Message()
+        self.messages.put(key, record, t)
+        return record
+
+    # -- dispatch -------------------------------------------------------------------
+
+    def _handle(self, t: float, host: str, program: str, pid: str | None, msg: str) -> bool:
+        qid = None
+        body = msg
+        i = msg.find(": ")
+        if 0 < i <= 24 and msg[:i].isalnum():
+            qid = msg[:i]
+            body = msg[i + 2 :]
+            if qid == "NOQUEUE":  # before MAIL FROM: nothing to join by
+                qid = None
+        if body.startswith("from="):
+            return qid is not None and self._from(t, host, pid, qid, body)
+        if body.startswith("to="):
+            return qid is not None and self._to(t, host, qid, body)
+        if body.startswith("ruleset="):
+            return self._ruleset(t, host, qid, body)
+        if body.startswith("<"):
+            return qid is not None and self._rcpt_error(t, host, qid, body)
+        if body.startswith("AUTH failure ("):
+            return self._auth_failure(t, host, body)
+        if body.startswith("AUTH=server, relay="):
+            return self._auth_ok(t, host, pid, body)
+        if body.startswith("Milter: "):
+            return self._milter(t, host, qid, body)
+        if body.startswith("stat=") and qid is not None:
+            return self._short_stat(t, host, qid, body)
+        return self._client_line(t, host, body)
+
+    # -- envelopes and deliveries -------------------------------------------------------
+
+    def _from(self, t: float, host: str, pid: str | None, qid: str, body: str) -> bool:
+        """``from=<s>, size=N, class=N, [pri=N, ]nrcpts=N[, msgid=…][, …], relay=R``."""
+        m = _ANGLE.match(body, 5) if body.startswith("<", 5) else None
+        env = _ENVELOPE.match(body, m.end()) if m is not None else None
+        if env is None:  # bare sender (local submission) or unparsable brackets
+            k = body.find(", size=")
+            env = _ENVELOPE.match(body, k) if k > 0 else None
+            if env is None:
+                return False
+        sender = clean_address(body[5 : env.start()]) or "<>"
+        size = int(env.group(1))
+        nrcpts = int(env.group(2))
+        rest = env.group("rest")
+        # relay= is the last field; everything client-chosen (msgid) comes before it.
+        r = rest.rfind(", relay=")
+        name, ip = client_ip(rest[r + 8 :]) if r >= 0 else (None, None)
+        sasl_user = None
+        session = self.sessions.get((host, pid))
+        if session is not None and session[0] == ip:
+            sasl_user = session[1]
+        record = self._record(host, qid, t)
+        assert record is not None
+        if record.enveloped:
+            return True  # logged again by a queue run: nothing new
+        record.enveloped = True
+        record.ip, record.name, record.sender, record.sasl_user = ip, name, sender, sasl_user
+        record.nrcpts = nrcpts
+        if record.pending:
+            self._emit_pending(host, qid, record, ip)
+        if nrcpts > 0 and size > 0:
+            self.emit(MessageAccepted(t, host, ip, qid, sender, size, nrcpts, sasl_user, name))
+        elif not record.seen:
+            self.messages.pop((host, qid))  # nothing was queued: no deliveries will follow
+        return True
+
+    def _to(self, t: float, host: str, qid: str, body: str) -> bool:
+        """``to=<a>,<b>[, [more]][, ctladdr=…], delay=…, …[, relay=R][, dsn=D], stat=S``."""
+        cut = _first(body, ", ctladdr=", ", delay=")
+        stat_at = body.rfind(", stat=")
+        if cut < 0 or stat_at < cut:  # SYSLOG_BUFSIZE < 256: list only, stat on its own line
+            record = self._record(host, qid, t)
+            assert record is not None
+            record.more = (record.more or []) + _addresses(body[3:])
+            return True
+        addresses = _addresses(body[3:cut])
+        tail = body[cut:stat_at]
+        stat = body[stat_at + 7 :]
+        d = tail.rfind(", dsn=")
+        dsn = tail[d + 6 :].split(",", 1)[0] if d >= 0 else None
+        relay = None
+        r = tail.find(", relay=")
+        if r >= 0:
+            relay = tail[r + 8 :].split(", dsn=", 1)[0] or None
+        status = _status(dsn, stat)
+        if status is None:
+            return True  # stat=queued: no attempt yet
+        self._outcomes(t, host, qid, addresses, status, dsn, relay)
+        return True
+
+    def _short_stat(self, t: float, host: str, qid: str, body: str) -> bool:
+        record = self._record(host, qid, t, create=False)
+        if record is None or not record.more:
+            return True
+        status = _status(None, body[5:])
+        addresses, record.more = record.more, None
+        if status is not None:
+            self._outcomes(t, host, qid, addresses, status, None, None)
+        return True
+
+    def _outcomes(self, t: float, host: str, qid: str, addresses: list[str], status: str,
+                  dsn: str | None, relay: str | None) -> None:
+        record = self._record(host, qid, t)
+        assert record is not None
+        if record.more:
+            addresses, record.more = record.more + addresses, None
+        seen = record.seen
+        if seen is None:
+            seen = record.seen = {}
+        final = status != DEFERRED
+        for addr in addresses:
+            was_final = seen.get(addr)
+            first = was_final is None
+            if final and not was_final:
+                record.final += 1
+                seen[addr] = True
+            elif first:
+                seen[addr] = False
+            self.emit(RecipientOutcome(t, host, record.ip, qid, addr, status, dsn,
+                                       record.sender, record.sasl_user, relay, first, False))
+        if record.enveloped and record.final >= record.nrcpts > 0:
+            key = (host, qid)
+            if self.messages.pop(key) is not None:
+                self.finished.put(key, record, t)
+
+    # -- rejections ------------------------------------------------------------------
+
+    def _ruleset(self, t: float, host: str, qid: str | None, body: str) -> bool:
+        """``ruleset=R, arg1=A[, arg2=B], relay=R, reject=550 5.7.1 …`` (or discard /
+        quarantine=, which refuse nothing at SMTP level)."""
+        a = body.find(", arg1=")
+        if a < 0:
+            return False
+        ruleset = body[8:a]
+        ip = None
+        reject = -1
+        # arg1 is the client's address for check_mail/check_rcpt: trust the layout only
+        # when it is a whole <…> (a space cannot occur outside its quotes), or when it
+        # is the client's host name (check_relay).
+        m = _ANGLE.match(body, a + 7) if body.startswith("<", a + 7) else None
+        if m is not None or ruleset == "check_relay":
+            pos = m.end() if m is not None else body.find(", ", a + 7)
+            arg1 = body[a + 7 : pos] if pos >= 0 else ""
+            if pos >= 0 and body.startswith(", arg2=", pos):
+                pos = body.find(", ", pos + 7)
+            if pos >= 0 and body.startswith(", relay=", pos):
+                reject = body.find(", reject=", pos)
+                if reject >= 0:
+                    ip = client_ip(body[pos + 8 : reject])[1]
+        if reject < 0:
+            e = body.find(", ", a + 7)
+            arg1 = body[a + 7 : e] if e >= 0 else ""
+            ip, reject = _unique_relay(body, a)
+        if reject < 0:
+            return body.find(", discard", a) >= 0 or body.find(", quarantine=", a) >= 0
+        text = body[reject + 9 :]
+        code, enhanced = split_dsn(text)
+        stage = _STAGES.get(ruleset, ruleset.upper()[:16])
+        sender = recipient = None
+        if stage == "RCPT":
+            recipient = clean_address(arg1)
+        elif stage == "MAIL":
+            sender = clean_address(arg1)
+        self.emit(Rejection(t, host, ip, stage, code, enhanced, classify(text), sender,
+                            recipient, None, qid, text))
+        return True
+
+    def _rcpt_error(self, t: float, host: str, qid: str, body: str) -> bool:
+        """``QID: <addr>... User unknown``: an RCPT refused before the from= line."""
+        m = _ANGLE.match(body)
+        end = m.end() if m is not None else body.find(">")
+        if end < 0 or not body.startswith("... ", end):
+            return False
+        record = self._record(host, qid, t)
+        assert record is not None
+        if record.enveloped:
+            return True  # after the envelope: a delivery error; its to= line says it
+        record.pending = (record.pending or []) + [
+            (t, "RCPT", clean_address(body[:end]), None, body[end + 4 :])]
+        return True
+
+    def _milter(self, t: float, host: str, qid: str | None, body: str) -> bool:
+        """``Milter: to=<r>, reject=…`` / ``from=<s>, reject=…`` / ``data, reject=…``."""
+        k = body.rfind(", reject=")
+        if k < 0:
+            return True  # add header, insert, discard, quarantine …
+        what = body[8:k]
+        a = what.rfind(", addr=")
+        if what.startswith("connect") and a >= 0:  # "connect: host=H, addr=IP"
+            text = body[k + 9 :]
+            code, enhanced = split_dsn(text)
+            self.emit(Rejection(t, host, normalize_ip(what[a + 7 :]), "CONNECT", code,
+                                enhanced, classify(text), queue_id=qid, text=text))
+            return True
+        if qid is None:
+            return True
+        stage, recipient, sender = "DATA", None, None
+        if what.startswith("to="):
+            stage, recipient = "RCPT", clean_address(what[3:])
+        elif what.startswith("from="):
+            stage, sender = "MAIL", clean_address(what[5:])
+        elif what.startswith("connect"):
+            stage = "CONNECT"
+        text = body[k + 9 :]
+        record = self._record(host, qid, t)
+        assert record is not None
+        if record.enveloped:
+            code, enhanced = split_dsn(text)
+            reason = CONTENT if stage == "DATA" else classify(text)
+            self.emit(Rejection(t, host, record.ip, stage, code, enhanced, reason,
+                                sender or record.sender, recipient, None, qid, text))
+        else:
+            record.pending = (record.pending or []) + [(t, stage, recipient, sender, text)]
+        return True
+
+    def _auth_failure(self, t: float, host: str, body: str) -> bool:
+        """``AUTH failure (MECH): <sasl text>[, user=U], relay=R`` — user= is the
+        client's word and comes before relay=, which is always last."""
+        r = body.rfind(", relay=")
+        if r < 0:
+            return False
+        _name, ip = client_ip(body[r + 8 :])
+        close = body.find("): ", 14)
+        mechanism = body[14:close].upper() if 14 < close < 40 else None
+        user = None
+        u = body.rfind(", user=", 0, r)
+        if u >= 0:
+            user = body[u + 7 : r] or None
+        self.emit(AuthFailure(t, host, ip, mechanism, user))
+        return True
+
+    def _auth_ok(self, t: float, host: str, pid: str | None, body: str) -> bool:
+        """``AUTH=server, relay=R, authid=U, mech=M, bits=N``: remember U for this pid."""
+        a = body.find(", authid=", 19)
+        if a < 0 or pid is None:
+            return True
+        _name, ip = client_ip(body[19:a])
+        m = body.rfind(", mech=")
+        authid = body[a + 9 : m if m > a else len(body)] or None
+        self.sessions.put((host, pid), (ip, authid), t)
+        return True
+
+    # -- client-slot lines -------------------------------------------------------------
+
+    def _client_line(self, t: float, host: str, body: str) -> bool:
+        """Lines that start with (or name at a fixed place) Sendmail's client slot."""
+        k = body.find(": possible SMTP attack: command=")
+        client = slot(body[:k]) if k > 0 else None
+        if client is not None:
+            command = body[k + 32 :].split(",", 1)[0].upper()
+            if command == "AUTH":
+                self.emit(AuthFailure(t, host, client[1], None, None))
+            else:
+                self.emit(ProtocolViolation(t, host, client[1], COMMAND_LIMIT, command[:16],
+                                            body[k + 2 :]))
+            return True
+        k = body.find(" did not issue MAIL/EXPN/VRFY/ETRN during connection to ")
+        client = slot(body[:k]) if k > 0 else None
+        if client is not None:
+            self.emit(ProtocolViolation(t, host, client[1], NO_MAIL, None, None))
+            return True
+        if body.startswith("lost input channel from "):
+            a = body.rfind(" after ")
+            b = body.rfind(" to ", 24, a if a > 0 else len(body))
+            client = slot(body[24:b]) if b > 0 else None
+            if client is None:
+                return False
+            after = body[a + 7 :].upper()[:16] if a > 0 else None
+            self.emit(ConnectionLost(t, host, client[1], after, "lost"))
+            return True
+        if body.startswith("rejecting commands from "):
+            k = body.find(" due to pre-greeting traffic", 24)
+            client = slot(body[24:k].strip()) if k > 0 else None
+            if client is None:
+                return False
+            self.emit(ProtocolViolation(t, host, client[1], PREGREET, "CONNECT", body[k + 8 :]))
+            return True
+        if body.startswith("timeout waiting for input from "):
+            # "… during server cmd read": a client of ours; "during client …" is our
+            # own outgoing connection to a remote server.
+            k = body.find(" during server ", 31)
+            client = slot(body[31:k]) if k > 0 else None
+            if client is not None:
+                self.emit(ConnectionLost(t, host, client[1], None, "timeout"))
+            return True
+        if body.endswith(" [rejected]"):  # "<client>: EXPN root [rejected]"
+            k = body.find(": ")
+            client = slot(body[:k]) if k > 0 else None
+            if client is None:
+                return False
+            what = body[k + 2 : -11]
+            stage = what.split(" ", 1)[0].upper()[:8]
+            self.emit(Rejection(t, host, client[1], stage, None, None, POLICY, text=what[:200]))
+            return True
+        if body.startswith("connect from "):
+            client = slot(body[13:])
+            if client is None:
+                return False
+            self.emit(SessionOpened(t, host, client[1], client[0], "smtp"))
+            return True
+        head, sep, _rest = body.partition(": ")
+        if sep and head.isalnum() and len(head) <= 24:
+            return True  # "QID: NEWQID: DSN: …", "… sender notify: …": bounces we generate
+        return body.startswith(_QUIET)
+
+
+def _first(s: str, a: str, b: str) -> int:
+    i, j = s.find(a), s.find(b)
+    if i < 0:
+        return j
+    if j < 0:
+        return i
+    return min(i, j)
+
+
+def _unique_relay(body: str, start: int) -> tuple[str | None, int]:
+    """Fallback when the ruleset line has no clean structure: the IP every
+    ``, relay=R, reject=`` candidate agrees on (None if they disagree), and where the
+    first candidate's reject text starts."""
+    ip: str | None = None
+    reject = -1
+    k = body.find(", relay=", start)
+    for _ in range(MAX_CANDIDATES):
+        if k < 0:
+            return ip, reject
+        e = body.find(", reject=", k + 8)
+        if e < 0:
+            break
+        _name, cand = client_ip(body[k + 8 : e])
+        if cand is not None:
+            if ip is None:
+                ip, reject = cand, e
+            elif cand != ip:
+                return None, reject
+        k = body.find(", relay=", k + 8)
+    return (ip, reject) if k < 0 else (None, reject)
+
+
+def _addresses(text: str) -> list[str]:
+    """The addresses of a ``to=`` list (``<a>,<b>`` or ``a, b``), cleaned."""
+    if text.endswith(" [more]"):
+        text = text[:-7]
+    items = text.split(",") if '"' not in text else _LIST_ITEM.findall(text)
+    out = []
+    for item in items:
+        item = item.strip()
+        if item and item != "[more]":
+            addr = clean_address(item)
+            if addr:
+                out.append(addr)
+    return out
