@@ -1919,8 +1919,10 @@ class Anomalies:
             while msgs > 0:
                 k = min(msgs, rng.randint(1, 4))
                 msgs -= k
+                # Only hosts inside the /24 make the /24's anomaly start and end.
+                in_net = ip in ips[:3]
                 self._add(start + rng.random() * dur, 6 + k * (14 if self.g.others else 11),
-                          ("botnet", (e, net_entry), host, k))
+                          ("botnet", (e, net_entry if in_net else None), host, k))
 
     def _plan_stolen_account(self) -> None:
         g, rng = self.g, self.g.rng
@@ -1984,7 +1986,8 @@ class Anomalies:
             _, (e, net_e), host, k = item
             end = self.botnet_session(t, host, k)
             self._seen(e, t, end)
-            self._seen(net_e, t, end)
+            if net_e is not None:
+                self._seen(net_e, t, end)
         elif kind == "stolen":
             _, e, user, host, k = item
             sender = user.address if g.rng.random() < 0.6 else g.forged_sender()

@@ -82,25 +82,28 @@ class Counts:
         self.sasl_user = _Rows()
         self.recipient_domain = _Rows()
         self.kinds: Counter[type] = Counter()
-        # (host, queue id, domain) already counted as a message to that domain; a
-        # bounded insertion-ordered set, since messages complete within minutes.
-        self._message_domains: dict[tuple[str, str, str], None] = {}
+        # (host, queue id) -> recipient domains already counted for that message;
+        # bounded, and reset when a queue id is reused for a new message.
+        self._message_domains: dict[tuple[str, str], set[str]] = {}
 
     def _first_to_domain(self, host: str, queue_id: str, domain: str) -> bool:
         seen = self._message_domains
-        key = (host, queue_id, domain)
-        if key in seen:
+        domains = seen.get((host, queue_id))
+        if domains is None:
+            if len(seen) >= _MESSAGE_DOMAINS_MAX:
+                for old in list(seen)[: _MESSAGE_DOMAINS_MAX // 10]:
+                    del seen[old]
+            domains = seen[(host, queue_id)] = set()
+        elif domain in domains:
             return False
-        if len(seen) >= _MESSAGE_DOMAINS_MAX:
-            for old in list(seen)[: _MESSAGE_DOMAINS_MAX // 10]:
-                del seen[old]
-        seen[key] = None
+        domains.add(domain)
         return True
 
     def consume(self, ev: Event) -> None:
         kind = type(ev)
         self.kinds[kind] += 1
         if kind is MessageAccepted:
+            self._message_domains.pop((ev.mta_host, ev.queue_id), None)
             n = ev.nrcpt
             for rows, key in ((self.client_ip, ev.ip), (self.sender, ev.sender),
                               (self.sasl_user, ev.sasl_user)):
