@@ -25,7 +25,7 @@ class Parser(Protocol):
 
     name: str
 
-    def __init__(self, emit: Emit, *, options: "ParserOptions | None" = None) -> None: ...
+    def __init__(self, emit: Emit, *, options: ParserOptions | None = None) -> None: ...
 
     def handler_for(self, program: str) -> Handler | None:
         """The handler for lines of this syslog program (``postfix/smtpd``,

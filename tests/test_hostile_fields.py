@@ -4,9 +4,10 @@ be tricked into banning arbitrary hosts."""
 
 from __future__ import annotations
 
-from feed import feed
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from feed import feed
 
 REAL_IP = "192.0.2.10"
 VICTIM = "203.0.113.9"
