@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import generate_log  # noqa: E402  (sibling module; works as script and as bench.*)
+import detection  # noqa: E402  (sibling modules; work as script and as bench.*)
+import generate_log  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -45,16 +46,17 @@ def generator_hash() -> str:
     return hashlib.sha1((HERE / "generate_log.py").read_bytes()).hexdigest()[:10]
 
 
-def cached_log(lines: int, seed: int, fmt: str, keep: bool) -> tuple[Path, Path, float | None]:
+def cached_log(lines: int, seed: int, fmt: str, keep: bool,
+               anomalies: bool = True) -> tuple[Path, Path, float | None]:
     """(log, truth, seconds spent generating or None when reused)."""
     OUT.mkdir(exist_ok=True)
-    stem = f"replay-{lines}-s{seed}-{fmt}-{generator_hash()}"
+    stem = f"replay-{lines}-s{seed}-{fmt}{'-a' if anomalies else ''}-{generator_hash()}"
     log, truth = OUT / f"{stem}.log", OUT / f"{stem}.truth.json"
     if log.exists() and truth.exists():
         return log, truth, None
     if not keep:
         prune(f"replay-{lines}-s{seed}-{fmt}-")
-    cfg = generate_log.Config(lines=lines, seed=seed, fmt=fmt)
+    cfg = generate_log.Config(lines=lines, seed=seed, fmt=fmt, anomalies=anomalies)
     t0 = time.perf_counter()
     tmp = log.with_suffix(".log.tmp")
     with open(tmp, "w", encoding="utf-8", buffering=1 << 20) as fh:
@@ -177,35 +179,88 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--format", dest="fmt", default="bsd", choices=("bsd", "maillog", "rfc3339"))
     p.add_argument("--runs", type=int, default=3, help="best of N (default 3)")
     p.add_argument("--extra-args", default="", help="more replay arguments (one string)")
+    p.add_argument("--no-anomalies", action="store_true",
+                   help="a log without injected anomalies (no detection table)")
     p.add_argument("--keep", action="store_true",
                    help="keep the last replay's JSON/stderr in bench/out/ and do not prune "
                         "cached logs of older generator versions")
     return p.parse_args(argv)
 
 
+def best_of(log: Path, extra: list[str], runs: int, out_json: Path, err_path: Path
+            ) -> list[tuple[float, float, int]] | None:
+    """``runs`` replay children; None (after printing why) if one failed."""
+    replays = []
+    for _ in range(runs):
+        wall, rss, code = run_replay(log, extra, out_json, err_path)
+        if code != 0:
+            tail = err_path.read_text(errors="replace")[-2000:]
+            print(f"replay {' '.join(extra)} exited {code}:\n{tail}", file=sys.stderr)
+            return None
+        replays.append((wall, rss, code))
+    return replays
+
+
+def print_mode(label: str, lines: int, best_read: float,
+               replays: list[tuple[float, float, int]]) -> None:
+    walls = [w for w, _, _ in replays]
+    best = min(walls)
+    peak = max(rss for _, rss, _ in replays)
+    ratio = best / best_read
+    print(f"{label:<26} {best:7.2f} s {fmt_rate(lines, best)}   ratio {ratio:6.2f} x "
+          f"({'ok' if ratio <= RATIO_TARGET else 'MISSED'} <= {RATIO_TARGET:g})   "
+          f"peak {peak:6.1f} MB ({'ok' if peak <= RSS_TARGET_MB else 'MISSED'} <= "
+          f"{RSS_TARGET_MB:g})   runs {' '.join(f'{x:.2f}' for x in walls)}")
+
+
+def print_detection(truth: dict, doc: dict) -> None:
+    rows, false_positives = detection.score(truth, doc.get("decisions", []))
+    print(f"\ndetection with the default rules ({len(doc.get('decisions', []))} decisions)")
+    print(f"  {'anomaly':<20}{'dimension':<12}{'key':<34}{'delay':>9}  first action")
+    for a, delay, action in rows:
+        shown = "MISSED" if delay is None else f"{delay:7.0f} s"
+        print(f"  {a['kind']:<20}{a['dimension']:<12}{a['key']:<34}{shown:>9}  {action or ''}")
+    worst = max((d for _, d, _ in rows if d is not None), default=None)
+    missed = sum(1 for _, d, _ in rows if d is None)
+    print(f"  missed: {missed}   worst delay: "
+          f"{'-' if worst is None else f'{worst:.0f} s'} (target <= 120 s)   "
+          f"false positives: {len(false_positives)}")
+    for d in false_positives[:10]:
+        print(f"    FP {d['time']} {d['dimension']} {d['key']} {d['action']} {d['rules']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    log, truth_path, gen_secs = cached_log(a.lines, a.seed, a.fmt, a.keep)
+    log, truth_path, gen_secs = cached_log(a.lines, a.seed, a.fmt, a.keep, not a.no_anomalies)
     truth = json.loads(truth_path.read_text(encoding="utf-8"))
     reads = time_read(log, a.runs)
     out_json, err_path = log.with_suffix(".replay.json"), log.with_suffix(".replay.err")
     extra = shlex.split(a.extra_args)
-    replays = []
-    for _ in range(a.runs):
-        wall, rss, code = run_replay(log, extra, out_json, err_path)
-        if code != 0:
-            print_report(log, truth, gen_secs, reads, [], None)
-            tail = err_path.read_text(errors="replace")[-2000:]
-            print(f"replay exited {code}:\n{tail}", file=sys.stderr)
-            return 2
-        replays.append((wall, rss, code))
+    counting = best_of(log, ["--no-rules", *extra], a.runs, out_json, err_path)
+    if counting is None:
+        return 2
+    count_doc = json.loads(out_json.read_text(encoding="utf-8"))
+    ruled = best_of(log, extra, a.runs, out_json, err_path)
+    if ruled is None:
+        return 2
     try:
-        replay_doc = json.loads(out_json.read_text(encoding="utf-8"))
+        rules_doc = json.loads(out_json.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        print_report(log, truth, gen_secs, reads, replays, None)
         print(f"replay output is not JSON: {exc}", file=sys.stderr)
         return 2
-    print_report(log, truth, gen_secs, reads, replays, replay_doc)
+    lines = truth["lines"]
+    best_read = min(reads)
+    size_mb = log.stat().st_size / 1e6
+    print(f"log        {log.relative_to(HERE.parent)}  ({lines:,} lines, {size_mb:.0f} MB, "
+          f"{'with' if truth.get('anomalies') else 'without'} anomalies)")
+    print(f"generate   {'cached' if gen_secs is None else f'{gen_secs:.1f} s'}")
+    print(f"{'plain read loop':<26} {best_read:7.2f} s {fmt_rate(lines, best_read)}   "
+          f"runs {' '.join(f'{x:.2f}' for x in reads)}")
+    print_mode("replay --no-rules (count)", lines, best_read, counting)
+    print_mode("replay (default rules)", lines, best_read, ruled)
+    print_counts(truth, count_doc)
+    if truth.get("anomalies"):
+        print_detection(truth, rules_doc)
     if not a.keep:
         out_json.unlink(missing_ok=True)
         err_path.unlink(missing_ok=True)
