@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .counting import Counts, summary_json
+from .counting import Counts, write_summary_json
 from .decisions import compare, decision_json, write_compare, write_timeline
 from .envelope import Clock, zone_from_name
 from .events import Event
@@ -182,16 +181,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     decisions = list(engine.decisions()) if engine is not None else []
     other_decisions = list(other.decisions()) if other is not None else []
     if args.json:
-        doc = summary_json(counts, pipeline.stats.as_dict())
-        doc["files"] = [s.name for s in ordered]
-        doc["rules"] = rules
-        doc["decisions"] = [decision_json(d) for d in decisions]
+        tail: dict[str, Any] = {"files": [s.name for s in ordered], "rules": rules,
+                                "decisions": [decision_json(d) for d in decisions]}
         if other is not None:
-            doc["compare"] = {"rules": args.compare,
-                              "decisions": [decision_json(d) for d in other_decisions],
-                              **compare(decisions, other_decisions)}
-        # dumps, not dump: dump streams through the pure-Python encoder.
-        sys.stdout.write(json.dumps(doc, separators=(",", ":")) + "\n")
+            tail["compare"] = {"rules": args.compare,
+                               "decisions": [decision_json(d) for d in other_decisions],
+                               **compare(decisions, other_decisions)}
+        write_summary_json(sys.stdout, counts, {"lines": pipeline.stats.as_dict()}, tail)
     else:
         write_summary(sys.stdout, pipeline.stats, counts, top=args.top,
                       files=[s.name for s in ordered])

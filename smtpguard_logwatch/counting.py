@@ -23,8 +23,9 @@ Metric definitions (the documented contract of ``replay --json``):
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections import Counter
-from typing import Any
+from typing import Any, TextIO
 
 from .events import (
     AuthFailure,
@@ -161,19 +162,34 @@ class Counts:
             "recipient_domain": self.recipient_domain,
         }
 
-    def as_json(self) -> dict[str, dict[str, dict[str, int]]]:
-        return {
-            dim: {key: dict(zip(METRICS, row, strict=True)) for key, row in sorted(rows.items())}
-            for dim, rows in self.dimension_rows().items()
-        }
+    def write_json(self, out: TextIO) -> None:
+        """Write ``{DIMENSION: {KEY: {METRIC: N}}}`` to ``out`` without building it: for
+        a big replay the nested dicts would cost more memory than the counts."""
+        dumps = json.dumps
+        out.write("{")
+        for i, (dim, rows) in enumerate(self.dimension_rows().items()):
+            out.write(("," if i else "") + dumps(dim) + ":{")
+            first = True
+            for key in sorted(rows):
+                r = rows[key]
+                out.write(("" if first else ",") + dumps(key) +
+                          f':{{"connections":{r[0]},"messages":{r[1]},"recipients":{r[2]},'
+                          f'"rejects":{r[3]},"auth_failures":{r[4]}}}')
+                first = False
+            out.write("}")
+        out.write("}")
 
     def events_by_kind(self) -> dict[str, int]:
         return {kind.__name__: n for kind, n in sorted(self.kinds.items(),
                                                         key=lambda kv: kv[0].__name__)}
 
-    def top(self, dimension: str, metric: str, n: int = 10) -> list[tuple[str, int]]:
+    def top(self, dimension: str, metric: str, n: int = 10,
+            rows: dict[str, list[int]] | None = None) -> list[tuple[str, int]]:
+        """The ``n`` keys with most of ``metric``; pass ``rows`` (from dimension_rows)
+        when asking for several metrics, so derived dimensions are summed once."""
         index = METRICS.index(metric)
-        rows = self.dimension_rows()[dimension]
+        if rows is None:
+            rows = self.dimension_rows()[dimension]
         ranked = sorted(((row[index], key) for key, row in rows.items() if row[index]),
                         key=lambda vk: (-vk[0], vk[1]))
         return [(key, value) for value, key in ranked[:n]]
@@ -184,6 +200,13 @@ def _add(target: list[int], row: list[int]) -> None:
         target[i] += v
 
 
-def summary_json(counts: Counts, lines: dict[str, Any]) -> dict[str, Any]:
-    """The replay JSON object (decisions are added by the engine when it runs)."""
-    return {"lines": lines, "events": counts.events_by_kind(), "counts": counts.as_json()}
+def write_summary_json(out: TextIO, counts: Counts, head: dict[str, Any],
+                       tail: dict[str, Any]) -> None:
+    """The replay JSON object, streamed: ``head`` keys, ``events``, ``counts``, then
+    ``tail`` keys (decisions, files …)."""
+    doc_head = {**head, "events": counts.events_by_kind()}
+    out.write(json.dumps(doc_head, separators=(",", ":"))[:-1] + ',"counts":')
+    counts.write_json(out)
+    for key, value in tail.items():
+        out.write("," + json.dumps(key) + ":" + json.dumps(value, separators=(",", ":")))
+    out.write("}\n")

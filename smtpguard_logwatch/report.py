@@ -1,4 +1,4 @@
-"""Human-readable replay summary (the JSON form lives in counting.summary_json)."""
+"""Human-readable replay summary (the JSON form is counting.write_summary_json)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ def write_summary(out: TextIO, stats: LineStats, counts: Counts, *, top: int = 5
         w("  (none)\n")
     for kind, n in kinds.items():
         w(f"  {kind:<20} {n:>12,}\n")
+    all_rows = counts.dimension_rows()
     for dim in DIMENSIONS:
-        tables = [(metric, counts.top(dim, metric, top)) for metric in METRICS]
+        tables = [(metric, counts.top(dim, metric, top, all_rows[dim])) for metric in METRICS]
         tables = [(metric, rows) for metric, rows in tables if rows]
         if not tables:
             continue

@@ -137,6 +137,7 @@ class Engine:
                     bucket.append(rule)
         self._needed = needed
         self._rules_for = rules_for
+        self._candidate_cache: dict[tuple[str, ...], tuple[Rule, ...]] = {}
 
     # -- the hot path ----------------------------------------------------------------
 
@@ -152,19 +153,19 @@ class Engine:
         if not adds and not members:
             return
         needed = self._needed
-        touched: dict[tuple[str, str], set[str]] = {}
+        touched: dict[tuple[str, str], list[str]] = {}
         store = self.store
         for d, k, metric, n in adds:
             wanted = needed.get(d)
             if wanted is not None and metric in wanted:
                 store.add(d, k, metric, now, n)
-                touched.setdefault((d, k), set()).add(metric)
+                touched.setdefault((d, k), []).append(metric)
         for d, k, name, member in members:
             metric = DISTINCT + name
             wanted = needed.get(d)
             if wanted is not None and metric in wanted:
                 store.add_member(d, k, metric, member, now)
-                touched.setdefault((d, k), set()).add(metric)
+                touched.setdefault((d, k), []).append(metric)
         if self._scoring_from is None:
             self._scoring_from = now + self.warmup
         if touched and now >= self._scoring_from:
@@ -172,13 +173,23 @@ class Engine:
             for (d, k), metrics in touched.items():
                 self._evaluate(d, k, metrics, now, authenticated)
 
-    def _evaluate(self, dimension: str, key: str, metrics: set[str], now: float,
+    def _candidates(self, dimension: str, metrics: list[str]) -> tuple[Rule, ...]:
+        """The rules that read any of these metrics of this dimension (cached: an event
+        type always touches the same metrics)."""
+        cache_key = (dimension, *metrics)
+        rules = self._candidate_cache.get(cache_key)
+        if rules is None:
+            found: list[Rule] = []
+            for metric in metrics:
+                for rule in self._rules_for.get((dimension, metric), ()):
+                    if rule not in found:
+                        found.append(rule)
+            rules = self._candidate_cache[cache_key] = tuple(found)
+        return rules
+
+    def _evaluate(self, dimension: str, key: str, metrics: list[str], now: float,
                   authenticated: bool) -> None:
-        candidates: list[Rule] = []
-        for metric in metrics:
-            for rule in self._rules_for.get((dimension, metric), ()):
-                if rule not in candidates:
-                    candidates.append(rule)
+        candidates = self._candidates(dimension, metrics)
         if not candidates:
             return
         if self.is_allowlisted(dimension, key):
@@ -296,8 +307,17 @@ class Engine:
         return half_life * math.log2(points / threshold)
 
     def _extend_on_activity(self, ev: Event, now: float) -> None:
+        penalties = self._penalties
+        if ("client_ip", ev.ip) not in penalties and len(penalties) < 64:
+            # Most events come from keys without a penalty; with few penalties a
+            # look at the IP and sender decides that without building every key.
+            sender = getattr(ev, "sender", None)
+            user = getattr(ev, "sasl_user", None)
+            if ("sender", sender) not in penalties and ("sasl_user", user) not in penalties \
+                    and not any(d in ("client_net", "sender_domain") for d, _k in penalties):
+                return
         for dk in event_keys(ev):
-            penalty = self._penalties.get(dk)
+            penalty = penalties.get(dk)
             if penalty is None or penalty.until is None or penalty.until <= now:
                 continue
             ladder = self.ruleset.ladders.get(dk[0])

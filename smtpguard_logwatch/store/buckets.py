@@ -78,7 +78,7 @@ DEFAULT_RESOLUTIONS: tuple[Resolution, ...] = (
 class Geometry:
     """The validated, precomputed shape of the resolution levels (shared by all series)."""
 
-    __slots__ = ("res", "w", "span", "keep", "r0", "n", "nbuckets", "_level_cache")
+    __slots__ = ("res", "w", "span", "keep", "r0", "n", "nbuckets", "level_cache")
 
     def __init__(self, resolutions: tuple[Resolution, ...] | list, slack: float = SLACK):
         res = tuple(Resolution(float(w), float(s)) for w, s in resolutions)
@@ -101,19 +101,19 @@ class Geometry:
         self.keep = tuple(r.span + slack for r in res)
         self.r0 = tuple(w / self.w[0] for w in self.w)  # level width in level-0 buckets
         self.nbuckets = tuple(int(r.span // r.width) for r in res)
-        self._level_cache: dict[float, int] = {}
+        self.level_cache: dict[float, int] = {}
 
     def level_for(self, window: float) -> int:
         """The finest level whose span covers ``window`` (ValueError if none does)."""
-        lvl = self._level_cache.get(window)
+        lvl = self.level_cache.get(window)
         if lvl is not None:
             return lvl
         if not window > 0:
             raise ValueError(f"window must be > 0 seconds, got {window!r}")
         for i, span in enumerate(self.span):
             if window <= span:
-                if len(self._level_cache) < 1024:
-                    self._level_cache[window] = i
+                if len(self.level_cache) < 1024:
+                    self.level_cache[window] = i
                 return i
         raise ValueError(f"window {window}s is longer than the longest span {self.span[-1]}s")
 

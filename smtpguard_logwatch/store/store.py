@@ -67,6 +67,7 @@ class FrequencyStore:
         if max_keys_per_dimension < 1 or distinct_cap < 1:
             raise ValueError("max_keys_per_dimension and distinct_cap must be >= 1")
         self._geo = Geometry(resolutions)
+        self._level_of = self._geo.level_cache  # window -> level, filled by level_for
         self._w0 = self._geo.w[0]
         self._cap = int(max_keys_per_dimension)
         self._batch = max(1, self._cap // 10)
@@ -244,50 +245,50 @@ class FrequencyStore:
         return gone
 
     # ------------------------------------------------------------------ reads
-    def _series(self, dimension: str, key: str, metric: str):
-        keys = self._dims.get(dimension)
-        if keys is None:
-            return None
-        rec = keys.get(key)
-        return None if rec is None else rec.get(metric)
-
     def count(self, dimension: str, key: str, metric: str, window: float, now: float) -> float:
         """Sum over the buckets whose start is in ``(now - window, now]`` at the finest
         resolution whose span covers ``window`` (exact rule in :mod:`.buckets`)."""
-        geo = self._geo
-        lvl = geo.level_for(window)
-        s = self._series(dimension, key, metric)
-        if s is None:
+        lvl = self._level_of.get(window)
+        if lvl is None:
+            lvl = self._geo.level_for(window)
+        try:
+            s = self._dims[dimension][key][metric]
+        except KeyError:
             return 0.0
         if type(s) is not Series:
             raise TypeError(f"metric {metric!r} holds distinct members; use distinct")
-        if lvl == 0 and s.up is None:  # short window: head + level-0 history only
-            w = self._w0
-            lo = (now - window) // w
-            hi = now // w
-            total = s.v if lo < s.b <= hi else 0.0
-            h = s.h
-            if h is not None:
-                i = bisect_right(h, lo)
-                k = bisect_right(h, hi)
-                if k - i == 1:
-                    total += s.hv[i]
-                elif k > i:
-                    total += sum(s.hv[i:k])
-            return total
-        w = geo.w[lvl]
-        return _window_sum(s, geo, lvl, (now - window) // w, now // w)
+        if lvl or s.up is not None:
+            geo = self._geo
+            w = geo.w[lvl]
+            return _window_sum(s, geo, lvl, (now - window) // w, now // w)
+        # Short window, no coarse data: the head plus a bisect in the level-0 history.
+        w = self._w0
+        lo = (now - window) // w
+        hi = now // w
+        total = s.v if lo < s.b <= hi else 0.0
+        h = s.h
+        if h is not None:
+            i = bisect_right(h, lo)
+            k = bisect_right(h, hi)
+            if k - i == 1:
+                total += s.hv[i]
+            elif k > i:
+                total += sum(s.hv[i:k])
+        return total
 
     def distinct(self, dimension: str, key: str, metric: str, window: float, now: float) -> int:
         """Distinct members seen in buckets starting after ``now - window`` (same bucket
         rule as :meth:`count`), exact up to ``distinct_cap`` and saturating there."""
-        geo = self._geo
-        lvl = geo.level_for(window)
-        ms = self._series(dimension, key, metric)
-        if ms is None:
+        lvl = self._level_of.get(window)
+        if lvl is None:
+            lvl = self._geo.level_for(window)
+        try:
+            ms = self._dims[dimension][key][metric]
+        except KeyError:
             return 0
         if type(ms) is not MemberSet:
             raise TypeError(f"metric {metric!r} holds counts; use count")
+        geo = self._geo
         w = geo.w[lvl]
         return ms.count_since(((now - window) // w + 1.0) * geo.r0[lvl], self._dcap)
 
