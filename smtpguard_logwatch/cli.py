@@ -14,6 +14,7 @@ from .counting import Counts, write_summary_json
 from .decisions import compare, decision_json, write_compare, write_timeline
 from .envelope import Clock, zone_from_name
 from .events import Event
+from .parsers import load_parser_classes
 from .parsers.base import ParserOptions
 from .pipeline import LineStats, Pipeline
 from .report import write_summary
@@ -122,7 +123,11 @@ def _options(args: argparse.Namespace) -> ParserOptions:
 
 
 def _clock_factory(args: argparse.Namespace):
-    tz = zone_from_name(args.timezone)
+    try:
+        tz = zone_from_name(args.timezone)
+    except (KeyError, ValueError):
+        raise UsageError(f"unknown time zone {args.timezone!r} (use an IANA name such as "
+                         "Europe/Berlin, or UTC)") from None
 
     def make(source: LogSource) -> Clock:
         return Clock(tz, year=args.year, anchor=source.mtime)
@@ -131,7 +136,14 @@ def _clock_factory(args: argparse.Namespace):
 
 
 def _parser_names(args: argparse.Namespace) -> list[str] | None:
-    return [n.strip() for n in args.parsers.split(",") if n.strip()] if args.parsers else None
+    if not args.parsers:
+        return None
+    names = [n.strip() for n in args.parsers.split(",") if n.strip()]
+    try:
+        load_parser_classes(names)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return names
 
 
 def _progress_printer(enabled: bool):
@@ -238,9 +250,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     except UsageError as exc:
-        print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, KeyError) as exc:  # bad --timezone, unknown parser
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
