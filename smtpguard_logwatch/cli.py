@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .config import parse_duration
 from .counting import Counts, write_summary_json
 from .decisions import compare, decision_json, write_compare, write_timeline
 from .envelope import Clock, zone_from_name
@@ -102,18 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_duration(text: str) -> float:
-    """``90``, ``30s``, ``10m``, ``2h``, ``1d``, ``1w`` -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    text = text.strip().lower()
-    try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        raise UsageError(f"not a duration: {text!r} (use e.g. 90s, 10m, 2h, 1d)") from None
-
-
 class UsageError(Exception):
     """A bad option value; reported as one line, exit status 2."""
 
@@ -170,7 +159,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     sources = [source_for(f) for f in args.files]
     make_clock = _clock_factory(args)
     rules = [] if args.no_rules else (args.rules or [str(default_rules_path())])
-    warmup = parse_duration(args.warmup)
+    try:
+        warmup = parse_duration(args.warmup)
+    except ValueError as exc:
+        raise UsageError(f"--warmup: {exc}") from None
     engine = _engine(rules, warmup) if rules else None
     other = _engine(args.compare, warmup) if args.compare else None
     ordered = chronological(sources, make_clock)

@@ -111,6 +111,7 @@ class Engine:
         self.stats = EngineStats()
         self.scores = Scores({})
         self._penalties: dict[tuple[str, str], _Penalty] = {}
+        self._enforced: set[tuple[str, str]] = set()  # keys with an enforcing penalty
         self._last_fired: dict[tuple[str, str], float] = {}
         self._next_housekeeping: float | None = None
         self._next_store_expiry = -math.inf
@@ -138,6 +139,9 @@ class Engine:
         self._needed = needed
         self._rules_for = rules_for
         self._candidate_cache: dict[tuple[str, ...], tuple[Rule, ...]] = {}
+        # dimension -> seconds, for ladders that extend penalties on activity
+        self._extending = {d: ladder.extend_on_activity
+                           for d, ladder in ruleset.ladders.items() if ladder.extend_on_activity}
 
     # -- the hot path ----------------------------------------------------------------
 
@@ -147,7 +151,7 @@ class Engine:
         now = ev.time
         if self._next_housekeeping is None or now >= self._next_housekeeping:
             self.housekeeping(now)
-        if self._penalties:
+        if self._enforced:
             self._extend_on_activity(ev, now)
         adds, members = observe(ev)
         if not adds and not members:
@@ -253,6 +257,7 @@ class Engine:
                 return
         elif current is not None:
             del self._penalties[(dimension, key)]
+            self._enforced.discard((dimension, key))
         self._decide(dimension, key, now, ladder, step, points, fired)
 
     def _decide(self, dimension: str, key: str, now: float, ladder: Ladder, step: LadderStep,
@@ -283,6 +288,10 @@ class Engine:
             rules=tuple(rule.name for rule, _ in fired), evidence=evidence,
             points=round(points, 2), argument=argument, origin=origin))
         self.stats.by_action[action] = self.stats.by_action.get(action, 0) + 1
+        if action in ENFORCING:
+            self._enforced.add((dimension, key))
+        else:
+            self._enforced.discard((dimension, key))
         self._penalties[(dimension, key)] = _Penalty(
             decision, _RANK.get(action, 0) if origin == "rule" else -1,
             until if until is not None else (now + duration if duration else None))
@@ -307,25 +316,20 @@ class Engine:
         return half_life * math.log2(points / threshold)
 
     def _extend_on_activity(self, ev: Event, now: float) -> None:
-        penalties = self._penalties
-        if ("client_ip", ev.ip) not in penalties and len(penalties) < 64:
-            # Most events come from keys without a penalty; with few penalties a
-            # look at the IP and sender decides that without building every key.
-            sender = getattr(ev, "sender", None)
-            user = getattr(ev, "sasl_user", None)
-            if ("sender", sender) not in penalties and ("sasl_user", user) not in penalties \
-                    and not any(d in ("client_net", "sender_domain") for d, _k in penalties):
-                return
+        """SMTPGuard's ``extend``: activity from a penalised key keeps its penalty."""
+        dims = self._extending
+        if not dims:
+            return
+        penalties, enforced = self._penalties, self._enforced
         for dk in event_keys(ev):
+            if dk not in enforced or dk[0] not in dims:
+                continue
             penalty = penalties.get(dk)
             if penalty is None or penalty.until is None or penalty.until <= now:
                 continue
-            ladder = self.ruleset.ladders.get(dk[0])
-            if ladder is None or not ladder.extend_on_activity:
-                continue
             if penalty.decision.action not in ENFORCING:
                 continue
-            until = now + ladder.extend_on_activity
+            until = now + dims[dk[0]]
             if until > penalty.until + 60:  # at most one ledger write a minute per key
                 penalty.until = until
                 penalty.decision.until = until
@@ -341,6 +345,7 @@ class Engine:
         for dk in [dk for dk, p in self._penalties.items()
                    if p.until is not None and p.until <= now]:
             del self._penalties[dk]
+            self._enforced.discard(dk)
         self.scores.expire(now)
         horizon = max((r.every for r in self.ruleset.rules), default=0.0)
         for rk in [rk for rk, t in self._last_fired.items() if now - t > horizon]:

@@ -1,0 +1,162 @@
+"""The config file (TOML): which logs, which rules, where state lives, which actions.
+
+Read with the standard library's tomllib. Every problem is one line an admin can act
+on: TOML syntax errors carry the file, line and column; unknown sections or keys and
+wrong types name the file, the table and the key. A daemon that fails to reload its
+config keeps the old one (the caller decides; this module only raises ConfigError).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = "/etc/smtpguard-logwatch/config.toml"
+DEFAULT_STATE = "/var/lib/smtpguard-logwatch/state.sqlite"
+DEFAULT_SOCKET = "/run/smtpguard-logwatch/control.sock"
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+class ConfigError(Exception):
+    """A config problem, as one line: ``FILE: [table] key: what is wrong``."""
+
+
+def parse_duration(value: str | int | float) -> float:
+    """``90``, ``"90"``, ``"30s"``, ``"10m"``, ``"2h"``, ``"1d"``, ``"1w"``, ``"1h30m"``
+    -> seconds. Raises ValueError with a message that says what is expected."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative: {value!r}")
+        return float(value)
+    text = str(value).strip().lower()
+    try:
+        return parse_duration(float(text))
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 10m, 2h, 1d, 1h30m)")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+@dataclass
+class Config:
+    """Everything the daemon and ``scan`` need; replay takes the same from options."""
+
+    path: str | None = None
+    logs: list[str] = field(default_factory=list)
+    parsers: list[str] | None = None
+    timezone: str | None = None
+    rules: list[str] = field(default_factory=list)
+    state: str = DEFAULT_STATE
+    control_socket: str = DEFAULT_SOCKET
+    warmup: float = 3600.0
+    dry_run: bool = False
+    breaker: dict[str, float] = field(
+        default_factory=lambda: {"max_refusals": 50, "window": 600.0, "cooldown": 1800.0})
+    actions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# table -> {key: (type check, converter)}
+def _str_list(v: Any) -> list[str]:
+    if isinstance(v, str):
+        return [v]
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return list(v)
+    raise ValueError("expected a string or a list of strings")
+
+
+def _string(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected a string")
+    return v
+
+
+def _boolean(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("expected true or false")
+    return v
+
+
+def _count(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError("expected a whole number >= 1")
+    return v
+
+
+_SCHEMA: dict[str, dict[str, Any]] = {
+    "logs": {"files": _str_list, "parsers": _str_list, "timezone": _string},
+    "rules": {"files": _str_list, "warmup": parse_duration},
+    "state": {"database": _string, "control_socket": _string},
+    "enforcement": {"dry_run": _boolean},
+    "breaker": {"max_refusals": _count, "window": parse_duration, "cooldown": parse_duration},
+}
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a config file; ConfigError (one line) on any problem."""
+    path = str(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib says "… (at line L, column C)"; put the position first, like a compiler.
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        where = f"{path}:{m.group(1)}:{m.group(2)}" if m else path
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise ConfigError(f"{where}: {message}") from None
+    return config_from_dict(raw, path)
+
+
+def config_from_dict(raw: dict[str, Any], path: str = "<config>") -> Config:
+    cfg = Config(path=path)
+    for table, values in raw.items():
+        if table == "actions":
+            if not isinstance(values, dict) or not all(isinstance(v, dict) for v in
+                                                       values.values()):
+                raise ConfigError(f"{path}: [actions] must hold one table per action, "
+                                  "e.g. [actions.nftables]")
+            cfg.actions = {name: dict(v) for name, v in values.items()}
+            continue
+        schema = _SCHEMA.get(table)
+        if schema is None:
+            known = ", ".join(sorted([*_SCHEMA, "actions"]))
+            raise ConfigError(f"{path}: unknown table [{table}] (known: {known})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: {table} must be a table: [{table}]")
+        for key, value in values.items():
+            convert = schema.get(key)
+            if convert is None:
+                raise ConfigError(f"{path}: [{table}] unknown key {key!r} "
+                                  f"(known: {', '.join(sorted(schema))})")
+            try:
+                converted = convert(value)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: [{table}] {key}: {exc}") from None
+            _assign(cfg, table, key, converted)
+    return cfg
+
+
+# (table, key) -> Config attribute; [breaker] keys go into Config.breaker.
+_ATTRIBUTE = {
+    ("logs", "files"): "logs", ("logs", "parsers"): "parsers",
+    ("logs", "timezone"): "timezone", ("rules", "files"): "rules",
+    ("rules", "warmup"): "warmup", ("state", "database"): "state",
+    ("state", "control_socket"): "control_socket", ("enforcement", "dry_run"): "dry_run",
+}
+
+
+def _assign(cfg: Config, table: str, key: str, value: Any) -> None:
+    if table == "breaker":
+        cfg.breaker[key] = value
+    else:
+        setattr(cfg, _ATTRIBUTE[(table, key)], value)
