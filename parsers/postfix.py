@@ -265,14 +265,8 @@ class PostfixParser:
         _name, ip = split_client(m.group("client"))
         reply = m.group("reply")
         code, enhanced = split_dsn(reply)
-        sender = recipient = helo = None
-        cut = reply.rfind("; from=<")
+        sender, recipient, helo, cut = _reject_tail(reply)
         if cut >= 0:
-            tail = _REJECT_TAIL.match(reply, cut + 2)
-            if tail is not None:
-                sender = clean_address(tail.group("from"))
-                recipient = clean_address(tail.group("to"))
-                helo = tail.group("helo")
             text = reply[:cut]
         else:
             cut = reply.rfind("; proto=")
@@ -414,18 +408,11 @@ class PostfixParser:
             ip = record.ip if record is not None else None
             stage, _s, detail = body.partition(" ")
             code, enhanced = split_dsn(detail.split(" from ", 1)[-1].split(": ", 1)[-1])
-            sender = recipient = helo = None
-            cut = body.rfind("; from=<")
-            if cut >= 0:
-                tail = _REJECT_TAIL.match(body, cut + 2)
-                if tail is not None:
-                    sender = clean_address(tail.group("from"))
-                    recipient = clean_address(tail.group("to"))
-                    helo = tail.group("helo")
+            sender, recipient, helo, _cut = _reject_tail(body)
             if record is not None:
                 record.accepted = True  # rejected at end of data: never a queued message
-            self.emit(Rejection(t, host, ip, "DATA" if stage != "header" else "DATA", code,
-                                enhanced, "content", sender, recipient, helo, qid, body[:300]))
+            self.emit(Rejection(t, host, ip, "DATA", code, enhanced, "content", sender,
+                                recipient, helo, qid, body[:300]))
             return True
         return action in ("hold", "discard", "warning", "info", "redirect", "filter",
                           "replace", "prepend", "milter-hold", "milter-discard", "bcc")
@@ -489,6 +476,19 @@ class PostfixParser:
                                    record.sender, record.sasl_user, relay, first,
                                    record.reinjected))
         return True
+
+
+def _reject_tail(text: str) -> tuple[str | None, str | None, str | None, int]:
+    """(sender, recipient, helo, where the tail starts or -1) from the
+    ``; from=<s> to=<r> proto=P helo=<h>`` that Postfix appends to a reject line."""
+    cut = text.rfind("; from=<")
+    if cut < 0:
+        return None, None, None, -1
+    tail = _REJECT_TAIL.match(text, cut + 2)
+    if tail is None:
+        return None, None, None, cut
+    return (clean_address(tail.group("from")), clean_address(tail.group("to")),
+            tail.group("helo"), cut)
 
 
 def _int(text: str) -> int | None:

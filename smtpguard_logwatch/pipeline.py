@@ -112,26 +112,19 @@ class Pipeline:
                         progress(stats)
                 # Inlined fast path of split_line for RFC 3164 / maillog_file
                 # stamps, the commonest format: saves a call per line.
+                parts = None
                 if line[15:16] == " " and line[9:10] == ":" and line[3:4] == " ":
-                    parts = line[16:].split(" ", 2)
-                    if len(parts) == 3 and parts[1][-1:] == ":" and parts[0][:1] != "<":
-                        host, tag, msg = parts
-                        tag = tag[:-1]
-                        stamp = line[:15]
-                        if msg[-1:] == "\n":
-                            msg = msg[:-1]
-                    else:
-                        parts = split(line)
-                        if parts is None:
-                            skipped += 1
-                            continue
-                        stamp, host, tag, msg = parts
-                else:
+                    fast = line[16:].split(" ", 2)
+                    if len(fast) == 3 and fast[1][-1:] == ":" and fast[0][:1] != "<":
+                        msg = fast[2]
+                        parts = (line[:15], fast[0], fast[1][:-1],
+                                 msg[:-1] if msg[-1:] == "\n" else msg)
+                if parts is None:
                     parts = split(line)
                     if parts is None:
                         skipped += 1
                         continue
-                    stamp, host, tag, msg = parts
+                stamp, host, tag, msg = parts
                 entry = tags.get(tag)
                 if entry is None:
                     entry = resolve_tag(tag)
