@@ -97,6 +97,6 @@ def build_actions(config: Mapping[str, Mapping[str, Any]], *, dry_run: bool = Fa
         if cls is None:
             known = ", ".join(sorted(_REGISTRY)) or "none"
             raise ActionError(f"unknown action {name!r} in the config (known: {known})")
-        options = {k: v for k, v in settings.items() if k != "enabled"}
+        options = {k: v for k, v in settings.items() if k not in ("enabled", "dry_run")}
         actions.append(cls(dry_run=dry_run or bool(settings.get("dry_run")), **options))
     return actions
