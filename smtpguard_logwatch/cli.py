@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import sys
 import time
@@ -10,15 +12,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import parse_duration
-from .counting import Counts, write_summary_json
+from .actions.base import ActionError
+from .config import DEFAULT_PATH as DEFAULT_CONFIG
+from .config import ConfigError, parse_duration
+from .counting import DIMENSIONS, Counts, write_summary_json
 from .decisions import compare, decision_json, write_compare, write_timeline
 from .envelope import Clock, zone_from_name
 from .events import Event
+from .operator import OperatorError
 from .parsers import load_parser_classes
 from .parsers.base import ParserOptions
 from .pipeline import LineStats, Pipeline
-from .report import write_summary
+from .report import iso, write_summary
 from .rules import RuleError, check_main, default_rules_path, load_rules
 from .sources import LogSource, SourceError, chronological, iter_lines, source_for
 
@@ -100,7 +105,110 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--only-unparsed", action="store_true",
                          help="show only MTA lines that no parser understood")
     _add_input_options(explain)
+    def add_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+                       help=f"config file (default {DEFAULT_CONFIG})")
+
+    ban = sub.add_parser(
+        "ban", help="ban a key by hand (recorded in the ledger, enforced by the actions)",
+        description="Record a manual decision on KEY (an IP, a CIDR network, a sender "
+                    "address or a SASL user) and apply it through the configured actions. "
+                    "Allow-listed keys, loopback and this host cannot be banned.")
+    ban.add_argument("key", metavar="KEY")
+    ban.add_argument("--for", dest="duration", default="1h", metavar="DURATION",
+                     help="how long (default 1h; 0 for no end)")
+    ban.add_argument("--action", default="refuse",
+                     choices=["notify", "delay", "throttle", "defer", "hold", "refuse"],
+                     help="what to do (default refuse)")
+    ban.add_argument("--argument", type=float, default=None, metavar="N",
+                     help="seconds for delay, messages per minute for throttle")
+    ban.add_argument("--dimension", default=None, choices=list(DIMENSIONS),
+                     help="what KEY is (default: guessed from its form)")
+    ban.add_argument("--reason", default="", help="recorded in the ledger")
+    add_config(ban)
+
+    unban = sub.add_parser("unban", help="lift every active decision on a key",
+                           description="Revoke every active decision on KEY, automatic or "
+                                       "manual, and undo it in the configured actions.")
+    unban.add_argument("key", metavar="KEY")
+    unban.add_argument("--dimension", default=None, choices=list(DIMENSIONS))
+    add_config(unban)
+
+    listing = sub.add_parser("list", help="list the active decisions",
+                             description="List the decisions in force, from the ledger.")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--all", action="store_true", help="also expired and revoked ones")
+    add_config(listing)
+
+    snippet = sub.add_parser(
+        "snippet", help="print what to add to the MTA's configuration",
+        description="Print the lines to add to the MTA's configuration so that it "
+                    "consults the files this tool maintains. The tool never edits the "
+                    "MTA's configuration itself.")
+    snippet.add_argument("mta", choices=["postfix", "exim", "sendmail"])
+    add_config(snippet)
     return parser
+
+
+def _load_config(args: argparse.Namespace):
+    from .config import Config, load_config
+
+    if args.config == DEFAULT_CONFIG and not os.path.exists(DEFAULT_CONFIG):
+        return Config(path=None)
+    return load_config(args.config)
+
+
+def cmd_ban(args: argparse.Namespace) -> int:
+    from .operator import Operator
+
+    try:
+        duration = parse_duration(args.duration)
+    except ValueError as exc:
+        raise UsageError(f"--for: {exc}") from None
+    operator = Operator.from_config(_load_config(args))
+    d = operator.ban(args.key, dimension=args.dimension, action=args.action,
+                     duration=duration or None, argument=args.argument, reason=args.reason)
+    until = f" until {iso(d.until)}" if d.until is not None else ""
+    print(f"{d.action} {d.dimension} {d.key}{until} (decision {d.id})")
+    return 0
+
+
+def cmd_unban(args: argparse.Namespace) -> int:
+    from .operator import Operator
+
+    operator = Operator.from_config(_load_config(args))
+    revoked = operator.unban(args.key, dimension=args.dimension)
+    if not revoked:
+        print(f"no active decision on {args.key}")
+        return 1
+    for d in revoked:
+        print(f"lifted {d.action} {d.dimension} {d.key} (decision {d.id})")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .operator import Operator, decision_rows
+
+    operator = Operator.from_config(_load_config(args))
+    decisions = list(operator.ledger.all()) if args.all else operator.active()
+    if args.json:
+        print(json.dumps([decision_json(d) | {"id": d.id, "revoked": iso(d.revoked)}
+                          for d in decisions], indent=1))
+    else:
+        for row in decision_rows(decisions):
+            print(row)
+    return 0
+
+
+def cmd_snippet(args: argparse.Namespace) -> int:
+    from .actions.base import build_actions
+
+    cfg = _load_config(args)
+    settings = dict(cfg.actions.get(args.mta, {}))
+    settings["enabled"] = True
+    [action] = build_actions({args.mta: settings}, dry_run=True)
+    sys.stdout.write(action.snippet())
+    return 0
 
 
 class UsageError(Exception):
@@ -224,12 +332,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
                          only_unparsed=args.only_unparsed)
 
 
-COMMANDS = {"replay": cmd_replay, "explain": cmd_explain, "check": cmd_check}
+COMMANDS = {
+    "replay": cmd_replay, "explain": cmd_explain, "check": cmd_check, "ban": cmd_ban,
+    "unban": cmd_unban, "list": cmd_list, "snippet": cmd_snippet,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.command in ("ban", "unban") else logging.WARNING,
+        format="smtpguard-logwatch: %(levelname)s: %(message)s")
     if args.command is None:
         parser.print_help()
         return 2
@@ -244,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return 2
+    except (ConfigError, OperatorError, ActionError) as exc:
+        print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -1,0 +1,153 @@
+"""Operator commands on the persistent ledger: ``ban``, ``unban``, ``list``.
+
+They work on the state database named in the config and go through the same
+actions as the engine's decisions, so a manual ban is enforced (and expires) exactly
+like an automatic one, and is recorded as such (``origin = manual``). Allowlists hold
+here too: a key the rules allowlist cannot be banned by hand.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .actions.base import ActionError, build_actions
+from .actions.keys import KeyRefused, normalise_key
+from .config import Config
+from .engine.ledger import Decision, Ledger
+from .engine.local import LocalNetworks
+from .rules import RuleSet, load_rules
+
+log = logging.getLogger("smtpguard_logwatch.operator")
+
+LEVELS = ("notify", "delay", "throttle", "defer", "hold", "refuse")
+
+
+class OperatorError(Exception):
+    """A refused operator request; the message is one line."""
+
+
+def guess_dimension(key: str) -> str:
+    """What a bare key on the command line most likely names."""
+    try:
+        ipaddress.ip_address(key)
+        return "client_ip"
+    except ValueError:
+        pass
+    if "/" in key:
+        return "client_net"
+    if "@" in key:
+        return "sender"
+    return "sasl_user"
+
+
+def open_ledger(path: str) -> Ledger:
+    """The ledger in the state database (created with its directory if missing)."""
+    directory = os.path.dirname(path)
+    if directory:
+        try:
+            os.makedirs(directory, mode=0o750, exist_ok=True)
+        except OSError as exc:
+            raise OperatorError(f"cannot create {directory}: {exc.strerror}") from None
+    try:
+        return Ledger(conn=sqlite3.connect(path, timeout=10))
+    except sqlite3.Error as exc:
+        raise OperatorError(f"cannot open state database {path}: {exc}") from None
+
+
+@dataclass
+class Operator:
+    """Ban, unban and list against one ledger and one set of actions."""
+
+    ledger: Ledger
+    actions: list[Any] = field(default_factory=list)
+    ruleset: RuleSet | None = None
+    local: LocalNetworks = field(default_factory=LocalNetworks.loopback_only)
+    clock: Callable[[], float] = time.time
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Operator:
+        try:
+            actions = build_actions(cfg.actions, dry_run=cfg.dry_run)
+        except ActionError as exc:
+            raise OperatorError(str(exc)) from None
+        except TypeError as exc:
+            raise OperatorError(f"{cfg.path}: bad action option: {exc}") from None
+        ruleset = load_rules(cfg.rules) if cfg.rules else None
+        return cls(open_ledger(cfg.state), actions, ruleset, LocalNetworks.this_host())
+
+    def _check_allowed(self, dimension: str, key: str) -> None:
+        if dimension == "client_ip" and self.local.contains_ip(key) or \
+                dimension == "client_net" and self.local.overlaps(key):
+            raise OperatorError(f"{key} is loopback or this host's own address; not banned")
+        if self.ruleset is not None and self.ruleset.allowlist.allows(dimension, key):
+            raise OperatorError(f"{key} is on the rules' allowlist; remove it there first")
+
+    def ban(self, key: str, *, dimension: str | None = None, action: str = "refuse",
+            duration: float | None = 3600.0, argument: float | None = None,
+            reason: str = "") -> Decision:
+        """Record a manual decision and apply it through every action that handles it."""
+        dimension = dimension or guess_dimension(key)
+        if action not in LEVELS:
+            raise OperatorError(f"unknown action {action!r} (one of {', '.join(LEVELS)})")
+        try:
+            key = normalise_key(dimension, key)
+        except KeyRefused as exc:
+            raise OperatorError(f"not a valid {dimension} key: {exc}") from None
+        self._check_allowed(dimension, key)
+        now = self.clock()
+        decision = self.ledger.record(Decision(
+            time=now, dimension=dimension, key=key, action=action,
+            until=now + duration if duration else None, rules=("manual",),
+            evidence=[{"manual": reason or "banned by the operator"}], argument=argument,
+            origin="manual"))
+        self.ledger.conn.commit()
+        self._each_action(decision, "apply")
+        return decision
+
+    def unban(self, key: str, *, dimension: str | None = None) -> list[Decision]:
+        """Revoke every active decision on the key (automatic ones too)."""
+        dimension = dimension or guess_dimension(key)
+        try:
+            key = normalise_key(dimension, key)
+        except KeyRefused as exc:
+            raise OperatorError(f"not a valid {dimension} key: {exc}") from None
+        now = self.clock()
+        revoked = [d for d in self.ledger.for_key(dimension, key) if d.active_at(now)]
+        for d in revoked:
+            self.ledger.revoke(d.id, now)
+            d.revoked = now
+        self.ledger.conn.commit()
+        for d in revoked:
+            self._each_action(d, "revoke")
+        return revoked
+
+    def active(self) -> list[Decision]:
+        return self.ledger.active(self.clock())
+
+    def _each_action(self, decision: Decision, verb: str) -> None:
+        for action in self.actions:
+            if not action.handles(decision):
+                continue
+            try:
+                getattr(action, verb)(decision)
+            except ActionError as exc:  # one action failing must not stop the others
+                log.error("%s", exc)
+
+
+def decision_rows(decisions: Iterable[Decision]) -> list[str]:
+    """``list`` output: one line per decision."""
+    from .report import iso
+
+    rows = []
+    for d in decisions:
+        until = iso(d.until) if d.until is not None else "-"
+        rows.append(f"{d.id:>6}  {iso(d.time)}  {until:<20}  {d.dimension:<14} {d.key:<40} "
+                    f"{d.action:<8} {d.origin:<7} {', '.join(d.rules)}")
+    return rows

@@ -1,0 +1,110 @@
+"""Operator commands: manual bans go into the ledger and through the actions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smtpguard_logwatch.engine.ledger import Decision
+from smtpguard_logwatch.operator import Operator, OperatorError, guess_dimension, open_ledger
+from smtpguard_logwatch.rules import load_text
+
+
+class Recorder:
+    """A stand-in action that records what it was asked to do."""
+
+    name = "recorder"
+    dry_run = False
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def handles(self, d: Decision) -> bool:
+        return d.dimension == "client_ip"
+
+    def apply(self, d: Decision) -> None:
+        self.calls.append(("apply", d.key, d.action))
+
+    def revoke(self, d: Decision) -> None:
+        self.calls.append(("revoke", d.key, d.action))
+
+
+@pytest.fixture
+def operator(tmp_path: Path) -> tuple[Operator, Recorder]:
+    rec = Recorder()
+    ruleset = load_text("allow network 198.51.100.0/24\nallow sender ceo@example.com\n")
+    clock = iter(range(1_000_000, 2_000_000, 10))
+    op = Operator(open_ledger(str(tmp_path / "state" / "s.sqlite")), [rec], ruleset,
+                  clock=lambda: float(next(clock)))
+    return op, rec
+
+
+def test_guess_dimension() -> None:
+    assert guess_dimension("192.0.2.1") == "client_ip"
+    assert guess_dimension("2001:db8::1") == "client_ip"
+    assert guess_dimension("192.0.2.0/24") == "client_net"
+    assert guess_dimension("a@b.example") == "sender"
+    assert guess_dimension("alice") == "sasl_user"
+
+
+def test_ban_records_and_applies_then_unban_revokes(operator) -> None:
+    op, rec = operator
+    d = op.ban("203.0.113.9", duration=3600, reason="spam run")
+    assert (d.origin, d.rules, d.until - d.time) == ("manual", ("manual",), 3600)
+    assert rec.calls == [("apply", "203.0.113.9", "refuse")]
+    assert [a.key for a in op.active()] == ["203.0.113.9"]
+    [lifted] = op.unban("203.0.113.9")
+    assert lifted.id == d.id
+    assert rec.calls[-1] == ("revoke", "203.0.113.9", "refuse")
+    assert op.active() == []
+    assert op.unban("203.0.113.9") == []
+
+
+def test_actions_that_do_not_handle_a_decision_are_not_called(operator) -> None:
+    op, rec = operator
+    op.ban("spammer@example.net", action="defer")
+    assert rec.calls == []
+
+
+@pytest.mark.parametrize("key", ["198.51.100.7", "198.51.100.0/24", "ceo@example.com",
+                                 "127.0.0.1", "::1"])
+def test_allowlisted_and_local_keys_cannot_be_banned(operator, key: str) -> None:
+    op, rec = operator
+    with pytest.raises(OperatorError):
+        op.ban(key)
+    assert rec.calls == [] and op.active() == []
+
+
+@pytest.mark.parametrize("key", ["x y@example.com", "a@b.example\nOK", "#x@y.example",
+                                 "10.0.0.1; drop", "192.0.2.0/33"])
+def test_hostile_keys_are_refused(operator, key: str) -> None:
+    op, rec = operator
+    with pytest.raises(OperatorError, match="not a valid"):
+        op.ban(key)
+    assert rec.calls == []
+
+
+def test_cli_ban_list_unban(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[state]\ndatabase = "{tmp_path}/state.sqlite"\n')
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "smtpguard_logwatch", *args,
+                               "--config", str(cfg)], capture_output=True, text=True,
+                              check=False, cwd="/")
+
+    banned = run("ban", "203.0.113.50", "--for", "10m", "--reason", "test")
+    assert banned.returncode == 0, banned.stderr
+    assert banned.stdout.startswith("refuse client_ip 203.0.113.50 until ")
+    listed = json.loads(run("list", "--json").stdout)
+    assert [(d["key"], d["origin"]) for d in listed] == [("203.0.113.50", "manual")]
+    assert run("unban", "203.0.113.50").returncode == 0
+    assert json.loads(run("list", "--json").stdout) == []
+    assert run("unban", "203.0.113.50").returncode == 1
+    refused = run("ban", "127.0.0.1")
+    assert refused.returncode == 1 and "loopback" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
