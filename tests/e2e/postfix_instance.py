@@ -126,6 +126,9 @@ class PostfixInstance:
     #: SASL accounts ("user@realm" -> password); non-empty enables Cyrus SASL (sasldb).
     sasl_users: dict[str, str] = field(default_factory=dict)
     extra_main_cf: dict[str, str] = field(default_factory=dict)
+    #: master.cf maxproc of the smtpd service ("-" = default_process_limit). 1 makes every
+    #: session go to the same long-lived smtpd while it lives (map-change tests).
+    smtpd_maxproc: str = "-"
     running: bool = False
 
     # -- layout -----------------------------------------------------------------------------
@@ -222,7 +225,7 @@ class PostfixInstance:
         )
         # service type private unpriv chroot wakeup maxproc command; chroot "n" everywhere.
         services = [
-            f"{self.host}:{self.port} inet n - n - - smtpd",
+            f"{self.host}:{self.port} inet n - n - {self.smtpd_maxproc} smtpd",
             "pickup    unix  n - n 60   1 pickup",
             "cleanup   unix  n - n -    0 cleanup",
             "qmgr      unix  n - n 300  1 qmgr",
@@ -250,6 +253,12 @@ class PostfixInstance:
             + "\n".join(services)
             + "\n"
         )
+
+    def append_main_cf(self, text: str) -> None:
+        """Append raw main.cf text (comments, multi-line values) before :meth:`start`,
+        e.g. a snippet an action generates for the admin to paste."""
+        with (self.config_dir / "main.cf").open("a") as main_cf:
+            main_cf.write(text if text.endswith("\n") else text + "\n")
 
     def _write_sasl_config(self) -> dict[str, str]:
         """Cyrus SASL with a private sasldb (PLAIN/LOGIN); returns the main.cf settings.
