@@ -66,8 +66,11 @@ _REGISTRY: dict[str, type] = {}
 # Built-in actions, imported when the config first names them.
 BUILTIN_MODULES = {
     "nftables": "smtpguard_logwatch.actions.nftables",
+    "iptables": "smtpguard_logwatch.actions.iptables",
     "postfix": "smtpguard_logwatch.actions.postfix_maps",
     "mail": "smtpguard_logwatch.actions.mail",
+    "exim": "smtpguard_logwatch.actions.exim_files",
+    "sendmail": "smtpguard_logwatch.actions.sendmail_access",
 }
 
 

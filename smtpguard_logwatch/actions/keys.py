@@ -28,6 +28,8 @@ def normalise_key(dimension: str, key: str) -> str:
         raise KeyRefused("empty key")
     if len(key) > MAX_KEY:
         raise KeyRefused(f"key longer than {MAX_KEY} characters")
+    if dimension in ("client_ip", "client_net") and "%" in key:
+        raise KeyRefused(f"scoped addresses (with %zone) are not client keys: {key!r}")
     if dimension == "client_ip":
         try:
             addr = ipaddress.ip_address(key)
