@@ -21,16 +21,19 @@ DIMS = ("ip", "net24", "sender", "sasl", "rcpt_domain")
 
 
 def make_ops(n_events: int, n_keys: int, rate: float, seed: int = 1) -> list[tuple]:
-    """Per event five adds (one per dimension), zipf-ish key popularity, log time
-    advancing at ``rate`` events/s with a little out-of-order jitter."""
+    """Per event ten adds: for each of five dimensions a zipf-ish key (few busy keys, a
+    long tail of rare ones) and two metrics (messages, recipients), as the engine does
+    for a MessageAccepted. Log time advances at ``rate`` events/s with +-1 s jitter."""
     rnd = random.Random(seed)
     pools = {d: [f"{d}-{i}" for i in range(n_keys)] for d in DIMS}
     ops = []
     for e in range(n_events):
         t = T0 + e / rate + rnd.random() * 2.0 - 1.0
+        nrcpt = float(1 + int(rnd.random() ** 4 * 20))
         for d in DIMS:
             k = pools[d][int(n_keys * rnd.random() ** 3)]
             ops.append((d, k, "messages", t, 1.0))
+            ops.append((d, k, "recipients", t, nrcpt))
     return ops
 
 
@@ -38,74 +41,122 @@ def noop(d, k, m, t, n=1.0):  # noqa: ARG001 - the driver-overhead reference
     return None
 
 
-def time_loop(fn, ops) -> float:
-    gc.collect()
-    gc.disable()
-    try:
-        t0 = time.perf_counter()
-        for d, k, m, t, n in ops:
-            fn(d, k, m, t, n)
-        return time.perf_counter() - t0
-    finally:
-        gc.enable()
+def time_loop(fn, ops, repeat: int = 1) -> float:
+    """Seconds per call (best of ``repeat``), with the cyclic GC paused as in a tight
+    replay loop; GC cost is visible in the hostile-cardinality benchmark instead."""
+    best = float("inf")
+    for _ in range(repeat):
+        gc.collect()
+        gc.disable()
+        try:
+            t0 = time.perf_counter()
+            for d, k, m, t, n in ops:
+                fn(d, k, m, t, n)
+            best = min(best, time.perf_counter() - t0)
+        finally:
+            gc.enable()
+    return best / len(ops)
 
 
-def bench_add(n_events: int) -> FrequencyStore:
-    ops = make_ops(n_events, 20_000, rate=300.0)
+def bench_add(n_events: int, n_keys: int) -> FrequencyStore:
+    ops = make_ops(n_events, n_keys, rate=300.0)
+    overhead = time_loop(noop, ops, repeat=3) * 1e9
     store = FrequencyStore()
-    overhead = min(time_loop(noop, ops) for _ in range(3)) / len(ops) * 1e9
-    dt = time_loop(store.add, ops) / len(ops) * 1e9
-    print(f"add   (steady, 20k keys/dim x5 dims, {len(ops):,} adds, "
-          f"{n_events / 300 / 3600:.1f} h of log): {dt:6.0f} ns/add raw, "
-          f"{dt - overhead:6.0f} ns/add net (driver overhead {overhead:.0f} ns)")
-    # Second pass over the same keys later in time: the pure steady state.
-    ops2 = [(d, k, m, t + n_events / 300.0, n) for d, k, m, t, n in ops]
-    dt2 = time_loop(store.add, ops2) / len(ops2) * 1e9
-    print(f"add   (steady, second pass, all keys known):            {dt2:6.0f} ns/add raw, "
-          f"{dt2 - overhead:6.0f} ns/add net")
-    # Hot key, same bucket: the best case.
-    hot = [("ip", "192.0.2.1", "messages", T0 + 1e6 + i * 1e-4, 1.0) for i in range(500_000)]
-    dt3 = time_loop(store.add, hot) / len(hot) * 1e9
-    print(f"add   (one hot key, same bucket):                        {dt3:6.0f} ns/add raw, "
-          f"{dt3 - overhead:6.0f} ns/add net")
-    # Hostile: every add is a new key, store at its cap.
-    capped = FrequencyStore(max_keys_per_dimension=50_000)
-    new = [("sender", f"{i:x}@forged.example", "messages", T0 + i * 1e-3, 1.0)
-           for i in range(400_000)]
-    dt4 = time_loop(capped.add, new) / len(new) * 1e9
-    print(f"add   (every add a new key, cap 50k, evicting):          {dt4:6.0f} ns/add raw, "
-          f"{dt4 - overhead:6.0f} ns/add net")
+    nested: dict = {}
+    for d, k, m, _t, _n in ops:
+        nested.setdefault(d, {}).setdefault(k, {})[m] = [0.0]
+
+    def floor(d, k, m, t, n=1.0):  # the bare nested-dict lookup + one float add
+        nested[d][k][m][0] += n
+
+    floor_ns = time_loop(floor, ops, repeat=3) * 1e9 - overhead
+    dt = time_loop(store.add, ops) * 1e9
+    keys = store.nkeys()
+    print(f"workload: {n_keys:,} keys/dim x 5 dims x 2 metrics, {len(ops):,} adds over "
+          f"{n_events / 300 / 60:.0f} min of log ({keys:,} keys touched)")
+    print(f"  driver loop overhead {overhead:5.0f} ns; bare dict lookup+add on the same "
+          f"workload {floor_ns:5.0f} ns (memory-latency floor)")
+    print(f"  add, first pass (keys new):      {dt:5.0f} ns raw {dt - overhead:5.0f} ns net")
+    shift = n_events / 300.0
+    ops2 = [(d, k, m, t + shift, n) for d, k, m, t, n in ops]
+    dt2 = time_loop(store.add, ops2) * 1e9
+    print(f"  add, second pass (keys known):   {dt2:5.0f} ns raw {dt2 - overhead:5.0f} ns net")
     return store
 
 
-def bench_reads(store: FrequencyStore, rounds: int) -> None:
-    now = store.clock + 30.0
-    keys = [k for k in store.keys("ip")]
-    heavy = "ip-0"
-    sparse = keys[-1]
-    for label, key in (("heavy key", heavy), ("sparse key", sparse)):
-        for window in (60.0, 600.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0):
-            t0 = time.perf_counter()
-            for _ in range(rounds):
-                store.count("ip", key, "messages", window, now)
-            dt = (time.perf_counter() - t0) / rounds * 1e9
-            print(f"count ({label:10s}, window {window:>7.0f} s): {dt:8.0f} ns")
-    t0 = time.perf_counter()
-    for _ in range(rounds):
-        store.count("ip", "no-such-key", "messages", 600.0, now)
-    print(f"count (missing key):                      "
-          f"{(time.perf_counter() - t0) / rounds * 1e9:8.0f} ns")
-    for window in (600.0, 3600.0):
-        t0 = time.perf_counter()
-        store._memo.clear()
-        store.baseline("ip", heavy, "messages", window, now, min_history=3600, floor=10)
-        cold = (time.perf_counter() - t0) * 1e9
+def bench_add_paths() -> None:
+    """The individual paths of add(), on a small (cache-resident) working set."""
+    overhead = None
+    cases = {
+        "same bucket (hot key)": [("ip", "192.0.2.1", "messages", T0 + i * 1e-4, 1.0)
+                                  for i in range(300_000)],
+        "new bucket (rollover)": [("ip", f"k{i % 1000}", "messages", T0 + i * 0.07, 1.0)
+                                  for i in range(300_000)],
+    }
+    for label, ops in cases.items():
+        overhead = time_loop(noop, ops, repeat=3) * 1e9
+        store = FrequencyStore()
+        for d, k, m, t, n in ops[:2000]:
+            store.add(d, k, m, t - 3600, n)
+        dt = time_loop(store.add, ops, repeat=3) * 1e9
+        print(f"add, {label:24s} {dt:5.0f} ns raw {dt - overhead:5.0f} ns net")
+    capped = FrequencyStore(max_keys_per_dimension=50_000)
+    new = [("sender", f"{i:x}@forged.example", "messages", T0 + i * 1e-3, 1.0)
+           for i in range(400_000)]
+    dt = time_loop(capped.add, new) * 1e9
+    print(f"add, every add a new key (cap 50k, evicting) {dt:5.0f} ns raw "
+          f"{dt - overhead:5.0f} ns net")
+
+
+def history_store() -> FrequencyStore:
+    """Eight days of log: a busy key (an event every 10 s with a day/night rhythm) and
+    a sparse one (an event every ~2 h)."""
+    store = FrequencyStore()
+    t = T0
+    end = T0 + 8 * 86400
+    while t < end:
+        store.add("ip", "busy", "messages", t)
+        t += 10.0 if (t - T0) % 86400 > 30000 else 60.0
+    t = T0
+    while t < end:
+        store.add("ip", "sparse", "messages", t)
+        t += 7000.0
+    return store
+
+
+def per_call(fn, rounds: int, repeat: int = 5) -> float:
+    """Best-of-``repeat`` nanoseconds per call of ``fn()`` (the machine may be shared)."""
+    best = float("inf")
+    for _ in range(repeat):
         t0 = time.perf_counter()
         for _ in range(rounds):
-            store.baseline("ip", heavy, "messages", window, now, min_history=3600, floor=10)
-        warm = (time.perf_counter() - t0) / rounds * 1e9
-        print(f"baseline (heavy key, window {window:>5.0f} s): {cold:9.0f} ns cold, "
-              f"{warm:6.0f} ns memoised")
+            fn()
+        best = min(best, time.perf_counter() - t0)
+    return best / rounds * 1e9
+
+
+def bench_reads(rounds: int) -> None:
+    store = history_store()
+    now = store.clock + 30.0
+    count = store.count
+    for key in ("busy", "sparse"):
+        for window in (60.0, 600.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0):
+            dt = per_call(lambda k=key, w=window: count("ip", k, "messages", w, now), rounds)
+            print(f"count ({key:6s} key, window {window:>7.0f} s): {dt:7.0f} ns")
+    dt = per_call(lambda: count("ip", "no-such-key", "messages", 600.0, now), rounds)
+    print(f"count (missing key):                     {dt:7.0f} ns")
+    for window in (60.0, 600.0, 3600.0):
+        def cold(w=window):
+            store._dims["ip"]["busy"]["messages"].memo = None
+            store.baseline("ip", "busy", "messages", w, now, min_history=86400, floor=10)
+
+        def warm(w=window):
+            store.baseline("ip", "busy", "messages", w, now, min_history=86400, floor=10)
+
+        c = per_call(cold, max(10, rounds // 200))
+        m = per_call(warm, rounds)
+        print(f"baseline (busy key, window {window:>5.0f} s): {c / 1000:6.0f} us cold, "
+              f"{m:5.0f} ns memoised")
 
 
 def bench_distinct(rounds: int) -> None:
@@ -122,10 +173,8 @@ def bench_distinct(rounds: int) -> None:
     print(f"add_member (2k users, random IPs):       {dt:8.0f} ns/call")
     now = T0 + len(ops) * 0.05
     for window in (600.0, 3600.0, 86400.0):
-        t0 = time.perf_counter()
-        for _ in range(rounds):
-            store.distinct("sasl", "user7", "client_ips", window, now)
-        dt = (time.perf_counter() - t0) / rounds * 1e9
+        dt = per_call(lambda w=window: store.distinct("sasl", "user7", "client_ips", w, now),
+                      rounds)
         n = store.distinct("sasl", "user7", "client_ips", window, now)
         print(f"distinct (window {window:>6.0f} s, {n:4d} members): {dt:8.0f} ns")
 
@@ -175,10 +224,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller sizes")
     args = ap.parse_args()
-    n_events = 100_000 if args.quick else 600_000
+    n_events = 50_000 if args.quick else 200_000
     rounds = 2_000 if args.quick else 20_000
-    store = bench_add(n_events)
-    bench_reads(store, rounds)
+    bench_add_paths()
+    bench_add(n_events, 1_000)
+    store = bench_add(n_events, 20_000)
+    bench_reads(rounds)
     bench_distinct(rounds)
     bench_memory()
     bench_persist(store)

@@ -193,3 +193,50 @@ def test_baseline_matches_brute_force(gaps, lates, queries):
             again = store.baseline("ip", "k", "m", window, now, min_history=min_history,
                                    floor=0.5, quantile=q)
             assert again == got
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(
+        st.tuples(st.floats(0, 400), st.sampled_from([0.0, 0.0, 0.0, 2.0, 61.0, 900.0, HOUR])),
+        min_size=1, max_size=150),
+    window=st.sampled_from([60.0, 120.0, 600.0, HOUR]),
+)
+def test_memoised_baseline_follows_every_add(steps, window):
+    """Queried after every add (as the engine does), the memo never serves a stale
+    value: late adds into the history, head changes and new buckets invalidate it."""
+    store = FrequencyStore()
+    geo = Geometry(store.resolutions)
+    events = [(T0, 1.0)]
+    store.add("ip", "k", "m", T0)
+    t = T0 + 2 * HOUR
+    for gap, late in steps:
+        t += gap
+        events.append((t - late, 1.0))
+        store.add("ip", "k", "m", t - late)
+        now = store.clock + 30.0
+        got = store.baseline("ip", "k", "m", window, now, min_history=0, floor=0, quantile=0.9)
+        want = brute_baseline(geo, events, window, now, 0, 0, 0.9)
+        assert got == pytest.approx(want) if want is not None else got is None
+
+
+def test_memo_notices_adds_to_a_head_that_lies_in_the_history():
+    """A quiet key's newest bucket can be older than the current window (other keys
+    moved the clock on); late adds into that bucket change its history."""
+    store = FrequencyStore()
+    store.add("ip", "quiet", "m", T0)
+    store.add("ip", "quiet", "m", T0 + 5 * HOUR + 10)
+    store.add("ip", "driver", "m", T0 + 8 * HOUR)  # moves the store clock
+    now = T0 + 8 * HOUR + 60
+
+    def usual() -> float | None:
+        return store.baseline("ip", "quiet", "m", HOUR, now, min_history=0, floor=0,
+                              quantile=1.0)
+
+    assert usual() == 1
+    store.add("ip", "quiet", "m", T0 + 5 * HOUR + 20)  # same bucket as the head
+    assert usual() == 2
+    store.add("ip", "quiet", "m", T0 + 5 * HOUR - 3600)  # a late add into older history
+    store.add("ip", "quiet", "m", T0 + 5 * HOUR - 3600)
+    store.add("ip", "quiet", "m", T0 + 5 * HOUR - 3600)
+    assert usual() == 3

@@ -78,15 +78,19 @@ def nows(clock: float, data) -> float:
 
 
 def feed(store: FrequencyStore, events, expire_every: int = 0) -> float:
-    """Add the events (calling expire now and then); returns the store clock."""
+    """Add the events (calling expire now and then); returns the store clock. Another
+    key gets an add at the same time first, so the store clock is already there and
+    add() takes its inlined paths, as it does when many keys are active."""
     for i, (t, n) in enumerate(events):
+        if i % 3:
+            store.add("ip", "192.0.2.99", "messages", t)
         store.add("ip", "192.0.2.1", "messages", t, n)
         if expire_every and i % expire_every == expire_every - 1:
             store.expire(t)
     return store.clock
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     events=event_streams(horizon=20 * HOUR),
     data=st.data(),
@@ -104,7 +108,7 @@ def test_count_matches_brute_force_small_levels(events, data, expire_every):
         ), (window, now)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=event_streams(horizon=12 * DAY), data=st.data())
 def test_count_matches_brute_force_default_levels(events, data):
     store = FrequencyStore()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from smtpguard_logwatch.store import HOUR, FrequencyStore
 from smtpguard_logwatch.store.evict import decay, pick_victims
 
@@ -15,6 +17,7 @@ class Rec:
         self.hits = hits
 
 
+@pytest.mark.slow
 def test_a_million_forged_senders_do_not_evict_the_heavy_ones():
     cap = 20_000
     store = FrequencyStore(max_keys_per_dimension=cap)
@@ -90,3 +93,24 @@ def test_keys_and_entries_accounting():
     assert store.nkeys("rcpt_domain") <= 50
     assert store.entries() == 2 * store.nkeys("rcpt_domain")
     assert len(list(store.keys("rcpt_domain"))) == store.nkeys("rcpt_domain")
+
+
+def test_over_long_keys_and_members_are_bounded_but_distinct():
+    store = FrequencyStore()
+    a = "x" * 5000 + "a@forged.example"
+    b = "x" * 5000 + "b@forged.example"
+    for _ in range(3):
+        store.add("sender", a, "messages", T0)
+    store.add("sender", b, "messages", T0)
+    store.add_member("sender", a, "rcpts", "r" * 9000 + "1", T0)
+    store.add_member("sender", a, "rcpts", "r" * 9000 + "2", T0)
+    store.add_member("sender", a, "rcpts", "r" * 9000 + "1", T0)
+    assert store.count("sender", a, "messages", 60, T0) == 3
+    assert store.count("sender", b, "messages", 60, T0) == 1
+    assert store.distinct("sender", a, "rcpts", 60, T0) == 2
+    assert store.first_seen("sender", a) is not None
+    assert sorted(store.metrics("sender", a)) == ["messages", "rcpts"]
+    names = list(store.keys("sender"))
+    assert len(names) == 2 and all(len(k) <= 320 for k in names)
+    held = store._dims["sender"][names[0]]["rcpts"].last
+    assert all(len(m) <= 320 for m in held)

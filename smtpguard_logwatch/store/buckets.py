@@ -21,7 +21,11 @@ buckets whose start ``s`` satisfies ``now - W < s <= now``, i.e. indices in
 ``((now - W) // w, now // w]``. Finer data is first coarsened to level L. So the window
 is the ``W / w`` most recent buckets including the (partial) one that contains ``now``;
 the old edge is rounded to the bucket grid and an event slightly after ``now`` but in
-``now``'s bucket counts. That is the only approximation.
+``now``'s bucket counts. That is the only approximation. Example: ``W = 600``,
+``now = 12:10:30`` counts the ten minute buckets starting 12:01 … 12:10 (events from
+12:01:00 to 12:10:59); ``now = 12:10:00`` counts the same ten buckets. Sums are exact
+for integer weights (while a series' running total stays below 2**53); fractional
+weights are summed in floating point (level 0 through running sums).
 
 Where data lives: the newest level-0 bucket of a series is its *head* (``b``, ``v``), a
 plain float pair so that the hot path in :meth:`FrequencyStore.add` is one comparison
@@ -78,7 +82,7 @@ DEFAULT_RESOLUTIONS: tuple[Resolution, ...] = (
 class Geometry:
     """The validated, precomputed shape of the resolution levels (shared by all series)."""
 
-    __slots__ = ("res", "w", "span", "keep", "r0", "n", "nbuckets", "level_cache")
+    __slots__ = ("res", "w", "span", "keep", "r0", "ratio", "n", "nbuckets", "level_cache")
 
     def __init__(self, resolutions: tuple[Resolution, ...] | list, slack: float = SLACK):
         res = tuple(Resolution(float(w), float(s)) for w, s in resolutions)
@@ -100,6 +104,11 @@ class Geometry:
         self.span = tuple(r.span for r in res)
         self.keep = tuple(r.span + slack for r in res)
         self.r0 = tuple(w / self.w[0] for w in self.w)  # level width in level-0 buckets
+        # ratio[l][j]: level-j buckets per level-l bucket (j <= l), else the reverse.
+        self.ratio = tuple(
+            tuple(self.w[lv] / wj if j <= lv else wj / self.w[lv] for j, wj in enumerate(self.w))
+            for lv in range(len(self.w))
+        )
         self.nbuckets = tuple(int(r.span // r.width) for r in res)
         self.level_cache: dict[float, int] = {}
 
@@ -134,20 +143,26 @@ class Series:
     """Bucketed sums of one metric of one key.
 
     ``b``/``v`` is the head (newest level-0 bucket: index, value); ``h``/``hv`` the
-    older level-0 buckets (sorted indices, values) or ``None``; ``up`` is ``None`` or a
-    list whose item ``j - 1`` is ``None`` or the ``(indices, values)`` of level ``j``.
-    ``ver`` changes whenever buckets other than the head change outside the plain
-    "new newest bucket" path (out-of-order adds, folding), for the baseline memo."""
+    older level-0 buckets (sorted indices, values) or ``None``, and ``hc`` their running
+    sums (``hc[i] - hc[j] = hv[j+1] + … + hv[i]``) so that a short-window count is two
+    lookups however busy the key; ``up`` is ``None`` or a list whose item ``j - 1`` is
+    ``None`` or the ``(indices, values)`` of level ``j``.
+    ``ver`` counts late (out-of-order) adds and ``lb`` is the level-0 index of the
+    latest one; ``memo`` holds memoised baselines (see :mod:`.baseline`), which use
+    ``ver``/``lb`` to notice history that changed."""
 
-    __slots__ = ("b", "v", "h", "hv", "up", "ver")
+    __slots__ = ("b", "v", "h", "hv", "hc", "up", "ver", "lb", "memo")
 
     def __init__(self, b: float, v: float) -> None:
         self.b = b
         self.v = v
         self.h: array | None = None
         self.hv: array | None = None
+        self.hc: array | None = None
         self.up: list[tuple[array, array] | None] | None = None
         self.ver = 0
+        self.lb = b
+        self.memo: dict | None = None
 
     def levels(self) -> Iterator[tuple[int, array, array]]:
         """``(level, indices, values)`` of every non-empty history level."""
@@ -164,12 +179,7 @@ class Series:
 
 
 def _pair(s: Series, j: int, n: int) -> tuple[array, array]:
-    """Level ``j``'s history arrays, created on first use."""
-    if j == 0:
-        if s.h is None:
-            s.h = array("d")
-            s.hv = array("d")
-        return s.h, s.hv
+    """Level ``j >= 1``'s history arrays, created on first use."""
     up = s.up
     if up is None:
         up = s.up = [None] * (n - 1)
@@ -196,12 +206,38 @@ def _acc(p: tuple[array, array], c: float, v: float) -> None:
             val.insert(i, v)
 
 
+def acc0(s: Series, c: float, v: float) -> None:
+    """:func:`_acc` for level 0, which also keeps the running sums ``hc``. A late add
+    only updates the running sums from its position on (usually the last one or two)."""
+    h = s.h
+    if h is None:
+        s.h = array("d", (c,))
+        s.hv = array("d", (v,))
+        s.hc = array("d", (v,))
+        return
+    hv, hc = s.hv, s.hc
+    if not h or h[-1] < c:
+        h.append(c)
+        hv.append(v)
+        hc.append(hc[-1] + v if hc else v)
+        return
+    i = bisect_left(h, c)
+    if h[i] == c:
+        hv[i] += v
+    else:
+        h.insert(i, c)
+        hv.insert(i, v)
+        hc.insert(i, hc[i] - hv[i + 1])  # the running sum before i; v is added below
+    for x in range(i, len(hc)):
+        hc[x] += v
+
+
 def push(s: Series, b: float, n: float, geo: Geometry, cuts: tuple[float, ...]) -> None:
     """The slow path of an add whose level-0 bucket ``b`` is not the head's.
     (``FrequencyStore.add`` inlines the common case: ``b`` newer than the head and the
     series already has level-0 history.)"""
     if b > s.b:  # the series moves on to a new bucket: the old head becomes history
-        _acc(_pair(s, 0, geo.n), s.b, s.v)
+        acc0(s, s.b, s.v)
         s.b = b
         s.v = n
         if s.h[0] < cuts[0]:
@@ -212,8 +248,12 @@ def push(s: Series, b: float, n: float, geo: Geometry, cuts: tuple[float, ...]) 
     for j in range(geo.n):
         c = b // r0[j]
         if c >= cuts[j]:
-            _acc(_pair(s, j, geo.n), c, n)
+            if j:
+                _acc(_pair(s, j, geo.n), c, n)
+            else:
+                acc0(s, c, n)
             s.ver += 1
+            s.lb = b
             return
     # Older than everything retained: dropped.
 
@@ -234,10 +274,11 @@ def fold(s: Series, geo: Geometry, cuts: tuple[float, ...]) -> None:
                 _acc(q, idx[x] // step, val[x])
         del idx[:k]
         del val[:k]
-        s.ver += 1
+        if j == 0:
+            del s.hc[:k]  # running sums stay valid: only differences are ever used
     # Free emptied arrays: most series are short-lived and empty arrays still cost memory.
     if s.h is not None and not s.h:
-        s.h = s.hv = None
+        s.h = s.hv = s.hc = None
     if s.up is not None:
         for j, p in enumerate(s.up):
             if p is not None and not p[0]:
@@ -251,20 +292,63 @@ def aged_out(s: Series, geo: Geometry, cuts: tuple[float, ...]) -> bool:
     return s.b // geo.r0[-1] < cuts[-1]
 
 
+def _span(idx: array, a: float, z: float) -> tuple[int, int]:
+    """Positions ``[i, k)`` of the indices in ``[a, z)`` of a sorted level.
+
+    Indices are unique integers, so the ``m`` newest are at least ``idx[-1] - m + 1``:
+    windows end near the newest bucket, and bisecting only that tail (plain bisect on an
+    ``array`` boxes a float per probe) keeps short windows cheap on long series."""
+    n = len(idx)
+    last = idx[-1]
+    k = n if last < z else bisect_left(idx, z)
+    if last < a:
+        return k, k
+    start = n - int(last - a) - 1
+    return bisect_left(idx, a, start if start > 0 else 0, k), k
+
+
 def window_sum(s: Series, geo: Geometry, lvl: int, lo: float, hi: float) -> float:
-    """Sum of the buckets in level-``lvl`` index range ``(lo, hi]`` (module doc)."""
+    """Sum of the buckets in level-``lvl`` index range ``(lo, hi]`` (module doc).
+
+    Levels up to ``lvl`` are coarsened: their indices in ``[(lo+1)·r, (hi+1)·r)`` count.
+    Coarser levels count whole buckets whose start lies in the window; each level is
+    skipped with one comparison when its newest bucket is older than the window."""
     a = lo + 1.0
     z = hi + 1.0
     r = geo.r0[lvl]
-    total = s.v if a * r <= s.b < z * r else 0.0
-    wl = geo.w[lvl]
-    for j, idx, val in s.levels():
-        if j <= lvl:
-            rj = wl / geo.w[j]
-            i = bisect_left(idx, a * rj)
-            k = bisect_left(idx, z * rj)
-        else:  # coarser than the window's level: count whole buckets by their start
-            rj = geo.w[j] / wl
+    ar = a * r
+    total = s.v if ar <= s.b < z * r else 0.0
+    h = s.h
+    if h is not None:
+        last = h[-1]
+        if last >= ar:  # _span(h, ar, z * r), inlined: level 0 is the hot one
+            n = len(h)
+            k = n if last < z * r else bisect_left(h, z * r)
+            start = n - int(last - ar) - 1
+            if start < 0:
+                start = 0
+            # A busy key has every minute: then the window starts exactly at ``start``.
+            i = start if h[start] == ar else bisect_left(h, ar, start, k)
+            if k > i:  # running sums: hv[i] + … + hv[k-1]
+                hc = s.hc
+                total += hc[k - 1] - hc[i] + s.hv[i]
+    up = s.up
+    if up is None:
+        return total
+    ratio = geo.ratio[lvl]
+    for j in range(1, geo.n):
+        p = up[j - 1]
+        if p is None:
+            continue
+        idx, val = p
+        rj = ratio[j]
+        if j <= lvl:  # rj = level-j buckets per level-lvl bucket
+            if idx[-1] < a * rj:
+                continue
+            i, k = _span(idx, a * rj, z * rj)
+        else:  # rj = level-lvl buckets per level-j bucket
+            if idx[-1] * rj <= lo:
+                continue
             i = bisect_right(idx, lo // rj)
             k = bisect_right(idx, hi // rj)
         if k - i == 1:
@@ -272,27 +356,3 @@ def window_sum(s: Series, geo: Geometry, lvl: int, lo: float, hi: float) -> floa
         elif k > i:
             total += sum(val[i:k])
     return total
-
-
-def buckets_at(s: Series, geo: Geometry, lvl: int, a: float, z: float) -> Iterator[
-    tuple[float, float]
-]:
-    """``(index, value)`` of every held bucket, coarsened to level ``lvl``, whose
-    level-``lvl`` index is in ``[a, z)`` (same rule as :func:`window_sum`)."""
-    r = geo.r0[lvl]
-    if a * r <= s.b < z * r:
-        yield s.b // r, s.v
-    wl = geo.w[lvl]
-    for j, idx, val in s.levels():
-        if j <= lvl:
-            rj = wl / geo.w[j]
-            i = bisect_left(idx, a * rj)
-            k = bisect_left(idx, z * rj)
-            for x in range(i, k):
-                yield idx[x] // rj, val[x]
-        else:
-            rj = geo.w[j] / wl
-            i = bisect_left(idx, math.ceil(a / rj))
-            k = bisect_left(idx, math.ceil(z / rj))
-            for x in range(i, k):
-                yield idx[x] * rj, val[x]

@@ -9,7 +9,10 @@ Bound: at most ``cap + cap // 8`` members are held. When that is exceeded the ma
 trimmed to the ``cap`` members seen most recently. Members dropped that way are older
 than every member kept, so for every window the answer is exactly
 ``min(true distinct count, cap)``: exact below the cap, saturating at ``cap`` above it.
-There is no probabilistic error (no sketch); memory is ~100 bytes per held member.
+There is no probabilistic error (no sketch), and no way for crafted members to collide:
+members are compared as strings. Memory is ~0.1 KB per held member plus the string, so
+a set costs at most ~``1.125 * cap * 0.2`` KB; rules only ever ask "more than N
+distinct", so a cap a little above the largest N loses nothing.
 
 The map is kept in insertion order = order of latest sighting (a re-sighting moves the
 member to the end), so a window query walks backwards from the newest member and stops

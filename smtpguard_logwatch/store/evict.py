@@ -13,8 +13,9 @@ keys of its dimension have a score no lower than its own, so a key that is busie
 the mass of one-off forged keys is never the one evicted. Keys that go quiet lose half
 their score per hour and eventually make room.
 
-Cost: one pass over the dimension per batch, i.e. amortised O(10) cheap steps (list
-comprehensions in C, no Python-level sort of the keys) per newly created key.
+Cost: three C-level passes over the dimension per batch (attrgetter, Counter, compress;
+no sort of the keys), i.e. amortised ~10 cheap steps per newly created key — about
+1 µs per new key at a 200k cap on the development VM, most of it memory latency.
 """
 
 from __future__ import annotations

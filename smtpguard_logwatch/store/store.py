@@ -8,26 +8,45 @@ strings come from the event and cache their hashes.
 * Buckets, resolutions and exact window semantics: :mod:`.buckets`.
 * Distinct counts (exact below ``distinct_cap``, saturating at it): :mod:`.distinct`.
 * Baselines (quantile of the key's own history windows): :mod:`.baseline`.
-* Eviction under hostile cardinality: each dimension holds at most
-  ``max_keys_per_dimension`` keys; when a new key would exceed that, the ~10 % with the
-  lowest activity score (calls on the key, halved per hour of store time) are evicted in
-  one batch, oldest first among equals, so heavy hitters are never the ones evicted;
-  see :mod:`.evict`. ``expire(now)`` also forgets series whose buckets all aged out.
 * SQLite persistence: :mod:`.persist`.
+
+Bounded memory under hostile cardinality (forged senders, random recipients):
+
+* EVICTION: each dimension holds at most ``max_keys_per_dimension`` keys. When a new key
+  would exceed that, the ``cap // 10`` keys with the lowest activity score are evicted
+  in one batch, the earliest created first among equal scores. The score is the number
+  of ``add``/``add_member`` calls on the key, halved for every hour of store time (the
+  halving is applied when evicting). A key is therefore only evicted when 90 % of its
+  dimension is at least as active: heavy hitters are never the ones evicted, one-off
+  forged keys always go first. Cost: one C-speed pass over the dimension per batch,
+  i.e. amortised O(1) (~10 cheap steps) per new key; see :mod:`.evict`.
+* EXPIRY: ``expire(now)`` (call it every few minutes) folds aged buckets and forgets
+  series, and then keys, whose newest bucket is older than the longest retention.
+* LENGTH: keys and distinct members longer than ``MAX_KEY_CHARS`` (320, the longest
+  valid address) are stored as a prefix plus a 128-bit BLAKE2b digest of the whole
+  string (:func:`bounded_key`); lookups apply the same mapping, so this is invisible
+  except in ``keys()``.
+* What a key costs (CPython 3.11, 64-bit): ~0.37 KB with one count series, ~0.5 KB
+  with two, ~0.75 KB with two counts and one single-member distinct set, plus the key
+  string. Busy series grow to at most ~1,400 buckets (~28 KB). A distinct set holds at
+  most ``distinct_cap * 9/8`` members (~0.1 KB each + the string), so the worst case
+  is ``max_keys_per_dimension x distinct metrics x distinct_cap`` members: choose
+  ``distinct_cap`` just above the largest distinct threshold the rules use.
 
 The store clock is the newest level-0 bucket passed to ``add``/``add_member`` or to
 ``expire``; answers are exact for queries whose ``now`` is at most ``SLACK`` (1 hour)
 behind it. Times are UTC epoch seconds from the log; they need not be monotonic.
+Not thread-safe: one engine thread owns a store.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sqlite3
-from bisect import bisect_right
 from collections.abc import Iterable
 
-from .baseline import baseline_level, history_quantile, memo_token
+from .baseline import baseline_level, head_token, history_end0, history_quantile
 from .buckets import (
     DEFAULT_RESOLUTIONS,
     HOUR,
@@ -43,7 +62,17 @@ from .buckets import window_sum as _window_sum
 from .distinct import MemberSet
 from .evict import decay, pick_victims
 
-MEMO_SIZE = 65_536  # baseline results remembered (the memo is cleared when full)
+# Keys and members are attacker-chosen strings; their length is bounded so that the key
+# cap bounds memory. 320 = the longest valid address (64 + 1 + 255, RFC 5321).
+MAX_KEY_CHARS = 320
+
+
+def bounded_key(key: str) -> str:
+    """An over-long key's stored name: a prefix plus a 128-bit BLAKE2b digest of the
+    whole string, so distinct long keys stay distinct (no crafted collisions) and the
+    name stays recognisable. Keys up to MAX_KEY_CHARS are stored as they are."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16)
+    return f"{key[:MAX_KEY_CHARS - 33]}#{digest.hexdigest()}"
 
 
 class KeyRec(dict):
@@ -78,7 +107,6 @@ class FrequencyStore:
         self._cuts = self._geo.cuts(NO_BUCKET)
         self._cut0 = self._drop0 = NO_BUCKET
         self._entries = 0
-        self._memo: dict[tuple[str, str, str], tuple] = {}
         self.evicted = 0  # keys evicted so far (for monitoring)
 
     # ------------------------------------------------------------------ configuration
@@ -109,10 +137,7 @@ class FrequencyStore:
         try:
             rec = self._dims[dimension][key]
         except KeyError:
-            rec = self._new_key(dimension, key, t)
-            rec.hits = 1
-            self._add_slow(rec, metric, None, t // self._w0, n)
-            return
+            rec = self._key_miss(dimension, key, t)
         rec.hits += 1
         b = t // self._w0
         s = rec.get(metric)
@@ -124,8 +149,11 @@ class FrequencyStore:
             if sb < b <= self._clock_b:
                 h = s.h
                 if h is not None:
+                    sv = s.v
                     h.append(sb)
-                    s.hv.append(s.v)
+                    s.hv.append(sv)
+                    hc = s.hc
+                    hc.append(hc[-1] + sv)
                     s.b = b
                     s.v = n
                     if h[0] < self._cut0:
@@ -155,7 +183,9 @@ class FrequencyStore:
         try:
             rec = self._dims[dimension][key]
         except KeyError:
-            rec = self._new_key(dimension, key, t)
+            rec = self._key_miss(dimension, key, t)
+        if len(member) > MAX_KEY_CHARS:
+            member = bounded_key(member)
         rec.hits += 1
         b = t // self._w0
         if not b >= self._drop0:  # older than anything retained, or NaN
@@ -183,13 +213,20 @@ class FrequencyStore:
         self._cut0 = cuts[0]
         self._drop0 = cuts[-1] * self._geo.r0[-1]  # level-0 index of the oldest kept
 
-    def _new_key(self, dimension: str, key: str, t: float) -> KeyRec:
+    def _key_miss(self, dimension: str, key: str, t: float) -> KeyRec:
+        """The record of a key not found as given: an over-long key under its bounded
+        name, or a new key (evicting first if the dimension is full)."""
         if not math.isfinite(t):
             raise ValueError("time must be a finite number of seconds")
         keys = self._dims.get(dimension)
         if keys is None:
             keys = self._dims[dimension] = {}
-        elif len(keys) >= self._cap:
+        if len(key) > MAX_KEY_CHARS:
+            key = bounded_key(key)
+            rec = keys.get(key)
+            if rec is not None:
+                return rec
+        if len(keys) >= self._cap:
             self._evict(dimension, keys)
         rec = keys[key] = KeyRec()
         rec.hits = 0
@@ -241,10 +278,22 @@ class FrequencyStore:
             for key in dead_keys:
                 del keys[key]
         self._entries -= gone
-        self._memo.clear()
         return gone
 
     # ------------------------------------------------------------------ reads
+    def _rec(self, dimension: str, key: str) -> KeyRec | None:
+        keys = self._dims.get(dimension)
+        if keys is None:
+            return None
+        rec = keys.get(key)
+        if rec is None and len(key) > MAX_KEY_CHARS:
+            rec = keys.get(bounded_key(key))
+        return rec
+
+    def _lookup(self, dimension: str, key: str, metric: str) -> Series | MemberSet | None:
+        rec = self._rec(dimension, key)
+        return None if rec is None else rec.get(metric)
+
     def count(self, dimension: str, key: str, metric: str, window: float, now: float) -> float:
         """Sum over the buckets whose start is in ``(now - window, now]`` at the finest
         resolution whose span covers ``window`` (exact rule in :mod:`.buckets`)."""
@@ -254,27 +303,17 @@ class FrequencyStore:
         try:
             s = self._dims[dimension][key][metric]
         except KeyError:
-            return 0.0
+            s = self._lookup(dimension, key, metric)
+            if s is None:
+                return 0.0
         if type(s) is not Series:
             raise TypeError(f"metric {metric!r} holds distinct members; use distinct")
-        if lvl or s.up is not None:
+        if lvl or s.up is not None or s.h is not None:
             geo = self._geo
             w = geo.w[lvl]
             return _window_sum(s, geo, lvl, (now - window) // w, now // w)
-        # Short window, no coarse data: the head plus a bisect in the level-0 history.
-        w = self._w0
-        lo = (now - window) // w
-        hi = now // w
-        total = s.v if lo < s.b <= hi else 0.0
-        h = s.h
-        if h is not None:
-            i = bisect_right(h, lo)
-            k = bisect_right(h, hi)
-            if k - i == 1:
-                total += s.hv[i]
-            elif k > i:
-                total += sum(s.hv[i:k])
-        return total
+        w = self._w0  # a series that is just its head
+        return s.v if (now - window) // w < s.b <= now // w else 0.0
 
     def distinct(self, dimension: str, key: str, metric: str, window: float, now: float) -> int:
         """Distinct members seen in buckets starting after ``now - window`` (same bucket
@@ -285,7 +324,9 @@ class FrequencyStore:
         try:
             ms = self._dims[dimension][key][metric]
         except KeyError:
-            return 0
+            ms = self._lookup(dimension, key, metric)
+            if ms is None:
+                return 0
         if type(ms) is not MemberSet:
             raise TypeError(f"metric {metric!r} holds counts; use count")
         geo = self._geo
@@ -311,8 +352,7 @@ class FrequencyStore:
             raise ValueError("quantile must be within [0, 1]")
         if not window > 0:
             raise ValueError(f"window must be > 0 seconds, got {window!r}")
-        keys = self._dims.get(dimension)
-        rec = keys.get(key) if keys is not None else None
+        rec = self._rec(dimension, key)
         if rec is None or rec.first * self._w0 > now - min_history:
             return None
         geo = self._geo
@@ -327,17 +367,33 @@ class FrequencyStore:
         elif type(s) is not Series:
             raise TypeError(f"metric {metric!r} holds distinct members")
         else:
-            mkey = (dimension, key, metric)
-            token = (window, quantile, hi, k, memo_token(s, geo, lvl, hi, per))
-            hit = self._memo.get(mkey)
-            if hit is not None and hit[0] is s and hit[1] == token:
-                value = hit[2]
-            else:
-                value = history_quantile(s, geo, lvl, hi, per, k, quantile)
-                if len(self._memo) >= MEMO_SIZE:
-                    self._memo.clear()
-                self._memo[mkey] = (s, token, value)
+            value = self._memo_quantile(s, lvl, hi, per, k, window, quantile)
         return value if value > floor else float(floor)
+
+    def _memo_quantile(self, s: Series, lvl: int, hi: float, per: int, k: int,
+                       window: float, q: float) -> float:
+        """history_quantile, memoised on the series per (W, q). An entry stays valid while
+        (hi, k, head token) are unchanged and no late add touched the history: a single
+        late add since the entry was made is checked precisely (``s.lb``); several force
+        a recompute."""
+        geo = self._geo
+        token = (hi, k, head_token(s, geo, lvl, hi, per))
+        memo = s.memo
+        if memo is None:
+            memo = s.memo = {}
+        hit = memo.get((window, q))
+        if hit is not None and hit[0] == token:
+            ver = hit[1]
+            if ver == s.ver:
+                return hit[2]
+            if ver + 1 == s.ver and s.lb > history_end0(geo, lvl, hi, per):
+                memo[window, q] = (token, s.ver, hit[2])
+                return hit[2]
+        value = history_quantile(s, geo, lvl, hi, per, k, q)
+        if len(memo) >= 8:  # a handful of rules per series; never grow without bound
+            memo.clear()
+        memo[window, q] = (token, s.ver, value)
+        return value
 
     def keys(self, dimension: str) -> Iterable[str]:
         """A snapshot of the keys held for ``dimension`` (safe to iterate while adding)."""
@@ -347,12 +403,12 @@ class FrequencyStore:
         return list(self._dims)
 
     def metrics(self, dimension: str, key: str) -> list[str]:
-        rec = self._dims.get(dimension, {}).get(key)
+        rec = self._rec(dimension, key)
         return list(rec) if rec is not None else []
 
     def first_seen(self, dimension: str, key: str) -> float | None:
         """Start of the first bucket the key was seen in, or None if not held."""
-        rec = self._dims.get(dimension, {}).get(key)
+        rec = self._rec(dimension, key)
         return None if rec is None else rec.first * self._w0
 
     def entries(self) -> int:
@@ -360,9 +416,25 @@ class FrequencyStore:
         return self._entries
 
     def nkeys(self, dimension: str | None = None) -> int:
+        """Keys held in ``dimension`` (all dimensions when None)."""
         if dimension is not None:
             return len(self._dims.get(dimension, ()))
         return sum(len(k) for k in self._dims.values())
+
+    def stats(self) -> dict:
+        """Monitoring numbers: keys per dimension, series, distinct members held (an
+        O(series) walk), keys evicted so far, the store clock."""
+        members = sum(
+            len(x) for keys in self._dims.values() for rec in keys.values()
+            for x in rec.values() if type(x) is MemberSet
+        )
+        return {
+            "keys": {d: len(k) for d, k in self._dims.items()},
+            "series": self._entries,
+            "members": members,
+            "evicted": self.evicted,
+            "clock": self.clock,
+        }
 
     # ------------------------------------------------------------------ persistence
     def save(self, conn: sqlite3.Connection) -> None:
