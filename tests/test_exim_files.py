@@ -227,7 +227,9 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
             action.apply(Decision({NOW}, "client_ip", f"10.0.{{i // 256}}.{{i % 256}}",
                                   "refuse", {UNTIL}, ("t",), id=i))
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(n * 10)]) for n in range(6)]
+    # cwd outside the checkout: the installed package must be the one imported.
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(n * 10)], cwd=tmp_path)
+             for n in range(6)]
     assert [p.wait(timeout=120) for p in procs] == [0] * 6
     assert len(entries(make(tmp_path), "refuse_hosts")) == 60
 
