@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import math
 import os
 import re
 import time
@@ -49,7 +48,7 @@ from typing import Any, ClassVar
 from ..engine.ledger import Decision
 from . import files
 from .base import ActionError, ReconcileReport, register
-from .files import Record
+from .files import Record, build_or_log, delay_seconds
 from .keys import KeyRefused, normalise_key
 
 log = logging.getLogger("smtpguard_logwatch.actions")
@@ -271,9 +270,7 @@ class EximFilesAction:
                       decision.until)
 
     def _record_or_log(self, decision: Decision) -> Record | None:
-        if not self.handles(decision):
-            log.debug("exim: not for us: %s %s", decision.action, decision.dimension)
-            return None
+        return build_or_log("exim", self.handles, self._record, decision)
         try:
             return self._record(decision)
         except KeyRefused as exc:
@@ -281,10 +278,7 @@ class EximFilesAction:
             return None
 
     def _seconds(self, decision: Decision) -> int:
-        arg = decision.argument
-        if arg is None or not math.isfinite(arg) or arg <= 0:
-            return self.default_delay
-        return max(1, min(self.max_delay, math.ceil(arg)))
+        return delay_seconds(decision.argument, self.default_delay, self.max_delay)
 
     def render(self, name: str, records: Iterable[Record]) -> str:
         """A file's text: a header, our records as comments, then KEY: VALUE lines.

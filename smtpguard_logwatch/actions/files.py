@@ -30,13 +30,21 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
+import math
 import os
 import stat
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from ..engine.ledger import Decision
+from .keys import KeyRefused
+
+log = logging.getLogger("smtpguard_logwatch.actions")
+T = TypeVar("T")
 
 TEMP_SUFFIX = ".tmp"
 RECORD_PREFIX = "# smtpguard: "
@@ -254,3 +262,25 @@ class DirectoryLock:
                 if self._depth == 0 and self._fd is not None:
                     os.close(self._fd)  # closing releases the flock
                     self._fd = None
+
+
+def delay_seconds(argument: float | None, default: int, maximum: int) -> int:
+    """The whole seconds a delay decision asks for, within 1..``maximum``; ``default``
+    when the decision gave none (or nonsense)."""
+    if argument is None or not math.isfinite(argument) or argument <= 0:
+        return default
+    return max(1, min(maximum, math.ceil(argument)))
+
+
+def build_or_log(name: str, handles: Callable[[Decision], bool],
+                 build: Callable[[Decision], T], decision: Decision) -> T | None:
+    """``build(decision)`` for a decision this action handles; None (and a log line)
+    for one it does not, or whose key is refused."""
+    if not handles(decision):
+        log.debug("%s: not for us: %s %s", name, decision.action, decision.dimension)
+        return None
+    try:
+        return build(decision)
+    except KeyRefused as exc:
+        log.warning("%s: key refused, not written: %s", name, exc)
+        return None

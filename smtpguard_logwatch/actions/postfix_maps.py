@@ -66,7 +66,6 @@ import fcntl
 import ipaddress
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -82,6 +81,7 @@ from typing import Any, ClassVar
 from ..engine.ledger import Decision
 from ..rules.model import ACTION_ORDER
 from .base import ActionError, ReconcileReport, register
+from .files import build_or_log, delay_seconds
 from .keys import KeyRefused, normalise_key
 
 log = logging.getLogger("smtpguard_logwatch.actions")
@@ -335,9 +335,7 @@ class PostfixMapsAction:
         return entry
 
     def _entry_or_log(self, decision: Decision) -> Entry | None:
-        if not self.handles(decision):
-            log.debug("postfix: not for us: %s %s", decision.action, decision.dimension)
-            return None
+        return build_or_log("postfix", self.handles, self._entry, decision)
         try:
             return self._entry(decision)
         except KeyRefused as exc:
@@ -345,10 +343,7 @@ class PostfixMapsAction:
             return None
 
     def _seconds(self, decision: Decision) -> int:
-        arg = decision.argument
-        if arg is None or not math.isfinite(arg) or arg <= 0:
-            return self.default_delay
-        return max(1, min(self.max_delay, math.ceil(arg)))
+        return delay_seconds(decision.argument, self.default_delay, self.max_delay)
 
     def _map_keys(self, entry: Entry) -> list[tuple[str, Net | None]]:
         """The map keys for an entry, each with the network it stands for (client keys)."""
