@@ -152,8 +152,8 @@ class Pipeline:
             stats.unparsed += unparsed
             stats.bad_time += bad_time
             stats.first_time = first
-            if t is not None:
-                stats.last_time = t
+            if t is not None and (stats.last_time is None or t > stats.last_time):
+                stats.last_time = t  # files may overlap: the span ends at the latest line
 
     def expire(self, now: float) -> None:
         for parser in self.parsers:
