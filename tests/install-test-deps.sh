@@ -7,6 +7,10 @@
 #   sasl2-bin         - Cyrus SASL PLAIN/LOGIN and saslpasswd2, for the SASL end-to-end test
 #                       (private sasldb; saslauthd is not used).
 #   nftables          - firewall action tests.
+#   iptables, ipset   - iptables action tests (iptables-legacy, ip6tables-legacy and the
+#                       libxtables extensions python-iptables loads; ipset sets with
+#                       timeouts). Installing iptables does not change which backend the
+#                       host's own `iptables` uses; the tests touch only their namespaces.
 #   iproute2          - network namespace / address helpers for tests.
 #
 # Idempotent and non-interactive: apt-get is skipped when everything is already installed.
@@ -15,7 +19,7 @@
 # private test instance does not touch it).
 set -euo pipefail
 
-PACKAGES=(postfix libsasl2-modules sasl2-bin nftables iproute2)
+PACKAGES=(postfix libsasl2-modules sasl2-bin nftables iproute2 iptables ipset)
 
 say() { printf 'install-test-deps: %s\n' "$*"; }
 die() { printf 'install-test-deps: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -106,7 +110,12 @@ fi
 
 say "postfix $(/usr/sbin/postconf -d -h mail_version 2>/dev/null || echo '?'), \
 nft $(nft --version 2>/dev/null | awk '{print $2}' || echo '?'), \
+$(iptables-legacy -V 2>/dev/null || echo 'iptables-legacy ?'), \
+$(ipset version 2>/dev/null | awk '{sub(/,$/, "", $2); print "ipset", $2}' || echo 'ipset ?'), \
 $(ip -V 2>/dev/null | grep -o 'iproute2-[^ ,]*' || echo 'iproute2 ?')"
 command -v nft >/dev/null 2>&1 || die "nft not found after installing nftables"
 command -v ip >/dev/null 2>&1 || die "ip not found after installing iproute2"
+for bin in iptables-legacy ip6tables-legacy ipset; do
+    command -v "$bin" >/dev/null 2>&1 || die "$bin not found after installing iptables and ipset"
+done
 say "done"

@@ -9,12 +9,13 @@ namespaces (and with them the veth pair) are deleted at teardown, even on failur
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -76,6 +77,10 @@ class NetPair:
         """Run nft inside the server namespace."""
         return _run("ip", "netns", "exec", self.server, "nft", *args, check=check)
 
+    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the server namespace."""
+        return _run("ip", "netns", "exec", self.server, *argv, check=check)
+
     def connect(self, addr: str = SERVER4, port: int = 25, timeout: float = 0.5) -> str:
         """One TCP connection from the client namespace: ok, timeout (dropped), …"""
         proc = self._client_proc
@@ -97,10 +102,14 @@ class NetPair:
         return proc
 
 
-def _skip_unless_possible() -> None:
+NFT_TOOLS = (("nft", "nftables"), ("ip", "iproute2"))
+
+
+def _skip_unless_possible(tools: Sequence[tuple[str, str]] = NFT_TOOLS,
+                          why: str = "network namespaces and nftables") -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces and nftables)")
-    for tool, package in (("nft", "nftables"), ("ip", "iproute2")):
+        pytest.skip(f"needs root ({why})")
+    for tool, package in tools:
         if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
             pytest.skip(f"`{tool}` not found (install {package}; see tests/install-test-deps.sh)")
 
@@ -108,9 +117,18 @@ def _skip_unless_possible() -> None:
 @pytest.fixture(scope="module")
 def netpair() -> Iterator[NetPair]:
     """Server and client namespaces joined by a veth pair, greeter on port 25."""
-    _skip_unless_possible()
+    with make_netpair() as pair:
+        yield pair
+
+
+@contextlib.contextmanager
+def make_netpair(prefix: str = "sg", tools: Sequence[tuple[str, str]] = NFT_TOOLS,
+                 why: str = "network namespaces and nftables") -> Iterator[NetPair]:
+    """The ``netpair`` fixture's body, for fixtures that need other tools than nft;
+    ``prefix`` (at most 4 characters) keeps their namespaces apart."""
+    _skip_unless_possible(tools, why)
     pid = os.getpid()
-    pair = NetPair(server=f"sg-srv-{pid}", client=f"sg-cli-{pid}")
+    pair = NetPair(server=f"{prefix}-srv-{pid}", client=f"{prefix}-cli-{pid}")
     created: list[str] = []
     try:
         for ns in (pair.server, pair.client):
@@ -118,7 +136,7 @@ def netpair() -> Iterator[NetPair]:
             if res.returncode != 0:
                 pytest.skip(f"cannot create network namespaces: {res.stderr.strip()}")
             created.append(ns)
-        veth_s, veth_c = f"sgs{pid}", f"sgc{pid}"
+        veth_s, veth_c = f"{prefix}s{pid}", f"{prefix}c{pid}"
         _run("ip", "link", "add", veth_s, "netns", pair.server, "type", "veth",
              "peer", "name", veth_c, "netns", pair.client)
         for ns, dev, a4, a6 in ((pair.server, veth_s, SERVER4, SERVER6),
