@@ -141,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true", help="also expired and revoked ones")
     add_config(listing)
 
+    rec = sub.add_parser(
+        "reconcile", help="make the firewall and the MTA maps match the ledger",
+        description="Make every configured action match the decisions in force: add what "
+                    "is missing (after a reboot, `nft flush ruleset`, a deleted map file) "
+                    "and remove what has expired or was lifted. Run it at boot and from "
+                    "cron (e.g. every minute) until the daemon does it for you.")
+    add_config(rec)
+
     snippet = sub.add_parser(
         "snippet", help="print what to add to the MTA's configuration",
         description="Print the lines to add to the MTA's configuration so that it "
@@ -199,6 +207,20 @@ def cmd_list(args: argparse.Namespace) -> int:
         for row in decision_rows(decisions):
             print(row)
     return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from .operator import Operator
+
+    operator = Operator.from_config(_load_config(args))
+    for name, report in operator.reconcile().items():
+        print(f"{name}: added {len(report.added)}, removed {len(report.removed)}, "
+              f"refused {len(report.refused)}")
+        for item in report.added:
+            print(f"  + {item}")
+        for item in report.removed:
+            print(f"  - {item}")
+    return 1 if operator.enforcer.errors else 0
 
 
 def cmd_snippet(args: argparse.Namespace) -> int:
@@ -338,7 +360,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "replay": cmd_replay, "explain": cmd_explain, "check": cmd_check, "ban": cmd_ban,
-    "unban": cmd_unban, "list": cmd_list, "snippet": cmd_snippet,
+    "unban": cmd_unban, "list": cmd_list, "reconcile": cmd_reconcile,
+    "snippet": cmd_snippet,
 }
 
 
@@ -346,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.command in ("ban", "unban") else logging.WARNING,
+        level=logging.INFO if args.command in ("ban", "unban", "reconcile")
+        else logging.WARNING,
         format="smtpguard-logwatch: %(levelname)s: %(message)s")
     if args.command is None:
         parser.print_help()

@@ -1,4 +1,5 @@
-"""Operator commands on the persistent ledger: ``ban``, ``unban``, ``list``.
+"""Operator commands on the persistent ledger: ``ban``, ``unban``, ``list``,
+``reconcile``.
 
 They work on the state database named in the config and go through the same
 actions as the engine's decisions, so a manual ban is enforced (and expires) exactly
@@ -17,12 +18,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .actions.base import ActionError, build_actions
+from .actions.base import ActionError, ReconcileReport, build_actions
+from .actions.enforcer import Enforcer
 from .actions.keys import KeyRefused, normalise_key
 from .config import Config
 from .engine.ledger import Decision, Ledger
 from .engine.local import LocalNetworks
-from .rules import RuleSet, load_rules
+from .rules import Allowlist, RuleSet, load_rules
 
 log = logging.getLogger("smtpguard_logwatch.operator")
 
@@ -63,13 +65,18 @@ def open_ledger(path: str) -> Ledger:
 
 @dataclass
 class Operator:
-    """Ban, unban and list against one ledger and one set of actions."""
+    """Ban, unban, list and reconcile against one ledger and one set of actions."""
 
     ledger: Ledger
     actions: list[Any] = field(default_factory=list)
     ruleset: RuleSet | None = None
     local: LocalNetworks = field(default_factory=LocalNetworks.loopback_only)
     clock: Callable[[], float] = time.time
+    enforcer: Enforcer = field(init=False)
+
+    def __post_init__(self) -> None:
+        allowlist = self.ruleset.allowlist if self.ruleset is not None else Allowlist()
+        self.enforcer = Enforcer(self.actions, allowlist, self.local)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Operator:
@@ -108,7 +115,7 @@ class Operator:
             evidence=[{"manual": reason or "banned by the operator"}], argument=argument,
             origin="manual"))
         self.ledger.conn.commit()
-        self._each_action(decision, "apply")
+        self.enforcer.apply(decision)
         return decision
 
     def unban(self, key: str, *, dimension: str | None = None) -> list[Decision]:
@@ -125,20 +132,16 @@ class Operator:
             d.revoked = now
         self.ledger.conn.commit()
         for d in revoked:
-            self._each_action(d, "revoke")
+            self.enforcer.revoke(d)
         return revoked
 
     def active(self) -> list[Decision]:
         return self.ledger.active(self.clock())
 
-    def _each_action(self, decision: Decision, verb: str) -> None:
-        for action in self.actions:
-            if not action.handles(decision):
-                continue
-            try:
-                getattr(action, verb)(decision)
-            except ActionError as exc:  # one action failing must not stop the others
-                log.error("%s", exc)
+    def reconcile(self) -> dict[str, ReconcileReport]:
+        """Make every action match the ledger now: add what is missing (after a reboot,
+        ``nft flush ruleset``, a deleted map), remove what expired or was lifted."""
+        return self.enforcer.reconcile(self.active(), self.clock())
 
 
 def decision_rows(decisions: Iterable[Decision]) -> list[str]:

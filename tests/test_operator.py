@@ -108,3 +108,64 @@ def test_cli_ban_list_unban(tmp_path: Path) -> None:
     refused = run("ban", "127.0.0.1")
     assert refused.returncode == 1 and "loopback" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+class Failing(Recorder):
+    """An action whose backend is down."""
+
+    name = "failing"
+
+    def apply(self, d: Decision) -> None:
+        from smtpguard_logwatch.actions.base import ActionError
+
+        raise ActionError("failing: backend down")
+
+
+class Reconciling(Recorder):
+    name = "reconciling"
+
+    def reconcile(self, active, now):
+        from smtpguard_logwatch.actions.base import ReconcileReport
+
+        self.calls.append(("reconcile", ",".join(sorted(d.key for d in active)), ""))
+        return ReconcileReport(added=[d.key for d in active])
+
+
+def test_the_ledger_cannot_make_an_action_refuse_an_allowlisted_key(tmp_path: Path) -> None:
+    """Rows written before an allowlist entry existed (or by hand) are not enforced."""
+    ledger = open_ledger(str(tmp_path / "s.sqlite"))
+    now = 1_000_000.0
+    for key in ("198.51.100.7", "203.0.113.5", "127.0.0.2"):
+        ledger.record(Decision(now, "client_ip", key, "refuse", now + 3600, ("r",)))
+    ledger.conn.commit()
+    rec = Reconciling()
+    op = Operator(ledger, [rec], load_text("allow network 198.51.100.0/24\n"),
+                  clock=lambda: now + 1)
+    reports = op.reconcile()
+    assert rec.calls == [("reconcile", "203.0.113.5", "")]
+    assert reports["reconciling"].added == ["203.0.113.5"]
+    op.enforcer.apply(ledger.for_key("client_ip", "198.51.100.7")[0])
+    assert rec.calls == [("reconcile", "203.0.113.5", "")]
+
+
+def test_one_failing_action_does_not_stop_the_others(tmp_path: Path) -> None:
+    rec = Recorder()
+    op = Operator(open_ledger(str(tmp_path / "s.sqlite")), [Failing(), rec])
+    op.ban("203.0.113.77")
+    assert rec.calls == [("apply", "203.0.113.77", "refuse")]
+    assert op.enforcer.errors == ["failing: backend down"]
+
+
+def test_cli_reconcile_in_dry_run(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[state]\ndatabase = "{tmp_path}/state.sqlite"\n'
+                   "[enforcement]\ndry_run = true\n[actions.nftables]\nenabled = true\n")
+    args = ["--config", str(cfg)]
+    run = [sys.executable, "-m", "smtpguard_logwatch"]
+    assert subprocess.run([*run, "ban", "203.0.113.60", *args], capture_output=True,
+                          check=False, cwd="/").returncode == 0
+    proc = subprocess.run([*run, "reconcile", *args], capture_output=True, text=True,
+                          check=False, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert "nftables: added 1, removed 0, refused 0" in proc.stdout
+    assert "203.0.113.60" in proc.stdout

@@ -1,0 +1,75 @@
+"""The one door decisions go through on their way to the actions.
+
+Whatever the ledger says — a decision recorded before an allowlist entry was added,
+a row someone inserted by hand — an allow-listed key, loopback or this host is never
+refused: the Enforcer drops such decisions (and says so) before any action sees them.
+It also keeps one failing action from stopping the others: an ActionError is logged
+and reported, and the next action runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine.ledger import Decision
+from ..engine.local import LocalNetworks
+from ..rules.model import Allowlist
+from .base import ActionError, ReconcileReport
+
+log = logging.getLogger("smtpguard_logwatch.actions")
+
+
+@dataclass
+class Enforcer:
+    """Actions behind the allowlist and local-address check."""
+
+    actions: list[Any]
+    allowlist: Allowlist = field(default_factory=Allowlist)
+    local: LocalNetworks = field(default_factory=LocalNetworks.loopback_only)
+    errors: list[str] = field(default_factory=list)
+
+    def allowed(self, d: Decision) -> bool:
+        """True if the decision may be enforced (its key is not protected)."""
+        if d.dimension == "client_ip" and self.local.contains_ip(d.key):
+            return False
+        if d.dimension == "client_net" and self.local.overlaps(d.key):
+            return False
+        return not self.allowlist.allows(d.dimension, d.key)
+
+    def apply(self, d: Decision) -> None:
+        if not self.allowed(d):
+            log.warning("not enforcing %s on %s %s: it is allow-listed or local",
+                        d.action, d.dimension, d.key)
+            return
+        self._each(d, "apply")
+
+    def revoke(self, d: Decision) -> None:
+        self._each(d, "revoke")  # undoing is always allowed
+
+    def reconcile(self, active: Iterable[Decision], now: float) -> dict[str, ReconcileReport]:
+        """Make every action match the active, enforceable decisions."""
+        enforceable = [d for d in active if self.allowed(d)]
+        reports = {}
+        for action in self.actions:
+            mine = [d for d in enforceable if action.handles(d)]
+            try:
+                reports[action.name] = action.reconcile(mine, now)
+            except ActionError as exc:
+                self._error(exc)
+        return reports
+
+    def _each(self, d: Decision, verb: str) -> None:
+        for action in self.actions:
+            if not action.handles(d):
+                continue
+            try:
+                getattr(action, verb)(d)
+            except ActionError as exc:
+                self._error(exc)
+
+    def _error(self, exc: ActionError) -> None:
+        log.error("%s", exc)
+        self.errors.append(str(exc))
