@@ -90,9 +90,10 @@ class NetPair:
         return proc.stdout.readline().strip()
 
     def start(self, ns: str, code: str) -> subprocess.Popen[str]:
+        # cwd outside the checkout, so `-c` code imports the installed package.
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, cwd="/")
         self.procs.append(proc)
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
