@@ -116,8 +116,9 @@ from typing import Any, ClassVar
 
 from ..engine.ledger import Decision
 from .base import ActionError, ReconcileReport, register
+from .files import build_or_log
 from .keys import KeyRefused, normalise_key
-from .nftables import DEFAULT_TIERS, NET_PREFIX, Tier
+from .nftables import DEFAULT_TIERS, NET_PREFIX, Tier, tier_for
 from .nftables import _ports as _nft_ports
 from .nftables import _tiers as _nft_tiers
 
@@ -344,28 +345,10 @@ class IptablesAction:
         return _Target(decision.action, key, version, net, tier)
 
     def _target(self, decision: Decision) -> _Target | None:
-        if not self.handles(decision):
-            log.debug("iptables: not for us: %s %s", decision.action, decision.dimension)
-            return None
-        try:
-            return self._resolve(decision)
-        except KeyRefused as exc:
-            log.warning("iptables: key refused, not written: %s", exc)
-            return None
+        return build_or_log("iptables", self.handles, self._resolve, decision)
 
     def _tier_for(self, decision: Decision) -> Tier:
-        """The largest tier not above the decided rate (never more permissive)."""
-        rate = decision.argument
-        if rate is None or rate <= 0:
-            log.warning("iptables: throttle of %r without a rate; using %s",
-                        decision.key, self.tiers[0])
-            return self.tiers[0]
-        fitting = [t for t in self.tiers if t.per_minute <= rate + 1e-9]
-        if not fitting:
-            log.warning("iptables: throttle rate %g/minute is below the smallest tier; "
-                        "using %s", rate, self.tiers[0])
-            return self.tiers[0]
-        return fitting[-1]
+        return tier_for("iptables", self.tiers, decision)
 
     def _wanted(self, active: Iterable[Decision], now: float, report: ReconcileReport
                 ) -> dict[tuple[str, str], tuple[float | None, str]]:

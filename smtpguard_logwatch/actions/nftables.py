@@ -77,6 +77,7 @@ from typing import Any, ClassVar
 
 from ..engine.ledger import Decision
 from .base import ActionError, ReconcileReport, register
+from .files import build_or_log
 from .keys import KeyRefused, normalise_key
 
 log = logging.getLogger("smtpguard_logwatch.actions")
@@ -279,28 +280,10 @@ class NftablesAction:
         return _Target(decision.action, key, version, net, tier)
 
     def _target(self, decision: Decision) -> _Target | None:
-        if not self.handles(decision):
-            log.debug("nftables: not for us: %s %s", decision.action, decision.dimension)
-            return None
-        try:
-            return self._resolve(decision)
-        except KeyRefused as exc:
-            log.warning("nftables: key refused, not written: %s", exc)
-            return None
+        return build_or_log("nftables", self.handles, self._resolve, decision)
 
     def _tier_for(self, decision: Decision) -> Tier:
-        """The largest tier not above the decided rate (never more permissive)."""
-        rate = decision.argument
-        if rate is None or rate <= 0:
-            log.warning("nftables: throttle of %r without a rate; using %s",
-                        decision.key, self.tiers[0])
-            return self.tiers[0]
-        fitting = [t for t in self.tiers if t.per_minute <= rate + 1e-9]
-        if not fitting:
-            log.warning("nftables: throttle rate %g/minute is below the smallest tier; "
-                        "using %s", rate, self.tiers[0])
-            return self.tiers[0]
-        return fitting[-1]
+        return tier_for("nftables", self.tiers, decision)
 
     def _wanted(self, active: Iterable[Decision], now: float, report: ReconcileReport
                 ) -> dict[tuple[str, str], tuple[int | None, str]]:
@@ -731,3 +714,19 @@ def _first_error(stderr: str) -> str:
         if "Error:" in ln:
             return ln.split("Error:", 1)[1].strip()
     return lines[0] if lines else ""
+
+
+def tier_for(name: str, tiers: Sequence[Tier], decision: Decision) -> Tier:
+    """The largest tier not above the decided rate: a firewall never lets through more
+    than was decided (the smallest tier, with a warning, when none fits)."""
+    rate = decision.argument
+    if rate is None or rate <= 0:
+        log.warning("%s: throttle of %r without a rate; using %s", name, decision.key,
+                    tiers[0])
+        return tiers[0]
+    fitting = [t for t in tiers if t.per_minute <= rate + 1e-9]
+    if not fitting:
+        log.warning("%s: throttle rate %g/minute is below the smallest tier; using %s",
+                    name, rate, tiers[0])
+        return tiers[0]
+    return fitting[-1]
