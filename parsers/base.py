@@ -135,5 +135,15 @@ class JoinTable:
     def __contains__(self, key: Any) -> bool:
         return key in self._data
 
+    def snapshot(self) -> tuple[dict[Any, Any], dict[Any, float]]:
+        """The entries and their last-activity times (to persist between runs)."""
+        return dict(self._data), dict(self._seen)
+
+    def restore(self, snapshot: tuple[dict[Any, Any], dict[Any, float]]) -> None:
+        """Replace the entries with a snapshot's, keeping this table's limits."""
+        data, seen = snapshot
+        self._data = dict(data)
+        self._seen = dict(seen)
+
     def items(self) -> Iterator[tuple[Any, Any]]:
         return iter(list(self._data.items()))

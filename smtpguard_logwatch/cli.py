@@ -141,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true", help="also expired and revoked ones")
     add_config(listing)
 
+    scan = sub.add_parser(
+        "scan", help="cron mode: read what is new in the logs, decide, enforce, exit",
+        description="Read what is new in each configured log since the last run (across "
+                    "rotations), update the persistent state, apply the new decisions "
+                    "and lift expired ones, then exit. Positions and counts are committed "
+                    "together, so a run killed at any moment neither loses nor "
+                    "double-counts a line. Exit status: 0 done, 1 an action failed, "
+                    "75 another scan is running.")
+    add_config(scan)
+
     rec = sub.add_parser(
         "reconcile", help="make the firewall and the MTA maps match the ledger",
         description="Make every configured action match the decisions in force: add what "
@@ -207,6 +217,26 @@ def cmd_list(args: argparse.Namespace) -> int:
         for row in decision_rows(decisions):
             print(row)
     return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from .scan import EX_TEMPFAIL, ScanBusy, run_scan
+
+    cfg = _load_config(args)
+    if not cfg.logs:
+        raise UsageError(f"{cfg.path or DEFAULT_CONFIG}: [logs] files is empty: "
+                         "nothing to scan")
+    try:
+        result = run_scan(cfg)
+    except ScanBusy as exc:
+        print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    print(f"scan: {result.lines} lines, {len(result.decisions)} decisions")
+    for d in result.decisions:
+        until = f" until {iso(d.until)}" if d.until is not None else ""
+        print(f"  {iso(d.time)} {d.dimension} {d.key} {d.action}{until} "
+              f"[{', '.join(d.rules)}]")
+    return 1 if result.errors else 0
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -360,7 +390,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "replay": cmd_replay, "explain": cmd_explain, "check": cmd_check, "ban": cmd_ban,
-    "unban": cmd_unban, "list": cmd_list, "reconcile": cmd_reconcile,
+    "unban": cmd_unban, "list": cmd_list, "reconcile": cmd_reconcile, "scan": cmd_scan,
     "snippet": cmd_snippet,
 }
 

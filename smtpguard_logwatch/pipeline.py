@@ -8,6 +8,7 @@ resolved to a parser handler once and cached; lines of programs no parser claims
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from .envelope import Clock, split_line, split_tag
 from .events import Event
 from .parsers import load_parser_classes
-from .parsers.base import Handler, ParserOptions
+from .parsers.base import Handler, JoinTable, ParserOptions
 
 EXPIRE_EVERY = 1 << 16  # lines between join-state expiry sweeps
 _TAG_CACHE_MAX = 65536
@@ -163,6 +164,25 @@ class Pipeline:
         """End of input: let parsers emit what they still owe."""
         for parser in self.parsers:
             parser.flush()
+
+    def join_state(self) -> bytes:
+        """The parsers' half-joined sessions and messages, so that ``scan`` can carry a
+        message whose lines fall into two runs. Only the tables are saved (pickled
+        records of the parsers' own classes, stored in the root-owned state database)."""
+        state = {
+            parser.name: {attr: table.snapshot() for attr, table in vars(parser).items()
+                          if isinstance(table, JoinTable)}
+            for parser in self.parsers
+        }
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore_join_state(self, blob: bytes) -> None:
+        state = pickle.loads(blob)  # noqa: S301 - our own state database, root-owned
+        for parser in self.parsers:
+            for attr, snapshot in state.get(parser.name, {}).items():
+                table = getattr(parser, attr, None)
+                if isinstance(table, JoinTable):
+                    table.restore(snapshot)
 
     def state_size(self) -> int:
         return sum(p.state_size() for p in self.parsers)
