@@ -271,11 +271,6 @@ class EximFilesAction:
 
     def _record_or_log(self, decision: Decision) -> Record | None:
         return build_or_log("exim", self.handles, self._record, decision)
-        try:
-            return self._record(decision)
-        except KeyRefused as exc:
-            log.warning("exim: key refused, not written: %s", exc)
-            return None
 
     def _seconds(self, decision: Decision) -> int:
         return delay_seconds(decision.argument, self.default_delay, self.max_delay)

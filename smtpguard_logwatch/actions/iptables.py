@@ -117,8 +117,8 @@ from typing import Any, ClassVar
 from ..engine.ledger import Decision
 from .base import ActionError, ReconcileReport, register
 from .files import build_or_log
-from .keys import KeyRefused, normalise_key
-from .nftables import DEFAULT_TIERS, NET_PREFIX, Tier, tier_for
+from .keys import KeyRefused
+from .nftables import DEFAULT_TIERS, NET_PREFIX, Target, Tier, resolve_target, tier_for
 from .nftables import _ports as _nft_ports
 from .nftables import _tiers as _nft_tiers
 
@@ -138,20 +138,6 @@ _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,15}")
 _PER_KEY = re.compile(r"smtpguard (refuse|throttle (\S+) burst (\d+)) until (\d+|never)")
 _SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 _PLAIN_KEY = re.compile(r"[0-9A-Fa-f.:]+(/[0-9]{1,3})?")  # what ipaddress prints, no scope
-
-
-@dataclass(frozen=True)
-class _Target:
-    """A decision resolved to what it means in the firewall."""
-
-    action: str  # refuse | throttle
-    key: str  # normalised, e.g. "192.0.2.7" or "192.0.2.0/24"
-    version: int
-    net: bool
-    tier: Tier | None
-
-    def label(self) -> str:
-        return f"{self.action} {self.key}" + (f" at {self.tier}" if self.tier else "")
 
 
 @dataclass
@@ -326,25 +312,16 @@ class IptablesAction:
 
     # -- decisions --------------------------------------------------------------------
 
-    def _resolve(self, decision: Decision) -> _Target:
+    def _resolve(self, decision: Decision) -> Target:
         """The decision as a target, or KeyRefused (never touches the firewall)."""
-        key = normalise_key(decision.dimension, decision.key)
-        if not _PLAIN_KEY.fullmatch(key):
+        target = resolve_target("iptables", decision, self.tiers)
+        if not _PLAIN_KEY.fullmatch(target.key):
             # defence in depth: only address characters may reach an ipset line (an
             # IPv6 scope ID, "fe80::1%<anything>", is a valid address to ipaddress)
-            raise KeyRefused(f"not a plain address or network: {key!r}")
-        net = decision.dimension == "client_net"
-        if net:
-            network = ipaddress.ip_network(key)
-            if network.prefixlen != NET_PREFIX[network.version]:
-                raise KeyRefused(f"iptables enforces networks only as /24 or /64: {key}")
-            version = network.version
-        else:
-            version = ipaddress.ip_address(key).version
-        tier = self._tier_for(decision) if decision.action == "throttle" else None
-        return _Target(decision.action, key, version, net, tier)
+            raise KeyRefused(f"not a plain address or network: {target.key!r}")
+        return target
 
-    def _target(self, decision: Decision) -> _Target | None:
+    def _target(self, decision: Decision) -> Target | None:
         return build_or_log("iptables", self.handles, self._resolve, decision)
 
     def _tier_for(self, decision: Decision) -> Tier:
@@ -356,7 +333,7 @@ class IptablesAction:
         a throttle tier's slot name; per key, the latest throttle wins (as with apply)
         and the longest refusal."""
         wanted: dict[tuple[str, str], tuple[float | None, str]] = {}
-        throttles: dict[str, tuple[float, _Target, float | None]] = {}
+        throttles: dict[str, tuple[float, Target, float | None]] = {}
         for decision in active:
             if not self.handles(decision):
                 continue
@@ -603,7 +580,7 @@ class IptablesAction:
         comment = f"smtpguard {slot} until {'never' if until is None else until}"
         return self._rule(fam, src=key, comment=comment, tier=tier, net="/" in key)
 
-    def _put_rule(self, fam: _Family, target: _Target, until: int | None) -> bool:
+    def _put_rule(self, fam: _Family, target: Target, until: int | None) -> bool:
         """Exactly one rule of the target's action for its key, with this ``until``."""
         slot = "refuse" if target.tier is None else _slot(target.tier)
         mine = [p for p in self._per_key(fam) if p.key == target.key
@@ -615,7 +592,7 @@ class IptablesAction:
         fam.chain(self.chain).append_rule(self._key_rule(fam, slot, target.key, until))
         return True
 
-    def _drop_rules(self, fam: _Family, target: _Target) -> bool:
+    def _drop_rules(self, fam: _Family, target: Target) -> bool:
         mine = [p for p in self._per_key(fam) if p.key == target.key
                 and (p.slot == "refuse") == (target.action == "refuse")]
         for p in reversed(mine):
@@ -661,12 +638,12 @@ class IptablesAction:
     def _throttle_set(self, version: int, net: bool, tier: Tier) -> str:
         return f"{self._refuse_set(version, net)}_{tier.tag}"
 
-    def _set_of(self, t: _Target) -> str:
+    def _set_of(self, t: Target) -> str:
         if t.tier is None:
             return self._refuse_set(t.version, t.net)
         return self._throttle_set(t.version, t.net, t.tier)
 
-    def _sets_for(self, t: _Target) -> list[str]:
+    def _sets_for(self, t: Target) -> list[str]:
         if t.action == "refuse":
             return [self._refuse_set(t.version, t.net)]
         return [self._throttle_set(t.version, t.net, tier) for tier in self.tiers]

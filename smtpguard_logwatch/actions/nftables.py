@@ -120,7 +120,7 @@ class Tier:
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
     """A decision resolved to what it means in the table."""
 
     action: str  # refuse | throttle
@@ -265,21 +265,11 @@ class NftablesAction:
 
     # -- decisions to set elements --------------------------------------------------
 
-    def _resolve(self, decision: Decision) -> _Target:
+    def _resolve(self, decision: Decision) -> Target:
         """The decision as a target, or KeyRefused (never touches nft)."""
-        key = normalise_key(decision.dimension, decision.key)
-        net = decision.dimension == "client_net"
-        if net:
-            network = ipaddress.ip_network(key)
-            if network.prefixlen != NET_PREFIX[network.version]:
-                raise KeyRefused(f"nftables enforces networks only as /24 or /64: {key}")
-            version = network.version
-        else:
-            version = ipaddress.ip_address(key).version
-        tier = self._tier_for(decision) if decision.action == "throttle" else None
-        return _Target(decision.action, key, version, net, tier)
+        return resolve_target("nftables", decision, self.tiers)
 
-    def _target(self, decision: Decision) -> _Target | None:
+    def _target(self, decision: Decision) -> Target | None:
         return build_or_log("nftables", self.handles, self._resolve, decision)
 
     def _tier_for(self, decision: Decision) -> Tier:
@@ -289,7 +279,7 @@ class NftablesAction:
                 ) -> dict[tuple[str, str], tuple[int | None, str]]:
         """(set, key) -> (timeout in seconds or None = no end, report label)."""
         wanted: dict[tuple[str, str], tuple[int | None, str]] = {}
-        throttles: dict[tuple[bool, str], tuple[float, _Target, float | None]] = {}
+        throttles: dict[tuple[bool, str], tuple[float, Target, float | None]] = {}
         for decision in active:
             if not self.handles(decision):
                 continue
@@ -320,7 +310,7 @@ class NftablesAction:
     # -- names and the structure -----------------------------------------------------
 
     @staticmethod
-    def _refuse_set(t: _Target) -> str:
+    def _refuse_set(t: Target) -> str:
         return f"refuse{'_net' if t.net else ''}{t.version}"
 
     @staticmethod
@@ -331,7 +321,7 @@ class NftablesAction:
     def _meter_set(version: int, net: bool, tier: Tier) -> str:
         return f"rate{'_net' if net else ''}{version}_{tier.tag}"
 
-    def _sets_for(self, t: _Target) -> list[str]:
+    def _sets_for(self, t: Target) -> list[str]:
         if t.action == "refuse":
             return [self._refuse_set(t)]
         return [self._throttle_set(t.version, t.net, tier) for tier in self.tiers]
@@ -497,7 +487,7 @@ class NftablesAction:
         plain re-add, so remove first, in the same transaction."""
         return self._remove(set_name, key) + [self._elem_cmd("add", set_name, key, timeout)]
 
-    def _put(self, t: _Target, timeout: int | None) -> list[dict[str, Any]]:
+    def _put(self, t: Target, timeout: int | None) -> list[dict[str, Any]]:
         if t.action == "refuse":
             return self._replace(self._refuse_set(t), t.key, timeout)
         assert t.tier is not None
@@ -730,3 +720,20 @@ def tier_for(name: str, tiers: Sequence[Tier], decision: Decision) -> Tier:
                     name, rate, tiers[0])
         return tiers[0]
     return fitting[-1]
+
+
+def resolve_target(name: str, decision: Decision, tiers: Sequence[Tier]) -> Target:
+    """What a firewall decision means: its normalised key, address family, whether it
+    is a /24 or /64 network (the only ones enforced), and the throttle tier. Raises
+    KeyRefused for anything else."""
+    key = normalise_key(decision.dimension, decision.key)
+    net = decision.dimension == "client_net"
+    if net:
+        network = ipaddress.ip_network(key)
+        if network.prefixlen != NET_PREFIX[network.version]:
+            raise KeyRefused(f"{name} enforces networks only as /24 or /64: {key}")
+        version = network.version
+    else:
+        version = ipaddress.ip_address(key).version
+    tier = tier_for(name, tiers, decision) if decision.action == "throttle" else None
+    return Target(decision.action, key, version, net, tier)

@@ -336,11 +336,6 @@ class PostfixMapsAction:
 
     def _entry_or_log(self, decision: Decision) -> Entry | None:
         return build_or_log("postfix", self.handles, self._entry, decision)
-        try:
-            return self._entry(decision)
-        except KeyRefused as exc:
-            log.warning("postfix: key refused, not written: %s", exc)
-            return None
 
     def _seconds(self, decision: Decision) -> int:
         return delay_seconds(decision.argument, self.default_delay, self.max_delay)

@@ -295,11 +295,6 @@ class SendmailAccessAction:
 
     def _record_or_log(self, decision: Decision) -> Record | None:
         return build_or_log("sendmail", self.handles, self._record, decision)
-        try:
-            return self._record(decision)
-        except KeyRefused as exc:
-            log.warning("sendmail: key refused, not written: %s", exc)
-            return None
 
     def _seconds(self, decision: Decision) -> int:
         return delay_seconds(decision.argument, self.default_delay, self.max_delay)
