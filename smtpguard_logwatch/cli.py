@@ -105,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="explain this log line (may be repeated)")
     explain.add_argument("--only-unparsed", action="store_true",
                          help="show only MTA lines that no parser understood")
+    explain.add_argument("--key", metavar="KEY",
+                         help="instead of log lines: ask the running daemon why KEY (an IP, "
+                              "network, sender or SASL user) has its points and penalty")
+    explain.add_argument("--dimension", default=None, choices=list(DIMENSIONS),
+                         help="with --key: what KEY is (default: guessed from its form)")
+    explain.add_argument("--json", action="store_true", help="with --key: print JSON")
+    explain.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+                         help=f"with --key: config naming the daemon's control socket "
+                              f"(default {DEFAULT_CONFIG})")
     _add_input_options(explain)
     def add_config(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
@@ -148,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and lift expired ones, then exit. Positions and counts are committed "
                     "together, so a run killed at any moment neither loses nor "
                     "double-counts a line. Exit status: 0 done, 1 an action failed, "
-                    "75 another scan is running.")
+                    "75 another scan or the daemon is running.")
     add_config(scan)
 
     rec = sub.add_parser(
@@ -158,6 +167,36 @@ def build_parser() -> argparse.ArgumentParser:
                     "and remove what has expired or was lifted. Run it at boot and from "
                     "cron (e.g. every minute) until the daemon does it for you.")
     add_config(rec)
+
+    run = sub.add_parser(
+        "run", help="the daemon: follow the logs, decide and enforce as lines arrive",
+        description="Follow the configured logs (and optionally the systemd journal) "
+                    "across rotations, decide within a second and enforce through the "
+                    "configured actions. State is checkpointed every [daemon] checkpoint "
+                    "and on SIGTERM: a crash loses nothing and counts nothing twice. "
+                    "SIGHUP (or `smtpguard-logwatch reload`) re-reads the config and rules, "
+                    "keeping the old ones if the new ones are broken. The control socket "
+                    "answers status, list, ban, unban, explain --key and reload.")
+    add_config(run)
+    run.add_argument("--log-level", default="info",
+                     choices=["debug", "info", "warning", "error"],
+                     help="least severe messages logged (default info)")
+    run.add_argument("--log-format", default="auto", choices=["auto", "plain", "journal"],
+                     help="journal: <N> priority prefixes for journald; plain: timestamps; "
+                          "auto (default): journal when stderr is systemd's journal stream")
+
+    status = sub.add_parser("status", help="ask the running daemon how it is doing",
+                            description="Lines read, decisions, checkpoints, errors and the "
+                                        "log positions of the running daemon.")
+    status.add_argument("--json", action="store_true")
+    add_config(status)
+
+    reload = sub.add_parser("reload", help="make the running daemon re-read config and rules",
+                            description="Like SIGHUP, but waits for the outcome: exit status "
+                                        "1 and the error (FILE:LINE:COLUMN) if the new "
+                                        "config or rules are refused; the old ones then "
+                                        "stay in force.")
+    add_config(reload)
 
     snippet = sub.add_parser(
         "snippet", help="print what to add to the MTA's configuration",
@@ -177,6 +216,28 @@ def _load_config(args: argparse.Namespace):
     return load_config(args.config)
 
 
+_NO_DAEMON = object()
+
+
+def _ask_daemon(cfg, command: str, **request: Any) -> Any:
+    """The running daemon's answer, or _NO_DAEMON when none answers on the socket."""
+    from .daemon.control import ControlError, DaemonUnavailable
+    from .daemon.control import request as ask
+
+    try:
+        return ask(cfg.control_socket, command, **request)
+    except DaemonUnavailable:
+        return _NO_DAEMON
+    except ControlError as exc:
+        raise OperatorError(str(exc)) from None
+
+
+def _print_decision_rows(rows: list[dict[str, Any]]) -> None:
+    for d in rows:
+        print(f"{d['id']:>6}  {d['time']}  {d['until'] or '-':<20}  {d['dimension']:<14} "
+              f"{d['key']:<40} {d['action']:<8} {d['origin']:<7} {', '.join(d['rules'])}")
+
+
 def cmd_ban(args: argparse.Namespace) -> int:
     from .operator import Operator
 
@@ -184,7 +245,16 @@ def cmd_ban(args: argparse.Namespace) -> int:
         duration = parse_duration(args.duration)
     except ValueError as exc:
         raise UsageError(f"--for: {exc}") from None
-    operator = Operator.from_config(_load_config(args))
+    cfg = _load_config(args)
+    answer = _ask_daemon(cfg, "ban", key=args.key, dimension=args.dimension,
+                         action=args.action, duration=duration or None,
+                         argument=args.argument, reason=args.reason)
+    if answer is not _NO_DAEMON:
+        until = f" until {answer['until']}" if answer["until"] else ""
+        print(f"{answer['action']} {answer['dimension']} {answer['key']}{until} "
+              f"(decision {answer['id']}, by the running daemon)")
+        return 0
+    operator = Operator.from_config(cfg)
     d = operator.ban(args.key, dimension=args.dimension, action=args.action,
                      duration=duration or None, argument=args.argument, reason=args.reason)
     until = f" until {iso(d.until)}" if d.until is not None else ""
@@ -195,7 +265,17 @@ def cmd_ban(args: argparse.Namespace) -> int:
 def cmd_unban(args: argparse.Namespace) -> int:
     from .operator import Operator
 
-    operator = Operator.from_config(_load_config(args))
+    cfg = _load_config(args)
+    answer = _ask_daemon(cfg, "unban", key=args.key, dimension=args.dimension)
+    if answer is not _NO_DAEMON:
+        if not answer:
+            print(f"no active decision on {args.key}")
+            return 1
+        for d in answer:
+            print(f"lifted {d['action']} {d['dimension']} {d['key']} (decision {d['id']}, "
+                  "by the running daemon)")
+        return 0
+    operator = Operator.from_config(cfg)
     revoked = operator.unban(args.key, dimension=args.dimension)
     if not revoked:
         print(f"no active decision on {args.key}")
@@ -208,7 +288,15 @@ def cmd_unban(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from .operator import Operator, decision_rows
 
-    operator = Operator.from_config(_load_config(args))
+    cfg = _load_config(args)
+    answer = _ask_daemon(cfg, "list", all=args.all)
+    if answer is not _NO_DAEMON:
+        if args.json:
+            print(json.dumps(answer, indent=1))
+        else:
+            _print_decision_rows(answer)
+        return 0
+    operator = Operator.from_config(cfg)
     decisions = list(operator.ledger.all()) if args.all else operator.active()
     if args.json:
         print(json.dumps([decision_json(d) | {"id": d.id, "revoked": iso(d.revoked)}
@@ -220,7 +308,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from .scan import EX_TEMPFAIL, ScanBusy, run_scan
+    from .scan import EX_TEMPFAIL, ScanBusy, ScanFailed, run_scan
 
     cfg = _load_config(args)
     if not cfg.logs:
@@ -231,12 +319,107 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except ScanBusy as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
+    except ScanFailed as exc:
+        print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
+        return 1
     print(f"scan: {result.lines} lines, {len(result.decisions)} decisions")
     for d in result.decisions:
         until = f" until {iso(d.until)}" if d.until is not None else ""
         print(f"  {iso(d.time)} {d.dimension} {d.key} {d.action}{until} "
               f"[{', '.join(d.rules)}]")
     return 1 if result.errors else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import run_daemon
+    from .daemon.logsetup import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+    cfg = _load_config(args)
+    if not cfg.logs and not cfg.daemon.journal:
+        raise UsageError(f"{cfg.path or DEFAULT_CONFIG}: [logs] files is empty and "
+                         "[daemon] journal is off: nothing to follow")
+    from .daemon.control import SocketInUse
+
+    try:
+        return run_daemon(cfg)
+    except SocketInUse as exc:
+        print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    answer = _ask_daemon(cfg, "status")
+    if answer is _NO_DAEMON:
+        print(f"smtpguard-logwatch: no daemon answers on {cfg.control_socket}",
+              file=sys.stderr)
+        return 3  # LSB: program is not running
+    if args.json:
+        print(json.dumps(answer, indent=1))
+        return 0
+    lines = answer["lines"]
+    cp = answer["checkpoint"]
+    print(f"smtpguard-logwatch {answer['version']} pid {answer['pid']}, up "
+          f"{answer['uptime']}s since {answer['started']}"
+          f"{', DRY RUN' if answer['dry_run'] else ''}")
+    print(f"  config {answer['config'] or '-'}; rules {', '.join(answer['rules'])}")
+    print(f"  following ({answer['watch']}):")
+    for f in answer["logs"]:
+        print(f"    {f['path']}  offset {f['offset'] if f['offset'] is not None else '-'}")
+    if answer["journal"] is not None:
+        print(f"    systemd journal ({'running' if answer['journal']['alive'] else 'DOWN'})")
+    print(f"  lines {lines['read']} read, {lines['parsed']} understood, {lines['unparsed']} "
+          f"not understood, {lines['skipped']} other programs, {lines['bad_time']} bad "
+          f"time, {lines['internal_errors']} internal errors")
+    print(f"  events {answer['events']}; decided "
+          f"{_counts(answer['decided'])}; in force {_counts(answer['active'])}")
+    if answer["breaker"]["tripped_until"]:
+        print(f"  CIRCUIT BREAKER tripped until {answer['breaker']['tripped_until']}")
+    print(f"  checkpoints {cp['done']} saved, {cp['failed']} failed; last {cp['last'] or '-'} "
+          f"({cp['seconds']}s)" + (f"; LAST ERROR {cp['error']}" if cp["error"] else ""))
+    print(f"  actions {', '.join(answer['actions']) or 'none'}; {answer['action_errors']} "
+          "errors" + (f"; last: {answer['last_action_error']}"
+                      if answer["last_action_error"] else ""))
+    print(f"  store keys {answer['store_keys']}; reloads {answer['reloads']}"
+          + (f"; LAST RELOAD REFUSED: {answer['last_reload_error']}"
+             if answer["last_reload_error"] else ""))
+    return 0
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "none"
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    answer = _ask_daemon(cfg, "reload")
+    if answer is _NO_DAEMON:
+        print(f"smtpguard-logwatch: no daemon answers on {cfg.control_socket}",
+              file=sys.stderr)
+        return 3
+    if not answer.get("ok"):
+        print(f"smtpguard-logwatch: reload refused, the old configuration stays in force:\n"
+              f"{answer.get('error')}", file=sys.stderr)
+        return 1
+    print(f"reloaded: {answer['rules']} rules, following {', '.join(answer['logs'])}")
+    return 0
+
+
+def cmd_explain_key(args: argparse.Namespace) -> int:
+    from .engine.why import format_explanation
+
+    cfg = _load_config(args)
+    answer = _ask_daemon(cfg, "explain", key=args.key, dimension=args.dimension)
+    if answer is _NO_DAEMON:
+        print(f"smtpguard-logwatch: explain --key asks the running daemon, and none "
+              f"answers on {cfg.control_socket}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(answer, indent=1))
+    else:
+        sys.stdout.write(format_explanation(answer, answer.get("decisions", [])))
+    return 0
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -375,8 +558,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain_lines
 
+    if args.key:
+        if args.files or args.line:
+            raise UsageError("explain: --key cannot be combined with FILE or --line")
+        return cmd_explain_key(args)
     if not args.files and not args.line:
-        print("smtpguard-logwatch explain: give a FILE or --line TEXT", file=sys.stderr)
+        print("smtpguard-logwatch explain: give a FILE, --line TEXT or --key KEY",
+              file=sys.stderr)
         return 2
     make_clock = _clock_factory(args)
     feeds = []
@@ -391,7 +579,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 COMMANDS = {
     "replay": cmd_replay, "explain": cmd_explain, "check": cmd_check, "ban": cmd_ban,
     "unban": cmd_unban, "list": cmd_list, "reconcile": cmd_reconcile, "scan": cmd_scan,
-    "snippet": cmd_snippet,
+    "snippet": cmd_snippet, "run": cmd_run, "status": cmd_status, "reload": cmd_reload,
 }
 
 
@@ -422,5 +610,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # e.g. the state directory cannot be created
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"smtpguard-logwatch: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

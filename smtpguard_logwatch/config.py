@@ -62,6 +62,30 @@ class Config:
     breaker: dict[str, float] = field(
         default_factory=lambda: {"max_refusals": 50, "window": 600.0, "cooldown": 1800.0})
     actions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    daemon: DaemonSettings = field(default_factory=lambda: DaemonSettings())
+
+
+@dataclass
+class DaemonSettings:
+    """``[daemon]``: how ``run`` follows, saves and upkeeps (``scan`` ignores it)."""
+
+    checkpoint: float = 30.0  # save the state this often (and on shutdown)
+    expire_every: float = 5.0  # lift expired decisions from the MTA maps this often
+    reconcile: float = 300.0  # re-check every action against the ledger this often
+    watch: str = "auto"  # auto | inotify | poll
+    poll_interval: float = 0.25  # with watch = poll
+    first_start: str = "beginning"  # a log never seen: read it all, or start at its end
+    on_stop: str = "keep"  # keep | remove: enforcement left in place on SIGTERM or not
+    keep_decisions: float = 90 * 86400.0  # ledger rows older than this are pruned
+    digest: str | None = None  # "HH:MM": daily summary mail at this local time
+    journal: bool = False  # also follow the systemd journal
+    journal_match: list[str] = field(default_factory=lambda: [
+        "SYSLOG_IDENTIFIER=postfix/smtpd", "SYSLOG_IDENTIFIER=postfix/cleanup",
+        "SYSLOG_IDENTIFIER=postfix/qmgr", "SYSLOG_IDENTIFIER=postfix/smtp",
+        "SYSLOG_IDENTIFIER=postfix/lmtp", "SYSLOG_IDENTIFIER=postfix/local",
+        "SYSLOG_IDENTIFIER=postfix/virtual", "SYSLOG_IDENTIFIER=postfix/submission/smtpd",
+        "SYSLOG_IDENTIFIER=postfix/smtps/smtpd", "SYSLOG_IDENTIFIER=postfix/postscreen",
+        "SYSLOG_IDENTIFIER=exim", "SYSLOG_IDENTIFIER=sendmail", "SYSLOG_IDENTIFIER=sm-mta"])
 
 
 # table -> {key: (type check, converter)}
@@ -85,6 +109,20 @@ def _boolean(v: Any) -> bool:
     return v
 
 
+def _choice(*allowed: str):
+    def check(v: Any) -> str:
+        if v not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return v
+    return check
+
+
+def _clock_time(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", v):
+        raise ValueError('expected a time of day like "07:00"')
+    return v
+
+
 def _count(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError("expected a whole number >= 1")
@@ -97,6 +135,12 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "state": {"database": _string, "control_socket": _string},
     "enforcement": {"dry_run": _boolean},
     "breaker": {"max_refusals": _count, "window": parse_duration, "cooldown": parse_duration},
+    "daemon": {"checkpoint": parse_duration, "expire_every": parse_duration,
+               "reconcile": parse_duration, "watch": _choice("auto", "inotify", "poll"),
+               "poll_interval": parse_duration,
+               "first_start": _choice("beginning", "end"), "on_stop": _choice("keep", "remove"),
+               "keep_decisions": parse_duration, "digest": _clock_time, "journal": _boolean,
+               "journal_match": _str_list},
 }
 
 
@@ -158,5 +202,7 @@ _ATTRIBUTE = {
 def _assign(cfg: Config, table: str, key: str, value: Any) -> None:
     if table == "breaker":
         cfg.breaker[key] = value
+    elif table == "daemon":
+        setattr(cfg.daemon, key, value)
     else:
         setattr(cfg, _ATTRIBUTE[(table, key)], value)

@@ -72,11 +72,17 @@ class Operator:
     ruleset: RuleSet | None = None
     local: LocalNetworks = field(default_factory=LocalNetworks.loopback_only)
     clock: Callable[[], float] = time.time
-    enforcer: Enforcer = field(init=False)
+    commit: Callable[[], object] | None = None
+    """How a ban or unban is saved; the daemon checkpoints instead of a bare commit."""
+    enforcer: Enforcer | None = None
 
     def __post_init__(self) -> None:
-        allowlist = self.ruleset.allowlist if self.ruleset is not None else Allowlist()
-        self.enforcer = Enforcer(self.actions, allowlist, self.local)
+        if self.enforcer is None:
+            allowlist = self.ruleset.allowlist if self.ruleset is not None else Allowlist()
+            self.enforcer = Enforcer(self.actions, allowlist, self.local)
+
+    def _commit(self) -> None:
+        (self.commit or self.ledger.conn.commit)()
 
     @classmethod
     def from_config(cls, cfg: Config) -> Operator:
@@ -114,7 +120,7 @@ class Operator:
             until=now + duration if duration else None, rules=("manual",),
             evidence=[{"manual": reason or "banned by the operator"}], argument=argument,
             origin="manual"))
-        self.ledger.conn.commit()
+        self._commit()
         self.enforcer.apply(decision)
         return decision
 
@@ -130,7 +136,7 @@ class Operator:
         for d in revoked:
             self.ledger.revoke(d.id, now)
             d.revoked = now
-        self.ledger.conn.commit()
+        self._commit()
         for d in revoked:
             self.enforcer.revoke(d)
         return revoked

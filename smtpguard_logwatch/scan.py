@@ -17,35 +17,28 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .actions.base import build_actions
 from .actions.enforcer import Enforcer
 from .config import Config
-from .engine import Engine
-from .engine.breaker import CircuitBreaker
-from .engine.ledger import Decision, Ledger
-from .engine.local import LocalNetworks
-from .engine.persist import load_engine, save_engine
-from .envelope import Clock, zone_from_name
-from .follow import LogCursor, Position
-from .follow import load as load_position
-from .follow import save as save_position
-from .pipeline import Pipeline
-from .rules import default_rules_path, load_rules
-from .store import FrequencyStore
+from .engine.ledger import Decision
+from .follow import LogCursor
+from .state import State
 
 log = logging.getLogger("smtpguard_logwatch.scan")
 
 EX_TEMPFAIL = 75
-_JOIN_TABLE = "CREATE TABLE IF NOT EXISTS scan_join_state (id INTEGER PRIMARY KEY, state BLOB)"
 
 
 class ScanBusy(Exception):
     """Another scan holds the lock."""
+
+
+class ScanFailed(Exception):
+    """The state could not be saved; nothing of this run was kept."""
 
 
 @dataclass
@@ -55,21 +48,22 @@ class ScanResult:
     errors: list[str] = field(default_factory=list)
 
 
-class _Lock:
+class StateLock:
     """An exclusive, non-blocking flock next to the state database."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd: int | None = None
 
-    def __enter__(self) -> _Lock:
+    def __enter__(self) -> StateLock:
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o750, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
             self.fd = None
-            raise ScanBusy(f"another scan is running (lock {self.path})") from None
+            raise ScanBusy(f"another scan or the daemon is running (lock {self.path})") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -81,59 +75,31 @@ class _Lock:
 def run_scan(cfg: Config, *, clock: Callable[[], float] = time.time,
              actions: list | None = None) -> ScanResult:
     """One cron run; see the module docstring. ``actions`` overrides the config's."""
-    os.makedirs(os.path.dirname(cfg.state) or ".", exist_ok=True)
-    with _Lock(cfg.state + ".lock"):
-        conn = sqlite3.connect(cfg.state, timeout=30)
+    with StateLock(cfg.state + ".lock"):
+        result = ScanResult()
+        state = State(cfg, clock=clock, on_decision=result.decisions.append)
         try:
-            return _scan(cfg, conn, clock, actions)
+            _scan(cfg, state, result, clock, actions)
         finally:
-            conn.close()
+            state.close()
+        return result
 
 
-def _scan(cfg: Config, conn: sqlite3.Connection, clock: Callable[[], float],
-          actions: list | None) -> ScanResult:
-    result = ScanResult()
-    ruleset = load_rules(cfg.rules or [str(default_rules_path())])
-    local = LocalNetworks.this_host()
-    ledger = Ledger(conn=conn)
-    engine = Engine(ruleset, store=FrequencyStore.load(conn), ledger=ledger,
-                    breaker=CircuitBreaker(int(cfg.breaker["max_refusals"]),
-                                           cfg.breaker["window"], cfg.breaker["cooldown"]),
-                    local=local, warmup=cfg.warmup, on_decision=result.decisions.append)
-    load_engine(engine, conn)
-    pipeline = Pipeline(engine.consume, parsers=cfg.parsers)
-    conn.execute(_JOIN_TABLE)
-    row = conn.execute("SELECT state FROM scan_join_state WHERE id = 1").fetchone()
-    if row is not None:
-        pipeline.restore_join_state(row[0])
-    tz = zone_from_name(cfg.timezone)
+def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], float],
+          actions: list | None) -> None:
     for path in cfg.logs:
-        cursor = LogCursor(path, load_position(conn, path))
-        last: list[Position] = []
-
-        def lines(cursor: LogCursor = cursor, last: list[Position] = last) -> Iterator[str]:
-            for line, position in cursor.read():
-                last[:] = [position]
-                yield line
-
+        cursor = LogCursor(path, state.positions.get(path))
         try:
-            pipeline.feed(lines(), Clock(tz, now=clock))
+            state.feed(path, cursor.read())
         finally:
             cursor.close()
-        if last:
-            save_position(conn, path, last[0])
-    result.lines = pipeline.stats.read
-    engine.store.save(conn)
-    save_engine(engine, conn)
-    conn.execute("INSERT OR REPLACE INTO scan_join_state VALUES (1, ?)",
-                 (pipeline.join_state(),))
-    conn.commit()  # positions, counts, points, joins and decisions: all or nothing
-
+    result.lines = state.pipeline.stats.read
+    if not state.checkpoint():  # positions, counts, points, joins and decisions
+        raise ScanFailed(f"could not save the state: {state.checkpoints.last_error}")
     enforcer = Enforcer(actions if actions is not None
                         else build_actions(cfg.actions, dry_run=cfg.dry_run),
-                        ruleset.allowlist, local)
+                        state.ruleset.allowlist, state.local)
     for decision in result.decisions:
         enforcer.apply(decision)
-    enforcer.reconcile(ledger.active(clock()), clock())
+    enforcer.reconcile(state.ledger.active(clock()), clock())
     result.errors = enforcer.errors
-    return result

@@ -22,7 +22,7 @@ from smtpguard_logwatch.engine import Engine
 from smtpguard_logwatch.envelope import Clock
 from smtpguard_logwatch.pipeline import Pipeline
 from smtpguard_logwatch.rules import default_rules_path, load_rules
-from smtpguard_logwatch.scan import ScanBusy, _Lock, run_scan
+from smtpguard_logwatch.scan import ScanBusy, StateLock, run_scan
 from smtpguard_logwatch.store import FrequencyStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def test_a_second_scan_waits_for_the_first(tmp_path: Path) -> None:
     log = tmp_path / "mail.log"
     log.write_text("")
     cfg = _config(tmp_path, log)
-    with _Lock(cfg.state + ".lock"), pytest.raises(ScanBusy, match="another scan"):
+    with StateLock(cfg.state + ".lock"), pytest.raises(ScanBusy, match="another scan"):
         run_scan(cfg, actions=[])
     assert run_scan(cfg, actions=[]).lines == 0  # free again afterwards
 
@@ -116,9 +116,9 @@ def test_cli_scan_exit_status_when_busy(tmp_path: Path) -> None:
     conf = tmp_path / "config.toml"
     conf.write_text(f'[logs]\nfiles = ["{log}"]\n[state]\ndatabase = "{tmp_path}/s.sqlite"\n')
     cmd = [sys.executable, "-m", "smtpguard_logwatch", "scan", "--config", str(conf)]
-    with _Lock(str(tmp_path / "s.sqlite") + ".lock"):
+    with StateLock(str(tmp_path / "s.sqlite") + ".lock"):
         busy = subprocess.run(cmd, capture_output=True, text=True, cwd="/", check=False)
-    assert busy.returncode == 75 and "another scan is running" in busy.stderr
+    assert busy.returncode == 75 and "another scan or the daemon is running" in busy.stderr
     done = subprocess.run(cmd, capture_output=True, text=True, cwd="/", check=False)
     assert done.returncode == 0 and done.stdout.startswith("scan: 0 lines")
 

@@ -324,6 +324,18 @@ class WarningMailAction:
                     self._remember(d)
         return ReconcileReport()
 
+    def send_report(self, subject: str, body: str) -> None:
+        """Queue a report for the admins (the daemon's daily digest); the thread sends
+        it with the same retries as the warnings. The caller quotes what came from logs."""
+        if self.dry_run:
+            log.info("mail (dry-run): would send report %r to %s", subject,
+                     ", ".join(self.admins))
+            return
+        with self._cond:
+            self._enqueue(_Outgoing(self._message(subject, body, self.admins), self.admins))
+            self._start()
+            self._cond.notify_all()
+
     # -- shutdown and tests -------------------------------------------------------------
 
     def flush(self, timeout: float = 10.0) -> bool:

@@ -99,6 +99,7 @@ class Engine:
         breaker: CircuitBreaker | None = None,
         local: LocalNetworks | None = None,
         on_decision: Callable[[Decision], None] | None = None,
+        on_extend: Callable[[Decision], None] | None = None,
         warmup: float = 0.0,
     ) -> None:
         self.store = store if store is not None else FrequencyStore()
@@ -106,6 +107,7 @@ class Engine:
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.local = local if local is not None else LocalNetworks.loopback_only()
         self.on_decision = on_decision
+        self.on_extend = on_extend
         self.warmup = warmup
         self._scoring_from: float | None = None
         self.stats = EngineStats()
@@ -335,6 +337,20 @@ class Engine:
                 penalty.decision.until = until
                 if penalty.decision.id is not None:
                     self.ledger.extend(penalty.decision.id, until)
+                if self.on_extend is not None:
+                    self.on_extend(penalty.decision)
+
+    def forgive(self, dimension: str, key: str) -> None:
+        """An operator lifted this key's penalty: drop it with the points that led to
+        it, or the next event would climb straight back to the same step."""
+        self._penalties.pop((dimension, key), None)
+        self._enforced.discard((dimension, key))
+        self.scores.reset((dimension, key))
+
+    def penalty_of(self, dimension: str, key: str) -> tuple[Decision, float | None] | None:
+        """The decision a key's penalty comes from and when the penalty ends."""
+        penalty = self._penalties.get((dimension, key))
+        return None if penalty is None else (penalty.decision, penalty.until)
 
     # -- upkeep --------------------------------------------------------------------------
 

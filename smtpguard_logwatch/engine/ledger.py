@@ -60,10 +60,11 @@ class Ledger:
         self.conn.executescript(SCHEMA)
 
     def record(self, d: Decision) -> Decision:
+        """Insert ``d`` (keeping ``d.id`` if it has one) and set its id."""
         cur = self.conn.execute(
-            "INSERT INTO decisions (time, dimension, key, action, argument, until, points,"
-            " rules, evidence, origin, revoked) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (d.time, d.dimension, d.key, d.action, d.argument, d.until, d.points,
+            "INSERT INTO decisions (id, time, dimension, key, action, argument, until, points,"
+            " rules, evidence, origin, revoked) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (d.id, d.time, d.dimension, d.key, d.action, d.argument, d.until, d.points,
              json.dumps(list(d.rules)), json.dumps(d.evidence, default=str), d.origin,
              d.revoked),
         )
@@ -82,6 +83,17 @@ class Ledger:
 
     def active(self, now: float) -> list[Decision]:
         return list(self._select("WHERE revoked IS NULL AND until > ? ORDER BY time, id", (now,)))
+
+    def expiring(self, after: float, until: float) -> list[Decision]:
+        """Decisions not revoked whose end falls in ``(after, until]``: what to lift."""
+        return list(self._select("WHERE revoked IS NULL AND until > ? AND until <= ?"
+                                 " ORDER BY until, id", (after, until)))
+
+    def prune(self, before: float) -> int:
+        """Forget decisions that ended (or were revoked) before ``before``."""
+        cur = self.conn.execute(
+            "DELETE FROM decisions WHERE coalesce(revoked, until, time) < ?", (before,))
+        return cur.rowcount
 
     def for_key(self, dimension: str, key: str) -> list[Decision]:
         return list(self._select("WHERE dimension = ? AND key = ? ORDER BY time, id",

@@ -48,6 +48,7 @@ class Follower:
         self.safety_interval = safety_interval
         self.max_batch = max_batch
         self._stopped = threading.Event()
+        self._woken = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -140,6 +141,7 @@ class Follower:
                 if key.data == "wake":
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
+                    self._woken = True
                     return
                 if self._inotify is not None and self._relevant(self._inotify.read()):
                     return
@@ -151,7 +153,8 @@ class Follower:
         tick = self.poll_interval if self._inotify is None else self.safety_interval
         while True:
             batch = self._drain()
-            if batch or self._stopped.is_set():
+            if batch or self._stopped.is_set() or self._woken:
+                self._woken = False
                 return batch
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -164,6 +167,12 @@ class Follower:
     def __iter__(self) -> Iterator[Item]:
         while not self._stopped.is_set():
             yield from self.poll()
+
+    def wake(self) -> None:
+        """Make a waiting ``poll`` return now (with what there is, maybe nothing); safe
+        from another thread or a signal handler."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
 
     def stop(self) -> None:
         """Make ``poll``/iteration return; safe from another thread or a signal handler."""

@@ -1,0 +1,120 @@
+"""What the control socket answers. Each command runs under the daemon's lock, so it
+sees (and changes) the same engine, ledger and actions as the main loop; results
+are plain JSON-ready data, formatted for people by the CLI."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..decisions import decision_json
+from ..engine.why import explain_key
+from ..operator import Operator, OperatorError, guess_dimension
+from ..report import iso
+from .control import ControlError
+
+if TYPE_CHECKING:
+    from .service import Daemon
+
+
+def handle(daemon: Daemon, command: str, args: dict[str, Any]) -> Any:
+    """Dispatch one request; ControlError for anything the client got wrong."""
+    if command == "reload":
+        return daemon.request_reload()
+    handler = _COMMANDS.get(command)
+    if handler is None:
+        raise ControlError(f"unknown command {command!r} "
+                           f"(known: {', '.join(sorted([*_COMMANDS, 'reload']))})")
+    with daemon.lock:
+        try:
+            return handler(daemon, **args)
+        except TypeError as exc:
+            raise ControlError(f"{command}: bad arguments: {exc}") from None
+        except OperatorError as exc:
+            raise ControlError(str(exc)) from None
+
+
+def _operator(daemon: Daemon) -> Operator:
+    """An Operator over the daemon's own ledger and actions; its commit is a checkpoint,
+    so a manual decision is saved together with everything it may depend on."""
+    state = daemon.state
+    return Operator(state.ledger, daemon.actions, state.ruleset, state.local,
+                    clock=daemon.clock, commit=daemon.checkpoint_or_warn,
+                    enforcer=daemon.enforcer)
+
+
+def status(daemon: Daemon) -> dict[str, Any]:
+    state = daemon.state
+    now = daemon.clock()
+    active: dict[str, int] = {}
+    for d in state.ledger.active(now):
+        active[d.action] = active.get(d.action, 0) + 1
+    engine = state.engine
+    cp = state.checkpoints
+    return {
+        "version": __version__, "pid": os.getpid(), "config": daemon.cfg.path,
+        "started": iso(daemon.started), "uptime": round(time.monotonic() - daemon.started_mono),
+        "dry_run": daemon.cfg.dry_run, "rules": daemon.rule_files,
+        "watch": daemon.follower.backend,
+        "logs": [{"path": p, "offset": (pos := state.positions.get(p)) and pos.offset,
+                  "inode": pos and pos.inode} for p in daemon.cfg.logs],
+        "journal": daemon.journal_status(),
+        "lines": state.pipeline.stats.as_dict() | {"internal_errors": daemon.line_errors},
+        "events": engine.stats.events, "decided": dict(engine.stats.by_action),
+        "active": active,
+        "breaker": {"tripped_until": iso(engine.breaker.tripped_until),
+                    "trips": engine.breaker.trips},
+        "checkpoint": {"done": cp.done, "failed": cp.failed, "last": iso(cp.last_time),
+                       "seconds": round(cp.last_seconds, 3), "error": cp.last_error,
+                       "pending_ledger_writes": state.ledger.pending},
+        "store_keys": engine.store.nkeys(), "action_errors": len(daemon.enforcer.errors),
+        "last_action_error": daemon.enforcer.errors[-1] if daemon.enforcer.errors else None,
+        "actions": [a.name for a in daemon.actions],
+        "reloads": daemon.reloads, "last_reload_error": daemon.last_reload_error,
+    }
+
+
+def list_decisions(daemon: Daemon, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002
+    ledger = daemon.state.ledger
+    decisions = list(ledger.all()) if all else ledger.active(daemon.clock())
+    return [decision_json(d) | {"id": d.id, "revoked": iso(d.revoked)} for d in decisions]
+
+
+def ban(daemon: Daemon, key: str, dimension: str | None = None, action: str = "refuse",
+        duration: float | None = 3600.0, argument: float | None = None,
+        reason: str = "") -> dict[str, Any]:
+    d = _operator(daemon).ban(key, dimension=dimension, action=action, duration=duration,
+                              argument=argument, reason=reason)
+    daemon.log_decision(d, "manual")
+    return decision_json(d) | {"id": d.id}
+
+
+def unban(daemon: Daemon, key: str, dimension: str | None = None) -> list[dict[str, Any]]:
+    dimension = dimension or guess_dimension(key)
+    revoked = _operator(daemon).unban(key, dimension=dimension)
+    for d in revoked:
+        daemon.state.engine.forgive(d.dimension, d.key)
+        daemon.log_decision(d, "lifted")
+    return [decision_json(d) | {"id": d.id} for d in revoked]
+
+
+def explain(daemon: Daemon, key: str, dimension: str | None = None) -> dict[str, Any]:
+    from ..actions.keys import KeyRefused, normalise_key
+
+    dimension = dimension or guess_dimension(key)
+    try:
+        key = normalise_key(dimension, key)
+    except KeyRefused as exc:
+        raise ControlError(f"not a valid {dimension} key: {exc}") from None
+    engine = daemon.state.engine
+    now = max(daemon.clock(), engine.store.clock or 0.0)
+    data = explain_key(engine, dimension, key, now)
+    data["decisions"] = [decision_json(d) | {"id": d.id, "revoked": iso(d.revoked)}
+                         for d in daemon.state.ledger.for_key(dimension, key)[-20:]]
+    return data
+
+
+_COMMANDS = {"status": status, "list": list_decisions, "ban": ban, "unban": unban,
+             "explain": explain}

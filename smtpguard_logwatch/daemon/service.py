@@ -1,0 +1,400 @@
+"""The daemon: follow the logs, count and decide as lines arrive, enforce at once.
+
+The main thread waits on the Follower (inotify, or polling) and hands each batch of
+new lines to the pipeline; decisions are enforced before the next batch is read, so
+a refusal takes effect within a fraction of a second of the line that crossed the
+threshold. Periodic work (:mod:`.jobs`) and the control socket run in other threads
+and share one lock with the main loop.
+
+Crash safety comes from :mod:`..state`: a checkpoint writes positions, counts,
+points, half-joined messages and the ledger in one transaction, so after SIGKILL the
+lines since the last checkpoint are counted again, exactly once. The state lock
+(the same flock ``scan`` takes) keeps a cron ``scan`` and the daemon from both
+working on one database.
+
+Nothing from outside stops it: a malformed line is counted and skipped, a parser
+bug on one line is logged and the line skipped, a vanished log is waited for, a full
+disk fails a checkpoint (retried, nothing lost), a failing action is logged while
+the others go on, and a broken config or rule file on SIGHUP leaves the old one in
+force. Only a bad config at start-up stops it (exit 1), with one line saying why.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from operator import itemgetter
+from typing import Any
+
+from ..actions.base import ActionError, build_actions
+from ..actions.enforcer import Enforcer
+from ..config import Config, ConfigError, load_config
+from ..engine.ledger import Decision
+from ..follow import Follower, FollowWarning
+from ..follow.follower import Item
+from ..report import iso
+from ..rules import RuleError, default_rules_path
+from ..scan import ScanBusy, StateLock
+from ..state import State, breaker_of, rules_of
+from . import commands
+from .control import ControlServer
+from .jobs import build_scheduler
+
+log = logging.getLogger("smtpguard_logwatch.daemon")
+
+STALE_NOTICE = 300.0  # a notification older than this (catching up) is not mailed
+
+
+class Daemon:
+    """One running ``smtpguard-logwatch run``; see the module docstring."""
+
+    def __init__(self, cfg: Config, *, actions: list[Any] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.started = clock()
+        self.started_mono = time.monotonic()
+        self.hostname = socket.gethostname()
+        self.reloads = 0
+        self.last_reload_error: str | None = None
+        self.line_errors = 0
+        self._fresh: list[Decision] = []
+        self._extended: list[Decision] = []
+        self._stop_signal: int | None = None
+        self._reload_wanted = threading.Event()
+        self._reload_done = threading.Condition()
+        self._reload_result: dict[str, Any] | None = None
+        self._actions_fixed = actions is not None
+        self._state_lock = StateLock(cfg.state + ".lock")
+        try:
+            self._state_lock.__enter__()
+        except ScanBusy:
+            raise ConfigError(f"{cfg.state}: in use by another smtpguard-logwatch (a "
+                              "running daemon or scan); stop it first") from None
+        try:
+            self.state = State(cfg, clock=clock, on_decision=self._fresh.append)
+            self.state.engine.on_extend = self._extended.append
+            self.rule_files = cfg.rules or [str(default_rules_path())]
+            self.actions = actions if actions is not None else _build_actions(cfg)
+            self.enforcer = Enforcer(self.actions, self.state.ruleset.allowlist,
+                                     self.state.local)
+            self.follower = self._follower(cfg)
+            self.journal = self._journal(cfg)
+            self._lifted_until = self.started
+            self.scheduler = build_scheduler(self)
+            self.control: ControlServer | None = None
+        except BaseException:
+            self._state_lock.__exit__()
+            raise
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def _follower(self, cfg: Config) -> Follower:
+        settings = cfg.daemon
+        return Follower.for_paths(
+            cfg.logs, self.state.positions, start_at_end=settings.first_start == "end",
+            notify=_report_follow_warning, watch=settings.watch,
+            poll_interval=settings.poll_interval)
+
+    def _journal(self, cfg: Config):
+        if not cfg.daemon.journal:
+            return None
+        from .journal import JournalReader
+
+        return JournalReader(cfg.daemon.journal_match, self.state.cursors.get("journal"),
+                             on_ready=lambda: self.follower.wake())
+
+    def journal_status(self) -> dict[str, Any] | None:
+        if self.journal is None:
+            return None
+        return {"alive": self.journal.alive, "cursor": self.state.cursors.get("journal"),
+                "errors": self.journal.errors[-3:]}
+
+    # -- the main loop ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Until SIGTERM/SIGINT: follow, count, decide, enforce. Returns the exit status."""
+        self._install_signals()
+        try:
+            self.control = ControlServer(self.cfg.control_socket,
+                                         lambda c, a: commands.handle(self, c, a))
+            self.control.start()
+            if self.journal is not None:
+                self.journal.start()
+            with self.lock:
+                self._reconcile("start")
+            self.scheduler.start()
+            log.info("started pid=%d logs=%s watch=%s rules=%s dry_run=%s socket=%s",
+                     os.getpid(), ",".join(self.cfg.logs) or "-", self.follower.backend,
+                     ",".join(self.rule_files), self.cfg.dry_run, self.cfg.control_socket)
+            while self._stop_signal is None:
+                batch = self.follower.poll(timeout=1.0)
+                journal = self.journal.drain() if self.journal is not None else []
+                if batch or journal:
+                    with self.lock:
+                        self.process(batch, journal)
+                if self._reload_wanted.is_set():
+                    self._reload_wanted.clear()
+                    self._answer_reload(self.reload())
+        finally:
+            self.shutdown()
+        return 0
+
+    def process(self, batch: list[Item], journal: list[tuple[str, str]] = ()) -> None:
+        """Count a batch of new lines, then enforce what they decided. Caller holds the lock."""
+        for path, group in itertools.groupby(batch, key=itemgetter(0)):
+            self._feed(path, [(line, pos) for _, line, pos in group])
+        if journal:
+            self._feed_journal(journal)
+        self._enforce_new()
+
+    def _feed(self, path: str, lines: list) -> None:
+        remaining = iter(lines)
+        while True:
+            try:
+                self.state.feed(path, remaining)
+                return
+            except Exception:  # noqa: BLE001 - one odd line must not stop the daemon
+                self.line_errors += 1
+                log.exception("internal error on a line of %s; line skipped", path)
+
+    def _feed_journal(self, lines: list[tuple[str, str]]) -> None:
+        try:
+            self.state.feed_cursored("journal", lines)
+        except Exception:  # noqa: BLE001
+            self.line_errors += 1
+            log.exception("internal error on a journal entry; batch skipped")
+
+    def _enforce_new(self) -> None:
+        fresh, self._fresh[:] = list(self._fresh), []
+        extended, self._extended[:] = list(self._extended), []
+        now = self.clock()
+        for d in fresh:
+            stale = (d.until is not None and d.until <= now) or (
+                d.until is None and d.time < now - STALE_NOTICE)
+            self.log_decision(d, "stale" if stale else "decision")
+            if not stale:
+                self.enforcer.apply(d)
+        for d in extended:
+            if d.until is not None and d.until > now:
+                self.enforcer.apply(d)  # a fresh kernel timeout / map entry to the new end
+
+    def log_decision(self, d: Decision, what: str) -> None:
+        """One greppable line per decision, lift and manual ban."""
+        log.info("%s id=%s action=%s dimension=%s key=%s until=%s origin=%s rules=%s%s",
+                 what, d.id, d.action, d.dimension, d.key, iso(d.until) or "-", d.origin,
+                 ",".join(d.rules), "" if what != "stale" else
+                 " (ended before it was read: recorded, not enforced)")
+
+    # -- periodic work (jobs.py schedules these) -------------------------------------------
+
+    def checkpoint_job(self) -> None:
+        with self.lock:
+            if self.state.dirty or self.state.ledger.pending:
+                self.state.checkpoint()
+
+    def checkpoint_or_warn(self) -> None:
+        """After a manual ban/unban: saved now, or (disk full) at the next checkpoint."""
+        if not self.state.checkpoint():
+            log.warning("manual decision kept in memory until the next checkpoint succeeds")
+
+    def lift_expired(self) -> None:
+        """Take decisions whose time is up out of the MTA maps (nft expires its own)."""
+        with self.lock:
+            now = self.clock()
+            ended = self.state.ledger.expiring(self._lifted_until, now)
+            self._lifted_until = now
+            if not ended:
+                return
+            for d in ended:
+                self.log_decision(d, "expired")
+                self.enforcer.revoke(d)
+            # a newer decision on the same key may share the map entry just removed
+            for dimension, key in {(d.dimension, d.key) for d in ended}:
+                for d in self.state.ledger.for_key(dimension, key):
+                    if d.active_at(now):
+                        self.enforcer.apply(d)
+
+    def reconcile_job(self) -> None:
+        with self.lock:
+            self._reconcile("schedule")
+
+    def _reconcile(self, why: str) -> None:
+        now = self.clock()
+        reports = self.enforcer.reconcile(self.state.ledger.active(now), now)
+        for name, report in reports.items():
+            if report.added or report.removed:
+                log.info("reconcile (%s) action=%s added=%d removed=%d", why, name,
+                         len(report.added), len(report.removed))
+
+    def housekeeping(self) -> None:
+        """Forget decayed points and idle half-joined sessions while the logs are quiet."""
+        with self.lock:
+            now = self.clock()
+            last = self.state.pipeline.stats.last_time
+            if last is not None and now - last < 3600:  # live: log time is wall time
+                self.state.engine.housekeeping(now)
+                self.state.pipeline.expire(now)
+
+    def maintenance(self) -> None:
+        """Hourly: prune the ledger, age the store, keep the WAL file small."""
+        with self.lock:
+            now = self.clock()
+            pruned = self.state.ledger.prune(now - self.cfg.daemon.keep_decisions)
+            self.state.engine.store.expire(now)
+            self.state.dirty = True
+            if self.state.checkpoint():
+                self.state.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if pruned:
+                log.info("maintenance: pruned %d decisions older than %s", pruned,
+                         iso(now - self.cfg.daemon.keep_decisions))
+
+    def watch_journal(self) -> None:
+        """Restart journalctl if it died, from the last cursor counted."""
+        journal = self.journal
+        if journal is None or journal.alive:
+            return
+        with self.lock:
+            cursor = self.state.cursors.get("journal")
+        log.warning("journal: journalctl is not running; restarting it (cursor %s)",
+                    "saved" if cursor else "none")
+        journal.stop()
+        journal.cursor = cursor
+        journal.start()
+
+    # -- reload -----------------------------------------------------------------------------
+
+    def request_reload(self, timeout: float = 60.0) -> dict[str, Any]:
+        """From the control socket: reload in the main loop and wait for the outcome."""
+        with self._reload_done:
+            self._reload_result = None
+            self._reload_wanted.set()
+            self.follower.wake()
+            if not self._reload_done.wait_for(lambda: self._reload_result is not None,
+                                              timeout):
+                return {"ok": False, "error": "the daemon did not reload within "
+                                              f"{timeout:g}s"}
+            return self._reload_result
+
+    def _answer_reload(self, result: dict[str, Any]) -> None:
+        with self._reload_done:
+            self._reload_result = result
+            self._reload_done.notify_all()
+
+    def reload(self) -> dict[str, Any]:
+        """Read the config and rules again; on any error keep everything as it was."""
+        try:
+            cfg = load_config(self.cfg.path) if self.cfg.path else self.cfg
+            ruleset = rules_of(cfg)
+            actions = None
+            if not self._actions_fixed and (cfg.actions != self.cfg.actions
+                                            or cfg.dry_run != self.cfg.dry_run):
+                actions = _build_actions(cfg)
+        except (ConfigError, RuleError, ActionError) as exc:
+            self.last_reload_error = str(exc).splitlines()[0]
+            log.error("reload refused, the old configuration and rules stay in force: %s",
+                      exc)
+            return {"ok": False, "error": str(exc)}
+        with self.lock:
+            if cfg.state != self.cfg.state or cfg.control_socket != self.cfg.control_socket:
+                log.warning("reload: [state] changes take effect at the next restart")
+                cfg.state, cfg.control_socket = self.cfg.state, self.cfg.control_socket
+            state = self.state
+            state.ruleset = ruleset
+            state.engine.set_rules(ruleset)
+            state.engine.warmup = cfg.warmup
+            if cfg.breaker != self.cfg.breaker:
+                state.engine.breaker = breaker_of(cfg)
+            if actions is not None:
+                _close_actions(self.actions)
+                self.actions = actions
+            self.enforcer = Enforcer(self.actions, ruleset.allowlist, state.local,
+                                     errors=self.enforcer.errors)
+            if cfg.logs != self.cfg.logs or cfg.daemon.watch != self.cfg.daemon.watch:
+                self.follower.close()
+                self.follower = self._follower(cfg)
+            self.cfg = cfg
+            self.rule_files = cfg.rules or [str(default_rules_path())]
+            self.reloads += 1
+            self.last_reload_error = None
+            self._reconcile("reload")
+        log.info("reloaded config=%s rules=%s rules_count=%d", cfg.path or "-",
+                 ",".join(self.rule_files), len(ruleset.rules))
+        return {"ok": True, "rules": len(ruleset.rules), "logs": cfg.logs}
+
+    # -- signals and shutdown ----------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # tests drive the daemon from a thread and call stop() instead
+
+        def stop(signum: int, _frame: object) -> None:
+            self.stop(signum)
+
+        def hup(_signum: int, _frame: object) -> None:
+            self._reload_wanted.set()
+            self.follower.wake()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """Ask the main loop to finish (safe from a signal handler or another thread)."""
+        self._stop_signal = signum
+        self.follower.wake()
+
+    def shutdown(self) -> None:
+        """Final checkpoint, enforcement kept or removed (``on_stop``), everything closed."""
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        if self.control is not None:
+            self.control.close()
+        if self.journal is not None:
+            self.journal.stop()
+        with self.lock:
+            saved = self.state.checkpoint()
+            if self.cfg.daemon.on_stop == "remove":
+                log.info("stopping: removing enforcement (on_stop = remove); the ledger "
+                         "keeps the decisions and the next start puts them back")
+                self.enforcer.reconcile([], self.clock())
+            _close_actions(self.actions)
+            self.follower.close()
+            self.state.close()
+        self._state_lock.__exit__()
+        log.info("stopped signal=%s checkpoint=%s lines=%d", self._stop_signal,
+                 "saved" if saved else "FAILED", self.state.pipeline.stats.read)
+
+
+def _build_actions(cfg: Config) -> list[Any]:
+    try:
+        return build_actions(cfg.actions, dry_run=cfg.dry_run)
+    except TypeError as exc:
+        raise ActionError(f"{cfg.path}: bad action option: {exc}") from None
+
+
+def _close_actions(actions: list[Any]) -> None:
+    for action in actions:
+        close = getattr(action, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - closing one must not stop the others
+                log.exception("closing action %s failed", getattr(action, "name", action))
+
+
+def _report_follow_warning(notice: FollowWarning) -> None:
+    log.warning("log file %s", notice)
+
+
+def run_daemon(cfg: Config) -> int:
+    """``smtpguard-logwatch run``: build the daemon and run it until told to stop."""
+    daemon = Daemon(cfg)
+    return daemon.run()

@@ -1,0 +1,253 @@
+"""The persistent state shared by ``scan`` and the ``run`` daemon, and its checkpoint.
+
+Everything a restart needs lives in one SQLite database: the log positions, the
+frequency store, the engine's points and penalties, the parsers' half-joined
+sessions and messages, and the decision ledger. A *checkpoint* writes all of it in
+ONE transaction. Between two checkpoints, lines are counted in memory only; a crash
+(SIGKILL, power loss) rolls the database back to the last checkpoint, whose
+positions point just after the lines its counts include, so the lines since are read
+and counted again exactly once. ``scan`` checkpoints once at the end of a run; the
+daemon checkpoints on a schedule and on shutdown.
+
+A checkpoint that fails (full disk, I/O error) is rolled back and reported; nothing
+is lost, since the state in memory is complete and the next checkpoint writes all
+of it again. Ledger rows written since the last good checkpoint are journaled in
+memory and written again after such a rollback, with the same ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .config import Config
+from .engine import Engine
+from .engine.breaker import CircuitBreaker
+from .engine.ledger import Decision, Ledger
+from .engine.local import LocalNetworks
+from .engine.persist import load_engine, save_engine
+from .envelope import Clock, zone_from_name
+from .follow import Position
+from .follow import load_all as load_positions
+from .follow import save as save_position
+from .pipeline import Pipeline
+from .rules import RuleSet, default_rules_path, load_rules
+from .store import FrequencyStore
+
+log = logging.getLogger("smtpguard_logwatch.state")
+
+_JOIN_TABLE = "CREATE TABLE IF NOT EXISTS scan_join_state (id INTEGER PRIMARY KEY, state BLOB)"
+_CURSOR_TABLE = ("CREATE TABLE IF NOT EXISTS source_cursors (name TEXT PRIMARY KEY,"
+                 " cursor TEXT NOT NULL)")
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """The state database, created with its directory (root-only) if missing. WAL mode
+    lets ``list`` read while the daemon writes; the daemon uses the connection from
+    several threads, always under its own lock."""
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint, fast
+    return conn
+
+
+def rules_of(cfg: Config) -> RuleSet:
+    """The config's rule files, or the shipped defaults when it names none."""
+    return load_rules(cfg.rules or [str(default_rules_path())])
+
+
+class JournaledLedger(Ledger):
+    """A ledger whose writes since the last commit can be written again after a
+    rollback. Ids are given here, not by SQLite, so a decision recorded after a
+    rollback never takes the id of one still waiting to be written again."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__(conn=conn)
+        self._ops: list[tuple[str, tuple]] = []
+        row = conn.execute("SELECT MAX(id) FROM decisions").fetchone()
+        self._next_id = (row[0] or 0) + 1
+
+    def record(self, d: Decision) -> Decision:
+        if d.id is None:
+            d.id = self._next_id
+        self._next_id = max(self._next_id, d.id + 1)
+        super().record(d)
+        self._ops.append(("record", (d,)))
+        return d
+
+    def revoke(self, decision_id: int, now: float) -> None:
+        super().revoke(decision_id, now)
+        self._ops.append(("revoke", (decision_id, now)))
+
+    def extend(self, decision_id: int, until: float) -> None:
+        super().extend(decision_id, until)
+        self._ops.append(("extend", (decision_id, until)))
+
+    @property
+    def pending(self) -> int:
+        """Writes not yet committed."""
+        return len(self._ops)
+
+    def committed(self) -> None:
+        self._ops.clear()
+
+    def rewrite(self) -> None:
+        """Write the journaled operations again (after a rollback)."""
+        for name, args in self._ops:
+            if name == "record":
+                Ledger.record(self, args[0])
+            elif name == "revoke":
+                Ledger.revoke(self, *args)
+            else:
+                Ledger.extend(self, *args)
+
+
+@dataclass
+class CheckpointStats:
+    done: int = 0
+    failed: int = 0
+    last_time: float | None = None
+    last_seconds: float = 0.0
+    last_error: str | None = None
+
+
+class State:
+    """Engine, pipeline and positions loaded from the state database, fed with lines,
+    written back by :meth:`checkpoint`. Not thread-safe: the daemon holds its lock."""
+
+    def __init__(self, cfg: Config, *, ruleset: RuleSet | None = None,
+                 clock: Callable[[], float] = time.time,
+                 on_decision: Callable[[Decision], None] | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.conn = connect(cfg.state)
+        self.ledger = JournaledLedger(self.conn)
+        self.ruleset = ruleset if ruleset is not None else rules_of(cfg)
+        self.local = LocalNetworks.this_host()
+        self.engine = Engine(self.ruleset, store=FrequencyStore.load(self.conn),
+                             ledger=self.ledger, breaker=breaker_of(cfg), local=self.local,
+                             warmup=cfg.warmup, on_decision=on_decision)
+        load_engine(self.engine, self.conn)
+        self.pipeline = Pipeline(self.engine.consume, parsers=cfg.parsers)
+        self.conn.execute(_JOIN_TABLE)
+        row = self.conn.execute("SELECT state FROM scan_join_state WHERE id = 1").fetchone()
+        if row is not None:
+            self.pipeline.restore_join_state(row[0])
+        self.positions: dict[str, Position] = load_positions(self.conn)
+        self.conn.execute(_CURSOR_TABLE)
+        self.cursors: dict[str, str] = dict(self.conn.execute(
+            "SELECT name, cursor FROM source_cursors"))
+        """Resume points of inputs that are not files (the journal's cursor)."""
+        self._tz = zone_from_name(cfg.timezone)
+        self._clocks: dict[str, Clock] = {}
+        self.dirty = False
+        self._needs_rewrite = False
+        self.checkpoints = CheckpointStats()
+
+    def clock_for(self, path: str) -> Clock:
+        """One Clock per log (year inference follows each file's own lines)."""
+        clock = self._clocks.get(path)
+        if clock is None:
+            clock = self._clocks[path] = Clock(self._tz, now=self.clock)
+        return clock
+
+    def feed(self, path: str, lines: Iterable[tuple[str, Position]]) -> int:
+        """Count ``(line, position)`` pairs of one log; remember the last position."""
+        last: list[Position] = []
+
+        def text() -> Iterable[str]:
+            for line, position in lines:
+                last[:] = [position]
+                yield line
+
+        before = self.pipeline.stats.read
+        try:
+            self.pipeline.feed(text(), self.clock_for(path))
+        finally:
+            if last:
+                self.positions[path] = last[0]
+                self.dirty = True
+        return self.pipeline.stats.read - before
+
+    def feed_cursored(self, name: str, lines: list[tuple[str, str]]) -> int:
+        """Count ``(line, cursor)`` pairs of a non-file input (the journal)."""
+        if not lines:
+            return 0
+        before = self.pipeline.stats.read
+        done: list[str] = []
+
+        def text() -> Iterable[str]:
+            for line, cursor in lines:
+                done[:] = [cursor]
+                yield line
+
+        try:
+            self.pipeline.feed(text(), self.clock_for(name))
+        finally:
+            if done:
+                self.cursors[name] = done[0]
+                self.dirty = True
+        return self.pipeline.stats.read - before
+
+    def checkpoint(self) -> bool:
+        """Write everything in one transaction. False (reported, rolled back, state in
+        memory kept for the next try) if the database refused it."""
+        started = time.monotonic()
+        try:
+            if self._needs_rewrite:
+                self.ledger.rewrite()
+                self._needs_rewrite = False
+            for path, position in self.positions.items():
+                save_position(self.conn, path, position)
+            self.conn.executemany("INSERT OR REPLACE INTO source_cursors VALUES (?, ?)",
+                                  self.cursors.items())
+            self.engine.store.save(self.conn)
+            save_engine(self.engine, self.conn)
+            self.conn.execute("INSERT OR REPLACE INTO scan_join_state VALUES (1, ?)",
+                              (self.pipeline.join_state(),))
+            self.conn.commit()
+        except (sqlite3.Error, OSError) as exc:
+            self._rollback()
+            self.checkpoints.failed += 1
+            self.checkpoints.last_error = str(exc)
+            log.error("checkpoint failed, state kept in memory and retried: %s (%s)",
+                      exc, self.cfg.state)
+            return False
+        self.ledger.committed()
+        self.dirty = False
+        self.checkpoints.done += 1
+        self.checkpoints.last_time = self.clock()
+        self.checkpoints.last_seconds = time.monotonic() - started
+        self.checkpoints.last_error = None
+        return True
+
+    def _rollback(self) -> None:
+        try:
+            self.conn.rollback()
+        except sqlite3.Error as exc:  # the connection may be past saving: reported below
+            log.error("rollback failed: %s", exc)
+        try:
+            self.ledger.rewrite()  # so the ledger reads what the engine believes
+        except sqlite3.Error:
+            self._needs_rewrite = True
+            try:
+                self.conn.rollback()  # no half-written journal left behind
+            except sqlite3.Error as exc:
+                log.error("rollback failed: %s", exc)
+            log.warning("%d ledger write(s) held in memory until the next checkpoint",
+                        self.ledger.pending)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def breaker_of(cfg: Config) -> CircuitBreaker:
+    return CircuitBreaker(int(cfg.breaker["max_refusals"]), cfg.breaker["window"],
+                          cfg.breaker["cooldown"])
