@@ -3,40 +3,19 @@ the lock keeps overlapping runs apart; a run killed with SIGKILL loses nothing."
 
 from __future__ import annotations
 
-import datetime as dt
-import importlib.util
-import io
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from truth import NOW, log_lines, one_pass, stored
 
 from smtpguard_logwatch.config import Config
-from smtpguard_logwatch.counting import Counts
-from smtpguard_logwatch.engine import Engine
-from smtpguard_logwatch.envelope import Clock
-from smtpguard_logwatch.pipeline import Pipeline
-from smtpguard_logwatch.rules import default_rules_path, load_rules
+from smtpguard_logwatch.rules import default_rules_path
 from smtpguard_logwatch.scan import ScanBusy, StateLock, run_scan
-from smtpguard_logwatch.store import FrequencyStore
-
-ROOT = Path(__file__).resolve().parent.parent
-NOW = dt.datetime(2026, 3, 4, tzinfo=dt.UTC).timestamp()  # after the generated log
-
-
-def _log_lines(lines: int = 30_000, seed: int = 3) -> list[str]:
-    spec = importlib.util.spec_from_file_location("generate_log", ROOT / "bench/generate_log.py")
-    gen = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("generate_log", gen)
-    spec.loader.exec_module(gen)
-    buf = io.StringIO()
-    gen.generate(gen.Config(lines=lines, seed=seed, anomalies=True), buf)
-    return buf.getvalue().splitlines(keepends=True)
 
 
 def _config(tmp_path: Path, log: Path) -> Config:
@@ -45,43 +24,13 @@ def _config(tmp_path: Path, log: Path) -> Config:
                   warmup=3600.0)
 
 
-def _one_pass(lines: list[str]) -> tuple[dict[str, int], list[tuple]]:
-    """Messages per client IP and the decisions of one uninterrupted pass."""
-    counts = Counts()
-    engine = Engine(load_rules([str(default_rules_path())]), warmup=3600.0)
-
-    def sink(ev):
-        counts.consume(ev)
-        engine.consume(ev)
-
-    pipeline = Pipeline(sink)
-    pipeline.feed(lines, Clock(dt.UTC, now=lambda: NOW))
-    messages = {ip: row[1] for ip, row in counts.client_ip.items() if row[1]}
-    return messages, _decisions(engine.ledger.all())
-
-
-def _decisions(decisions) -> list[tuple]:
-    return [(d.time, d.dimension, d.key, d.action, d.until) for d in decisions]
-
-
 def _stored(cfg: Config) -> tuple[dict[str, int], list[tuple]]:
-    conn = sqlite3.connect(cfg.state)
-    store = FrequencyStore.load(conn)
-    messages = {}
-    for ip in store.keys("client_ip"):
-        n = store.count("client_ip", ip, "messages", 7 * 86400, store.clock + 60)
-        if n:
-            messages[ip] = int(n)
-    from smtpguard_logwatch.engine.ledger import Ledger
-
-    decisions = _decisions(Ledger(conn=conn).all())
-    conn.close()
-    return messages, decisions
+    return stored(cfg.state)
 
 
-def test_scans_over_a_growing_rotating_log_equal_one_pass(tmp_path: Path) -> None:
-    lines = _log_lines()
-    expected_messages, expected_decisions = _one_pass(lines)
+def test_scans_over_a_growing_rotating_log_equalone_pass(tmp_path: Path) -> None:
+    lines = log_lines()
+    expected_messages, expected_decisions = one_pass(lines)
     assert expected_decisions, "the anomalies gave nothing to compare"
     log = tmp_path / "mail.log"
     cfg = _config(tmp_path, log)
@@ -125,8 +74,8 @@ def test_cli_scan_exit_status_when_busy(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    lines = _log_lines(150_000, seed=8)
-    expected_messages, _ = _one_pass(lines)
+    lines = log_lines(150_000, seed=8)
+    expected_messages, _ = one_pass(lines)
     log = tmp_path / "mail.log"
     log.write_text("".join(lines))
     conf = tmp_path / "config.toml"
