@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -19,12 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_mail_action import ADMIN, make_action, smtpd  # noqa: F401 - fixtures
 from truth import log_lines, one_pass, stored
 
 from smtpguard_logwatch.actions.base import ActionError, ReconcileReport
 from smtpguard_logwatch.config import Config, DaemonSettings
 from smtpguard_logwatch.daemon import Daemon
 from smtpguard_logwatch.daemon.control import ControlError, DaemonUnavailable, request
+from smtpguard_logwatch.daemon.jobs import send_digest
 from smtpguard_logwatch.engine.ledger import Decision
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules/default.rules"
@@ -410,3 +413,56 @@ def test_sigterm_during_work_saves_and_the_next_start_resumes(tmp_path: Path) ->
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert stored(cfg.state)[0] == expected
+
+
+# -- digest mail and stopping ------------------------------------------------------------
+
+def test_daily_digest_reaches_the_admins(tmp_path: Path, running, smtpd,  # noqa: F811
+                                         make_action) -> None:  # noqa: F811
+    handler, port = smtpd
+    cfg = config(tmp_path, duration="1h", digest="07:00")
+    mail = make_action(port)
+    r = running(cfg, [mail])
+    job = r.daemon.scheduler.get_job("digest")
+    assert job is not None and "hour='7', minute='0'" in str(job.trigger)
+    with open(cfg.logs[0], "a") as fh:
+        fh.writelines(reject("192.0.2.9") for _ in range(7))
+    [warning] = handler.wait_for(1)
+    assert "192.0.2.9" in warning.body
+    send_digest(r.daemon)  # what the 07:00 job runs
+    received = handler.wait_for(2)
+    assert len(received) == 2
+    digest = received[1]
+    assert digest.rcpt_tos == [ADMIN]
+    assert "1 decisions in 24h, 1 in force" in digest.message["Subject"]
+    assert "Decisions: 1 refuse" in digest.body and "client_ip    192.0.2.9" in digest.body
+
+
+def stored_active(state: str) -> list[Decision]:
+    from smtpguard_logwatch.engine.ledger import Ledger
+
+    conn = sqlite3.connect(state)
+    try:
+        return Ledger(conn=conn).active(time.time())
+    finally:
+        conn.close()
+
+
+def test_on_stop_remove_takes_enforcement_away_and_keep_leaves_it(tmp_path: Path,
+                                                                  running) -> None:
+    for on_stop, left in (("keep", 1), ("remove", 0)):
+        where = tmp_path / on_stop
+        where.mkdir()
+        cfg = config(where, duration="1h", on_stop=on_stop)
+        rec = Recorder()
+        r = running(cfg, [rec])
+        with open(cfg.logs[0], "a") as fh:
+            fh.writelines(reject("192.0.2.9") for _ in range(7))
+        wait_for(lambda rec=rec: rec.applied, 5, "the refusal")
+        before = len(rec.reconciled)
+        r.stop()
+        if left:
+            assert len(rec.reconciled) == before  # nothing taken away
+        else:
+            assert rec.reconciled[before:] == [[]]  # made to hold nothing
+        assert len(stored_active(cfg.state)) == 1  # the ledger keeps it either way
