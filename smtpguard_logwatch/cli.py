@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate rule files (with their includes) and print what they mean "
                     "in plain English. Errors are reported as FILE:LINE:COLUMN with the "
                     "offending line and a caret; exit status 1.")
-    check.add_argument("rules", nargs="+", metavar="RULES")
+    check.add_argument("rules", nargs="+", metavar="RULES",
+                       help="rule files; @default is the shipped default.rules")
 
     explain = sub.add_parser(
         "explain", help="show the events each log line produces, or why none",
@@ -330,12 +331,20 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 1 if result.errors else 0
 
 
+EX_CONFIG = 78  # sysexits.h: a configuration error; the unit does not restart on it
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import run_daemon
     from .daemon.logsetup import setup_logging
+    from .scan import EX_TEMPFAIL, ScanBusy
 
     setup_logging(args.log_level, args.log_format)
-    cfg = _load_config(args)
+    try:
+        cfg = _load_config(args)
+    except ConfigError as exc:
+        print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
+        return EX_CONFIG
     if not cfg.logs and not cfg.daemon.journal:
         raise UsageError(f"{cfg.path or DEFAULT_CONFIG}: [logs] files is empty and "
                          "[daemon] journal is off: nothing to follow")
@@ -346,6 +355,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SocketInUse as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return 1
+    except ScanBusy as exc:
+        print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except RuleError as exc:
+        print(str(exc), file=sys.stderr)
+        return EX_CONFIG
+    except (ConfigError, ActionError) as exc:
+        print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
+        return EX_CONFIG
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -552,7 +570,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    return check_main(args.rules)
+    from .config import DEFAULT_RULES_TOKEN
+
+    return check_main([str(default_rules_path()) if f == DEFAULT_RULES_TOKEN else f
+                       for f in args.rules])
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -79,6 +79,7 @@ class DaemonSettings:
     keep_decisions: float = 90 * 86400.0  # ledger rows older than this are pruned
     digest: str | None = None  # "HH:MM": daily summary mail at this local time
     journal: bool = False  # also follow the systemd journal
+    journal_directory: str | None = None  # journal files elsewhere than the system's
     journal_match: list[str] = field(default_factory=lambda: [
         "SYSLOG_IDENTIFIER=postfix/smtpd", "SYSLOG_IDENTIFIER=postfix/cleanup",
         "SYSLOG_IDENTIFIER=postfix/qmgr", "SYSLOG_IDENTIFIER=postfix/smtp",
@@ -89,6 +90,16 @@ class DaemonSettings:
 
 
 # table -> {key: (type check, converter)}
+DEFAULT_RULES_TOKEN = "@default"
+"""In ``[rules] files``: the shipped default.rules, wherever the package is installed."""
+
+
+def _rule_files(v: Any) -> list[str]:
+    from .rules import default_rules_path
+
+    return [str(default_rules_path()) if f == DEFAULT_RULES_TOKEN else f for f in _str_list(v)]
+
+
 def _str_list(v: Any) -> list[str]:
     if isinstance(v, str):
         return [v]
@@ -131,7 +142,7 @@ def _count(v: Any) -> int:
 
 _SCHEMA: dict[str, dict[str, Any]] = {
     "logs": {"files": _str_list, "parsers": _str_list, "timezone": _string},
-    "rules": {"files": _str_list, "warmup": parse_duration},
+    "rules": {"files": _rule_files, "warmup": parse_duration},
     "state": {"database": _string, "control_socket": _string},
     "enforcement": {"dry_run": _boolean},
     "breaker": {"max_refusals": _count, "window": parse_duration, "cooldown": parse_duration},
@@ -140,7 +151,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                "poll_interval": parse_duration,
                "first_start": _choice("beginning", "end"), "on_stop": _choice("keep", "remove"),
                "keep_decisions": parse_duration, "digest": _clock_time, "journal": _boolean,
-               "journal_match": _str_list},
+               "journal_match": _str_list, "journal_directory": _string},
 }
 
 

@@ -215,6 +215,7 @@ class State:
             self.conn.commit()
         except (sqlite3.Error, OSError) as exc:
             self._rollback()
+            self.engine.store.mark_unsaved()
             self.checkpoints.failed += 1
             self.checkpoints.last_error = str(exc)
             log.error("checkpoint failed, state kept in memory and retried: %s (%s)",

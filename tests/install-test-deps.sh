@@ -12,6 +12,11 @@
 #                       timeouts). Installing iptables does not change which backend the
 #                       host's own `iptables` uses; the tests touch only their namespaces.
 #   iproute2          - network namespace / address helpers for tests.
+#   systemd           - systemd-analyze, to verify samples/smtpguard-logwatch.service
+#                       (tests/test_operating_files.py); nothing is started.
+#   systemd-journal-remote - writes real journal files from the export format, which
+#                       tests/test_journal.py follows with journalctl (no journald needed;
+#                       the package's services ship disabled and are not started).
 #
 # Idempotent and non-interactive: apt-get is skipped when everything is already installed.
 # Services that this run's installs may have started (postfix on port 25, saslauthd) are
@@ -19,7 +24,8 @@
 # private test instance does not touch it).
 set -euo pipefail
 
-PACKAGES=(postfix libsasl2-modules sasl2-bin nftables iproute2 iptables ipset)
+PACKAGES=(postfix libsasl2-modules sasl2-bin nftables iproute2 iptables ipset systemd
+          systemd-journal-remote)
 
 say() { printf 'install-test-deps: %s\n' "$*"; }
 die() { printf 'install-test-deps: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -115,6 +121,10 @@ $(ipset version 2>/dev/null | awk '{sub(/,$/, "", $2); print "ipset", $2}' || ec
 $(ip -V 2>/dev/null | grep -o 'iproute2-[^ ,]*' || echo 'iproute2 ?')"
 command -v nft >/dev/null 2>&1 || die "nft not found after installing nftables"
 command -v ip >/dev/null 2>&1 || die "ip not found after installing iproute2"
+command -v systemd-analyze >/dev/null 2>&1 || die "systemd-analyze not found after installing systemd"
+command -v journalctl >/dev/null 2>&1 || die "journalctl not found after installing systemd"
+[[ -x /lib/systemd/systemd-journal-remote ]] \
+    || die "/lib/systemd/systemd-journal-remote missing after installing systemd-journal-remote"
 for bin in iptables-legacy ip6tables-legacy ipset; do
     command -v "$bin" >/dev/null 2>&1 || die "$bin not found after installing iptables and ipset"
 done

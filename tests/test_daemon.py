@@ -276,7 +276,7 @@ def test_a_second_daemon_and_a_scan_are_refused(tmp_path: Path, running) -> None
     cmd = [sys.executable, "-m", "smtpguard_logwatch"]
     second = subprocess.run([*cmd, "run", "--config", str(conf)], capture_output=True,
                             text=True, cwd="/", timeout=30, check=False)
-    assert second.returncode == 1 and "in use by another smtpguard-logwatch" in second.stderr
+    assert second.returncode == 75 and "in use by another smtpguard-logwatch" in second.stderr
     scan = subprocess.run([*cmd, "scan", "--config", str(conf)], capture_output=True,
                           text=True, cwd="/", timeout=30, check=False)
     assert scan.returncode == 75 and "the daemon is running" in scan.stderr
@@ -342,6 +342,22 @@ def _answering(sock: str) -> bool:
         return True
     except (DaemonUnavailable, ConnectionError):
         return False
+
+
+def test_a_broken_config_at_start_exits_78_with_file_line_column(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    conf = _conf_file(tmp_path, cfg)
+    Path(cfg.rules[0]).write_text("rule x for client_ip:\n    when nonsense > 1\n")
+    out = subprocess.run([sys.executable, "-m", "smtpguard_logwatch", "run", "--config",
+                          str(conf)], capture_output=True, text=True, cwd="/", timeout=60,
+                         check=False)
+    assert out.returncode == 78 and f"{cfg.rules[0]}:1:6: rule 'x' adds no points" in out.stderr
+    conf.write_text(conf.read_text().replace("[daemon]", "[daemon]\nwatch = 'sometimes'"))
+    out = subprocess.run([sys.executable, "-m", "smtpguard_logwatch", "run", "--config",
+                          str(conf)], capture_output=True, text=True, cwd="/", timeout=60,
+                         check=False)
+    assert out.returncode == 78 and "[daemon] watch: expected one of auto" in out.stderr
+    assert not os.path.exists(cfg.control_socket)
 
 
 def test_sighup_reload_good_and_broken_rules(tmp_path: Path) -> None:

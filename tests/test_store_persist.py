@@ -154,3 +154,84 @@ def test_load_with_a_smaller_cap_evicts():
     small = FrequencyStore.load(conn, max_keys_per_dimension=100)
     assert small.nkeys("ip") <= 100
     assert "10.0.0.0" in small.keys("ip")
+
+
+def _more(store: FrequencyStore, seed: int, n: int = 300, new_keys: bool = True) -> None:
+    """Touch some keys (and, unless told not to, add new ones) after the last save."""
+    rnd = random.Random(seed)
+    t = store.clock
+    for i in range(n):
+        ip = f"192.0.2.{rnd.randrange(70)}"
+        store.add("ip", ip, "messages", t + i)
+        store.add_member("sasl", f"user{rnd.randrange(5)}", "client_ips", ip, t + i)
+        if new_keys:
+            store.add("sender", f"new{seed}-{i % 7}@example.net", "messages", t + i)
+
+
+def _reloaded(conn: sqlite3.Connection) -> FrequencyStore:
+    return FrequencyStore.load(conn, max_keys_per_dimension=400, distinct_cap=16)
+
+
+def test_incremental_saves_equal_a_full_snapshot(tmp_path):
+    """Saves after the first write only the keys touched since; what loads is the
+    store in memory, key order (the eviction tie-break) included."""
+    conn = sqlite3.connect(tmp_path / "state.sqlite")
+    store = FrequencyStore(max_keys_per_dimension=400, distinct_cap=16)
+    store.add("ip", "192.0.2.1", "messages", T0)
+    store.save(conn)
+    conn.commit()
+    store = build()
+    store.save(conn)  # first save of this store object: a full one
+    conn.commit()
+    for seed in range(3):
+        _more(store, seed)
+        assert not store._all_dirty
+        store.save(conn)
+        conn.commit()
+        rows = conn.execute("SELECT COUNT(*) FROM freqstore_keys").fetchone()[0]
+        assert rows == sum(1 for d in store.dimensions() for _ in store.keys(d))
+    loaded = _reloaded(conn)
+    for dim in store.dimensions():
+        assert list(loaded.keys(dim)) == list(store.keys(dim))
+    assert answers(loaded, seed=7) == answers(store, seed=7)
+    # an incremental save writes only what changed
+    _more(store, 9, n=5, new_keys=False)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    store.save(conn)
+    conn.set_trace_callback(None)
+    conn.commit()
+    inserted = [s for s in statements if s.startswith("INSERT INTO freqstore_series")]
+    assert 0 < len(inserted) <= 5 * 2 + 5, len(inserted)
+    assert answers(_reloaded(conn), seed=8) == answers(store, seed=8)
+
+
+def test_a_rolled_back_save_is_followed_by_a_full_one(tmp_path):
+    conn = sqlite3.connect(tmp_path / "state.sqlite")
+    store = build()
+    store.save(conn)
+    conn.commit()
+    _more(store, 1)
+    store.save(conn)
+    conn.rollback()  # e.g. the disk was full at commit
+    store.mark_unsaved()
+    _more(store, 2, n=10)  # the keys touched before the rollback are clean now ...
+    store.save(conn)  # ... so only a full save gets them right
+    conn.commit()
+    assert answers(_reloaded(conn), seed=3) == answers(store, seed=3)
+
+
+def test_eviction_and_expiry_between_saves_drop_the_keys_from_the_database(tmp_path):
+    conn = sqlite3.connect(tmp_path / "state.sqlite")
+    store = build()
+    store.save(conn)
+    conn.commit()
+    for i in range(600):  # past the cap of 400: batch eviction
+        store.add("sender", f"flood{i}@forged.example", "messages", store.clock + 1)
+    store.expire(store.clock + 9 * DAY)
+    store.save(conn)
+    conn.commit()
+    loaded = _reloaded(conn)
+    for dim in store.dimensions():
+        assert list(loaded.keys(dim)) == list(store.keys(dim))
+    assert answers(loaded, seed=4) == answers(store, seed=4)

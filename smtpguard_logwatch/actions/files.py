@@ -208,7 +208,11 @@ def read_bytes(path: str) -> bytes | None:
 def ensure_directory(path: str, mode: int = 0o755) -> None:
     """Create ``path`` (and parents) if missing; OSError if it is not writable for us,
     so the caller can say so before it tries to write."""
-    os.makedirs(path, mode=mode, exist_ok=True)
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=mode, exist_ok=True)
+        # makedirs' mode is masked by the umask (0077 under the systemd unit), and the
+        # MTA reads these files as its own user (Exim as Debian-exim): say it exactly.
+        os.chmod(path, mode)
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 

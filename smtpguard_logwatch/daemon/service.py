@@ -76,8 +76,8 @@ class Daemon:
         try:
             self._state_lock.__enter__()
         except ScanBusy:
-            raise ConfigError(f"{cfg.state}: in use by another smtpguard-logwatch (a "
-                              "running daemon or scan); stop it first") from None
+            raise ScanBusy(f"{cfg.state}: in use by another smtpguard-logwatch (a "
+                           "running daemon or scan)") from None
         try:
             self.state = State(cfg, clock=clock, on_decision=self._fresh.append)
             self.state.engine.on_extend = self._extended.append
@@ -88,6 +88,8 @@ class Daemon:
             self.follower = self._follower(cfg)
             self.journal = self._journal(cfg)
             self._lifted_until = self.started
+            self._journal_retry_at = 0.0
+            self._journal_backoff = 5.0
             self.scheduler = build_scheduler(self)
             self.control: ControlServer | None = None
         except BaseException:
@@ -109,7 +111,8 @@ class Daemon:
         from .journal import JournalReader
 
         return JournalReader(cfg.daemon.journal_match, self.state.cursors.get("journal"),
-                             on_ready=lambda: self.follower.wake())
+                             on_ready=lambda: self.follower.wake(),
+                             directory=cfg.daemon.journal_directory)
 
     def journal_status(self) -> dict[str, Any] | None:
         if self.journal is None:
@@ -127,7 +130,7 @@ class Daemon:
                                          lambda c, a: commands.handle(self, c, a))
             self.control.start()
             if self.journal is not None:
-                self.journal.start()
+                self._start_journal()
             with self.lock:
                 self._reconcile("start")
             self.scheduler.start()
@@ -257,17 +260,28 @@ class Daemon:
                          iso(now - self.cfg.daemon.keep_decisions))
 
     def watch_journal(self) -> None:
-        """Restart journalctl if it died, from the last cursor counted."""
+        """Restart journalctl if it died (or never started), after the last entry read;
+        waits twice as long after each failure, up to five minutes."""
         journal = self.journal
         if journal is None or journal.alive:
+            self._journal_backoff = 5.0
             return
-        with self.lock:
-            cursor = self.state.cursors.get("journal")
-        log.warning("journal: journalctl is not running; restarting it (cursor %s)",
-                    "saved" if cursor else "none")
-        journal.stop()
-        journal.cursor = cursor
-        journal.start()
+        now = time.monotonic()
+        if now < self._journal_retry_at:
+            return
+        log.warning("journal: journalctl is not running; starting it again%s",
+                    f" ({journal.errors[-1]})" if journal.errors else "")
+        self._start_journal()
+        self._journal_retry_at = now + self._journal_backoff
+        self._journal_backoff = min(self._journal_backoff * 2, 300.0)
+
+    def _start_journal(self) -> None:
+        from .journal import JournalError
+
+        try:
+            self.journal.restart()
+        except JournalError as exc:
+            log.error("journal: %s; following the log files only until it works", exc)
 
     # -- reload -----------------------------------------------------------------------------
 

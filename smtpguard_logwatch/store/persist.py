@@ -1,6 +1,11 @@
-"""SQLite persistence of a FrequencyStore: a full snapshot, written in the caller's
-transaction so that log read offsets can be committed atomically with the counts they
-produced (a crash then neither loses nor double-counts lines).
+"""SQLite persistence of a FrequencyStore, written in the caller's transaction so that
+log read offsets can be committed atomically with the counts they produced (a crash
+then neither loses nor double-counts lines).
+
+A save rewrites only the keys touched since the previous one (the daemon checkpoints
+every few seconds while most keys sit idle); a full snapshot is written the first
+time, after expiry or eviction (which change every key), and after the caller reports
+a rolled-back save (``FrequencyStore.mark_unsaved``).
 
 Tables (created if missing, names prefixed so they can share a database):
 
@@ -42,6 +47,7 @@ _SCHEMA = (
     "NULL, key BLOB NOT NULL, hits INTEGER NOT NULL, first REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS freqstore_series (key_id INTEGER NOT NULL, metric TEXT NOT "
     "NULL, kind INTEGER NOT NULL, data BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS freqstore_series_key ON freqstore_series (key_id)",
 )
 
 _BIG = sys.byteorder == "big"
@@ -143,43 +149,73 @@ def unpack_members(data: bytes) -> MemberSet:
     return ms
 
 
-def _key_rows(store: FrequencyStore):
-    i = 0
-    for dim, keys in store._dims.items():
-        for key, rec in keys.items():
-            i += 1
-            yield i, dim, key.encode("utf-8", "surrogatepass"), rec.hits, rec.first
+def _series_of(kid: int, rec) -> list[tuple[int, str, int, bytes]]:
+    return [(kid, metric, KIND_COUNTS, pack_series(s)) if type(s) is Series
+            else (kid, metric, KIND_MEMBERS, pack_members(s)) for metric, s in rec.items()]
 
 
-def _series_rows(store: FrequencyStore):
-    i = 0
-    for keys in store._dims.values():
-        for rec in keys.values():
-            i += 1
-            for metric, s in rec.items():
-                if type(s) is Series:
-                    yield i, metric, KIND_COUNTS, pack_series(s)
-                else:
-                    yield i, metric, KIND_MEMBERS, pack_members(s)
-
-
-def save(store: FrequencyStore, conn: sqlite3.Connection) -> None:
-    """Replace the saved snapshot with ``store`` (caller commits)."""
-    for stmt in _SCHEMA:
-        conn.execute(stmt)
-    conn.execute("DELETE FROM freqstore_series")
-    conn.execute("DELETE FROM freqstore_keys")
-    conn.execute("DELETE FROM freqstore_meta")
-    meta = {
+def _meta(store: FrequencyStore) -> dict[str, str]:
+    return {
         "schema_version": str(SCHEMA_VERSION),
         "resolutions": json.dumps([list(r) for r in store.resolutions]),
         "clock_b": json.dumps(store._clock_b),
         "decayed_at": json.dumps(store._decayed_at),
         "evicted": str(store.evicted),
     }
-    conn.executemany("INSERT INTO freqstore_meta VALUES (?, ?)", meta.items())
-    conn.executemany("INSERT INTO freqstore_keys VALUES (?, ?, ?, ?, ?)", _key_rows(store))
-    conn.executemany("INSERT INTO freqstore_series VALUES (?, ?, ?, ?)", _series_rows(store))
+
+
+def save(store: FrequencyStore, conn: sqlite3.Connection) -> None:
+    """Bring the saved snapshot up to ``store`` (caller commits; see module doc)."""
+    for stmt in _SCHEMA:
+        conn.execute(stmt)
+    have = conn.execute("SELECT value FROM freqstore_meta WHERE name = 'schema_version'"
+                        ).fetchone()
+    if store._all_dirty or have is None:
+        _save_full(store, conn)
+    else:
+        _save_changed(store, conn)
+    conn.execute("DELETE FROM freqstore_meta")
+    conn.executemany("INSERT INTO freqstore_meta VALUES (?, ?)", _meta(store).items())
+    store._all_dirty = False
+
+
+def _save_full(store: FrequencyStore, conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM freqstore_series")
+    conn.execute("DELETE FROM freqstore_keys")
+    i = 0
+    key_rows, series_rows = [], []
+    for dim, keys in store._dims.items():
+        for key, rec in keys.items():
+            i += 1
+            rec.id = i
+            rec.dirty = False
+            key_rows.append((i, dim, key.encode("utf-8", "surrogatepass"), rec.hits, rec.first))
+            series_rows.extend(_series_of(i, rec))
+    conn.executemany("INSERT INTO freqstore_keys VALUES (?, ?, ?, ?, ?)", key_rows)
+    conn.executemany("INSERT INTO freqstore_series VALUES (?, ?, ?, ?)", series_rows)
+    store._next_id = i + 1
+
+
+def _save_changed(store: FrequencyStore, conn: sqlite3.Connection) -> None:
+    new_keys, old_keys, series_rows, stale = [], [], [], []
+    for dim, keys in store._dims.items():
+        for key, rec in keys.items():
+            if not rec.dirty:
+                continue
+            rec.dirty = False
+            if rec.id:
+                old_keys.append((rec.hits, rec.first, rec.id))
+                stale.append((rec.id,))
+            else:
+                rec.id = store._next_id
+                store._next_id += 1
+                new_keys.append((rec.id, dim, key.encode("utf-8", "surrogatepass"), rec.hits,
+                                 rec.first))
+            series_rows.extend(_series_of(rec.id, rec))
+    conn.executemany("UPDATE freqstore_keys SET hits = ?, first = ? WHERE id = ?", old_keys)
+    conn.executemany("DELETE FROM freqstore_series WHERE key_id = ?", stale)
+    conn.executemany("INSERT INTO freqstore_keys VALUES (?, ?, ?, ?, ?)", new_keys)
+    conn.executemany("INSERT INTO freqstore_series VALUES (?, ?, ?, ?)", series_rows)
 
 
 def load(cls: type[FrequencyStore], conn: sqlite3.Connection, **kwargs) -> FrequencyStore:
@@ -218,6 +254,8 @@ def load(cls: type[FrequencyStore], conn: sqlite3.Connection, **kwargs) -> Frequ
         rec = keys[bytes(key).decode("utf-8", "surrogatepass")] = KeyRec()
         rec.hits = hits
         rec.first = first
+        rec.id = kid
+        rec.dirty = False
         recs[kid] = rec
     entries = 0
     dcap = store.distinct_cap
@@ -230,9 +268,12 @@ def load(cls: type[FrequencyStore], conn: sqlite3.Connection, **kwargs) -> Frequ
             obj = unpack_members(bytes(data))
             if len(obj) > dcap:
                 obj.trim(dcap)
+                recs[kid].dirty = True
         recs[kid][metric] = obj
         entries += 1
     store._entries = entries
+    store._next_id = max(recs, default=0) + 1
+    store._all_dirty = False  # what is in memory is what is saved (eviction below aside)
     for dim, keys in dims.items():  # a smaller cap than when saved
         while len(keys) > store.max_keys_per_dimension:
             store._evict(dim, keys)

@@ -80,7 +80,7 @@ class KeyRec(dict):
     and ``first``, the level-0 index of the first bucket it was seen in. (No __init__:
     creating one is on the hot path of hostile cardinality.)"""
 
-    __slots__ = ("hits", "first")
+    __slots__ = ("hits", "first", "dirty", "id")
 
 
 class FrequencyStore:
@@ -108,6 +108,8 @@ class FrequencyStore:
         self._cut0 = self._drop0 = NO_BUCKET
         self._entries = 0
         self.evicted = 0  # keys evicted so far (for monitoring)
+        self._all_dirty = True  # the next save rewrites everything (see persist.save)
+        self._next_id = 1  # row id of the next key saved incrementally
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -139,6 +141,7 @@ class FrequencyStore:
         except KeyError:
             rec = self._key_miss(dimension, key, t)
         rec.hits += 1
+        rec.dirty = True
         b = t // self._w0
         s = rec.get(metric)
         if s is not None:
@@ -187,6 +190,7 @@ class FrequencyStore:
         if len(member) > MAX_KEY_CHARS:
             member = bounded_key(member)
         rec.hits += 1
+        rec.dirty = True
         b = t // self._w0
         if not b >= self._drop0:  # older than anything retained, or NaN
             if b != b:
@@ -231,10 +235,13 @@ class FrequencyStore:
         rec = keys[key] = KeyRec()
         rec.hits = 0
         rec.first = t // self._w0
+        rec.dirty = True
+        rec.id = 0
         return rec
 
     def _evict(self, dimension: str, keys: dict[str, KeyRec]) -> None:
         """Batch-evict the lowest-scoring ~10 % of a full dimension (see module doc)."""
+        self._all_dirty = True  # hits decayed and keys gone: the next save is a full one
         if self._clock_b != NO_BUCKET:
             hour = (self._clock_b * self._w0) // HOUR
             last = self._decayed_at.get(dimension)
@@ -255,6 +262,7 @@ class FrequencyStore:
         if self._clock_b == NO_BUCKET:
             return 0
         geo, cuts, drop0 = self._geo, self._cuts, self._drop0
+        self._all_dirty = True  # every series may fold: the next save is a full one
         gone = 0
         for keys in self._dims.values():
             dead_keys = []
@@ -438,11 +446,17 @@ class FrequencyStore:
 
     # ------------------------------------------------------------------ persistence
     def save(self, conn: sqlite3.Connection) -> None:
-        """Write the whole store into ``conn`` inside the caller's transaction (no
-        commit here), so the caller can commit log offsets atomically with the counts."""
+        """Write the store into ``conn`` inside the caller's transaction (no commit
+        here), so the caller can commit log offsets atomically with the counts. Only
+        the keys changed since the last save are written, unless the whole store
+        changed (expiry, eviction) or the caller said the last save was rolled back."""
         from .persist import save
 
         save(self, conn)
+
+    def mark_unsaved(self) -> None:
+        """The transaction of the last save was rolled back: the next save is full."""
+        self._all_dirty = True
 
     @classmethod
     def load(cls, conn: sqlite3.Connection, **kwargs) -> FrequencyStore:
