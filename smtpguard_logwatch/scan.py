@@ -25,7 +25,7 @@ from .actions.base import build_actions
 from .actions.enforcer import Enforcer
 from .config import Config
 from .engine.ledger import Decision
-from .follow import LogCursor
+from .follow import FollowWarning, LogCursor
 from .state import State
 
 log = logging.getLogger("smtpguard_logwatch.scan")
@@ -88,7 +88,7 @@ def run_scan(cfg: Config, *, clock: Callable[[], float] = time.time,
 def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], float],
           actions: list | None) -> None:
     for path in cfg.logs:
-        cursor = LogCursor(path, state.positions.get(path))
+        cursor = LogCursor(path, state.positions.get(path), notify=_report_follow_warning)
         try:
             state.feed(path, cursor.read())
         finally:
@@ -103,3 +103,9 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
         enforcer.apply(decision)
     enforcer.reconcile(state.ledger.active(clock()), clock())
     result.errors = enforcer.errors
+
+
+def _report_follow_warning(notice: FollowWarning) -> None:
+    """A vanished or unreadable log, a rotation that could not be followed: one line
+    on stderr (cron mails it), not a Python warning with a source line."""
+    log.warning("log file %s", notice)

@@ -172,3 +172,34 @@ def test_rotation_while_following_or_stopped(tmp_path: Path, scheme: Scheme, mod
     messages, decisions = stored(cfg.state)
     assert messages == expected
     assert decisions == expected_decisions
+
+
+@pytest.mark.parametrize("scheme", [Scheme(*s) for s in ROTATIONS], ids=[s[0] for s in ROTATIONS])
+def test_rotation_between_and_during_cron_scans(tmp_path: Path, scheme: Scheme) -> None:
+    """The same schemes for ``scan``: one run before the rotation, one between its
+    rename and the writer's reopen, one after, one at the end."""
+    from smtpguard_logwatch.scan import run_scan
+
+    lines = log_lines(12_000, seed=22)
+    expected, expected_decisions = one_pass(lines)
+    cfg = config(tmp_path, rules=DEFAULT_RULES.read_text())
+    cfg.warmup = 3600.0
+    log = Path(cfg.logs[0])
+    log.unlink()
+    writer = LogWriter(log, lines)
+    third = len(lines) // 3
+    writer.write(third)
+    assert run_scan(cfg, actions=[]).lines == third
+    scheme.begin(writer)
+    writer.write(third // 2)
+    run_scan(cfg, actions=[])
+    scheme.finish(writer)
+    writer.write(third)
+    run_scan(cfg, actions=[])
+    writer.write(len(lines))
+    run_scan(cfg, actions=[])
+    writer.close()
+    assert run_scan(cfg, actions=[]).lines == 0
+    messages, decisions = stored(cfg.state)
+    assert messages == expected
+    assert decisions == expected_decisions

@@ -36,11 +36,11 @@ from ..actions.base import ActionError, build_actions
 from ..actions.enforcer import Enforcer
 from ..config import Config, ConfigError, load_config
 from ..engine.ledger import Decision
-from ..follow import Follower, FollowWarning
+from ..follow import Follower
 from ..follow.follower import Item
 from ..report import iso
 from ..rules import RuleError, default_rules_path
-from ..scan import ScanBusy, StateLock
+from ..scan import ScanBusy, StateLock, _report_follow_warning
 from ..state import State, breaker_of, rules_of
 from . import commands
 from .control import ControlServer
@@ -402,10 +402,6 @@ def _close_actions(actions: list[Any]) -> None:
                 close()
             except Exception:  # noqa: BLE001 - closing one must not stop the others
                 log.exception("closing action %s failed", getattr(action, "name", action))
-
-
-def _report_follow_warning(notice: FollowWarning) -> None:
-    log.warning("log file %s", notice)
 
 
 def run_daemon(cfg: Config) -> int:
