@@ -66,6 +66,18 @@ def _caught_up(sock: str, log: Path) -> bool:
         status["logs"][0]["inode"] == log.stat().st_ino
 
 
+def _wait_answering(sock: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Until this daemon answers on its socket (a killed one's socket file stays)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if request(sock, "status", timeout=2)["pid"] == proc.pid:
+                return
+        except (DaemonUnavailable, ConnectionError, OSError):
+            pass
+        time.sleep(0.02)
+
+
 def _saved_position(state: str) -> tuple | None:
     """The committed (inode, offset) of the log: what a restart resumes from."""
     if not os.path.exists(state):
@@ -109,7 +121,11 @@ def test_twenty_sigkills_while_following_a_growing_rotating_log(tmp_path: Path) 
     while kills < 20 or thread.is_alive():
         proc = subprocess.Popen(cmd, cwd="/", stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.4, 1.5))
+        if rng.random() < 0.2:  # while it starts up: loading the state, catching up
+            time.sleep(rng.uniform(0.0, 0.6))
+        else:  # while it works: reading, counting, checkpointing
+            _wait_answering(cfg.control_socket, proc)
+            time.sleep(rng.uniform(0.1, 1.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -122,7 +138,7 @@ def test_twenty_sigkills_while_following_a_growing_rotating_log(tmp_path: Path) 
     writer.close()
     assert kills >= 20
     print(f"{kills} SIGKILLs, {progressed} after a checkpoint had moved on")
-    assert progressed >= 15, "most kills came before the daemon got to work"
+    assert progressed >= kills // 3, "most kills came before the daemon got to work"
     err = tmp_path / "last.stderr"
     with err.open("w") as fh:
         proc = subprocess.Popen(cmd, cwd="/", stdout=subprocess.DEVNULL, stderr=fh)
@@ -155,8 +171,10 @@ def test_rotation_while_following_or_stopped(tmp_path: Path, scheme: Scheme, mod
     third = len(lines) // 3
     try:
         writer.write(third)
+        # It has been following: a file rotated before any of it was read leaves no
+        # fingerprint to find it by (a documented limit of follow/).
+        wait_for(lambda: run.daemon.state.pipeline.stats.read >= 100, 10, "some lines")
         if mode == "stopped":  # the rotation happens while the daemon is down
-            wait_for(lambda: run.daemon.state.pipeline.stats.read >= 100, 10, "some lines")
             run.stop()
         scheme.begin(writer)
         writer.write(third // 2)  # still going into the old file until the reopen

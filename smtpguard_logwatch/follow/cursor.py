@@ -83,6 +83,13 @@ class LogCursor:
     def extra_dirs(self) -> tuple[str, ...]:
         return self._extra_dirs
 
+    def attach(self) -> None:
+        """Pin down now which file (and offset) reading starts from, rather than at the
+        first read: a log rotated between start-up and that read would otherwise be
+        read from the new file only, losing the old one's lines."""
+        if self._cur is None:
+            self._attach()
+
     def read(self, max_lines: int | None = None) -> Iterator[tuple[str, Position]]:
         """Yield the complete lines available now, then stop (call again later for
         more). Stopping the iteration early is safe: the next call resumes after

@@ -44,6 +44,8 @@ class Follower:
         if watch not in ("auto", "inotify", "poll"):
             raise ValueError(f"watch must be auto, inotify or poll, not {watch!r}")
         self.cursors = list(cursors)
+        for cursor in self.cursors:
+            cursor.attach()  # before the caller's start-up work: see LogCursor.attach
         self.poll_interval = poll_interval
         self.safety_interval = safety_interval
         self.max_batch = max_batch
