@@ -366,13 +366,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EX_CONFIG
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+class NoDaemon(Exception):
+    """A command that only the running daemon can answer found none; exit status 3
+    (LSB: program is not running)."""
+
+
+def _daemon_answer(args: argparse.Namespace, command: str, **request: Any) -> Any:
     cfg = _load_config(args)
-    answer = _ask_daemon(cfg, "status")
+    answer = _ask_daemon(cfg, command, **request)
     if answer is _NO_DAEMON:
-        print(f"smtpguard-logwatch: no daemon answers on {cfg.control_socket}",
-              file=sys.stderr)
-        return 3  # LSB: program is not running
+        raise NoDaemon(f"no daemon answers on {cfg.control_socket}")
+    return answer
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    answer = _daemon_answer(args, "status")
     if args.json:
         print(json.dumps(answer, indent=1))
         return 0
@@ -410,12 +418,7 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    cfg = _load_config(args)
-    answer = _ask_daemon(cfg, "reload")
-    if answer is _NO_DAEMON:
-        print(f"smtpguard-logwatch: no daemon answers on {cfg.control_socket}",
-              file=sys.stderr)
-        return 3
+    answer = _daemon_answer(args, "reload")
     if not answer.get("ok"):
         print(f"smtpguard-logwatch: reload refused, the old configuration stays in force:\n"
               f"{answer.get('error')}", file=sys.stderr)
@@ -427,12 +430,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_explain_key(args: argparse.Namespace) -> int:
     from .engine.why import format_explanation
 
-    cfg = _load_config(args)
-    answer = _ask_daemon(cfg, "explain", key=args.key, dimension=args.dimension)
-    if answer is _NO_DAEMON:
-        print(f"smtpguard-logwatch: explain --key asks the running daemon, and none "
-              f"answers on {cfg.control_socket}", file=sys.stderr)
-        return 3
+    answer = _daemon_answer(args, "explain", key=args.key, dimension=args.dimension)
     if args.json:
         print(json.dumps(answer, indent=1))
     else:
@@ -625,6 +623,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return 2
+    except NoDaemon as exc:
+        print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
+        return 3
     except (ConfigError, OperatorError, ActionError) as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from .config import Config
 from .engine import Engine
@@ -160,39 +161,28 @@ class State:
 
     def feed(self, path: str, lines: Iterable[tuple[str, Position]]) -> int:
         """Count ``(line, position)`` pairs of one log; remember the last position."""
-        last: list[Position] = []
+        return self._feed(path, lines, self.positions)
 
-        def text() -> Iterable[str]:
-            for line, position in lines:
-                last[:] = [position]
-                yield line
-
-        before = self.pipeline.stats.read
-        try:
-            self.pipeline.feed(text(), self.clock_for(path))
-        finally:
-            if last:
-                self.positions[path] = last[0]
-                self.dirty = True
-        return self.pipeline.stats.read - before
-
-    def feed_cursored(self, name: str, lines: list[tuple[str, str]]) -> int:
+    def feed_cursored(self, name: str, lines: Iterable[tuple[str, str]]) -> int:
         """Count ``(line, cursor)`` pairs of a non-file input (the journal)."""
-        if not lines:
-            return 0
-        before = self.pipeline.stats.read
-        done: list[str] = []
+        return self._feed(name, lines, self.cursors)
+
+    def _feed(self, name: str, lines: Iterable[tuple[str, Any]], marks: dict[str, Any]) -> int:
+        """Feed the lines; ``marks[name]`` becomes the resume point after the last line
+        the pipeline took, even when it stops early with an exception."""
+        last: list[Any] = []
 
         def text() -> Iterable[str]:
-            for line, cursor in lines:
-                done[:] = [cursor]
+            for line, mark in lines:
+                last[:] = [mark]
                 yield line
 
+        before = self.pipeline.stats.read
         try:
             self.pipeline.feed(text(), self.clock_for(name))
         finally:
-            if done:
-                self.cursors[name] = done[0]
+            if last:
+                marks[name] = last[0]
                 self.dirty = True
         return self.pipeline.stats.read - before
 

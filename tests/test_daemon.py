@@ -482,3 +482,18 @@ def test_on_stop_remove_takes_enforcement_away_and_keep_leaves_it(tmp_path: Path
         else:
             assert rec.reconciled[before:] == [[]]  # made to hold nothing
         assert len(stored_active(cfg.state)) == 1  # the ledger keeps it either way
+
+
+def test_commands_that_need_the_daemon_exit_3_without_one(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    conf = _conf_file(tmp_path, cfg)
+    for command in (["status"], ["reload"], ["explain", "--key", "192.0.2.9"]):
+        out = subprocess.run([sys.executable, "-m", "smtpguard_logwatch", *command,
+                              "--config", str(conf)], capture_output=True, text=True,
+                             cwd="/", timeout=60, check=False)
+        assert out.returncode == 3, (command, out.stderr)
+        assert out.stderr == f"smtpguard-logwatch: no daemon answers on {cfg.control_socket}\n"
+    listed = subprocess.run([sys.executable, "-m", "smtpguard_logwatch", "list", "--config",
+                             str(conf)], capture_output=True, text=True, cwd="/", timeout=60,
+                            check=False)
+    assert listed.returncode == 0 and listed.stdout == ""  # from the database directly
