@@ -63,7 +63,7 @@ class Recorder:
 
     name = "recorder"
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool | str = False) -> None:
         self.applied: list[tuple[float, Decision]] = []
         self.revoked: list[tuple[float, Decision]] = []
         self.reconciled: list[list[Decision]] = []
@@ -73,6 +73,8 @@ class Recorder:
         return decision.action != "notify"
 
     def apply(self, decision: Decision) -> None:
+        if self.fail == "bug":
+            raise RuntimeError("a bug in an action")
         if self.fail:
             raise ActionError("recorder: the map directory is read-only")
         self.applied.append((time.monotonic(), decision))
@@ -265,6 +267,24 @@ def test_failing_action_vanished_log_and_garbage_are_survived(tmp_path: Path,
     log.write_text("".join(reject("198.51.100.7") for _ in range(7)))
     wait_for(lambda: len(good.applied) == 2, 5, "a refusal from the re-created log")
     assert good.applied[1][1].key == "198.51.100.7"
+
+
+def test_an_action_that_crashes_does_not_stop_the_daemon_or_the_others(tmp_path: Path,
+                                                                        running) -> None:
+    cfg = config(tmp_path, duration="1h")
+    buggy, good = Recorder(fail="bug"), Recorder()
+    r = running(cfg, [buggy, good])
+    with open(cfg.logs[0], "a") as fh:
+        fh.writelines(reject("192.0.2.9") for _ in range(7))
+    wait_for(lambda: good.applied, 5, "the refusal through the working action")
+    status = request(cfg.control_socket, "status")
+    assert status["action_errors"] == 1
+    assert "recorder: apply failed: RuntimeError('a bug in an action')" in \
+        status["last_action_error"]
+    with open(cfg.logs[0], "a") as fh:
+        fh.writelines(reject("198.51.100.7") for _ in range(7))
+    wait_for(lambda: len(good.applied) == 2, 5, "the next refusal")
+    assert r.thread.is_alive()
 
 
 def test_a_second_daemon_and_a_scan_are_refused(tmp_path: Path, running) -> None:

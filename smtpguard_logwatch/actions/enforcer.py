@@ -59,6 +59,9 @@ class Enforcer:
                 reports[action.name] = action.reconcile(mine, now)
             except ActionError as exc:
                 self._error(exc)
+            except Exception as exc:  # noqa: BLE001 - as in _each
+                log.exception("%s: reconcile failed", action.name)
+                self.errors.append(f"{action.name}: reconcile failed: {exc!r}")
         return reports
 
     def _each(self, d: Decision, verb: str) -> None:
@@ -69,6 +72,11 @@ class Enforcer:
                 getattr(action, verb)(d)
             except ActionError as exc:
                 self._error(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug in one action must not stop
+                # the others, nor (re-raised on every restart) crash-loop the daemon
+                log.exception("%s: %s failed on %s %s", getattr(action, "name", action), verb,
+                              d.dimension, d.key)
+                self.errors.append(f"{getattr(action, 'name', action)}: {verb} failed: {exc!r}")
 
     def _error(self, exc: ActionError) -> None:
         log.error("%s", exc)

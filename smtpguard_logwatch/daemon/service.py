@@ -138,17 +138,25 @@ class Daemon:
                      os.getpid(), ",".join(self.cfg.logs) or "-", self.follower.backend,
                      ",".join(self.rule_files), self.cfg.dry_run, self.cfg.control_socket)
             while self._stop_signal is None:
-                batch = self.follower.poll(timeout=1.0)
-                journal = self.journal.drain() if self.journal is not None else []
-                if batch or journal:
-                    with self.lock:
-                        self.process(batch, journal)
-                if self._reload_wanted.is_set():
-                    self._reload_wanted.clear()
-                    self._answer_reload(self.reload())
+                try:
+                    self._turn()
+                except Exception:  # noqa: BLE001 - log, breathe, go on: never crash-loop
+                    log.exception("unexpected error in the main loop; continuing")
+                    time.sleep(1.0)
         finally:
             self.shutdown()
         return 0
+
+    def _turn(self) -> None:
+        """One round of the main loop: wait for lines, count and enforce, reload."""
+        batch = self.follower.poll(timeout=1.0)
+        journal = self.journal.drain() if self.journal is not None else []
+        if batch or journal:
+            with self.lock:
+                self.process(batch, journal)
+        if self._reload_wanted.is_set():
+            self._reload_wanted.clear()
+            self._answer_reload(self.reload())
 
     def process(self, batch: list[Item], journal: list[tuple[str, str]] = ()) -> None:
         """Count a batch of new lines, then enforce what they decided. Caller holds the lock."""
