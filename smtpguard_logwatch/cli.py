@@ -441,15 +441,25 @@ def cmd_explain_key(args: argparse.Namespace) -> int:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from .operator import Operator
 
-    operator = Operator.from_config(_load_config(args))
-    for name, report in operator.reconcile().items():
-        print(f"{name}: added {len(report.added)}, removed {len(report.removed)}, "
-              f"refused {len(report.refused)}")
-        for item in report.added:
+    cfg = _load_config(args)
+    answer = _ask_daemon(cfg, "reconcile")  # the daemon's ledger is ahead of the file's
+    if answer is not _NO_DAEMON:
+        reports, errors = answer["reports"], answer["errors"]
+        for error in errors:
+            print(f"smtpguard-logwatch: {error}", file=sys.stderr)
+    else:
+        operator = Operator.from_config(cfg)
+        reports = {name: {"added": r.added, "removed": r.removed, "refused": r.refused}
+                   for name, r in operator.reconcile().items()}
+        errors = operator.enforcer.errors  # logged as they happened
+    for name, report in reports.items():
+        print(f"{name}: added {len(report['added'])}, removed {len(report['removed'])}, "
+              f"refused {len(report['refused'])}")
+        for item in report["added"]:
             print(f"  + {item}")
-        for item in report.removed:
+        for item in report["removed"]:
             print(f"  - {item}")
-    return 1 if operator.enforcer.errors else 0
+    return 1 if errors else 0
 
 
 def cmd_snippet(args: argparse.Namespace) -> int:

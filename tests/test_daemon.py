@@ -175,6 +175,9 @@ def test_control_socket_commands(tmp_path: Path, running) -> None:
     assert rec.applied[-1][1].key == "203.0.113.0/24"
     listed = request(sock, "list")
     assert {d["key"] for d in listed} == {"192.0.2.9", "203.0.113.0/24"}
+    assert request(sock, "reconcile") == {
+        "reports": {"recorder": {"added": [], "removed": [], "refused": []}}, "errors": []}
+    assert {d.key for d in rec.reconciled[-1]} == {"192.0.2.9", "203.0.113.0/24"}
 
     lifted = request(sock, "unban", key="192.0.2.9")
     assert [d["key"] for d in lifted] == ["192.0.2.9"]

@@ -116,5 +116,15 @@ def explain(daemon: Daemon, key: str, dimension: str | None = None) -> dict[str,
     return data
 
 
+def reconcile(daemon: Daemon) -> dict[str, Any]:
+    """The operator's ``reconcile`` while the daemon runs: against the daemon's ledger,
+    which holds decisions a direct reconcile would not see yet (not checkpointed)."""
+    errors_before = len(daemon.enforcer.errors)
+    reports = daemon._reconcile("operator")
+    return {"reports": {name: {"added": r.added, "removed": r.removed, "refused": r.refused}
+                        for name, r in reports.items()},
+            "errors": daemon.enforcer.errors[errors_before:]}
+
+
 _COMMANDS = {"status": status, "list": list_decisions, "ban": ban, "unban": unban,
-             "explain": explain}
+             "explain": explain, "reconcile": reconcile}

@@ -237,13 +237,16 @@ class Daemon:
         with self.lock:
             self._reconcile("schedule")
 
-    def _reconcile(self, why: str) -> None:
+    def _reconcile(self, why: str) -> dict[str, Any]:
+        """Make every action match the ledger as the daemon sees it (its decisions not
+        yet checkpointed included). Caller holds the lock."""
         now = self.clock()
         reports = self.enforcer.reconcile(self.state.ledger.active(now), now)
         for name, report in reports.items():
             if report.added or report.removed:
                 log.info("reconcile (%s) action=%s added=%d removed=%d", why, name,
                          len(report.added), len(report.removed))
+        return reports
 
     def housekeeping(self) -> None:
         """Forget decayed points and idle half-joined sessions while the logs are quiet."""
