@@ -235,3 +235,34 @@ def test_eviction_and_expiry_between_saves_drop_the_keys_from_the_database(tmp_p
     for dim in store.dimensions():
         assert list(loaded.keys(dim)) == list(store.keys(dim))
     assert answers(loaded, seed=4) == answers(store, seed=4)
+
+
+def test_expiry_alone_is_saved_incrementally(tmp_path):
+    """Expiry folds old buckets and drops dead keys: only those keys are written
+    again, the dropped ones deleted, and what loads is the store in memory."""
+    conn = sqlite3.connect(tmp_path / "state.sqlite")
+    store = FrequencyStore(max_keys_per_dimension=10_000, distinct_cap=16)
+    rnd = random.Random(11)
+    for i in range(3000):  # a day of keys seen once, a few busy ones all along
+        t = T0 + i * 30.0
+        store.add("ip", f"198.51.100.{i % 200}" if i % 3 else "192.0.2.1", "messages", t)
+        store.add_member("sasl", f"u{rnd.randrange(20)}", "client_ips", f"10.0.{i % 9}.1", t)
+    for i in range(40):  # a few keys come back six days later
+        store.add("ip", f"198.51.100.{i}", "messages", T0 + 6 * DAY + i)
+    store.save(conn)
+    conn.commit()
+    keys_before = store.nkeys()
+    store.expire(T0 + 9.5 * DAY)  # the first day is gone: its keys go, the others fold
+    assert not store._all_dirty and store.nkeys() < keys_before
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    store.save(conn)
+    conn.set_trace_callback(None)
+    conn.commit()
+    assert not any(s.startswith("DELETE FROM freqstore_keys\n") or s == "DELETE FROM "
+                   "freqstore_keys" for s in statements)  # not a full rewrite
+    assert any(s.startswith("DELETE FROM freqstore_keys WHERE id") for s in statements)
+    loaded = _reloaded(conn)
+    for dim in store.dimensions():
+        assert list(loaded.keys(dim)) == list(store.keys(dim))
+    assert answers(loaded, seed=12) == answers(store, seed=12)

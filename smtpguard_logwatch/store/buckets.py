@@ -258,14 +258,17 @@ def push(s: Series, b: float, n: float, geo: Geometry, cuts: tuple[float, ...]) 
     # Older than everything retained: dropped.
 
 
-def fold(s: Series, geo: Geometry, cuts: tuple[float, ...]) -> None:
+def fold(s: Series, geo: Geometry, cuts: tuple[float, ...]) -> bool:
     """Move history buckets older than their level's cut one level down; the last level
-    drops them. The head always stays (a stale head is merely finer than needed)."""
+    drops them. The head always stays (a stale head is merely finer than needed).
+    True if anything moved (the series then needs saving again)."""
     last = geo.n - 1
+    changed = False
     for j, idx, val in list(s.levels()):
         cut = cuts[j]
         if idx[0] >= cut:
             continue
+        changed = True
         k = bisect_left(idx, cut)
         if j < last:
             step = geo.w[j + 1] / geo.w[j]
@@ -285,6 +288,7 @@ def fold(s: Series, geo: Geometry, cuts: tuple[float, ...]) -> None:
                 s.up[j] = None
         if not any(s.up):
             s.up = None
+    return changed
 
 
 def aged_out(s: Series, geo: Geometry, cuts: tuple[float, ...]) -> bool:

@@ -2,10 +2,11 @@
 log read offsets can be committed atomically with the counts they produced (a crash
 then neither loses nor double-counts lines).
 
-A save rewrites only the keys touched since the previous one (the daemon checkpoints
-every few seconds while most keys sit idle); a full snapshot is written the first
-time, after expiry or eviction (which change every key), and after the caller reports
-a rolled-back save (``FrequencyStore.mark_unsaved``).
+A save rewrites only the keys changed since the previous one — by new data, or by
+expiry folding or dropping their old buckets — and deletes the keys expiry removed
+(the daemon checkpoints every few seconds while most keys sit idle). A full snapshot
+is written the first time, after eviction (which decays every key's score), and
+after the caller reports a rolled-back save (``FrequencyStore.mark_unsaved``).
 
 Tables (created if missing, names prefixed so they can share a database):
 
@@ -177,6 +178,7 @@ def save(store: FrequencyStore, conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM freqstore_meta")
     conn.executemany("INSERT INTO freqstore_meta VALUES (?, ?)", _meta(store).items())
     store._all_dirty = False
+    store._removed = []
 
 
 def _save_full(store: FrequencyStore, conn: sqlite3.Connection) -> None:
@@ -212,6 +214,9 @@ def _save_changed(store: FrequencyStore, conn: sqlite3.Connection) -> None:
                 new_keys.append((rec.id, dim, key.encode("utf-8", "surrogatepass"), rec.hits,
                                  rec.first))
             series_rows.extend(_series_of(rec.id, rec))
+    gone = [(kid,) for kid in store._removed]
+    conn.executemany("DELETE FROM freqstore_keys WHERE id = ?", gone)
+    conn.executemany("DELETE FROM freqstore_series WHERE key_id = ?", gone)
     conn.executemany("UPDATE freqstore_keys SET hits = ?, first = ? WHERE id = ?", old_keys)
     conn.executemany("DELETE FROM freqstore_series WHERE key_id = ?", stale)
     conn.executemany("INSERT INTO freqstore_keys VALUES (?, ?, ?, ?, ?)", new_keys)

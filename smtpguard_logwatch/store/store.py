@@ -109,6 +109,7 @@ class FrequencyStore:
         self._entries = 0
         self.evicted = 0  # keys evicted so far (for monitoring)
         self._all_dirty = True  # the next save rewrites everything (see persist.save)
+        self._removed: list[int] = []  # saved keys expired since the last save
         self._next_id = 1  # row id of the next key saved incrementally
 
     # ------------------------------------------------------------------ configuration
@@ -262,7 +263,6 @@ class FrequencyStore:
         if self._clock_b == NO_BUCKET:
             return 0
         geo, cuts, drop0 = self._geo, self._cuts, self._drop0
-        self._all_dirty = True  # every series may fold: the next save is a full one
         gone = 0
         for keys in self._dims.values():
             dead_keys = []
@@ -272,19 +272,26 @@ class FrequencyStore:
                     if type(s) is Series:
                         if aged_out(s, geo, cuts):
                             dead.append(metric)
-                        else:
-                            fold(s, geo, cuts)
+                        elif fold(s, geo, cuts):
+                            rec.dirty = True
                     else:
+                        n = len(s)
                         s.prune(drop0)
+                        if len(s) != n:
+                            rec.dirty = True
                         if not s:
                             dead.append(metric)
                 for metric in dead:
                     del rec[metric]
+                if dead:
+                    rec.dirty = True
                 gone += len(dead)
                 if not rec:
                     dead_keys.append(key)
             for key in dead_keys:
-                del keys[key]
+                rec = keys.pop(key)
+                if rec.id:
+                    self._removed.append(rec.id)  # for the next (incremental) save
         self._entries -= gone
         return gone
 
