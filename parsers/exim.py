@@ -27,6 +27,7 @@ from smtpguard_logwatch.events import (
     DELIVERED,
     DNS_MISMATCH,
     DROPPED,
+    ENFORCED,
     HELO,
     NO_MAIL,
     NO_REVERSE_DNS,
@@ -50,7 +51,7 @@ from smtpguard_logwatch.events import (
 )
 
 from .base import Emit, Handler, JoinTable, ParserOptions
-from .fields import classify_reason, clean_address, normalize_ip
+from .fields import classify_reason, clean_address, is_own_refusal, normalize_ip
 
 PROGRAMS = frozenset({"exim", "exim4"})
 
@@ -431,9 +432,9 @@ class EximParser:
         if msg.find(" F=", h.end, k) >= 0:
             sender = clean_address(_field_values(msg, h.end, k).get("F"))
         if verb.startswith("temporarily rejected "):
-            return self._rejected(t, host, h, sender, verb[21:], mid)
+            return self._rejected(t, host, h, sender, verb[21:], mid, msg)
         if verb.startswith("rejected "):
-            return self._rejected(t, host, h, sender, verb[9:], mid)
+            return self._rejected(t, host, h, sender, verb[9:], mid, msg)
         if verb.startswith("sender verify fail for "):
             addr, end = _address(verb, 23)
             text = verb[end + 2 :] if verb.startswith(": ", end) else verb[end:].strip()
@@ -452,7 +453,7 @@ class EximParser:
                                 ":", "Connection ", "TLS ", "Remote host"))
 
     def _rejected(self, t: float, host: str, h: _Host, sender: str | None, what: str,
-                  mid: str | None) -> bool:
+                  mid: str | None, line: str) -> bool:
         word, _sp, arg = what.partition(" ")
         recipient = helo = None
         text = ""
@@ -471,7 +472,12 @@ class EximParser:
             stage = "CONNECT" if word == "connection" else "DATA"
             colon = what.find(": ")
             text = what[colon + 2 :] if colon >= 0 else ""
-        reason = HELO if stage in ("EHLO", "HELO") and not text else classify(text, stage)
+        if is_own_refusal(text, line):
+            reason = ENFORCED
+        elif stage in ("EHLO", "HELO") and not text:
+            reason = HELO
+        else:
+            reason = classify(text, stage)
         if stage == "DATA" and reason == POLICY and "local_scan" in what:
             reason = CONTENT
         self.emit(Rejection(t, host, h.ip, stage, None, None, reason, sender, recipient,

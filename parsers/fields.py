@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from smtpguard_logwatch.events import OWN_MARK
+
 # Canonical dotted-quad (no leading zeros): the form every MTA prints. Matching it
 # is ~10x cheaper than ipaddress, and a match is already the canonical text.
 _IPV4 = re.compile(
@@ -99,6 +101,21 @@ def split_dsn(reply: str) -> tuple[int | None, str | None]:
 def _looks_enhanced(token: str) -> bool:
     bits = token.split(".")
     return len(bits) == 3 and bits[0] in ("2", "4", "5") and bits[1].isdigit() and bits[2].isdigit()
+
+
+def is_own_refusal(text: str, line: str) -> bool:
+    """True if a reject's reply ``text`` ends with the word the tool's MTA actions put
+    last (``[smtpguard]``, ``- smtpguard``): the refusal is the tool's own penalty.
+
+    ``line`` is the part of the log line that holds the reply and every client-chosen
+    field (sender, recipient, HELO). A client that puts the word in one of them, or a
+    second Postfix ``; from=<`` that makes the reply's end ambiguous, gets an ordinary
+    reject: faking the tool's refusal would hide its rejects from the rules."""
+    last = text.rstrip().rpartition(" ")[2]
+    if last.strip("[]().,;:-").lower() != OWN_MARK:
+        return False
+    low = line.lower()
+    return low.count(OWN_MARK) == 1 and low.count("; from=<") <= 1
 
 
 def classify_reason(text: str) -> str:

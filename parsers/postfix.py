@@ -27,10 +27,12 @@ import re
 from smtpguard_logwatch.events import (
     BOUNCED,
     COMMAND_LIMIT,
+    CONTENT,
     DEFERRED,
     DELIVERED,
     DNS_MISMATCH,
     DNSBL,
+    ENFORCED,
     HANGUP,
     NON_SMTP_COMMAND,
     PIPELINING,
@@ -49,7 +51,7 @@ from smtpguard_logwatch.events import (
 )
 
 from .base import Emit, Handler, JoinTable, ParserOptions
-from .fields import classify_reason, clean_address, split_client, split_dsn
+from .fields import classify_reason, clean_address, is_own_refusal, split_client, split_dsn
 
 DELIVERY_AGENTS = frozenset(
     {"smtp", "lmtp", "local", "virtual", "pipe", "error", "discard", "retry", "relay"}
@@ -276,7 +278,12 @@ class PostfixParser:
                 text = reply[:cut]
             else:
                 text = reply
-        reason = "content" if action == "milter-reject" else classify_reason(text)
+        if action == "milter-reject":
+            reason = CONTENT
+        elif is_own_refusal(text, reply):
+            reason = ENFORCED
+        else:
+            reason = classify_reason(text)
         if reason == "dnsbl" or "blocked using" in text:
             reason = DNSBL
         if ip is None and qid is not None:

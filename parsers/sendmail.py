@@ -37,6 +37,7 @@ from smtpguard_logwatch.events import (
     CONTENT,
     DEFERRED,
     DELIVERED,
+    ENFORCED,
     NO_MAIL,
     POLICY,
     PREGREET,
@@ -52,7 +53,7 @@ from smtpguard_logwatch.events import (
 )
 
 from .base import Emit, Handler, JoinTable, ParserOptions
-from .fields import classify_reason, clean_address, normalize_ip, split_dsn
+from .fields import classify_reason, clean_address, is_own_refusal, normalize_ip, split_dsn
 
 # <…> with quoted runs, as Sendmail logs an envelope address (``<"a, b>"@c>``).
 _ANGLE = re.compile(r'<(?:[^<>"\\]|\\.|"(?:[^"\\]|\\.)*")*>')
@@ -374,7 +375,8 @@ class SendmailParser:
             recipient = clean_address(arg1)
         elif stage == "MAIL":
             sender = clean_address(arg1)
-        self.emit(Rejection(t, host, ip, stage, code, enhanced, classify(text), sender,
+        reason = ENFORCED if is_own_refusal(text, body) else classify(text)
+        self.emit(Rejection(t, host, ip, stage, code, enhanced, reason, sender,
                             recipient, None, qid, text))
         return True
 

@@ -36,10 +36,18 @@ CONTENT = "content"
 AUTH_REQUIRED = "auth_required"
 PROTOCOL = "protocol"
 POLICY = "policy"
+ENFORCED = "enforced"  # refused by this tool's own map entries (see OWN_MARK)
 REASON_CLASSES = (
     UNKNOWN_USER, RELAY_DENIED, DNSBL, HELO, SENDER, CLIENT,
-    RATE_LIMIT, CONTENT, AUTH_REQUIRED, PROTOCOL, POLICY,
+    RATE_LIMIT, CONTENT, AUTH_REQUIRED, PROTOCOL, POLICY, ENFORCED,
 )
+
+# The last word of every reply text the MTA actions write ("... [smtpguard]"), so the
+# parsers can tell the tool's own refusals from the MTA's: a refused source that keeps
+# retrying must not collect ``rejects`` (and points) from its own penalty. Only the last
+# word counts: the client chooses the addresses and HELO earlier in a reject line, never
+# how the reply text ends.
+OWN_MARK = "smtpguard"
 
 # Recipient outcome statuses (RecipientOutcome.status).
 DELIVERED = "delivered"

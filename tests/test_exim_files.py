@@ -34,6 +34,9 @@ import pytest
 from smtpguard_logwatch.actions.base import ActionError, build_actions
 from smtpguard_logwatch.actions.exim_files import FILES, EximFilesAction
 from smtpguard_logwatch.engine.ledger import Decision
+from smtpguard_logwatch.events import Rejection
+
+from feed import feed
 
 NOW = 1_800_000_000.0
 UNTIL = NOW + 3600
@@ -504,7 +507,9 @@ class Netns:
               sender: str = "alice@example.org", user: str | None = None) -> dict:
         host = host or ("::1" if ":" in src else "127.0.0.1")
         args = {"src": src, "host": host, "port": port, "sender": sender,
-                "rcpt": "postmaster@mx.smtpguard.test", "user": user, "password": "secret"}
+                # Not "smtpguard" in the domain: the mark of the tool's own refusals must be
+                # the only "smtpguard" in a reject line (parsers/fields.is_own_refusal).
+                "rcpt": "postmaster@mx.guard.test", "user": user, "password": "secret"}
         proc = self.run([sys.executable, "-c", _PROBE, json.dumps(args)], timeout=120)
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
@@ -571,13 +576,13 @@ def exim_daemon() -> Iterator[tuple[EximFilesAction, Netns, int]]:
         shutil.copyfile(binary, exe)  # without the setuid bit: LD_LIBRARY_PATH must work
         exe.chmod(0o755)
         action = EximFilesAction(directory=str(base / "lists"),
-                                 reject_text="550 5.7.1 refused by smtpguard test",
-                                 defer_text="451 4.7.1 deferred by smtpguard test")
+                                 reject_text="550 5.7.1 refused by the guard test",
+                                 defer_text="451 4.7.1 deferred by the guard test")
         action.reconcile([], time.time())
         port = 2525
         conf = base / "exim.conf"
         conf.write_text(textwrap.dedent(f"""\
-            primary_hostname = mx.smtpguard.test
+            primary_hostname = mx.guard.test
             spool_directory = {base}/spool
             log_file_path = {base}/log/%slog
             pid_file_path = {base}/exim.pid
@@ -645,13 +650,13 @@ def test_real_exim_enforces_on_the_next_connection(
 
     assert rcpt("127.0.0.42")[0] == 250
     action.apply(d("client_ip", "127.0.0.42", "refuse", id=1))
-    assert rcpt("127.0.0.42") == (550, "5.7.1 refused by smtpguard test")
+    assert rcpt("127.0.0.42") == (550, "5.7.1 refused by the guard test [smtpguard]")
     assert rcpt("127.0.0.43")[0] == 250
 
     action.apply(d("client_ip", "2001:db8:1:2::5", "refuse", id=2))  # quoted IPv6 key
     assert rcpt("2001:db8:1:2::5")[0] == 550
     action.apply(d("client_net", "2001:db8:1:3::/64", "defer", id=3))  # quoted IPv6 CIDR
-    assert rcpt("2001:db8:1:3::5") == (451, "4.7.1 deferred by smtpguard test")
+    assert rcpt("2001:db8:1:3::5") == (451, "4.7.1 deferred by the guard test [smtpguard]")
     assert rcpt("::1")[0] == 250
 
     action.apply(d("client_net", "127.0.1.0/24", "defer", id=4))
@@ -677,3 +682,20 @@ def test_real_exim_enforces_on_the_next_connection(
     assert rcpt("2001:db8:1:2::5")[0] == 250
     action.reconcile([d("client_ip", "2001:db8:1:2::5", "refuse", id=2)], time.time())
     assert rcpt("2001:db8:1:2::5")[0] == 550
+
+    # Exim logged each refusal with the snippet's log_message: the parser knows them
+    # for the tool's own (reason "enforced"), so they never feed the rules' `rejects`.
+    mainlog = Path(action.directory).parent / "log" / "mainlog"
+    refused = [("127.0.0.42", "RCPT"), ("2001:db8:1:2::5", "RCPT"), ("2001:db8:1:3::5", "RCPT"),
+               ("127.0.1.9", "RCPT"), ("127.0.0.50", "RCPT"), ("127.0.0.51", "RCPT"),
+               ("2001:db8:1:2::5", "RCPT")]
+
+    def logged() -> list[Rejection]:
+        events, _ = feed(mainlog.read_text().splitlines(keepends=True), parsers=["exim"])
+        return [ev for ev in events if type(ev) is Rejection]
+    deadline = time.monotonic() + 10
+    while len(logged()) < len(refused) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rejections = logged()
+    assert [(ev.ip, ev.stage) for ev in rejections] == refused, mainlog.read_text()
+    assert {ev.reason for ev in rejections} == {"enforced"}, [ev.text for ev in rejections]

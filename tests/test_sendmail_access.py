@@ -38,8 +38,9 @@ from smtpguard_logwatch.engine.ledger import Decision
 
 NOW = 1_800_000_000.0
 UNTIL = NOW + 3600
-REFUSE = "ERROR:5.7.1:550 Too much traffic from your address - contact your postmaster"
-DEFER = "ERROR:4.7.1:451 Too much traffic - try again later"
+REFUSE = ("ERROR:5.7.1:550 Too much traffic from your address - contact your postmaster"
+          " - smtpguard")
+DEFER = "ERROR:4.7.1:451 Too much traffic - try again later - smtpguard"
 
 FAKE_MAKEMAP = textwrap.dedent("""\
     #!{python}
@@ -670,7 +671,7 @@ def sendmail_daemon(monkeypatch: pytest.MonkeyPatch
             access_file=str(mail / "smtpguard.access"), admin_access=str(mail / "access"),
             output=str(mail / "smtpguard-merged"), makemap=makemap,
             sendmail_cf=str(base / "empty.cf"), greet_pause=True,
-            reject_text="refused by smtpguard test", defer_text="deferred by smtpguard test")
+            reject_text="refused by the guard test", defer_text="deferred by the guard test")
         action.reconcile([], time.time())  # the map must exist before Sendmail starts
         access_db = next(ln for ln in action.snippet().splitlines()
                          if ln.startswith("FEATURE(`access_db'"))
@@ -741,9 +742,10 @@ def test_real_sendmail_enforces_on_the_next_connection(
     action.apply(d("client_ip", "127.0.0.43", "refuse"))  # inside the admin's 127 RELAY
     code, text = rcpt("127.0.0.43")
     assert code == 550 and text.startswith("5.7.1 ") and text.endswith(
-        "refused by smtpguard test")
+        "refused by the guard test - smtpguard")
     action.apply(d("client_ip", "127.0.0.44", "defer"))
-    assert rcpt("127.0.0.44") == (451, "4.7.1 deferred by smtpguard test")  # unquoted value
+    # An unquoted value:
+    assert rcpt("127.0.0.44") == (451, "4.7.1 deferred by the guard test - smtpguard")
     action.apply(d("client_net", "127.0.1.0/24", "refuse"))  # Connect:127.0.1
     assert rcpt("127.0.1.9")[0] == 550 and rcpt("127.0.2.9")[0] == 250
     action.apply(d("client_ip", "127.0.0.60", "refuse"))  # the admin's OK wins

@@ -25,8 +25,23 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from ..engine.ledger import Decision
+from ..events import OWN_MARK
+from ..parsers.fields import is_own_refusal
 
 log = logging.getLogger("smtpguard_logwatch.actions")
+
+
+def marked_reply(option: str, text: str, mark: str = f"[{OWN_MARK}]") -> str:
+    """The admin's (validated) reply text with the tool's mark as its last word, added
+    if missing: the parsers recognise the tool's own refusals by it (see
+    events.OWN_MARK), so a refused source's retries do not count as new rejects. The
+    word anywhere else would make every such refusal look forged to the parsers."""
+    if is_own_refusal(text, text):
+        return text
+    if OWN_MARK in text.lower():
+        raise ActionError(f"{option}: {OWN_MARK!r} may only be the last word (the tool "
+                          f"adds it there to recognise its own refusals), not {text!r}")
+    return f"{text.rstrip()} {mark}"
 
 
 class ActionError(Exception):

@@ -46,18 +46,21 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 from ..engine.ledger import Decision
+from ..events import OWN_MARK
 from . import files
-from .base import ActionError, ReconcileReport, register
+from .base import ActionError, ReconcileReport, marked_reply, register
 from .files import Record, build_or_log, delay_seconds
 from .keys import KeyRefused, normalise_key
 
 log = logging.getLogger("smtpguard_logwatch.actions")
 
 DEFAULT_DIRECTORY = "/etc/exim4/smtpguard"
-DEFAULT_REJECT = "550 5.7.1 Too much traffic from your address; contact your postmaster"
-DEFAULT_DEFER = "451 4.7.1 Too much traffic; try again later"
+DEFAULT_REJECT = ("550 5.7.1 Too much traffic from your address; contact your postmaster "
+                  "[smtpguard]")
+DEFAULT_DEFER = "451 4.7.1 Too much traffic; try again later [smtpguard]"
 DEFAULT_MAX_DELAY = 30
 DEFAULT_DELAY = 5
+LOG_MARK = f"[{OWN_MARK}]"  # ends each log_message: the parser's mark of our own refusals
 MAX_DELAY_LIMIT = 3600  # the ACL's digits pattern accepts at most four digits
 LOCK_NAME = ".smtpguard.lock"
 
@@ -89,7 +92,8 @@ class EximFilesAction:
     * ``directory`` (``/etc/exim4/smtpguard``) — where the nine files live (created
       0755 if missing; files are 0644 so the Exim user can read them);
     * ``reject_text`` (a ``5NN`` reply), ``defer_text`` (a ``4NN`` reply) — the
-      ``message =`` of the ACL statements :meth:`snippet` prints;
+      ``message =`` of the ACL statements :meth:`snippet` prints, ``[smtpguard]`` added
+      last (see :func:`~.base.marked_reply`);
     * ``max_delay`` (30) — cap on delay seconds; ``default_delay`` (5) — a delay
       decision without seconds;
     * ``dry_run`` (false) — log what would change, write nothing.
@@ -231,14 +235,14 @@ class EximFilesAction:
             lines += [
                 f"  {verb:<7} hosts         = {hosts(level + '_hosts')}",
                 f"          message       = {text}",
-                f"          log_message   = smtpguard-logwatch: {level} client",
+                f"          log_message   = {level} client {LOG_MARK}",
                 f"  {verb:<7} authenticated = *",
                 f"          condition     = {user_found(level + '_users')}",
                 f"          message       = {text}",
-                f"          log_message   = smtpguard-logwatch: {level} SASL user",
+                f"          log_message   = {level} SASL user {LOG_MARK}",
                 f"  {verb:<7} senders       = {senders(level + '_senders')}",
                 f"          message       = {text}",
-                f"          log_message   = smtpguard-logwatch: {level} sender",
+                f"          log_message   = {level} sender {LOG_MARK}",
             ]
         lines += [
             f"  warn    hosts         = {hosts('delay_hosts')}",
@@ -456,7 +460,7 @@ def _log_dry_run(name: str, old: str | None, new: str, why: str) -> None:
 
 def _reply(option: str, value: Any, klass: str) -> str:
     """An SMTP reply for the ACL's ``message =``: code and enhanced code of the right
-    class, then text without anything Exim would expand or quote."""
+    class, then text without anything Exim would expand or quote; the tool's mark last."""
     match = _REPLY.fullmatch(value) if isinstance(value, str) else None
     if (match is None or match["code"][0] != klass
             or (match["dsn"] is not None and match["dsn"][0] != klass) or len(value) > 400):
@@ -464,7 +468,7 @@ def _reply(option: str, value: Any, klass: str) -> str:
             f"exim: {option} must be one line like '{klass}50 {klass}.7.1 text' (a "
             f"{klass}NN code, printable ASCII without $ \\ {{ }} \" or a trailing "
             f"space, at most 400 characters), not {value!r}")
-    return value
+    return marked_reply(f"exim: {option}", value)
 
 
 def _whole(option: str, value: Any, low: int, high: int) -> int:

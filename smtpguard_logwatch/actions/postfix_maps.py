@@ -80,7 +80,7 @@ from typing import Any, ClassVar
 
 from ..engine.ledger import Decision
 from ..rules.model import ACTION_ORDER
-from .base import ActionError, ReconcileReport, register
+from .base import ActionError, ReconcileReport, marked_reply, register
 from .files import build_or_log, delay_seconds
 from .keys import KeyRefused, normalise_key
 
@@ -88,8 +88,8 @@ log = logging.getLogger("smtpguard_logwatch.actions")
 
 DEFAULT_DIRECTORY = "/etc/postfix/smtpguard"
 DEFAULT_REJECT = ("554 5.7.1 Service unavailable; too much traffic from your address, "
-                  "contact your postmaster")
-DEFAULT_DEFER = "450 4.7.1 Too much traffic; try again later"
+                  "contact your postmaster [smtpguard]")
+DEFAULT_DEFER = "450 4.7.1 Too much traffic; try again later [smtpguard]"
 DEFAULT_HOLD = "held by smtpguard for review"
 DEFAULT_MAX_DELAY = 30
 DEFAULT_DELAY = 5
@@ -157,7 +157,8 @@ class PostfixMapsAction:
     * ``directory`` — where the map files live (created 0755 if missing);
     * ``map_type`` — hash, btree, lmdb or cdb; default ``postconf -h default_database_type``;
     * ``config_directory`` — Postfix config dir for ``postconf``/``postmap -c``;
-    * ``reject_text`` (5NN reply), ``defer_text`` (4NN reply), ``hold_text``;
+    * ``reject_text`` (5NN reply), ``defer_text`` (4NN reply) — ``[smtpguard]`` is
+      added last (see :func:`~.base.marked_reply`); ``hold_text``;
     * ``max_delay`` (30) — cap on ``sleep`` seconds; ``default_delay`` (5) — a delay
       decision without seconds;
     * ``max_network_keys`` (256) — most map keys one network may expand to;
@@ -759,7 +760,7 @@ def _reply(option: str, value: Any, klass: str) -> str:
                           f"{klass}NN code, e.g. '{klass}50 {klass}.7.1 text', not {value!r}")
     if len(value) > 400:
         raise ActionError(f"postfix: {option} is longer than 400 characters")
-    return value
+    return marked_reply(f"postfix: {option}", value)  # the tool's mark last
 
 
 def _whole(option: str, value: Any, low: int, high: int) -> int:

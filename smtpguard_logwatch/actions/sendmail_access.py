@@ -66,8 +66,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..engine.ledger import Decision
+from ..events import OWN_MARK
 from . import files
-from .base import ActionError, ReconcileReport, register
+from .base import ActionError, ReconcileReport, marked_reply, register
 from .files import Record, build_or_log, delay_seconds
 from .keys import KeyRefused, normalise_key
 
@@ -76,8 +77,8 @@ log = logging.getLogger("smtpguard_logwatch.actions")
 DEFAULT_ACCESS_FILE = "/etc/mail/smtpguard.access"
 DEFAULT_ADMIN_ACCESS = "/etc/mail/access"
 DEFAULT_OUTPUT = "/etc/mail/smtpguard-merged"
-DEFAULT_REJECT = "Too much traffic from your address - contact your postmaster"
-DEFAULT_DEFER = "Too much traffic - try again later"
+DEFAULT_REJECT = "Too much traffic from your address - contact your postmaster - smtpguard"
+DEFAULT_DEFER = "Too much traffic - try again later - smtpguard"
 REFUSE_PREFIX = "ERROR:5.7.1:550 "
 DEFER_PREFIX = "ERROR:4.7.1:451 "
 DEFAULT_MAX_DELAY = 30
@@ -119,7 +120,8 @@ class SendmailAccessAction:
     * ``access_file``, ``admin_access``, ``output`` — see the module text;
       ``admin_access = ""`` merges nothing (the db then holds only our entries);
     * ``map_type`` (``hash``) — ``hash`` or ``btree``, as in your FEATURE(`access_db');
-    * ``reject_text``, ``defer_text`` — reply texts after ``550 5.7.1`` / ``451 4.7.1``;
+    * ``reject_text``, ``defer_text`` — reply texts after ``550 5.7.1`` / ``451 4.7.1``,
+      ``- smtpguard`` added last (see :func:`~.base.marked_reply`);
     * ``greet_pause`` (false) — enforce delay decisions on clients as GreetPause;
       ``max_delay`` (30), ``default_delay`` (5) — seconds;
     * ``ipv6_format`` (``full``) — ``full`` for Sendmail 8.16+, else ``compressed``;
@@ -620,7 +622,8 @@ def _text(option: str, value: Any) -> str:
         raise ActionError(f"sendmail: {option} must be plain words (letters, digits, "
                           "single spaces, - and _), at most 200 characters: Sendmail parses "
                           f"the text and mangles punctuation; not {value!r}")
-    return value
+    # The tool's mark last; Sendmail mangles brackets, so it is a plain word.
+    return marked_reply(f"sendmail: {option}", value, f"- {OWN_MARK}")
 
 
 def _bool(option: str, value: Any) -> bool:

@@ -14,6 +14,7 @@ from ..counting import network_of
 from ..events import (
     BOUNCED,
     DEFERRED,
+    ENFORCED,
     AuthFailure,
     ConnectionLost,
     Event,
@@ -105,6 +106,8 @@ def _rejection(ev: Rejection) -> Observed:
         if domain is not None:
             keys.append(("recipient_domain", domain))
     qualified = f"rejects:{ev.reason}"
+    if ev.reason == ENFORCED:  # the tool's own refusal: not fresh evidence of abuse
+        return [(d, k, qualified, 1.0) for d, k in keys], []
     adds: list[Add] = []
     for d, k in keys:
         adds.append((d, k, "rejects", 1.0))

@@ -33,7 +33,7 @@ SUM_METRICS: dict[str, tuple[frozenset[str], str]] = {
     "connections": (_NET, "SMTP connections"),
     "messages": (_ALL, "messages accepted"),
     "recipients": (_ALL, "recipients accepted"),
-    "rejects": (_ALL - {"sasl_user"}, "SMTP rejects"),
+    "rejects": (_ALL - {"sasl_user"}, "SMTP rejects (the tool's own: rejects(enforced))"),
     "auth_failures": (_NET | {"sasl_user"}, "failed SMTP AUTH attempts"),
     "bounces": (_ALL, "bounced recipients"),
     "deferrals": (_ALL, "deferred deliveries"),

@@ -33,12 +33,14 @@ from pathlib import Path
 import pytest
 
 from smtpguard_logwatch.actions.postfix_maps import PostfixMapsAction
+from smtpguard_logwatch.events import Rejection
 
 from .postfix_instance import PostfixInstance, skip_unless_postfix_usable, wait_until
+from feed import feed
 
 pytestmark = [pytest.mark.postfix, pytest.mark.root, pytest.mark.slow]
 
-REJECT = "554 5.7.1 smtpguard-e2e refused"
+REJECT = "554 5.7.1 e2e refused"  # the action adds " [smtpguard]"
 PENALTY = 15  # seconds: "refuse for 15s"
 BURST = 8  # relay attempts in the burst; the rule fires above 5
 REFUSED_WITHIN = 5.0  # seconds from the burst's last reply to a refused RCPT
@@ -46,9 +48,16 @@ RULES = f"""\
 rule relay_burst for client_ip:
     when rejects(relay_denied) in 1m > 5
     add 100 points
+rule watch_all_rejects for client_ip:          # never fires: read by explain --key
+    when rejects in 10m > 100000
+    add 1 points
+rule watch_own_refusals for client_ip:
+    when rejects(enforced) in 10m > 100000
+    add 1 points
 ladder client_ip:
     at 100 points refuse for {PENALTY}s
 """
+RETRIES = 5  # refused sessions from the refused source, on top of the probes
 
 
 @dataclass
@@ -117,7 +126,26 @@ def delivers(inst: PostfixInstance, source: str) -> None:
 
 
 def refused(reply: Reply) -> bool:
-    return reply.code == 554 and "smtpguard-e2e refused" in reply.text
+    return reply.code == 554 and reply.text.endswith("e2e refused [smtpguard]")
+
+
+def own_and_all_rejects(guard: Guard, key: str) -> dict[str, int]:
+    """What the running daemon reads for ``key`` in the two watch rules (explain --key)."""
+    proc = guard.cli("explain", "--key", key, "--json")
+    assert proc.returncode == 0, proc.stderr
+    readings = {}
+    for rule in json.loads(proc.stdout)["rules"]:
+        if rule["rule"].startswith("watch_"):
+            (evidence,) = rule["evidence"]  # "rejects(enforced) in 10m = 6 ..."
+            metric, _, rest = evidence.partition(" in 10m = ")
+            readings[metric] = int(float(rest.split()[0]))
+    return readings
+
+
+def log_rejections(inst: PostfixInstance, source: str) -> list[Rejection]:
+    """The rejects Postfix logged for ``source``, through the real parser."""
+    events, _ = feed(inst.log_file.read_text().splitlines(keepends=True), parsers=["postfix"])
+    return [ev for ev in events if type(ev) is Rejection and ev.ip == source]
 
 
 # -- the daemon ------------------------------------------------------------------------
@@ -269,7 +297,17 @@ def test_burst_refused_within_seconds_then_let_back_in(
         assert refused_after <= REFUSED_WITHIN, refused_after
         assert f"action=refuse dimension=client_ip key={bad} " in guard.stderr()
         delivers(inst, good)  # the other source goes on
-        assert refused(rcpt_reply(inst, bad))  # and it stays refused
+        for _ in range(RETRIES):  # it stays refused, however often it comes back
+            assert refused(rcpt_reply(inst, bad))
+
+        # Its retries are the tool's own refusals, not new rejects: they must not feed
+        # the rules (or a refused source that retries would never be let back in).
+        wait_until(lambda: guard.caught_up(inst), 10, "the daemon to read the retries")
+        readings = own_and_all_rejects(guard, bad)
+        assert readings == {"rejects": BURST, "rejects(enforced)": 1 + RETRIES}, readings
+        own = [ev.reason for ev in log_rejections(inst, bad)]
+        assert own.count("relay_denied") >= BURST and own[-(1 + RETRIES):] == [
+            "enforced"] * (1 + RETRIES), own
 
         status = guard.status()
         assert status["active"] == {"refuse": 1}, status

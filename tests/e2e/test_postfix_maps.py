@@ -34,8 +34,8 @@ from .postfix_instance import (
 
 pytestmark = [pytest.mark.postfix, pytest.mark.root]
 
-REJECT = "554 5.7.1 smtpguard-test refused"
-DEFER = "451 4.7.1 smtpguard-test deferred"
+REJECT = "554 5.7.1 guard-test refused"
+DEFER = "451 4.7.1 guard-test deferred"
 HOLD = "smtpguard-test hold"
 SASL_USERS = {"alice@example.test": "alice-pw", "bob@example.test": "bob-pw"}
 OTHER = "127.0.0.6"  # a client no test ever blocks
@@ -164,14 +164,14 @@ def smtpd_pid(inst: PostfixInstance, source: str, after: int = 0) -> int:
 def test_refuse_client_ip(pf: Setup) -> None:
     pf.action.apply(decision("client_ip", "127.0.0.5", "refuse"))
     reply = rcpt(pf.inst, "127.0.0.5")
-    assert reply.code == 554 and "5.7.1" in reply.text and "smtpguard-test refused" in reply.text
+    assert reply.code == 554 and "5.7.1" in reply.text and "guard-test refused" in reply.text
     assert rcpt(pf.inst, OTHER).code == 250
 
 
 def test_defer_client_ip(pf: Setup) -> None:
     pf.action.apply(decision("client_ip", "127.0.0.7", "defer"))
     reply = rcpt(pf.inst, "127.0.0.7")
-    assert reply.code == 451 and "4.7.1" in reply.text and "smtpguard-test deferred" in reply.text
+    assert reply.code == 451 and "4.7.1" in reply.text and "guard-test deferred" in reply.text
     assert rcpt(pf.inst, OTHER).code == 250
 
 
@@ -211,7 +211,7 @@ def test_sasl_user_refuse(pf: Setup) -> None:
     """A stolen password: refused however the login is spelled (Postfix folds case)."""
     pf.action.apply(decision("sasl_user", "Alice@Example.test", "refuse"))
     reply = rcpt(pf.inst, "127.0.0.11", auth=("alice@example.test", "alice-pw"))
-    assert reply.code == 554 and "smtpguard-test refused" in reply.text
+    assert reply.code == 554 and "guard-test refused" in reply.text
     assert rcpt(pf.inst, "127.0.0.11", auth=("bob@example.test", "bob-pw")).code == 250
     assert rcpt(pf.inst, "127.0.0.11").code == 250  # same client, no login
 
