@@ -85,17 +85,26 @@ class Counts:
         self.kinds: Counter[type] = Counter()
         # (host, queue id) -> recipient domains already counted for that message;
         # bounded, and reset when a queue id is reused for a new message.
-        self._message_domains: dict[tuple[str, str], set[str]] = {}
+        self._message_domains: dict[tuple[str, str], str | set[str]] = {}
 
     def _first_to_domain(self, host: str, queue_id: str, domain: str) -> bool:
+        """Most messages go to one domain: it is kept as a string (a set only from the
+        second), because up to _MESSAGE_DOMAINS_MAX of these live until evicted."""
         seen = self._message_domains
-        domains = seen.get((host, queue_id))
+        key = (host, queue_id)
+        domains = seen.get(key)
         if domains is None:
             if len(seen) >= _MESSAGE_DOMAINS_MAX:
                 for old in list(seen)[: _MESSAGE_DOMAINS_MAX // 10]:
                     del seen[old]
-            domains = seen[(host, queue_id)] = set()
-        elif domain in domains:
+            seen[key] = domain
+            return True
+        if type(domains) is str:
+            if domains == domain:
+                return False
+            seen[key] = {domains, domain}
+            return True
+        if domain in domains:
             return False
         domains.add(domain)
         return True
