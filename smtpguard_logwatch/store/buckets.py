@@ -262,6 +262,8 @@ def fold(s: Series, geo: Geometry, cuts: tuple[float, ...]) -> bool:
     """Move history buckets older than their level's cut one level down; the last level
     drops them. The head always stays (a stale head is merely finer than needed).
     True if anything moved (the series then needs saving again)."""
+    if not _due(s, cuts):
+        return False
     last = geo.n - 1
     changed = False
     for j, idx, val in list(s.levels()):
@@ -291,9 +293,19 @@ def fold(s: Series, geo: Geometry, cuts: tuple[float, ...]) -> bool:
     return changed
 
 
-def aged_out(s: Series, geo: Geometry, cuts: tuple[float, ...]) -> bool:
-    """True when even the head is older than everything retained."""
-    return s.b // geo.r0[-1] < cuts[-1]
+def _due(s: Series, cuts: tuple[float, ...]) -> bool:
+    """True if some level's oldest bucket is older than its cut: the cheap test that
+    lets an hourly expiry skip the many series with nothing to fold (a head only, or
+    history that is still recent) without building their list of levels."""
+    h = s.h
+    if h is not None and h and h[0] < cuts[0]:
+        return True
+    up = s.up
+    if up is not None:
+        for j, p in enumerate(up, 1):
+            if p is not None and p[0] and p[0][0] < cuts[j]:
+                return True
+    return False
 
 
 def _span(idx: array, a: float, z: float) -> tuple[int, int]:

@@ -54,7 +54,6 @@ from .buckets import (
     Geometry,
     Resolution,
     Series,
-    aged_out,
     fold,
 )
 from .buckets import push as _push
@@ -263,31 +262,38 @@ class FrequencyStore:
         if self._clock_b == NO_BUCKET:
             return 0
         geo, cuts, drop0 = self._geo, self._cuts, self._drop0
+        cut0 = cuts[0]
         gone = 0
+        # The hot loop of housekeeping (every series, hourly): the common cases — a
+        # head-only or still-recent series, an unchanged member set — cost no call.
         for keys in self._dims.values():
             dead_keys = []
             for key, rec in keys.items():
-                dead = []
+                dead = None
                 for metric, s in rec.items():
                     if type(s) is Series:
-                        if aged_out(s, geo, cuts):
-                            dead.append(metric)
-                        elif fold(s, geo, cuts):
+                        if s.b < drop0:  # even the head is older than anything retained
+                            dead = [metric] if dead is None else [*dead, metric]
+                            continue
+                        h = s.h
+                        if s.up is None and (h is None or not h or h[0] >= cut0):
+                            continue  # nothing old enough to fold
+                        if fold(s, geo, cuts):
                             rec.dirty = True
                     else:
-                        n = len(s)
+                        members = s.last
                         s.prune(drop0)
-                        if len(s) != n:
+                        if s.last is not members:
                             rec.dirty = True
-                        if not s:
-                            dead.append(metric)
-                for metric in dead:
-                    del rec[metric]
-                if dead:
+                        if not s.last:
+                            dead = [metric] if dead is None else [*dead, metric]
+                if dead is not None:
+                    for metric in dead:
+                        del rec[metric]
                     rec.dirty = True
-                gone += len(dead)
-                if not rec:
-                    dead_keys.append(key)
+                    gone += len(dead)
+                    if not rec:
+                        dead_keys.append(key)
             for key in dead_keys:
                 rec = keys.pop(key)
                 if rec.id:
