@@ -38,6 +38,7 @@ from smtpguard_logwatch.events import (
     PIPELINING,
     PREGREET,
     RATE_LIMIT,
+    REASON_CLASSES,
     TOO_MANY_ERRORS,
     AuthFailure,
     ClientNote,
@@ -283,9 +284,7 @@ class PostfixParser:
         elif is_own_refusal(text, reply):
             reason = ENFORCED
         else:
-            reason = classify_reason(text)
-        if reason == "dnsbl" or "blocked using" in text:
-            reason = DNSBL
+            reason = _reason(reply, text)
         if ip is None and qid is not None:
             record = self.messages.get((host, qid))
             if record is not None:
@@ -483,6 +482,37 @@ class PostfixParser:
                                    record.sender, record.sasl_user, relay, first,
                                    record.reinjected))
         return True
+
+
+def _reason(reply: str, text: str) -> str:
+    """The reason class of a reject, read from Postfix's own words only.
+
+    The client chose the address Postfix echoes (``<addr>: ``) and the tail's fields: the
+    words are what follows the last ``>: `` of the reply text, so a recipient like
+    ``"blocked using"@x`` cannot turn a dictionary attack's unknown-user rejects into DNSBL
+    ones. A sender, recipient or HELO holding a second tail start (``; from=<``,
+    ``; proto=``) makes the reply's end ambiguous: every reading is classified and the
+    first class in REASON_CLASSES wins, so a client can add a class to its rejects but
+    never hide one listed before it (unknown_user, relay_denied, dnsbl come first)."""
+    cuts = [k for mark in ("; from=<", "; proto=") for k in _positions(reply, mark)]
+    if len(cuts) <= 1:
+        return _classify_words(text)
+    return min((_classify_words(reply[:k]) for k in cuts), key=REASON_CLASSES.index)
+
+
+def _positions(text: str, sub: str) -> list[int]:
+    found = []
+    k = text.find(sub)
+    while k >= 0:
+        found.append(k)
+        k = text.find(sub, k + 1)
+    return found
+
+
+def _classify_words(text: str) -> str:
+    k = text.rfind(">: ")
+    words = text[k + 3 :] if k >= 0 else text
+    return DNSBL if "blocked using" in words else classify_reason(words)
 
 
 def _reject_tail(text: str) -> tuple[str | None, str | None, str | None, int]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smtpguard_logwatch.events import DNSBL, HELO, REASON_CLASSES, UNKNOWN_USER, Rejection
+
 from feed import feed
 
 REAL_IP = "192.0.2.10"
@@ -74,6 +76,16 @@ def _check(helo: str, sender: str, recipient: str, user: str, command: str) -> N
         assert ev.ip == REAL_IP, (ev, helo, sender, recipient, user, command)
     # The crafted text must not create events of its own either (one line, one event).
     assert len(events) <= len(lines)
+    # Nor hide why it was rejected: Postfix's own words decide the reason. A client that
+    # makes the line ambiguous can add a class listed earlier, never hide its own
+    # (unknown_user comes first: a dictionary attack cannot disguise itself).
+    reasons = [(ev.stage, ev.reason) for ev in events if type(ev) is Rejection]
+    truth = [("RCPT", UNKNOWN_USER), ("EHLO", HELO), ("RCPT", DNSBL)]
+    assert [stage for stage, _ in reasons] == [stage for stage, _ in truth], reasons
+    assert reasons[0][1] == UNKNOWN_USER, (reasons, helo, sender, recipient)
+    for (_, got), (_, want) in zip(reasons, truth, strict=True):
+        assert REASON_CLASSES.index(got) <= REASON_CLASSES.index(want), (
+            reasons, helo, sender, recipient)
 
 
 def test_known_injections_never_move_the_ip() -> None:
@@ -86,6 +98,16 @@ def test_known_injections_never_move_the_ip() -> None:
 def test_random_hostile_fields_never_move_the_ip(helo: str, sender: str, recipient: str,
                                                  user: str, command: str) -> None:
     _check(helo, sender, recipient, user, command)
+
+
+def test_echoed_recipient_cannot_disguise_a_dictionary_attack() -> None:
+    """The words a client can put where Postfix echoes its address are not Postfix's."""
+    for recipient in ('"blocked using zen"@example.org', '"x>: Relay access denied"@x.org',
+                      '"a; from=<b> to=<c> proto=ESMTP helo=<d>: blocked using"@x.org'):
+        events, _ = feed(session("helo.example", "s@x.org", recipient, "u", "QUIT"))
+        rejects = [ev for ev in events if type(ev) is Rejection]
+        assert rejects[0].reason == UNKNOWN_USER, (recipient, rejects[0])
+        assert rejects[1].reason == HELO and rejects[2].reason == DNSBL
 
 
 def test_hostile_sender_stays_a_sender() -> None:
