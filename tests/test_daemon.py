@@ -6,6 +6,7 @@ The crash and rotation tests are in test_daemon_crash.py."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -520,3 +521,30 @@ def test_commands_that_need_the_daemon_exit_3_without_one(tmp_path: Path) -> Non
                              str(conf)], capture_output=True, text=True, cwd="/", timeout=60,
                             check=False)
     assert listed.returncode == 0 and listed.stdout == ""  # from the database directly
+
+
+def test_ledger_keeps_what_repeat_offender_escalation_looks_up(
+        tmp_path: Path, running, caplog: pytest.LogCaptureFixture) -> None:
+    """keep_decisions shorter than the rules' `repeat offender within` would forget the
+    penalties escalation counts: the maintenance keeps them as long as the rules look."""
+    day = 86400.0
+    rules = RULES.format(duration="1h") + "    repeat offender within 30d refuse for 2h\n"
+    for name, text, kept in (("repeat", rules, {"192.0.2.10"}),
+                             ("plain", RULES.format(duration="1h"), set())):
+        where = tmp_path / name
+        where.mkdir()
+        cfg = config(where, rules=text, keep_decisions=1 * day)
+        r = running(cfg, [Recorder()])
+        now = time.time()
+        with r.daemon.lock:
+            for ip, ended in (("192.0.2.10", now - 10 * day), ("192.0.2.40", now - 40 * day)):
+                r.daemon.state.ledger.record(Decision(
+                    ended - 3600, "client_ip", ip, "refuse", ended, ("burst",)))
+        with caplog.at_level(logging.WARNING, logger="smtpguard_logwatch"):
+            r.daemon.maintenance()
+        left = {d.key for d in r.daemon.state.ledger.all()}
+        assert left == kept, (name, left)
+        warned = "shorter than the rules' repeat-offender window" in caplog.text
+        assert warned == bool(kept), caplog.text
+        caplog.clear()
+        r.stop()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import signal
 import socket
@@ -40,6 +41,7 @@ from ..follow import Follower
 from ..follow.follower import Item
 from ..report import iso
 from ..rules import RuleError, default_rules_path
+from ..rules.conditions import fmt_duration
 from ..scan import ScanBusy, StateLock, _report_follow_warning
 from ..state import State, breaker_of, rules_of
 from . import commands
@@ -68,6 +70,7 @@ class Daemon:
         self._fresh: list[Decision] = []
         self._extended: list[Decision] = []
         self._stop_signal: int | None = None
+        self._retention_warned: tuple[float, float] | None = None
         self._reload_wanted = threading.Event()
         self._reload_done = threading.Condition()
         self._reload_result: dict[str, Any] | None = None
@@ -261,14 +264,31 @@ class Daemon:
         """Hourly: prune the ledger, age the store, keep the WAL file small."""
         with self.lock:
             now = self.clock()
-            pruned = self.state.ledger.prune(now - self.cfg.daemon.keep_decisions)
+            keep = self.decision_retention()
+            pruned = self.state.ledger.prune(now - keep) if keep < math.inf else 0
             self.state.engine.store.expire(now)
             self.state.dirty = True
             if self.state.checkpoint():
                 self.state.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             if pruned:
                 log.info("maintenance: pruned %d decisions older than %s", pruned,
-                         iso(now - self.cfg.daemon.keep_decisions))
+                         iso(now - keep))
+
+    def decision_retention(self) -> float:
+        """How long ended decisions stay in the ledger: ``keep_decisions``, but never
+        less than the rules' repeat-offender window, which looks them up (pruning them
+        earlier would quietly turn a repeat offender into a first-timer)."""
+        keep = self.cfg.daemon.keep_decisions
+        window = self.state.ruleset.longest_repeat_window()
+        if window > keep:
+            if self._retention_warned != (keep, window):
+                self._retention_warned = (keep, window)
+                span = "without limit" if window == math.inf else fmt_duration(window)
+                log.warning("[daemon] keep_decisions %s is shorter than the rules' "
+                            "repeat-offender window: ended decisions are kept %s",
+                            fmt_duration(keep), span)
+            return window
+        return keep
 
     def watch_journal(self) -> None:
         """Restart journalctl if it died (or never started), after the last entry read;
