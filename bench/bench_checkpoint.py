@@ -10,12 +10,18 @@ their old buckets (measured separately: expiry one hour after the last line). Ba
 run: writing and fsyncing a plain file of the whole state's size.
 
 Run: ``.venv/bin/python bench/bench_checkpoint.py [--lines 1000000]``.
+
+``--flood`` measures the store's part under hostile cardinality instead: a full
+dimension (``--cap`` keys) while forged senders keep arriving (``--chunk`` new keys
+between checkpoints), so every checkpoint follows evictions, against the same
+baseline (a plain file of the database's size written and fsynced).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -30,6 +36,7 @@ from smtpguard_logwatch.config import Config  # noqa: E402
 from smtpguard_logwatch.follow import Position  # noqa: E402
 from smtpguard_logwatch.rules import default_rules_path  # noqa: E402
 from smtpguard_logwatch.state import State  # noqa: E402
+from smtpguard_logwatch.store import FrequencyStore  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=3_000,
                    help="lines between two checkpoints (default 3000: 30 s at 100 lines/s)")
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--flood", action="store_true",
+                   help="measure checkpoints of a full store under a forged-sender flood")
+    p.add_argument("--cap", type=int, default=200_000,
+                   help="keys per dimension for --flood (default 200000, the default cap)")
     args = p.parse_args(argv)
+    if args.flood:
+        return flood(args.cap, args.chunk * 10, args.runs)
     lines = log_lines(args.lines, seed=42)
     head = len(lines) - args.chunk * args.runs
     if head <= 0:
@@ -70,20 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         assert state.checkpoint()
         after_expiry = time.perf_counter() - t
         size = os.path.getsize(cfg.state) + os.path.getsize(cfg.state + "-wal")
-        blob = os.urandom(1 << 20)
-        floor = []
-        for _ in range(3):
-            t = time.perf_counter()
-            with open(f"{tmp}/plain", "wb") as fh:
-                for _ in range(max(1, size >> 20)):
-                    fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            floor.append(time.perf_counter() - t)
-            os.unlink(f"{tmp}/plain")
+        floor = plain_write(tmp, size)
         keys = state.engine.store.nkeys()
         state.close()
-    inc, base = statistics.median(times), statistics.median(floor)
+    inc, base = statistics.median(times), floor
     print(f"lines fed            {head:>12,}  ({fed:.1f} s), then {args.runs} x {args.chunk:,}")
     print(f"store keys           {keys:>12,}")
     print(f"state on disk        {size / 1e6:>12.1f} MB")
@@ -96,6 +99,59 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio full / base    {full / base:>12.1f} x")
     print(f"ratio incr / base    {inc / base:>12.2f} x")
     print(f"ratio expiry / base  {after_expiry / base:>12.2f} x")
+    return 0
+
+
+def plain_write(tmp: str, size: int) -> float:
+    """Baseline: seconds to write and fsync a plain file of ``size`` bytes (median of 3)."""
+    blob = os.urandom(1 << 20)
+    floor = []
+    for _ in range(3):
+        t = time.perf_counter()
+        with open(f"{tmp}/plain", "wb") as fh:
+            for _ in range(max(1, size >> 20)):
+                fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        floor.append(time.perf_counter() - t)
+        os.unlink(f"{tmp}/plain")
+    return statistics.median(floor)
+
+
+def flood(cap: int, chunk: int, runs: int) -> int:
+    """Checkpoints of a full store while forged senders keep coming (evictions)."""
+    store = FrequencyStore(max_keys_per_dimension=cap)
+    t0 = 1_800_000_000.0
+    with tempfile.TemporaryDirectory() as tmp:
+        conn = sqlite3.connect(f"{tmp}/state.sqlite")
+        conn.execute("PRAGMA journal_mode=WAL")
+        for i in range(cap):
+            store.add("sender", f"u{i}@forged{i % 1000}.example", "messages", t0 + i * 0.01)
+        t = time.perf_counter()
+        store.save(conn)
+        conn.commit()
+        full = time.perf_counter() - t
+        times = []
+        for run in range(1, runs + 1):  # an hour apart: each eviction also decays scores
+            at = t0 + run * 3600.0
+            for i in range(chunk):
+                store.add("sender", f"r{run}-{i}@forged.example", "messages", at + i * 0.001)
+            t = time.perf_counter()
+            store.save(conn)
+            conn.commit()
+            times.append(time.perf_counter() - t)
+        size = os.path.getsize(f"{tmp}/state.sqlite") + os.path.getsize(f"{tmp}/state.sqlite-wal")
+        base = plain_write(tmp, size)
+        conn.close()
+    inc = statistics.median(times)
+    print(f"store cap (sender)   {cap:>12,}  keys, {store.evicted:,} evicted in {runs} rounds")
+    print(f"state on disk        {size / 1e6:>12.1f} MB")
+    print(f"full save            {full * 1000:>12.0f} ms   (first save)")
+    print(f"after {chunk:,} forged   {inc * 1000:>10.0f} ms   (median, max "
+          f"{max(times) * 1000:.0f}; evicted keys deleted, scores halved in SQL)")
+    print(f"baseline write+fsync {base * 1000:>12.0f} ms   of the whole state's size")
+    print(f"ratio flood / base   {inc / base:>12.2f} x")
+    print(f"ratio full / base    {full / base:>12.2f} x")
     return 0
 
 

@@ -266,3 +266,36 @@ def test_expiry_alone_is_saved_incrementally(tmp_path):
     for dim in store.dimensions():
         assert list(loaded.keys(dim)) == list(store.keys(dim))
     assert answers(loaded, seed=12) == answers(store, seed=12)
+
+
+def test_eviction_is_saved_incrementally_with_the_decayed_scores(tmp_path):
+    """Under a flood of forged keys evictions come often: each save deletes the evicted
+    keys and halves the dimension's saved scores in SQL, never rewrites every key; what
+    loads evicts exactly as the store in memory would (same scores, same order)."""
+    conn = sqlite3.connect(tmp_path / "state.sqlite")
+    store = build()
+    store.save(conn)
+    conn.commit()
+    t = store.clock
+    for hour in range(1, 4):  # three hours of flood, a save after each
+        for i in range(500):
+            store.add("sender", f"flood{hour}-{i}@forged.example", "messages",
+                      t + hour * HOUR + i)
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        store.save(conn)
+        conn.set_trace_callback(None)
+        conn.commit()
+        assert not any(s == "DELETE FROM freqstore_keys" for s in statements)
+        assert any(s.startswith("DELETE FROM freqstore_keys WHERE id") for s in statements)
+    assert any("hits >>" in s for s in statements)  # a later hour decayed the scores
+    loaded = _reloaded(conn)
+    for dim in store.dimensions():
+        assert list(loaded.keys(dim)) == list(store.keys(dim))
+        assert [loaded._dims[dim][k].hits for k in loaded.keys(dim)] == [
+            store._dims[dim][k].hits for k in store.keys(dim)]
+    assert answers(loaded, seed=5) == answers(store, seed=5)
+    for i in range(300):  # and both evict the same keys next
+        for s in (store, loaded):
+            s.add("sender", f"next{i}@forged.example", "messages", t + 4 * HOUR + i)
+    assert list(loaded.keys("sender")) == list(store.keys("sender"))

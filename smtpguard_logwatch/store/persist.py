@@ -3,10 +3,11 @@ log read offsets can be committed atomically with the counts they produced (a cr
 then neither loses nor double-counts lines).
 
 A save rewrites only the keys changed since the previous one — by new data, or by
-expiry folding or dropping their old buckets — and deletes the keys expiry removed
-(the daemon checkpoints every few seconds while most keys sit idle). A full snapshot
-is written the first time, after eviction (which decays every key's score), and
-after the caller reports a rolled-back save (``FrequencyStore.mark_unsaved``).
+expiry folding or dropping their old buckets — deletes the keys expiry or eviction
+removed, and halves the saved scores of a dimension as eviction's decay did (the
+daemon checkpoints every few seconds while most keys sit idle). A full snapshot is
+written the first time and after the caller reports a rolled-back save
+(``FrequencyStore.mark_unsaved``).
 
 Tables (created if missing, names prefixed so they can share a database):
 
@@ -179,6 +180,7 @@ def save(store: FrequencyStore, conn: sqlite3.Connection) -> None:
     conn.executemany("INSERT INTO freqstore_meta VALUES (?, ?)", _meta(store).items())
     store._all_dirty = False
     store._removed = []
+    store._decays = []
 
 
 def _save_full(store: FrequencyStore, conn: sqlite3.Connection) -> None:
@@ -214,6 +216,9 @@ def _save_changed(store: FrequencyStore, conn: sqlite3.Connection) -> None:
                 new_keys.append((rec.id, dim, key.encode("utf-8", "surrogatepass"), rec.hits,
                                  rec.first))
             series_rows.extend(_series_of(rec.id, rec))
+    for dimension, shift in store._decays:  # as eviction halved them in memory
+        conn.execute("UPDATE freqstore_keys SET hits = hits >> ? WHERE dimension = ?",
+                     (shift, dimension))
     gone = [(kid,) for kid in store._removed]
     conn.executemany("DELETE FROM freqstore_keys WHERE id = ?", gone)
     conn.executemany("DELETE FROM freqstore_series WHERE key_id = ?", gone)

@@ -108,7 +108,8 @@ class FrequencyStore:
         self._entries = 0
         self.evicted = 0  # keys evicted so far (for monitoring)
         self._all_dirty = True  # the next save rewrites everything (see persist.save)
-        self._removed: list[int] = []  # saved keys expired since the last save
+        self._removed: list[int] = []  # saved keys expired or evicted since the last save
+        self._decays: list[tuple[str, int]] = []  # (dimension, shift) since the last save
         self._next_id = 1  # row id of the next key saved incrementally
 
     # ------------------------------------------------------------------ configuration
@@ -240,17 +241,24 @@ class FrequencyStore:
         return rec
 
     def _evict(self, dimension: str, keys: dict[str, KeyRec]) -> None:
-        """Batch-evict the lowest-scoring ~10 % of a full dimension (see module doc)."""
-        self._all_dirty = True  # hits decayed and keys gone: the next save is a full one
+        """Batch-evict the lowest-scoring ~10 % of a full dimension (see module doc).
+        The next save deletes the evicted keys and shifts the dimension's saved scores
+        as the decay did here: under a flood of forged keys, evictions come often, and
+        a full rewrite each time would hold the daemon's checkpoint for seconds."""
         if self._clock_b != NO_BUCKET:
             hour = (self._clock_b * self._w0) // HOUR
             last = self._decayed_at.get(dimension)
             if last is not None and hour > last:
-                decay(keys.values(), int(hour - last))
+                shift = decay(keys.values(), int(hour - last))
+                if shift:
+                    self._decays.append((dimension, shift))
             self._decayed_at[dimension] = hour
         for k in pick_victims(keys, self._batch):
-            self._entries -= len(keys.pop(k))
+            rec = keys.pop(k)
+            self._entries -= len(rec)
             self.evicted += 1
+            if rec.id:
+                self._removed.append(rec.id)
 
     def expire(self, now: float) -> int:
         """Housekeeping, e.g. every few minutes: advance the clock to ``now``, fold or drop
