@@ -22,10 +22,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +37,9 @@ import pytest
 from smtpguard_logwatch.actions.base import ActionError, build_actions
 from smtpguard_logwatch.actions.sendmail_access import SendmailAccessAction
 from smtpguard_logwatch.engine.ledger import Decision
+from smtpguard_logwatch.events import Rejection
+
+from feed import feed
 
 NOW = 1_800_000_000.0
 UNTIL = NOW + 3600
@@ -609,7 +614,7 @@ divert(-1)
 divert(0)dnl
 include(`{cf}/m4/cf.m4')dnl
 OSTYPE(`linux')dnl
-define(`confDOMAIN_NAME', `mx.smtpguard.test')dnl
+define(`confDOMAIN_NAME', `mx.guard.test')dnl
 define(`confSERVICE_SWITCH_FILE', `{base}/service.switch')dnl
 define(`confHOSTS_FILE', `{base}/hosts')dnl
 define(`QUEUE_DIR', `{base}/queue')dnl
@@ -653,6 +658,7 @@ def sendmail_daemon(monkeypatch: pytest.MonkeyPatch
     base.chmod(0o755)
     ns = f"sgsm{os.getpid()}"
     proc = None
+    syslog = None
     try:
         subprocess.run(["ip", "netns", "add", ns], check=True)
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
@@ -685,9 +691,17 @@ def sendmail_daemon(monkeypatch: pytest.MonkeyPatch
         exe.chmod(0o755)
         # A host name with a dot, in a private UTS namespace: an unqualified one makes
         # Sendmail sleep a minute at start.
+        # Sendmail only logs to syslog: in a private mount namespace, /dev is a tmpfs
+        # with the few nodes it needs and a /dev/log that is this test's socket.
+        syslog = _Syslog(base / "log.sock")
+        (base / "olddev").mkdir()
+        dev = (f"mount --bind /dev {base}/olddev && mount -t tmpfs -o mode=755 tmpfs /dev && "
+               "for n in null zero random urandom; do touch /dev/$n && "
+               f"mount --bind {base}/olddev/$n /dev/$n || exit 1; done && "
+               f"ln -s {base}/log.sock /dev/log && ")
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c",
-             'hostname mx.smtpguard.test && exec "$@"', "sendmail", str(exe), "-C",
+            ["ip", "netns", "exec", ns, "unshare", "--uts", "--mount", "sh", "-c",
+             dev + 'hostname mx.guard.test && exec "$@"', "sendmail", str(exe), "-C",
              str(base / "sendmail.cf"), "-bD"], env=dict(os.environ),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         code = ("import socket,sys\n"
@@ -700,8 +714,10 @@ def sendmail_daemon(monkeypatch: pytest.MonkeyPatch
                 raise AssertionError("Sendmail did not start: " + proc.communicate(
                     timeout=5)[0].decode(errors="replace"))
             time.sleep(0.2)
-        yield action, ns, port
+        yield action, ns, port, syslog
     finally:
+        if syslog is not None:
+            syslog.close()
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -713,11 +729,37 @@ def sendmail_daemon(monkeypatch: pytest.MonkeyPatch
         shutil.rmtree(base, ignore_errors=True)
 
 
+class _Syslog:
+    """A /dev/log stand-in: collects the datagrams syslog(3) sends, as the syslog lines
+    a daemon would write (``<pri>Mmm dd hh:mm:ss tag[pid]: msg`` -> ``… mx tag[pid]: msg``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        os.chmod(path, 0o666)  # Sendmail's children log as its unprivileged user too
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            text = data.decode("utf-8", "replace").rstrip("\n\0")
+            text = text[text.find(">") + 1:] if text.startswith("<") else text
+            self.lines.append(f"{text[:15]} mx {text[16:]}\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @pytest.mark.root
 @pytest.mark.slow
 def test_real_sendmail_enforces_on_the_next_connection(
-        sendmail_daemon: tuple[SendmailAccessAction, str, int]) -> None:
-    action, ns, port = sendmail_daemon
+        sendmail_daemon: tuple[SendmailAccessAction, str, int, _Syslog]) -> None:
+    action, ns, port, syslog = sendmail_daemon
     now = time.time()
 
     def d(dimension: str, key: str, verb: str, arg: float | None = None) -> Decision:
@@ -727,7 +769,7 @@ def test_real_sendmail_enforces_on_the_next_connection(
     def probe(src: str, sender: str = "alice@example.org") -> dict:
         host = "::1" if ":" in src else "127.0.0.1"
         args = {"src": src, "host": host, "port": port, "sender": sender,
-                "rcpt": "postmaster@mx.smtpguard.test"}
+                "rcpt": "postmaster@mx.guard.test"}  # no "smtpguard" in the line
         proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _PROBE,
                                json.dumps(args)], capture_output=True, text=True, timeout=120)
         out = json.loads(proc.stdout)
@@ -773,3 +815,22 @@ def test_real_sendmail_enforces_on_the_next_connection(
     action.reconcile([d("client_ip", "127.0.0.44", "defer")], time.time())
     assert rcpt("127.0.0.47")[0] == 550
     assert rcpt("127.0.1.9")[0] == 250 and rcpt("127.0.0.44")[0] == 451
+
+    # Sendmail's log, through the real parser: every refusal of the tool's is its own
+    # (reason "enforced", never fed to `rejects`); the admin's REJECT is an ordinary one.
+    def rejections() -> dict[str, set[str]]:
+        events, _ = feed(list(syslog.lines), parsers=["sendmail"])
+        found: dict[str, set[str]] = {}
+        for ev in events:
+            if type(ev) is Rejection:
+                found.setdefault(ev.ip, set()).add(ev.reason)
+        return found
+    deadline = time.monotonic() + 10
+    while "127.0.0.47" not in rejections() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    found = rejections()
+    assert {ip: r for ip, r in found.items() if ip != "127.0.0.47"} == {
+        ip: {"enforced"} for ip in ("127.0.0.43", "127.0.0.44", "127.0.1.9", "127.0.0.45",
+                                    "2001:db8:1:2::5", "2001:db8:0:3::7")}, (
+        found, "".join(syslog.lines[-20:]))
+    assert found["127.0.0.47"] and "enforced" not in found["127.0.0.47"], found
