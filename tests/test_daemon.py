@@ -529,9 +529,11 @@ def test_ledger_keeps_what_repeat_offender_escalation_looks_up(
     penalties escalation counts: the maintenance keeps them as long as the rules look."""
     day = 86400.0
     rules = RULES.format(duration="1h") + "    repeat offender within 30d refuse for 2h\n"
+    unbounded = RULES.format(duration="1h") + "    repeat offender refuse for 2h\n"
     for name, text, kept in (("repeat", rules, {"192.0.2.10"}),
-                             ("plain", RULES.format(duration="1h"), set())):
-        where = tmp_path / name
+                             ("plain", RULES.format(duration="1h"), set()),
+                             ("no within: the default 30d", unbounded, {"192.0.2.10"})):
+        where = tmp_path / name.split(":")[0].replace(" ", "_")
         where.mkdir()
         cfg = config(where, rules=text, keep_decisions=1 * day)
         r = running(cfg, [Recorder()])

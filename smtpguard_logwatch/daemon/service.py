@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import signal
 import socket
@@ -265,7 +264,7 @@ class Daemon:
         with self.lock:
             now = self.clock()
             keep = self.decision_retention()
-            pruned = self.state.ledger.prune(now - keep) if keep < math.inf else 0
+            pruned = self.state.ledger.prune(now - keep)
             self.state.engine.store.expire(now)
             self.state.dirty = True
             if self.state.checkpoint():
@@ -283,10 +282,9 @@ class Daemon:
         if window > keep:
             if self._retention_warned != (keep, window):
                 self._retention_warned = (keep, window)
-                span = "without limit" if window == math.inf else fmt_duration(window)
                 log.warning("[daemon] keep_decisions %s is shorter than the rules' "
                             "repeat-offender window: ended decisions are kept %s",
-                            fmt_duration(keep), span)
+                            fmt_duration(keep), fmt_duration(window))
             return window
         return keep
 

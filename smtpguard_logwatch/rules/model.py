@@ -18,7 +18,6 @@ How the engine is expected to use it, per event and per (dimension, key) it touc
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -266,12 +265,12 @@ class RuleSet:
             dimension, self.decay_half_life.get("*", DEFAULT_HALF_LIFE))
 
     def longest_repeat_window(self) -> float:
-        """The longest ``repeat offender within`` of any ladder (0 if none has one; inf
-        for a repeat offender without ``within``): how long the ledger must remember a
-        key's penalties for escalation to see them."""
-        windows = [ladder.repeat_within or math.inf for ladder in self.ladders.values()
-                   if ladder.repeat_action is not None]
-        return max(windows, default=0.0)
+        """The longest ``repeat offender within`` of any ladder (0 if none has a repeat
+        offender; the compiler gives one without ``within`` the default 30 days): how
+        long the ledger must remember a key's penalties for escalation to see them."""
+        return max((ladder.repeat_within for ladder in self.ladders.values()
+                    if ladder.repeat_action is not None and ladder.repeat_within),
+                   default=0.0)
 
     def required_series(self) -> frozenset[Series]:
         """The (dimension, kind, metric, window) series the rules read — all the store
