@@ -6,14 +6,14 @@ latency a decision can see and guides ``[daemon] checkpoint``. The state is buil
 feeding a generated log (``--lines``) through the real pipeline and default rules.
 The first checkpoint writes every key; the others write only the keys touched since
 the previous one, by new lines or, in the hourly maintenance, by expiry folding
-their old buckets (measured separately: expiry one hour after the last line). Baseline, in the same
-run: writing and fsyncing a plain file of the whole state's size.
+their old buckets (measured separately: expiry one hour after the last line).
+Baseline, in the same run: writing and fsyncing a plain file of the whole state's size.
 
 Run: ``.venv/bin/python bench/bench_checkpoint.py [--lines 1000000]``.
 
 ``--flood`` measures the store's part under hostile cardinality instead: a full
-dimension (``--cap`` keys) while forged senders keep arriving (``--chunk`` new keys
-between checkpoints), so every checkpoint follows evictions, against the same
+dimension (``--cap`` keys) while forged senders keep arriving (``--flood-keys`` new
+keys between checkpoints), so every checkpoint follows evictions, against the same
 baseline (a plain file of the database's size written and fsynced).
 """
 
@@ -49,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="measure checkpoints of a full store under a forged-sender flood")
     p.add_argument("--cap", type=int, default=200_000,
                    help="keys per dimension for --flood (default 200000, the default cap)")
+    p.add_argument("--flood-keys", type=int, default=30_000,
+                   help="forged keys between two checkpoints for --flood (default 30000: "
+                        "1000 a second over a 30 s checkpoint interval)")
     args = p.parse_args(argv)
     if args.flood:
-        return flood(args.cap, args.chunk * 10, args.runs)
+        return flood(args.cap, args.flood_keys, args.runs)
     lines = log_lines(args.lines, seed=42)
     head = len(lines) - args.chunk * args.runs
     if head <= 0:
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         after_expiry = time.perf_counter() - t
         size = os.path.getsize(cfg.state) + os.path.getsize(cfg.state + "-wal")
         floor = plain_write(tmp, size)
-        keys = state.engine.store.nkeys()
+        keys = store.nkeys()
         state.close()
     inc, base = statistics.median(times), floor
     print(f"lines fed            {head:>12,}  ({fed:.1f} s), then {args.runs} x {args.chunk:,}")

@@ -31,7 +31,6 @@ from smtpguard_logwatch.events import (
     DEFERRED,
     DELIVERED,
     DNS_MISMATCH,
-    DNSBL,
     ENFORCED,
     HANGUP,
     NON_SMTP_COMMAND,
@@ -511,8 +510,7 @@ def _positions(text: str, sub: str) -> list[int]:
 
 def _classify_words(text: str) -> str:
     k = text.rfind(">: ")
-    words = text[k + 3 :] if k >= 0 else text
-    return DNSBL if "blocked using" in words else classify_reason(words)
+    return classify_reason(text[k + 3 :] if k >= 0 else text)
 
 
 def _reject_tail(text: str) -> tuple[str | None, str | None, str | None, int]:

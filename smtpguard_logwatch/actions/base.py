@@ -31,7 +31,11 @@ from ..parsers.fields import is_own_refusal
 log = logging.getLogger("smtpguard_logwatch.actions")
 
 
-def marked_reply(option: str, text: str, mark: str = f"[{OWN_MARK}]") -> str:
+REPLY_MARK = f"[{OWN_MARK}]"
+"""The mark as it ends Postfix and Exim replies (Sendmail mangles brackets: ``- smtpguard``)."""
+
+
+def marked_reply(option: str, text: str, mark: str = REPLY_MARK) -> str:
     """The admin's (validated) reply text with the tool's mark as its last word, added
     if missing: the parsers recognise the tool's own refusals by it (see
     events.OWN_MARK), so a refused source's retries do not count as new rejects. The

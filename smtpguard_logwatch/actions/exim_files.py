@@ -46,9 +46,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 from ..engine.ledger import Decision
-from ..events import OWN_MARK
 from . import files
-from .base import ActionError, ReconcileReport, marked_reply, register
+from .base import REPLY_MARK, ActionError, ReconcileReport, marked_reply, register
 from .files import Record, build_or_log, delay_seconds
 from .keys import KeyRefused, normalise_key
 
@@ -60,7 +59,6 @@ DEFAULT_REJECT = ("550 5.7.1 Too much traffic from your address; contact your po
 DEFAULT_DEFER = "451 4.7.1 Too much traffic; try again later [smtpguard]"
 DEFAULT_MAX_DELAY = 30
 DEFAULT_DELAY = 5
-LOG_MARK = f"[{OWN_MARK}]"  # ends each log_message: the parser's mark of our own refusals
 MAX_DELAY_LIMIT = 3600  # the ACL's digits pattern accepts at most four digits
 LOCK_NAME = ".smtpguard.lock"
 
@@ -235,14 +233,14 @@ class EximFilesAction:
             lines += [
                 f"  {verb:<7} hosts         = {hosts(level + '_hosts')}",
                 f"          message       = {text}",
-                f"          log_message   = {level} client {LOG_MARK}",
+                f"          log_message   = {level} client {REPLY_MARK}",
                 f"  {verb:<7} authenticated = *",
                 f"          condition     = {user_found(level + '_users')}",
                 f"          message       = {text}",
-                f"          log_message   = {level} SASL user {LOG_MARK}",
+                f"          log_message   = {level} SASL user {REPLY_MARK}",
                 f"  {verb:<7} senders       = {senders(level + '_senders')}",
                 f"          message       = {text}",
-                f"          log_message   = {level} sender {LOG_MARK}",
+                f"          log_message   = {level} sender {REPLY_MARK}",
             ]
         lines += [
             f"  warn    hosts         = {hosts('delay_hosts')}",
