@@ -191,9 +191,33 @@ def test_spike_against_own_baseline_needs_history() -> None:
     assert run(fresh, [msg(T0 + i * 60, ip="192.0.2.99") for i in range(60)]) == []
 
 
-def test_warmup_only_builds_history() -> None:
-    engine = Engine(load_text(BURST), warmup=3600)
-    assert run(engine, [msg(T0 + i) for i in range(100)]) == []
-    assert engine.store.count("client_ip", "192.0.2.7", "messages", 600, T0 + 100) == 100
-    after = run(engine, [msg(T0 + 3600 + i) for i in range(10)])
-    assert after[0].time == T0 + 3605  # the 6th message within 10 minutes after warm-up
+WOKE = """
+decay half-life 1h
+rule woke for client_ip:
+    when messages in 2m > 3 and messages in 1d < 2 * messages in 10m
+    add 60 points every 1m
+rule burst for client_ip:
+    when messages in 10m > 5
+    add 60 points every 1m
+ladder client_ip:
+    at 50 points notify
+"""
+
+
+def test_warmup_holds_back_only_rules_that_read_the_past() -> None:
+    rules = load_text(WOKE)
+    assert {r.name: r.history is not None for r in rules.rules} == {"woke": True,
+                                                                    "burst": False}
+    engine = Engine(rules, warmup=3600)
+    first = run(engine, [msg(T0 + i) for i in range(100)])
+    # the absolute limit acts at once (the 6th message); 'woke' compares 10 minutes with a
+    # day nobody has watched yet, so it only builds history
+    assert first and first[0].time == T0 + 5 and first[0].rules == ("burst",)
+    assert engine.warming_up(T0 + 100) and not engine.warming_up(T0 + 3600)
+    quiet = Engine(load_text(WOKE), warmup=3600)
+    run(quiet, [msg(T0 + i * 200, ip="192.0.2.8") for i in range(5)])
+    assert all("woke" not in d.rules for d in quiet.decisions())
+    after = run(quiet, [msg(T0 + 3600 + i, ip="192.0.2.8") for i in range(10)])
+    assert any("woke" in d.rules for d in after)
+
+

@@ -8,8 +8,11 @@ per its ``every`` for one key); points decay; when a key's points reach a step o
 dimension's ladder, a decision is recorded in the ledger.
 
 Warm-up: with no history at all (a replay's first lines, a daemon's first start),
-every key looks new; ``warmup`` seconds of log time only build history, so a busy
-server seen for the first time is not mistaken for a sudden burst.
+every key looks new. Rules that read a key's past (``usual``, or a long window compared
+with a short one: ``Rule.history``) only build history for ``warmup`` seconds of log
+time, so a busy server seen for the first time is not mistaken for a sudden burst.
+Every other rule (absolute limits such as password guessing) acts from the first line:
+replay, scan and a freshly started daemon alike.
 
 Safety: allowlisted keys, loopback and this host's own addresses are never scored;
 the circuit breaker turns refusals into notifications when too many arrive at once.
@@ -141,6 +144,7 @@ class Engine:
         self._needed = needed
         self._rules_for = rules_for
         self._candidate_cache: dict[tuple[str, ...], tuple[Rule, ...]] = {}
+        self._warm_cache: dict[tuple[str, ...], tuple[Rule, ...]] = {}
         # dimension -> seconds, for ladders that extend penalties on activity
         self._extending = {d: ladder.extend_on_activity
                            for d, ladder in ruleset.ladders.items() if ladder.extend_on_activity}
@@ -174,28 +178,36 @@ class Engine:
                 touched.setdefault((d, k), []).append(metric)
         if self._scoring_from is None:
             self._scoring_from = now + self.warmup
-        if touched and now >= self._scoring_from:
+        if touched:
             authenticated = bool(getattr(ev, "sasl_user", None))
+            warm = now >= self._scoring_from
             for (d, k), metrics in touched.items():
-                self._evaluate(d, k, metrics, now, authenticated)
+                self._evaluate(d, k, metrics, now, authenticated, warm)
 
-    def _candidates(self, dimension: str, metrics: list[str]) -> tuple[Rule, ...]:
+    def warming_up(self, now: float) -> bool:
+        """True while rules that read the past are held back."""
+        return self._scoring_from is None or now < self._scoring_from
+
+    def _candidates(self, dimension: str, metrics: list[str],
+                    warm: bool = True) -> tuple[Rule, ...]:
         """The rules that read any of these metrics of this dimension (cached: an event
-        type always touches the same metrics)."""
+        type always touches the same metrics); during the warm-up only those that need
+        no history."""
         cache_key = (dimension, *metrics)
-        rules = self._candidate_cache.get(cache_key)
+        cache = self._candidate_cache if warm else self._warm_cache
+        rules = cache.get(cache_key)
         if rules is None:
             found: list[Rule] = []
             for metric in metrics:
                 for rule in self._rules_for.get((dimension, metric), ()):
-                    if rule not in found:
+                    if rule not in found and (warm or rule.history is None):
                         found.append(rule)
-            rules = self._candidate_cache[cache_key] = tuple(found)
+            rules = cache[cache_key] = tuple(found)
         return rules
 
     def _evaluate(self, dimension: str, key: str, metrics: list[str], now: float,
-                  authenticated: bool) -> None:
-        candidates = self._candidates(dimension, metrics)
+                  authenticated: bool, warm: bool = True) -> None:
+        candidates = self._candidates(dimension, metrics, warm)
         if not candidates:
             return
         if self.is_allowlisted(dimension, key):

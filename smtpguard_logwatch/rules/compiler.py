@@ -10,7 +10,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import syntax as S
-from .conditions import Cond, ConditionCompiler, combine, fmt_duration, negate, top_level
+from .conditions import (
+    Cond,
+    ConditionCompiler,
+    combine,
+    fmt_duration,
+    negate,
+    reads_the_past,
+    top_level,
+)
 from .errors import RuleError, Source
 from .grammar import RESERVED
 from .matchers import AddressSet, DomainSet, NameSet, NetworkSet
@@ -488,6 +496,7 @@ class Compiler:
             metrics=cond.metrics, source_text=src.text[st.loc:st.end].rstrip(),
             explain=explain, baseline_min_history=ctx.baseline_min_history,
             baseline_floor=ctx.baseline_floor, description=english,
+            history=reads_the_past(cond),
         )
 
     def action(self, src: Source, a: S.Action,

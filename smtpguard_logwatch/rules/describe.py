@@ -28,6 +28,10 @@ def describe_rule(rule: Rule) -> str:
         if rule.baseline_floor is not None:
             parts.append(f"is taken as at least {fmt_number(rule.baseline_floor)}")
         lines.append(f"  The usual rate {' and '.join(parts)}.")
+    if rule.history is None:
+        lines.append("  Acts from the first line (needs no history).")
+    else:
+        lines.append(f"  Waits for the warm-up: {rule.history}.")
     return "\n".join(lines)
 
 

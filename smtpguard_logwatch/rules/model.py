@@ -126,6 +126,8 @@ class Rule:
     baseline_min_history: float | None = None
     baseline_floor: float | None = None
     description: str = ""  # plain English, for describe()
+    # why the rule waits for the warm-up (it reads the key's past), None: acts at once
+    history: str | None = None
 
     def condition_with_evidence(self, view: KeyView) -> tuple[bool, tuple[Evidence, ...]]:
         """Evaluate the condition recording every test and value (slower; use it for
