@@ -221,3 +221,49 @@ def test_warmup_holds_back_only_rules_that_read_the_past() -> None:
     assert any("woke" in d.rules for d in after)
 
 
+
+
+TIERS = """
+list own_domains = example.org
+rule sus for client_ip:
+    when messages in 10m > 5
+    add 60 points up to notify every 1m
+rule proof for client_ip:
+    when messages in 10m > 50
+    add 100 points every 1m
+rule s for sender:
+    when messages in 10m > 5
+    add 60 points every 1m
+ladder client_ip:
+    at 50 points notify
+    at 100 points refuse for 1h
+ladder sender:
+    at 50 points notify
+    at 100 points defer for 1h
+    enforce only where sender in own_domains
+"""
+
+
+def test_suspicion_rules_stop_at_their_cap_and_evidence_goes_further() -> None:
+    engine = Engine(load_text(TIERS))
+    run(engine, [msg(T0 + i * 10, sender=f"u{i}@x.example") for i in range(40)])
+    assert [d.action for d in engine.decisions() if d.dimension == "client_ip"] == ["notify"]
+    assert engine.scores.value(("client_ip", "192.0.2.7"), T0 + 400) < 100
+    run(engine, [msg(T0 + 400 + i, sender=f"v{i}@x.example") for i in range(60)])
+    assert [d.action for d in engine.decisions()
+            if d.dimension == "client_ip"] == ["notify", "refuse"]
+
+
+def test_enforce_only_where_turns_unproven_enforcement_into_a_warning() -> None:
+    engine = Engine(load_text(TIERS))
+    forged = [msg(T0 + i * 10, ip=f"198.51.100.{i % 20 + 1}", sender="ceo@bank.example")
+              for i in range(60)]
+    own = [msg(T0 + i * 10, ip=f"198.51.100.{i % 20 + 1}", sender="bob@example.org")
+           for i in range(60)]
+    run(engine, sorted(forged + own, key=lambda e: e.time))
+    by_key = {}
+    for d in engine.decisions():
+        if d.dimension == "sender":
+            by_key.setdefault(d.key, []).append((d.action, d.origin))
+    assert by_key["ceo@bank.example"] == [("notify", "rule"), ("notify", "unproven")]
+    assert by_key["bob@example.org"] == [("notify", "rule"), ("defer", "rule")]

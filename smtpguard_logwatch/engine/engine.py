@@ -141,6 +141,13 @@ class Engine:
                 bucket = rules_for.setdefault((rule.dimension, metric), [])
                 if rule not in bucket:
                     bucket.append(rule)
+        for dim, ladder in ruleset.ladders.items():  # what 'enforce only where' reads
+            for kind, metric, _window in ladder.enforce_only_metrics:
+                needed.setdefault(dim, set()).add(DISTINCT + metric if kind == "distinct"
+                                                  else metric)
+        self._caps = {rule.name: ruleset.ladders[rule.dimension].cap_below(rule.cap_action)
+                      for rule in ruleset.rules
+                      if rule.cap_action is not None and rule.dimension in ruleset.ladders}
         self._needed = needed
         self._rules_for = rules_for
         self._candidate_cache: dict[tuple[str, ...], tuple[Rule, ...]] = {}
@@ -226,8 +233,14 @@ class Engine:
             if not ok:
                 continue
             self._last_fired[(rule.name, key)] = now
+            points = rule.points
+            cap = self._caps.get(rule.name)
+            if cap is not None:  # suspicion: never lifts the key past its cap by itself
+                points = min(points, cap - self.scores.value((dimension, key), now))
+                if points <= 0:
+                    continue
             self.stats.fired += 1
-            self.scores.add((dimension, key), rule.points, now, rule.temporary_for)
+            self.scores.add((dimension, key), points, now, rule.temporary_for)
             fired.append((rule, [str(e) for e in evidence]))
         if fired:
             self._climb(dimension, key, now, fired)
@@ -290,7 +303,15 @@ class Engine:
                 evidence.append({"repeat_offence": n + 1})
         if duration is None:
             duration = self._time_above(dimension, key, now, points, step.points)
-        if action in ENFORCING and not self.breaker.allow(now):
+        rank = _RANK.get(action, 0)
+        only = ladder.enforce_only
+        if action in ENFORCING and only is not None and \
+                not only(KeyViewOverStore(self.store, dimension, key, now, False)):
+            evidence.append({"enforce_only": f"not enforced: the ladder enforces only where "
+                             f"{ladder.enforce_only_text}, which does not hold; "
+                             f"'{action}' not applied"})
+            action, argument, origin = "notify", None, "unproven"
+        elif action in ENFORCING and not self.breaker.allow(now):
             evidence.append({"circuit_breaker": f"more than {self.breaker.max_refusals} "
                              f"enforcing decisions within {self.breaker.window:.0f}s; "
                              f"'{action}' not applied"})
@@ -307,7 +328,7 @@ class Engine:
         else:
             self._enforced.discard((dimension, key))
         self._penalties[(dimension, key)] = _Penalty(
-            decision, _RANK.get(action, 0) if origin == "rule" else -1,
+            decision, rank if origin in ("rule", "unproven") else -1,
             until if until is not None else (now + duration if duration else None))
         if self.on_decision is not None:
             self.on_decision(decision)

@@ -12,12 +12,13 @@ Reference (layout is free: newlines and indentation are for the reader; ``#`` co
         when CONDITION                 exactly one
         unless CONDITION | where CONDITION    any number (key tests become the key filter)
         baseline [min history DURATION] [floor NUMBER]
-        add N [temporary] points [for DURATION] [every DURATION]
+        add N [temporary] points [for DURATION] [up to ACTION] [every DURATION]
     ladder DIMENSION:
         at N points ACTION [ARG] [for DURATION]
         repeat offender [within DURATION] ACTION for DURATION [, doubling | growing xN]
             [up to DURATION]
         extend DURATION on activity
+        enforce only where CONDITION   otherwise enforcing steps only notify
 
     CONDITION: comparisons (> >= < <= == !=) of arithmetic (+ - * / x, parentheses) over
     ``METRIC in WINDOW``, ``distinct METRIC in WINDOW``, ``usual [METRIC in WINDOW]``,
@@ -43,11 +44,12 @@ from . import syntax as S
 from .errors import RuleError, Source
 
 STATEMENT_WORDS = ("include", "const", "list", "allow", "decay", "rule", "ladder")
-CLAUSE_WORDS = ("when", "unless", "where", "add", "baseline", "at", "repeat", "extend")
+CLAUSE_WORDS = ("when", "unless", "where", "add", "baseline", "at", "repeat", "extend",
+                "enforce")
 RESERVED = frozenset(STATEMENT_WORDS + CLAUSE_WORDS + (
     "optional", "for", "temporary", "points", "point", "every", "min", "history", "floor",
     "and", "or", "not", "in", "usual", "distinct", "x", "authenticated", "offender",
-    "within", "doubling", "growing", "up", "to", "on", "activity", "by",
+    "within", "doubling", "growing", "up", "to", "on", "activity", "by", "only",
 ))
 
 _NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
@@ -315,10 +317,11 @@ def file_grammar() -> pp.ParserElement:
         _kw("add") - value("points") - pp.Opt(_mark("temporary"))("temp")
         - points_kw
         - pp.Opt(_mark("for")("for_kw") - value("for"))
+        - pp.Opt(_kw("up") - _kw("to") - name_any("cap"))
         - pp.Opt(_kw("every") - value("every"))
     ).set_parse_action(lambda s, loc, t: S.Add(_skip_blank(s, loc), _g(t, "points"),
         _g(t, "temp").loc if "temp" in t else None, _g(t, "for"),
-        _g(t, "for_kw").loc if "for_kw" in t else None, _g(t, "every")))
+        _g(t, "for_kw").loc if "for_kw" in t else None, _g(t, "every"), _g(t, "cap")))
     baseline = (
         _kw("baseline") - pp.OneOrMore(
             (_kw("min") - _kw("history") - value("min_history"))
@@ -365,10 +368,14 @@ def file_grammar() -> pp.ParserElement:
         _g(t, "growth") if "growth" in t else None, _g(t, "up_to")))
     extend = (_kw("extend") - pp.Opt(_kw("by")) - value("dur") - _kw("on") - _kw("activity")
               ).set_parse_action(lambda s, loc, t: S.Extend(_skip_blank(s, loc), _g(t, "dur")))
+    enforce_only = (_kw("enforce") - _kw("only") - _kw("where") - cond("expr")
+                    ).set_parse_action(lambda s, loc, t: S.EnforceOnly(
+                        _skip_blank(s, loc), _g(t, "expr")))
     ladder = (
         _kw("ladder") - name_any("dim") - pp.Suppress(":")
         - pp.Group(pp.OneOrMore(_Named(
-            step | repeat | extend, "a ladder clause (at, repeat offender, extend)")))("clauses")
+            step | repeat | extend | enforce_only,
+            "a ladder clause (at, repeat offender, extend, enforce only where)")))("clauses")
     ).set_parse_action(lambda s, loc, t: S.LadderDef(
             _skip_blank(s, loc), _g(t, "dim"), tuple(t["clauses"])))
 
