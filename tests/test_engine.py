@@ -267,3 +267,27 @@ def test_enforce_only_where_turns_unproven_enforcement_into_a_warning() -> None:
             by_key.setdefault(d.key, []).append((d.action, d.origin))
     assert by_key["ceo@bank.example"] == [("notify", "rule"), ("notify", "unproven")]
     assert by_key["bob@example.org"] == [("notify", "rule"), ("defer", "rule")]
+
+
+SPREAD = """
+rule spread for sasl_user:
+    when distinct client_ips in 1h > 4 x usual
+    baseline min history 1d, floor 10
+    add 100 points every 1h
+ladder sasl_user:
+    at 100 points notify
+"""
+
+
+def test_usual_distinct_ips_is_the_accounts_own_spread() -> None:
+    """A roaming user on 12 addresses an hour, every hour, is usual; the same login from
+    60 addresses in an hour is not (issue 10: account_many_ips refused steady roamers)."""
+    engine = Engine(load_text(SPREAD))
+    steady = [msg(T0 + h * 3600 + i * 300, ip=f"10.{h % 7}.{i}.1", user="roamer")
+              for h in range(3 * 24) for i in range(12)]
+    assert run(engine, steady) == []
+    late = T0 + 3 * 86400
+    stolen = [msg(late + i * 30, ip=f"203.0.113.{i + 1}", user="roamer") for i in range(60)]
+    decisions = run(engine, stolen)
+    assert [(d.key, d.action) for d in decisions] == [("roamer", "notify")]
+    assert decisions[0].time < late + 30 * 60

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..events import Event
 from ..rules.model import ACTION_ORDER, Ladder, LadderStep, Rule, RuleSet
+from ..rules.vocab import split_distinct_history
 from ..store import FrequencyStore
 from .breaker import CircuitBreaker
 from .ledger import Decision, Ledger
@@ -68,7 +69,7 @@ class KeyViewOverStore:
         return self.store.baseline(
             self.dimension, self.key, metric, window, self.now,
             min_history=DEFAULT_MIN_HISTORY if min_history is None else min_history,
-            floor=DEFAULT_FLOOR)
+            floor=DEFAULT_FLOOR, daily=True)
 
 
 @dataclass
@@ -133,8 +134,15 @@ class Engine:
             "*": ruleset.half_life("*")}
         needed: dict[str, set[str]] = {}
         rules_for: dict[tuple[str, str], list[Rule]] = {}
+        # (dimension, distinct metric) -> [(its history series, period)]
+        history: dict[tuple[str, str], list[tuple[str, float]]] = {}
         for rule in ruleset.rules:
             for kind, metric, _window in rule.metrics:
+                name, period = split_distinct_history(metric)
+                if kind == "baseline" and period is not None:
+                    history.setdefault((rule.dimension, DISTINCT + name), []).append(
+                        (metric, period))
+                    needed.setdefault(rule.dimension, set()).add(DISTINCT + name)
                 if kind == "distinct":
                     metric = DISTINCT + metric
                 needed.setdefault(rule.dimension, set()).add(metric)
@@ -149,6 +157,7 @@ class Engine:
                       for rule in ruleset.rules
                       if rule.cap_action is not None and rule.dimension in ruleset.ladders}
         self._needed = needed
+        self._distinct_history = {k: sorted(set(v)) for k, v in history.items()}
         self._rules_for = rules_for
         self._candidate_cache: dict[tuple[str, ...], tuple[Rule, ...]] = {}
         self._warm_cache: dict[tuple[str, ...], tuple[Rule, ...]] = {}
@@ -181,8 +190,13 @@ class Engine:
             metric = DISTINCT + name
             wanted = needed.get(d)
             if wanted is not None and metric in wanted:
-                store.add_member(d, k, metric, member, now)
+                before = store.add_member(d, k, metric, member, now)
                 touched.setdefault((d, k), []).append(metric)
+                periods = self._distinct_history.get((d, metric))
+                if periods:
+                    for series, period in periods:
+                        if before is None or before < now - now % period:
+                            store.add(d, k, series, now, 1.0)
         if self._scoring_from is None:
             self._scoring_from = now + self.warmup
         if touched:

@@ -29,6 +29,8 @@ from .vocab import (
     QUALIFIERS,
     SUM_METRICS,
     SUM_WHY_NOT,
+    distinct_history_metric,
+    split_distinct_history,
     sum_metric_name,
 )
 
@@ -267,11 +269,14 @@ class ConditionCompiler:
                 raise ctx.error(node.loc, "a bare 'usual' needs a single metric on the other "
                                 "side of the comparison; write 'usual METRIC in WINDOW'")
             target = other
-        if target.distinct:
-            raise ctx.error(target.loc if node.metric else node.loc,
-                            "'usual' is kept for counted metrics only, not distinct counts")
-        _, m = self._metric_name(target)
+        kind, m = self._metric_name(target)
         w = ctx.window(target.window)
+        if kind == "distinct":
+            if w % 60:
+                raise ctx.error(target.window.loc if node.metric else node.loc,
+                                "the usual of a distinct count is kept per whole minutes: "
+                                "use a window like 10m or 1h")
+            m = distinct_history_metric(m, w)
         floor, hist = ctx.baseline_floor, ctx.baseline_min_history
         text = "usual " + ctx.text(target.loc, target.end)
         if hist is None:
@@ -295,7 +300,8 @@ class ConditionCompiler:
             return x
 
         key = ("baseline", m, w)
-        english = "the usual " + metric_english("sum", m, w) if node.metric else "usual"
+        english = ("the usual " + metric_english(kind, split_distinct_history(m)[0], w)
+                   if node.metric else "usual")
         return Arith(fn=fn, ex=ex, text=ctx.text(node.loc, node.end),
                      english=english, nullable=True,
                      metrics=frozenset({key}), has_usual=True)

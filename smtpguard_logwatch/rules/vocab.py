@@ -122,6 +122,19 @@ DEFAULT_HALF_LIFE = 2 * 3600.0
 DEFAULT_REPEAT_WITHIN = 30 * 86400.0
 
 
+def distinct_history_metric(name: str, window: float) -> str:
+    """The summed series behind ``usual distinct NAME in W``: +1 whenever a member is seen
+    for the first time in the current clock-aligned W period, so its sum over a period
+    is that period's distinct count (``client_ips@3600``)."""
+    return f"{name}@{int(window)}"
+
+
+def split_distinct_history(metric: str) -> tuple[str, float | None]:
+    """``client_ips@3600`` -> (``client_ips``, 3600.0); other metrics -> (metric, None)."""
+    name, sep, window = metric.partition("@")
+    return (name, float(window)) if sep else (metric, None)
+
+
 def sum_metric_name(base: str, qualifier: str | None) -> str:
     """The store's name for a summed metric: ``rejects`` or ``rejects:unknown_user``."""
     return base if qualifier is None else f"{base}:{qualifier}"
