@@ -4,7 +4,7 @@ Reference (layout is free: newlines and indentation are for the reader; ``#`` co
 
     include [optional] "FILE"          relative to this file; globs allowed; cycles are errors
     const NAME = NUMBER | DURATION     durations: 30s 10m 2h 1d 1w 1h30m; numbers: 200 0.8 80%
-    list NAME = ITEM, ITEM …           networks, user@dom, @dom, @.dom (and subdomains),
+    list NAME = [ITEM, ITEM …]         networks, user@dom, @dom, @.dom (and subdomains),
     list NAME += ITEM, …               dom.example, names, "quoted", other lists by name
     allow network|sender|sender_domain|sasl_user|recipient_domain ITEM, …
     decay half-life DURATION [for DIMENSION]
@@ -299,10 +299,11 @@ def file_grammar() -> pp.ParserElement:
     const = (_kw("const") - name_any("name") - pp.Suppress("=") - value("value")
              ).set_parse_action(lambda s, loc, t: S.ConstDef(
                      _skip_blank(s, loc), _g(t, "name"), _g(t, "value")))
+    # "list NAME =" with nothing after it is an empty list that local files extend
     list_def = (_kw("list") - name_any("name") - (pp.Literal("+=") | pp.Literal("="))("op")
-                - items("items")).set_parse_action(
+                - pp.Opt(items("items"))).set_parse_action(
         lambda s, loc, t: S.ListDef(
-                _skip_blank(s, loc), _g(t, "name"), _g(t, "op") == "+=", _g(t, "items")))
+                _skip_blank(s, loc), _g(t, "name"), _g(t, "op") == "+=", _g(t, "items", ())))
     allow = (_kw("allow") - name_any("kind") - items("items")).set_parse_action(
         lambda s, loc, t: S.Allow(_skip_blank(s, loc), _g(t, "kind"), _g(t, "items")))
     half_life = pp.Regex(r"half[-_]?life(?![\w-])").set_name("'half-life'")
