@@ -57,9 +57,10 @@ def test_replay_flags_a_guesser_during_the_warmup(tmp_path: Path) -> None:
     t0 = _t0()
     log = tmp_path / "mail.log"
     log.write_text("".join(_log(t0)))
+    # cwd outside the checkout: the installed package, not the source tree, is tested
     out = subprocess.run([sys.executable, "-m", "smtpguard_logwatch", "replay", "--json",
                           "--warmup", "1h", "--timezone", "UTC", str(log)],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, cwd="/").stdout
     decisions = [(dt.datetime.fromisoformat(d["time"].replace("Z", "+00:00")).timestamp(),
                   d["key"]) for d in json.loads(out)["decisions"]]
     assert _flagged_after(decisions, t0) <= 120
