@@ -534,6 +534,7 @@ class Compiler:
         steps: list[LadderStep] = []
         repeat: S.Repeat | None = None
         extend: S.Extend | None = None
+        mode: S.Mode | None = None
         prev: tuple[float, int] | None = None
         for c in st.clauses:
             if isinstance(c, S.Step):
@@ -550,6 +551,16 @@ class Compiler:
                     raise RuleError.at(src, c.loc, "this ladder already has a 'repeat "
                                        "offender' line")
                 repeat = c
+            elif isinstance(c, S.Mode):
+                if mode is not None:
+                    raise RuleError.at(src, c.loc, "this ladder already has a 'mode' line")
+                if c.word.name != "simulate":
+                    raise RuleError.at(src, c.word.loc, f"unknown ladder mode "
+                                       f"'{c.word.name}'{suggest(c.word.name, ['simulate'])}:"
+                                       " a ladder can only be put in 'mode simulate' (it "
+                                       "enforces otherwise, as the config's [enforcement] "
+                                       "mode says)")
+                mode = c
             else:
                 if extend is not None:
                     raise RuleError.at(src, c.loc, "this ladder already has an 'extend' line")
@@ -579,6 +590,8 @@ class Compiler:
                       repeat_growth=growth, repeat_max=up_to, repeat_within=within)
         if extend is not None:
             kw["extend_on_activity"] = self.duration(src, extend.duration, "'extend'")
+        if mode is not None:
+            kw["simulate"] = True
         return Ladder(dimension=dim, steps=tuple(steps), location=self.where(src, st.loc),
                       **kw)
 

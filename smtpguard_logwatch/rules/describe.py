@@ -75,6 +75,8 @@ def describe_ladder(ladder: Ladder) -> str:
     if ladder.extend_on_activity is not None:
         lines.append(f"  activity while penalised keeps the penalty going until at least "
                      f"{fmt_duration(ladder.extend_on_activity)} after the last event.")
+    if ladder.simulate:
+        lines.append("  SIMULATION: these decisions are recorded and mailed, never enforced.")
     lines[-1] = lines[-1].rstrip(";") + ("" if lines[-1].endswith(".") else ".")
     return "\n".join(lines)
 

@@ -18,6 +18,7 @@ Reference (layout is free: newlines and indentation are for the reader; ``#`` co
         repeat offender [within DURATION] ACTION for DURATION [, doubling | growing xN]
             [up to DURATION]
         extend DURATION on activity
+        mode simulate                  decide and notify, enforce nothing (see simulation)
 
     CONDITION: comparisons (> >= < <= == !=) of arithmetic (+ - * / x, parentheses) over
     ``METRIC in WINDOW``, ``distinct METRIC in WINDOW``, ``usual [METRIC in WINDOW]``,
@@ -43,7 +44,8 @@ from . import syntax as S
 from .errors import RuleError, Source
 
 STATEMENT_WORDS = ("include", "const", "list", "allow", "decay", "rule", "ladder")
-CLAUSE_WORDS = ("when", "unless", "where", "add", "baseline", "at", "repeat", "extend")
+CLAUSE_WORDS = ("when", "unless", "where", "add", "baseline", "at", "repeat", "extend",
+                "mode")
 RESERVED = frozenset(STATEMENT_WORDS + CLAUSE_WORDS + (
     "optional", "for", "temporary", "points", "point", "every", "min", "history", "floor",
     "and", "or", "not", "in", "usual", "distinct", "x", "authenticated", "offender",
@@ -365,10 +367,13 @@ def file_grammar() -> pp.ParserElement:
         _g(t, "growth") if "growth" in t else None, _g(t, "up_to")))
     extend = (_kw("extend") - pp.Opt(_kw("by")) - value("dur") - _kw("on") - _kw("activity")
               ).set_parse_action(lambda s, loc, t: S.Extend(_skip_blank(s, loc), _g(t, "dur")))
+    mode = (_kw("mode") - _Named(name_any, "a mode (simulate)")("word")
+            ).set_parse_action(lambda s, loc, t: S.Mode(_skip_blank(s, loc), _g(t, "word")))
     ladder = (
         _kw("ladder") - name_any("dim") - pp.Suppress(":")
         - pp.Group(pp.OneOrMore(_Named(
-            step | repeat | extend, "a ladder clause (at, repeat offender, extend)")))("clauses")
+            step | repeat | extend | mode,
+            "a ladder clause (at, repeat offender, extend, mode)")))("clauses")
     ).set_parse_action(lambda s, loc, t: S.LadderDef(
             _skip_blank(s, loc), _g(t, "dim"), tuple(t["clauses"])))
 

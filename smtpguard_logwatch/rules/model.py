@@ -164,7 +164,8 @@ class Ladder:
     ``repeat_action`` for ``repeat_duration * repeat_growth ** (n - 1)`` seconds on its
     n-th repeat, capped at ``repeat_max``. ``extend_on_activity``: while a key is
     penalised, each new event from it pushes the expiry to at least now + that many
-    seconds (SMTPGuard's ``extend``)."""
+    seconds (SMTPGuard's ``extend``). ``simulate`` (``mode simulate``): its decisions
+    are recorded and mailed but never enforced, whatever the config's mode."""
 
     dimension: str
     steps: tuple[LadderStep, ...]
@@ -176,6 +177,7 @@ class Ladder:
     repeat_within: float | None = None
     extend_on_activity: float | None = None
     location: str = ""
+    simulate: bool = False
 
     def step_for(self, points: float) -> LadderStep | None:
         """The highest step whose threshold ``points`` reaches, or None."""

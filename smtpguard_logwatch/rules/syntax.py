@@ -247,10 +247,18 @@ class Extend:
 
 
 @dataclass(frozen=True)
+class Mode:
+    """``mode simulate``: the ladder decides and notifies but nothing is enforced."""
+
+    loc: int
+    word: Name
+
+
+@dataclass(frozen=True)
 class LadderDef:
     loc: int
     dimension: Name
-    clauses: tuple[Step | Repeat | Extend, ...] = field(default=())
+    clauses: tuple[Step | Repeat | Extend | Mode, ...] = field(default=())
 
 
 Statement = Include | ConstDef | ListDef | Allow | Decay | RuleDef | LadderDef
