@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("smtpguard_logwatch.simulation")
 
 DAY = 86400.0
+# Tables only a scan or daemon checkpoint writes: their presence means it has run.
+_WORKED = ("follow_positions", "freqstore_meta", "engine_scores")
 _TABLE = ("CREATE TABLE IF NOT EXISTS enforcement_state (id INTEGER PRIMARY KEY CHECK (id = 1),"
           " created REAL NOT NULL, new_install INTEGER NOT NULL, mode TEXT)")
 
@@ -64,9 +66,11 @@ class Simulation:
 
     def __init__(self, conn: sqlite3.Connection, cfg: Config, *,
                  clock: Callable[[], float]) -> None:
-        """Open (or create) the ``enforcement_state`` row. Call it before anything else
-        creates tables in a new database: that is how a new installation is told from
-        one that existed before simulation mode did."""
+        """Open (or create) the ``enforcement_state`` row. Call it before the state
+        creates its tables: a database where ``scan`` or the daemon already saved counts
+        or log positions is an existing installation (from before simulation mode), not
+        a new one. (``list``, ``ban`` or a boot-time ``reconcile`` before the first run
+        only create the ledger; that does not make an installation old.)"""
         self.conn = conn
         self.clock = clock
         self.cfg = cfg
@@ -74,9 +78,10 @@ class Simulation:
         row = conn.execute("SELECT created, new_install, mode FROM enforcement_state"
                            " WHERE id = 1").fetchone()
         if row is None:
-            others = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'"
-                                  " AND name != 'enforcement_state'").fetchone()[0]
-            row = (clock(), int(others == 0), None)
+            worked = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'"
+                                  f" AND name IN ({', '.join('?' * len(_WORKED))})",
+                                  _WORKED).fetchone()[0]
+            row = (clock(), int(worked == 0), None)
             conn.execute("INSERT INTO enforcement_state VALUES (1, ?, ?, ?)", row)
             conn.commit()
         self.created = float(row[0])

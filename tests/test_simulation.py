@@ -214,21 +214,33 @@ def test_simulate_days_zero_enforces_from_the_start(tmp_path: Path) -> None:
 
 def test_a_database_from_before_simulation_mode_does_not_start_simulating(
         tmp_path: Path) -> None:
-    site = Site(tmp_path, days=7)
-    old = sqlite3.connect(site.cfg.state)  # an existing installation's state database
-    old.execute("CREATE TABLE decisions (id INTEGER PRIMARY KEY, time REAL NOT NULL,"
-                " dimension TEXT NOT NULL, key TEXT NOT NULL, action TEXT NOT NULL,"
-                " argument REAL, until REAL, points REAL, rules TEXT NOT NULL,"
-                " evidence TEXT NOT NULL, origin TEXT NOT NULL, revoked REAL)")
-    old.execute("INSERT INTO decisions VALUES (1, ?, 'client_ip', '192.0.2.1', 'refuse',"
-                " NULL, ?, 50, '[\"x\"]', '[]', 'rule', NULL)", (T0 - 60, T0 + 3600))
+    site = Site(tmp_path, days=0)
+    first = site.scan(guesses(T0, ip="192.0.2.1", user="old"))
+    assert first
+    old = sqlite3.connect(site.cfg.state)  # as the version before simulation mode left it
+    old.execute("DROP TABLE enforcement_state")
+    old.execute("ALTER TABLE decisions DROP COLUMN simulated")
     old.commit()
     old.close()
-    decided = site.scan(guesses(T0))
+    site.cfg.simulate_days = 7  # the upgrade came with the new sample config
+    site.now = T0 + 3600
+    decided = site.scan(guesses(site.now))
     assert decided and not any(d.simulated for d in decided)
     stored = {d.key: d for d in site.ledger()}
     assert stored["192.0.2.1"].simulated is False  # migrated: old rows were enforced
     assert ("apply", "client_ip", ATTACKER) in site.recorder.calls
+
+
+def test_list_or_reconcile_before_the_first_run_keeps_the_installation_new(
+        tmp_path: Path) -> None:
+    """The cron file runs ``reconcile`` at boot, maybe before the first ``scan``: it
+    creates the ledger, which must not pass for an installation from before
+    simulation mode."""
+    site = Site(tmp_path, days=7)
+    Operator(open_ledger(site.cfg.state), [site.recorder]).reconcile()
+    decided = site.scan(guesses(T0))
+    assert decided and all(d.simulated for d in decided)
+    assert site.recorder.calls == []
 
 
 def test_when_simulation_ends_active_simulated_penalties_are_not_applied_but_released(
