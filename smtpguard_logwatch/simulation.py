@@ -126,8 +126,8 @@ class Simulation:
             released = engine.release_penalties(
                 lambda d: d.simulated and not self._still_simulated(d, ruleset, mode))
             if released:
-                log.warning("simulation: %d simulated penalt%s still active stay unenforced; "
-                            "their keys are enforced when they next reach a ladder step",
+                log.warning("simulation: %d simulated penalt%s still in force, not applied; "
+                            "enforced when the key next reaches a ladder step",
                             released, "y" if released == 1 else "ies")
 
     def _still_simulated(self, d: Decision, ruleset: RuleSet, mode: Mode) -> bool:

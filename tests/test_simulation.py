@@ -367,8 +367,12 @@ def test_status_line_says_the_mode_and_when_enforcement_starts(tmp_path: Path) -
         state.close()
 
 
-def test_daemon_status_reports_the_mode(tmp_path: Path) -> None:
+def test_daemon_status_digest_and_reload(tmp_path: Path) -> None:
+    """``status`` and the daily digest say the mode; a reload that takes ``mode
+    simulate`` off a ladder releases its simulated penalties, so the next firing is
+    enforced."""
     from smtpguard_logwatch.daemon import commands
+    from smtpguard_logwatch.daemon.jobs import digest_text
     from smtpguard_logwatch.daemon.service import Daemon
 
     site = Site(tmp_path, mode="enforce", ladder_mode="    mode simulate")
@@ -376,10 +380,26 @@ def test_daemon_status_reports_the_mode(tmp_path: Path) -> None:
     daemon = Daemon(site.cfg, actions=[site.recorder], clock=lambda: site.now)
     try:
         mode = commands.status(daemon)["mode"]
+        assert mode["mode"] == "enforce" and mode["simulated_ladders"] == ["client_ip"]
+        assert describe_mode(mode) == "enforcing; ladders in simulation: client_ip"
+        daemon.state.feed_cursored("test", [(line, "c1") for line in
+                                              guesses(T0).splitlines()])
+        daemon.process([])
+        assert site.recorder.calls == [("apply", "sasl_user", "alice")]
+        _, body = digest_text(daemon, T0 - 60, T0 + 60)
+        assert "Mode: enforcing; ladders in simulation: client_ip" in body
+        assert f"refuse   client_ip    {ATTACKER} until" in body
+        assert [line.endswith("(simulated)") for line in body.splitlines()
+                if "until" in line] == [True, False]
+        site.rules.write_text(RULES.format(mode=""))
+        assert daemon.reload()["ok"]
+        site.now = T0 + 120
+        daemon.state.feed_cursored("test", [(line, "c2") for line in
+                                              guesses(site.now).splitlines()])
+        daemon.process([])
+        assert ("apply", "client_ip", ATTACKER) in site.recorder.calls
     finally:
         daemon.shutdown()
-    assert mode["mode"] == "enforce" and mode["simulated_ladders"] == ["client_ip"]
-    assert describe_mode(mode) == "enforcing; ladders in simulation: client_ip"
 
 
 # -- the pieces ----------------------------------------------------------------------------
