@@ -391,6 +391,12 @@ def test_daemon_status_digest_and_reload(tmp_path: Path) -> None:
         assert f"refuse   client_ip    {ATTACKER} until" in body
         assert [line.endswith("(simulated)") for line in body.splitlines()
                 if "until" in line] == [True, False]
+        from smtpguard_logwatch.engine.why import format_explanation
+
+        explained = commands.explain(daemon, ATTACKER)
+        text = format_explanation(explained, explained["decisions"])
+        assert "penalty: refuse (simulated) until" in text
+        assert f"refuse until {explained['decisions'][0]['until']} [guessing] (simulated)" in text
         site.rules.write_text(RULES.format(mode=""))
         assert daemon.reload()["ok"]
         site.now = T0 + 120
