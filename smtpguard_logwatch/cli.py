@@ -237,7 +237,8 @@ def _ask_daemon(cfg, command: str, **request: Any) -> Any:
 def _print_decision_rows(rows: list[dict[str, Any]]) -> None:
     for d in rows:
         print(f"{d['id']:>6}  {d['time']}  {d['until'] or '-':<20}  {d['dimension']:<14} "
-              f"{d['key']:<40} {d['action']:<8} {d['origin']:<7} {', '.join(d['rules'])}")
+              f"{d['key']:<40} {d['action']:<8} {d['origin']:<7} {', '.join(d['rules'])}"
+              f"{'  (simulated)' if d.get('simulated') else ''}")
 
 
 def cmd_ban(args: argparse.Namespace) -> int:
@@ -327,7 +328,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     print(f"scan: {result.lines} lines, {len(result.decisions)} decisions")
     for d in result.decisions:
         until = f" until {iso(d.until)}" if d.until is not None else ""
-        print(f"  {iso(d.time)} {d.dimension} {d.key} {d.action}{until} "
+        print(f"  {iso(d.time)} {d.dimension} {d.key} {d.action}"
+              f"{' (simulated)' if d.simulated else ''}{until} "
               f"[{', '.join(d.rules)}]")
     return 1 if result.errors else 0
 
@@ -381,6 +383,8 @@ def _daemon_answer(args: argparse.Namespace, command: str, **request: Any) -> An
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .simulation import describe_mode
+
     answer = _daemon_answer(args, "status")
     if args.json:
         print(json.dumps(answer, indent=1))
@@ -388,8 +392,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines = answer["lines"]
     cp = answer["checkpoint"]
     print(f"smtpguard-logwatch {answer['version']} pid {answer['pid']}, up "
-          f"{answer['uptime']}s since {answer['started']}"
-          f"{', DRY RUN' if answer['dry_run'] else ''}")
+          f"{answer['uptime']}s since {answer['started']}")
+    print(f"  mode: {describe_mode(answer['mode'])}")
     print(f"  config {answer['config'] or '-'}; rules {', '.join(answer['rules'])}")
     print(f"  following ({answer['watch']}):")
     for f in answer["logs"]:

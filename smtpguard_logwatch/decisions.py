@@ -23,16 +23,19 @@ def decision_json(d: Decision) -> dict[str, Any]:
         "rules": list(d.rules),
         "points": d.points,
         "origin": d.origin,
+        "simulated": d.simulated,
         "evidence": d.evidence,
     }
 
 
 def _action_text(d: Decision) -> str:
     if d.action == "delay" and d.argument:
-        return f"delay {d.argument:g}s"
-    if d.action == "throttle" and d.argument:
-        return f"throttle {d.argument:g}/min"
-    return d.action
+        text = f"delay {d.argument:g}s"
+    elif d.action == "throttle" and d.argument:
+        text = f"throttle {d.argument:g}/min"
+    else:
+        text = d.action
+    return f"{text} (simulated)" if d.simulated else text
 
 
 def evidence_lines(d: Decision) -> list[str]:

@@ -97,7 +97,7 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
     if not state.checkpoint():  # positions, counts, points, joins and decisions
         raise ScanFailed(f"could not save the state: {state.checkpoints.last_error}")
     enforcer = Enforcer(actions if actions is not None
-                        else build_actions(cfg.actions, dry_run=cfg.dry_run),
+                        else build_actions(cfg.actions),
                         state.ruleset.allowlist, state.local)
     for decision in result.decisions:
         enforcer.apply(decision)

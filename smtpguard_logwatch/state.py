@@ -37,6 +37,7 @@ from .follow import load_all as load_positions
 from .follow import save as save_position
 from .pipeline import Pipeline
 from .rules import RuleSet, default_rules_path, load_rules
+from .simulation import Simulation
 from .store import FrequencyStore
 
 log = logging.getLogger("smtpguard_logwatch.state")
@@ -74,8 +75,12 @@ class JournaledLedger(Ledger):
         self._ops: list[tuple[str, tuple]] = []
         row = conn.execute("SELECT MAX(id) FROM decisions").fetchone()
         self._next_id = (row[0] or 0) + 1
+        self.simulating: Callable[[Decision], bool] | None = None
+        """Set by State: whether a new decision is simulated (simulation.py)."""
 
     def record(self, d: Decision) -> Decision:
+        if d.id is None and self.simulating is not None:
+            d.simulated = self.simulating(d)
         if d.id is None:
             d.id = self._next_id
         self._next_id = max(self._next_id, d.id + 1)
@@ -129,7 +134,10 @@ class State:
         self.cfg = cfg
         self.clock = clock
         self.conn = connect(cfg.state)
+        self.simulation = Simulation(self.conn, cfg, clock=clock)  # first: tells a new db
         self.ledger = JournaledLedger(self.conn)
+        self.ledger.simulating = lambda d: self.simulation.simulated(d, self.ruleset,
+                                                                     self.clock())
         self.ruleset = ruleset if ruleset is not None else rules_of(cfg)
         self.local = LocalNetworks.this_host()
         self.engine = Engine(self.ruleset, store=FrequencyStore.load(self.conn),
@@ -151,6 +159,7 @@ class State:
         self.dirty = False
         self._needs_rewrite = False
         self.checkpoints = CheckpointStats()
+        self.simulation.refresh(self.engine, self.ruleset, force=True)
 
     def clock_for(self, path: str) -> Clock:
         """One Clock per log (year inference follows each file's own lines)."""
@@ -178,6 +187,7 @@ class State:
                 yield line
 
         before = self.pipeline.stats.read
+        self.simulation.refresh(self.engine, self.ruleset)
         try:
             self.pipeline.feed(text(), self.clock_for(name))
         finally:

@@ -21,7 +21,7 @@ def test_the_sample_config_loads() -> None:
     cfg = load_config(ROOT / "samples" / "config.toml")
     assert cfg.logs == ["/var/log/mail.log"]
     assert cfg.warmup == 3600
-    assert cfg.dry_run is True
+    assert (cfg.mode, cfg.simulate_days) == ("enforce", 7)
     assert cfg.breaker == {"max_refusals": 50, "window": 600, "cooldown": 1800}
     assert set(cfg.actions) == {"nftables", "postfix", "mail"}
     assert cfg.actions["nftables"]["ports"] == [25, 465, 587]

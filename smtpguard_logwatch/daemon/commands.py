@@ -56,7 +56,7 @@ def status(daemon: Daemon) -> dict[str, Any]:
     return {
         "version": __version__, "pid": os.getpid(), "config": daemon.cfg.path,
         "started": iso(daemon.started), "uptime": round(time.monotonic() - daemon.started_mono),
-        "dry_run": daemon.cfg.dry_run, "rules": daemon.rule_files,
+        "mode": daemon.mode_status(), "rules": daemon.rule_files,
         "watch": daemon.follower.backend,
         "logs": [{"path": p, "offset": (pos := state.positions.get(p)) and pos.offset,
                   "inode": pos and pos.inode} for p in daemon.cfg.logs],

@@ -136,9 +136,10 @@ class Daemon:
             with self.lock:
                 self._reconcile("start")
             self.scheduler.start()
-            log.info("started pid=%d logs=%s watch=%s rules=%s dry_run=%s socket=%s",
+            log.info("started pid=%d logs=%s watch=%s rules=%s mode=%s socket=%s",
                      os.getpid(), ",".join(self.cfg.logs) or "-", self.follower.backend,
-                     ",".join(self.rule_files), self.cfg.dry_run, self.cfg.control_socket)
+                     ",".join(self.rule_files), self.mode_status()["mode"],
+                     self.cfg.control_socket)
             while self._stop_signal is None:
                 try:
                     self._turn()
@@ -201,10 +202,15 @@ class Daemon:
 
     def log_decision(self, d: Decision, what: str) -> None:
         """One greppable line per decision, lift and manual ban."""
-        log.info("%s id=%s action=%s dimension=%s key=%s until=%s origin=%s rules=%s%s",
+        log.info("%s id=%s action=%s dimension=%s key=%s until=%s origin=%s rules=%s%s%s",
                  what, d.id, d.action, d.dimension, d.key, iso(d.until) or "-", d.origin,
-                 ",".join(d.rules), "" if what != "stale" else
+                 ",".join(d.rules), " simulated=yes" if d.simulated else "",
+                 "" if what != "stale" else
                  " (ended before it was read: recorded, not enforced)")
+
+    def mode_status(self) -> dict[str, Any]:
+        """Enforcing or simulating, why, and until when (``status``)."""
+        return self.state.simulation.status(self.state.ruleset)
 
     # -- periodic work (jobs.py schedules these) -------------------------------------------
 
@@ -221,6 +227,7 @@ class Daemon:
     def lift_expired(self) -> None:
         """Take decisions whose time is up out of the MTA maps (nft expires its own)."""
         with self.lock:
+            self.state.simulation.refresh(self.state.engine, self.state.ruleset)
             now = self.clock()
             ended = self.state.ledger.expiring(self._lifted_until, now)
             self._lifted_until = now
@@ -337,8 +344,7 @@ class Daemon:
             cfg = load_config(self.cfg.path) if self.cfg.path else self.cfg
             ruleset = rules_of(cfg)
             actions = None
-            if not self._actions_fixed and (cfg.actions != self.cfg.actions
-                                            or cfg.dry_run != self.cfg.dry_run):
+            if not self._actions_fixed and cfg.actions != self.cfg.actions:
                 actions = _build_actions(cfg)
         except (ConfigError, RuleError, ActionError) as exc:
             self.last_reload_error = str(exc).splitlines()[0]
@@ -353,6 +359,8 @@ class Daemon:
             state.ruleset = ruleset
             state.engine.set_rules(ruleset)
             state.engine.warmup = cfg.warmup
+            state.simulation.configure(cfg)
+            state.simulation.refresh(state.engine, ruleset, force=True)
             if cfg.breaker != self.cfg.breaker:
                 state.engine.breaker = breaker_of(cfg)
             if actions is not None:
@@ -418,7 +426,7 @@ class Daemon:
 
 def _build_actions(cfg: Config) -> list[Any]:
     try:
-        return build_actions(cfg.actions, dry_run=cfg.dry_run)
+        return build_actions(cfg.actions)  # simulated decisions: see Enforcer
     except TypeError as exc:
         raise ActionError(f"{cfg.path}: bad action option: {exc}") from None
 

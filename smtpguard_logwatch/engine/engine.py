@@ -394,6 +394,15 @@ class Engine:
         self._enforced.discard((dimension, key))
         self.scores.reset((dimension, key))
 
+    def release_penalties(self, which: Callable[[Decision], bool]) -> int:
+        """Forget the penalties whose decision ``which`` selects, points kept, so the
+        key's next rule firing decides afresh (simulation ended: see simulation.py)."""
+        released = [dk for dk, p in self._penalties.items() if which(p.decision)]
+        for dk in released:
+            del self._penalties[dk]
+            self._enforced.discard(dk)
+        return len(released)
+
     def penalty_of(self, dimension: str, key: str) -> tuple[Decision, float | None] | None:
         """The decision a key's penalty comes from and when the penalty ends."""
         penalty = self._penalties.get((dimension, key))

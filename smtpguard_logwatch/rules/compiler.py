@@ -550,6 +550,7 @@ class Compiler:
         steps: list[LadderStep] = []
         repeat: S.Repeat | None = None
         extend: S.Extend | None = None
+        mode: S.Mode | None = None
         only: S.EnforceOnly | None = None
         prev: tuple[float, int] | None = None
         for c in st.clauses:
@@ -567,6 +568,16 @@ class Compiler:
                     raise RuleError.at(src, c.loc, "this ladder already has a 'repeat "
                                        "offender' line")
                 repeat = c
+            elif isinstance(c, S.Mode):
+                if mode is not None:
+                    raise RuleError.at(src, c.loc, "this ladder already has a 'mode' line")
+                if c.word.name != "simulate":
+                    raise RuleError.at(src, c.word.loc, f"unknown ladder mode "
+                                       f"'{c.word.name}'{suggest(c.word.name, ['simulate'])}:"
+                                       " a ladder can only be put in 'mode simulate' (it "
+                                       "enforces otherwise, as the config's [enforcement] "
+                                       "mode says)")
+                mode = c
             elif isinstance(c, S.EnforceOnly):
                 if only is not None:
                     raise RuleError.at(src, c.loc, "this ladder already has an 'enforce only "
@@ -609,6 +620,8 @@ class Compiler:
             condition, _ = top_level(cond)
             kw.update(enforce_only=condition, enforce_only_text=cond.english,
                       enforce_only_metrics=cond.metrics)
+        if mode is not None:
+            kw["simulate"] = True
         return Ladder(dimension=dim, steps=tuple(steps), location=self.where(src, st.loc),
                       **kw)
 

@@ -85,6 +85,8 @@ def describe_ladder(ladder: Ladder) -> str:
     if ladder.enforce_only is not None:
         lines.append(f"  steps beyond notify are enforced only where "
                      f"{ladder.enforce_only_text}; elsewhere they only notify.")
+    if ladder.simulate:
+        lines.append("  SIMULATION: these decisions are recorded and mailed, never enforced.")
     lines[-1] = lines[-1].rstrip(";") + ("" if lines[-1].endswith(".") else ".")
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ Reference (layout is free: newlines and indentation are for the reader; ``#`` co
             [up to DURATION]
         extend DURATION on activity
         enforce only where CONDITION   otherwise enforcing steps only notify
+        mode simulate                  decide and notify, enforce nothing (see simulation)
 
     CONDITION: comparisons (> >= < <= == !=) of arithmetic (+ - * / x, parentheses) over
     ``METRIC in WINDOW``, ``distinct METRIC in WINDOW``, ``usual [METRIC in WINDOW]``,
@@ -45,7 +46,7 @@ from .errors import RuleError, Source
 
 STATEMENT_WORDS = ("include", "const", "list", "allow", "decay", "rule", "ladder")
 CLAUSE_WORDS = ("when", "unless", "where", "add", "baseline", "at", "repeat", "extend",
-                "enforce")
+                "enforce", "mode")
 RESERVED = frozenset(STATEMENT_WORDS + CLAUSE_WORDS + (
     "optional", "for", "temporary", "points", "point", "every", "min", "history", "floor",
     "and", "or", "not", "in", "usual", "distinct", "x", "authenticated", "offender",
@@ -372,11 +373,14 @@ def file_grammar() -> pp.ParserElement:
     enforce_only = (_kw("enforce") - _kw("only") - _kw("where") - cond("expr")
                     ).set_parse_action(lambda s, loc, t: S.EnforceOnly(
                         _skip_blank(s, loc), _g(t, "expr")))
+    mode = (_kw("mode") - _Named(name_any, "a mode (simulate)")("word")
+            ).set_parse_action(lambda s, loc, t: S.Mode(_skip_blank(s, loc), _g(t, "word")))
     ladder = (
         _kw("ladder") - name_any("dim") - pp.Suppress(":")
         - pp.Group(pp.OneOrMore(_Named(
-            step | repeat | extend | enforce_only,
-            "a ladder clause (at, repeat offender, extend, enforce only where)")))("clauses")
+            step | repeat | extend | enforce_only | mode,
+            "a ladder clause (at, repeat offender, extend, enforce only where, mode)"
+        )))("clauses")
     ).set_parse_action(lambda s, loc, t: S.LadderDef(
             _skip_blank(s, loc), _g(t, "dim"), tuple(t["clauses"])))
 

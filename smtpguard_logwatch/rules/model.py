@@ -169,7 +169,8 @@ class Ladder:
     ``repeat_action`` for ``repeat_duration * repeat_growth ** (n - 1)`` seconds on its
     n-th repeat, capped at ``repeat_max``. ``extend_on_activity``: while a key is
     penalised, each new event from it pushes the expiry to at least now + that many
-    seconds (SMTPGuard's ``extend``)."""
+    seconds (SMTPGuard's ``extend``). ``simulate`` (``mode simulate``): its decisions
+    are recorded and mailed but never enforced, whatever the config's mode."""
 
     dimension: str
     steps: tuple[LadderStep, ...]
@@ -186,6 +187,7 @@ class Ladder:
     enforce_only: Callable[[KeyView], bool] | None = field(default=None, compare=False)
     enforce_only_text: str = ""
     enforce_only_metrics: frozenset[tuple[str, str, float]] = frozenset()
+    simulate: bool = False
 
     def cap_below(self, action: str) -> float | None:
         """Points just below the first step above the last ``action`` step: where an

@@ -254,10 +254,18 @@ class EnforceOnly:
 
 
 @dataclass(frozen=True)
+class Mode:
+    """``mode simulate``: the ladder decides and notifies but nothing is enforced."""
+
+    loc: int
+    word: Name
+
+
+@dataclass(frozen=True)
 class LadderDef:
     loc: int
     dimension: Name
-    clauses: tuple[Step | Repeat | Extend | EnforceOnly, ...] = field(default=())
+    clauses: tuple[Step | Repeat | Extend | EnforceOnly | Mode, ...] = field(default=())
 
 
 Statement = Include | ConstDef | ListDef | Allow | Decay | RuleDef | LadderDef
