@@ -45,6 +45,8 @@ def save_engine(engine: Engine, conn: sqlite3.Connection) -> None:
     if engine._scoring_from is not None:
         conn.execute("INSERT INTO engine_meta VALUES ('scoring_from', ?)",
                      (engine._scoring_from,))
+    if engine.watch_start is not None:
+        conn.execute("INSERT INTO engine_meta VALUES ('watch_start', ?)", (engine.watch_start,))
 
 
 def load_engine(engine: Engine, conn: sqlite3.Connection) -> None:
@@ -73,3 +75,8 @@ def load_engine(engine: Engine, conn: sqlite3.Connection) -> None:
     row = conn.execute("SELECT value FROM engine_meta WHERE name = 'scoring_from'").fetchone()
     if row is not None:
         engine._scoring_from = row[0]
+    row = conn.execute("SELECT value FROM engine_meta WHERE name = 'watch_start'").fetchone()
+    if row is not None:
+        engine.watch_start = row[0]
+    elif engine._scoring_from is not None:  # saved before the start was kept: long ago
+        engine.watch_start = float("-inf")

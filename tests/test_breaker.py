@@ -1,0 +1,187 @@
+"""The circuit breaker (issue 11, item 2): it stops a rule gone wrong that refuses the
+site's own correspondents, and it cannot be used by attackers to switch enforcement
+off — many independent attackers, each caught by a clear rule, are all refused."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator
+
+from smtpguard_logwatch.config import Config
+from smtpguard_logwatch.engine import Engine
+from smtpguard_logwatch.engine.ledger import Decision
+from smtpguard_logwatch.events import AuthFailure, Event, MessageAccepted
+from smtpguard_logwatch.rules import default_rules_path, load_rules, load_text
+from smtpguard_logwatch.state import breaker_of
+from smtpguard_logwatch.store import FrequencyStore
+
+T0 = 1_772_500_000.0
+HOUR = 3600.0
+ENFORCING = {"delay", "throttle", "defer", "hold", "refuse"}
+
+
+def customers(n: int, start: float, end: float, every: float = 600.0) -> Iterator[Event]:
+    """``n`` ordinary customers, each delivering a message every ``every`` seconds."""
+    t = start
+    while t < end:
+        for i in range(n):
+            yield MessageAccepted(t + i, "mx", f"198.51.100.{i + 1}", f"Q{int(t)}x{i}",
+                                  f"user{i}@customer.example", 2000, 1)
+        t += every
+
+
+def brute_forcer(ip: str, start: float, tries: int = 180, every: float = 10.0) -> Iterator[Event]:
+    """One throwaway IP guessing passwords: ``tries`` failures ``every`` seconds apart."""
+    for k in range(tries):
+        yield AuthFailure(start + k * every, "mx", ip, "LOGIN", f"guess{k}")
+
+
+def merged(*streams: Iterable[Event]) -> Iterator[Event]:
+    return heapq.merge(*streams, key=lambda ev: ev.time)
+
+
+def run(engine: Engine, events: Iterable[Event]) -> list[Decision]:
+    for ev in events:
+        engine.consume(ev)
+    return list(engine.decisions())
+
+
+def attackers(n: int, start: float, spacing: float = 1.0) -> list[Iterator[Event]]:
+    return [brute_forcer(f"203.0.{113 + k // 250}.{k % 250 + 1}", start + k * spacing)
+            for k in range(n)]
+
+
+def default_engine() -> Engine:
+    """The shipped rules and the configured defaults, as ``run`` and ``scan`` use them."""
+    cfg = Config()
+    return Engine(load_rules([default_rules_path()]), breaker=breaker_of(cfg),
+                  warmup=cfg.warmup)
+
+
+BROKEN = """
+rule broken for client_ip:                 # a rule gone wrong: every client that sends mail
+    when messages in 1h > 0
+    add 200 points every 10m
+rule auth_guessing for client_ip:
+    when auth_failures in 2m > 8
+    add 200 points
+ladder client_ip:
+    at 100 points refuse for 2h
+"""
+
+
+def test_two_hundred_brute_forcers_are_all_refused() -> None:
+    """Scenario 1: 200 independent IPs guessing passwords, among a site's ordinary
+    traffic. None of them ever delivered mail, so none counts towards the breaker: all
+    200 are refused. (The old breaker counted every enforcing decision and let only
+    its first max_refusals through: 25 refused, 175 "notify (breaker)".)"""
+    engine = default_engine()
+    start = T0 + 2 * HOUR
+    decisions = run(engine, merged(customers(40, T0, T0 + 4 * HOUR),
+                                   *attackers(200, start, spacing=1.5)))
+    enforced = {d.key for d in decisions if d.action in ENFORCING and d.origin == "rule"}
+    assert len(enforced) == 200
+    refused = {d.key for d in decisions if d.action == "refuse" and d.origin == "rule"
+               and d.revoked is None}
+    assert len(refused) == 200
+    assert all(key.startswith("203.0.") for key in refused)
+    assert not [d for d in decisions if d.origin == "breaker"]
+    assert engine.breaker.tripped_rules(T0 + 4 * HOUR) == {}
+
+
+def test_a_rule_refusing_every_client_is_stopped_and_its_refusals_revoked() -> None:
+    """Scenario 2, fresh start: a broken rule fires on every customer. After
+    max_refusals refusals of sources with accepted mail, the rule is held back for all
+    keys, every refusal it made is revoked and the others become notifications."""
+    engine = Engine(load_text(BROKEN), breaker=breaker_of(Config()))
+    revoked: list[Decision] = []
+    engine.on_revoke = revoked.append
+    decisions = run(engine, customers(60, T0, T0 + HOUR))
+    assert engine.ledger.active(T0 + HOUR) == []
+    limit = engine.breaker.max_refusals
+    assert limit == 20
+    enforcing = [d for d in decisions if d.action in ENFORCING]
+    assert len(enforcing) == limit  # refused, then revoked
+    assert all(d.revoked is not None for d in enforcing)
+    assert {d.id for d in revoked} == {d.id for d in enforcing}
+    held = [d for d in decisions if d.origin == "breaker"]
+    assert len(held) >= 60 - limit and all(d.action == "notify" for d in held)
+    assert "rule broken held back" in held[0].evidence[-1]["circuit_breaker"]
+    assert engine.ledger.active(T0 + HOUR) == []
+    assert set(engine.breaker.tripped_rules(T0 + HOUR)) == {"broken"}
+    penalty = engine.penalty_of("client_ip", enforcing[0].key)
+    assert penalty is None or penalty[0].origin == "breaker"  # no longer the refusal
+
+
+def test_a_broken_rule_loaded_into_a_running_site_is_stopped() -> None:
+    """The same with days of history: customers who have delivered for a day, then a
+    reload brings in the broken rule. Their standing comes from mail older than an
+    hour (they were not first seen in the first hour of watching)."""
+    quiet = ("rule quiet for client_ip:\n when messages in 1h > 1000\n add 1 points\n"
+             "ladder client_ip:\n at 100 points refuse for 1h\n")
+    engine = Engine(load_text(quiet), breaker=breaker_of(Config()))
+    run(engine, merged(customers(1, T0, T0 + 2 * HOUR),  # the first hour of watching
+                       customers(60, T0 + 2 * HOUR, T0 + 26 * HOUR)))
+    engine.set_rules(load_text(BROKEN))
+    decisions = run(engine, customers(60, T0 + 26 * HOUR, T0 + 27 * HOUR))
+    enforcing = [d for d in decisions if d.action in ENFORCING]
+    assert len(enforcing) == 20 and all(d.revoked is not None for d in enforcing)
+    assert engine.ledger.active(T0 + 27 * HOUR) == []
+
+
+def test_a_held_back_rule_does_not_hold_back_the_others() -> None:
+    engine = Engine(load_text(BROKEN), breaker=breaker_of(Config()))
+    decisions = run(engine, merged(customers(60, T0, T0 + HOUR),
+                                   *attackers(5, T0 + 1800)))
+    refused = {d.key for d in decisions if d.action == "refuse" and d.revoked is None}
+    assert refused == {f"203.0.113.{k}" for k in range(1, 6)}
+    assert engine.breaker.is_tripped(T0 + HOUR, "broken")
+    assert all(d.rules == ("auth_guessing",) for d in decisions
+               if d.key in refused)
+
+
+def test_an_attacker_cannot_hold_the_breaker_tripped() -> None:
+    """Scenario 3: the password rule trips on good grounds — 60 customers with a stale
+    password after a change (they all have mail history) — and attackers keep guessing
+    for hours from new IPs. Held back attempts by sources without standing do not extend
+    the cooldown: 30 minutes after the customers' last failure the rule refuses again.
+    (With the old breaker every held back refusal extended it: the attackers kept the
+    breaker tripped and were never refused.)"""
+    engine = default_engine()
+    stale = [brute_forcer(f"198.51.100.{i + 1}", T0 + 3 * HOUR + i * 2.0, tries=40,
+                          every=3.0) for i in range(60)]
+    guessing = attackers(240, T0 + 3 * HOUR + 60, spacing=45.0)  # 3 hours of new IPs
+    decisions = run(engine, merged(customers(60, T0, T0 + 7 * HOUR), *stale, *guessing))
+    tripped = [d for d in decisions if d.origin == "breaker"]
+    assert tripped, "the customers' refusals trip the rule"
+    last_customer_failure = T0 + 3 * HOUR + 59 * 2.0 + 39 * 3.0
+    recovered = last_customer_failure + engine.breaker.cooldown
+    late = {d.key for d in decisions if d.time > recovered + 600
+            and d.key.startswith("203.0.")}
+    refused_late = {d.key for d in decisions if d.time > recovered + 600
+                    and d.action == "refuse" and d.origin == "rule"}
+    assert len(late) > 100
+    assert refused_late == late
+    customers_refused = [d for d in decisions if d.key.startswith("198.51.100.")
+                         and d.action in ENFORCING]
+    assert customers_refused and all(d.revoked is not None for d in customers_refused)
+
+
+def test_good_standing_needs_accepted_mail_older_than_an_hour() -> None:
+    store = FrequencyStore()
+    store.add("client_ip", "192.0.2.1", "connections", T0)  # watched from T0
+    store.add("client_ip", "192.0.2.2", "messages", T0 + 5 * HOUR)
+    store.add("client_ip", "192.0.2.3", "messages", T0 + 5 * HOUR + 1800)
+    store.add("client_ip", "192.0.2.4", "auth_failures", T0 + 10)  # first hour, no mail
+    store.add("client_ip", "192.0.2.5", "messages", T0 + 20)  # first hour, with mail
+    now = T0 + 6 * HOUR + 600
+
+    def good(ip: str, at: float = now) -> bool:
+        return store.in_good_standing("client_ip", ip, at, fresh_from=T0)
+
+    assert good("192.0.2.2")  # mail 70 minutes ago
+    assert not good("192.0.2.3")  # mail 40 minutes ago only: bought just before
+    assert not good("192.0.2.4") and not good("192.0.2.1")
+    assert good("192.0.2.5", T0 + 30)  # seen in the first hour of watching, with mail
+    assert not good("unknown")
+    assert not good("192.0.2.2", T0 + 5 * HOUR + 9 * 86400)  # history older than 8 days
