@@ -5,13 +5,21 @@ off — many independent attackers, each caught by a clear rule, are all refused
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
+import pytest
+from test_daemon import Recorder, Running, request, wait_for
+from test_daemon import config as daemon_config
+
+from smtpguard_logwatch.cli import main as cli_main
 from smtpguard_logwatch.config import Config
 from smtpguard_logwatch.engine import Engine
 from smtpguard_logwatch.engine.ledger import Decision
 from smtpguard_logwatch.events import AuthFailure, Event, MessageAccepted
 from smtpguard_logwatch.rules import default_rules_path, load_rules, load_text
+from smtpguard_logwatch.scan import run_scan
 from smtpguard_logwatch.state import breaker_of
 from smtpguard_logwatch.store import FrequencyStore
 
@@ -185,3 +193,81 @@ def test_good_standing_needs_accepted_mail_older_than_an_hour() -> None:
     assert good("192.0.2.5", T0 + 30)  # seen in the first hour of watching, with mail
     assert not good("unknown")
     assert not good("192.0.2.2", T0 + 5 * HOUR + 9 * 86400)  # history older than 8 days
+
+
+# -- the daemon lifts what the breaker revoked; scan never applies it ---------------------
+
+BROKEN_FILE = """\
+rule broken for client_ip:
+    when messages in 1h > 0
+    add 200 points
+ladder client_ip:
+    at 100 points refuse for 2h
+"""
+
+
+def accepted(ip: str, n: int, when: float) -> list[str]:
+    """A Postfix message from ``ip`` accepted and delivered, stamped ``when``."""
+    stamp = time.strftime("%b %e %H:%M:%S", time.gmtime(when))
+    qid = f"{0xA0000 + n:X}B{n:04d}"
+    return [f"{stamp} mx postfix/{prog}: {text}\n" for prog, text in (
+        ("smtpd[100]", f"connect from h[{ip}]"),
+        ("smtpd[100]", f"{qid}: client=h[{ip}]"),
+        ("cleanup[5]", f"{qid}: message-id=<{n}@customer.example>"),
+        ("qmgr[3]", f"{qid}: from=<u{n}@customer.example>, size=900, nrcpt=1 (queue active)"),
+        ("smtp[7]", f"{qid}: to=<a@dest.example>, relay=mx.dest.example[198.51.100.200]:25, "
+                    "delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0, status=sent (250 2.0.0 Ok)"),
+        ("qmgr[3]", f"{qid}: removed"),
+        ("smtpd[100]", f"disconnect from h[{ip}] ehlo=1 mail=1 rcpt=1 data=1 quit=1 "
+                       "commands=5"),
+    )]
+
+
+def test_the_daemon_lifts_revoked_refusals_and_status_names_the_rule(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = daemon_config(tmp_path, rules=BROKEN_FILE)
+    rec = Recorder()
+    running = Running(cfg, [rec])
+    try:
+        now = time.time()
+        with open(cfg.logs[0], "a") as fh:
+            for n in range(10):
+                fh.writelines(accepted(f"198.51.100.{n + 1}", n, now))
+        wait_for(lambda: len(rec.applied) == 10, 10, "ten refusals")
+        with open(cfg.logs[0], "a") as fh:
+            for n in range(10, 40):
+                fh.writelines(accepted(f"198.51.100.{n + 1}", n, now))
+        wait_for(lambda: len(rec.revoked) >= 10, 10, "the revocations")
+        wait_for(lambda: request(cfg.control_socket, "status")["lines"]["read"] == 280, 10,
+                 "all lines")
+        status = request(cfg.control_socket, "status")
+        assert set(status["breaker"]["held_back"]) == {"broken"}
+        assert status["breaker"]["trips"] == {"broken": 1}
+        assert status["active"] == {}
+        applied = {d.id for _, d in rec.applied}
+        assert 10 <= len(applied) <= 20  # refusals in a batch that tripped: never applied
+        assert applied == {d.id for _, d in rec.revoked}
+        config_file = tmp_path / "config.toml"
+        config_file.write_text(f"[state]\ncontrol_socket = '{cfg.control_socket}'\n"
+                               f"database = '{cfg.state}'\n")
+        assert cli_main(["status", "--config", str(config_file)]) == 0
+        assert "CIRCUIT BREAKER: rule broken held back until " in capsys.readouterr().out
+    finally:
+        running.stop()
+
+
+def test_scan_does_not_apply_what_the_breaker_revoked(tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    now = time.time()
+    with open(log, "w") as fh:
+        for n in range(40):
+            fh.writelines(accepted(f"198.51.100.{n + 1}", n, now - 60))
+    rules = tmp_path / "broken.rules"
+    rules.write_text(BROKEN_FILE)
+    cfg = Config(path=None, logs=[str(log)], timezone="UTC", rules=[str(rules)],
+                 state=str(tmp_path / "state.sqlite"), warmup=0.0)
+    rec = Recorder()
+    result = run_scan(cfg, actions=[rec])
+    assert len([d for d in result.decisions if d.action == "refuse"]) == 20
+    assert rec.applied == []
+    assert rec.reconciled[-1] == []
