@@ -5,6 +5,7 @@ off — many independent attackers, each caught by a clear rule, are all refused
 from __future__ import annotations
 
 import heapq
+import json
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -271,3 +272,19 @@ def test_scan_does_not_apply_what_the_breaker_revoked(tmp_path: Path) -> None:
     assert len([d for d in result.decisions if d.action == "refuse"]) == 20
     assert rec.applied == []
     assert rec.reconciled[-1] == []
+
+
+def test_replay_shows_what_the_breaker_revoked(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "mail.log"
+    with open(log, "w") as fh:
+        for n in range(30):
+            fh.writelines(accepted(f"198.51.100.{n + 1}", n, T0 + n))
+    rules = tmp_path / "broken.rules"
+    rules.write_text(BROKEN_FILE)
+    assert cli_main(["replay", "--rules", str(rules), "--warmup", "0", "--json",
+                     str(log)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    refusals = [d for d in doc["decisions"] if d["action"] == "refuse"]
+    assert len(refusals) == 20 and all(d["revoked"] for d in refusals)
+    assert all(d["revoked"] is None for d in doc["decisions"] if d["origin"] == "breaker")
