@@ -272,6 +272,13 @@ def test_scan_does_not_apply_what_the_breaker_revoked(tmp_path: Path) -> None:
     assert len([d for d in result.decisions if d.action == "refuse"]) == 20
     assert rec.applied == []
     assert rec.reconciled[-1] == []
+    # the next run remembers that the rule is held back: no 20 more refusals
+    with open(log, "a") as fh:
+        for n in range(40, 80):
+            fh.writelines(accepted(f"198.51.100.{n + 1}", n, now - 30))
+    result = run_scan(cfg, actions=[rec])
+    assert result.decisions and all(d.origin == "breaker" for d in result.decisions)
+    assert rec.applied == []
 
 
 def test_replay_shows_what_the_breaker_revoked(tmp_path: Path,

@@ -367,7 +367,9 @@ class Daemon:
             state.engine.set_rules(ruleset)
             state.engine.warmup = cfg.warmup
             if cfg.breaker != self.cfg.breaker:
-                state.engine.breaker = breaker_of(cfg)
+                breaker = breaker_of(cfg)
+                breaker.restore(state.engine.breaker.holds())  # held-back rules stay so
+                state.engine.breaker = breaker
             if actions is not None:
                 _close_actions(self.actions)
                 self.actions = actions

@@ -107,6 +107,20 @@ class CircuitBreaker:
         tripped = self.tripped_rules(now)
         return bool(tripped) if rule is None else rule in tripped
 
+    def holds(self) -> list[tuple[str, float | None, int]]:
+        """(rule, held back until or None, trips) for saving with the engine state."""
+        return [(rule, self._until.get(rule), self.trips.get(rule, 0))
+                for rule in sorted(set(self._until) | set(self.trips))]
+
+    def restore(self, holds: Iterable[tuple[str, float | None, int]]) -> None:
+        """Take back what :meth:`holds` gave (after a restart, or from the breaker a
+        reload replaces): a held-back rule stays held back."""
+        for rule, until, trips in holds:
+            if until is not None:
+                self._until[rule] = max(until, self._until.get(rule, until))
+            if trips:
+                self.trips[rule] = self.trips.get(rule, 0) + int(trips)
+
     @property
     def total_trips(self) -> int:
         return sum(self.trips.values())
