@@ -162,7 +162,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "rules": {"files": _rule_files, "warmup": parse_duration},
     "state": {"database": _string, "control_socket": _string},
     "enforcement": {"dry_run": _boolean},
-    "breaker": {"max_refusals": _count_within(1, 100_000),
+    "breaker": {"max_refusals": _count_within(1, 1_000_000),
                 "window": _duration_within(60, 8 * 86400),
                 "cooldown": _duration_within(60, 7 * 86400)},
     "daemon": {"checkpoint": parse_duration, "expire_every": parse_duration,
