@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also run these rule file(s) over the same logs and show what "
                              "they would have decided differently (repeatable)")
     replay.add_argument("--warmup", default="1h", metavar="DURATION",
-                        help="log time at the start that only builds history, without "
-                             "deciding (default 1h; 0 to decide from the first line)")
+                        help="log time at the start during which rules that compare "
+                             "with a key's past only build history (default 1h; rules "
+                             "that need no history act from the first line)")
     replay.add_argument("--max-decisions", type=int, default=50, metavar="N",
                         help="decisions shown in the text timeline (default 50; --json has all)")
     _add_input_options(replay)

@@ -83,14 +83,15 @@ def test_two_hundred_brute_forcers_are_all_refused() -> None:
     """Scenario 1: 200 independent IPs guessing passwords, among a site's ordinary
     traffic. None of them ever delivered mail, so none counts towards the breaker: all
     200 are refused. (The old breaker counted every enforcing decision and let only
-    its first max_refusals through: 25 refused, 175 "notify (breaker)".)"""
+    its first 50 through: 50 of them were delayed, none refused.)"""
     engine = default_engine()
     start = T0 + 2 * HOUR
     decisions = run(engine, merged(customers(40, T0, T0 + 4 * HOUR),
                                    *attackers(200, start, spacing=1.5)))
-    enforced = {d.key for d in decisions if d.action in ENFORCING and d.origin == "rule"}
+    ips = [d for d in decisions if d.dimension == "client_ip"]
+    enforced = {d.key for d in ips if d.action in ENFORCING and d.origin == "rule"}
     assert len(enforced) == 200
-    refused = {d.key for d in decisions if d.action == "refuse" and d.origin == "rule"
+    refused = {d.key for d in ips if d.action == "refuse" and d.origin == "rule"
                and d.revoked is None}
     assert len(refused) == 200
     assert all(key.startswith("203.0.") for key in refused)
@@ -165,14 +166,14 @@ def test_an_attacker_cannot_hold_the_breaker_tripped() -> None:
     assert tripped, "the customers' refusals trip the rule"
     last_customer_failure = T0 + 3 * HOUR + 59 * 2.0 + 39 * 3.0
     recovered = last_customer_failure + engine.breaker.cooldown
-    late = {d.key for d in decisions if d.time > recovered + 600
-            and d.key.startswith("203.0.")}
-    refused_late = {d.key for d in decisions if d.time > recovered + 600
+    ips = [d for d in decisions if d.dimension == "client_ip"]
+    late = {d.key for d in ips if d.time > recovered + 600 and d.key.startswith("203.0.")}
+    refused_late = {d.key for d in ips if d.time > recovered + 600
                     and d.action == "refuse" and d.origin == "rule"}
     assert len(late) > 100
     assert refused_late == late
     customers_refused = [d for d in decisions if d.key.startswith("198.51.100.")
-                         and d.action in ENFORCING]
+                         and d.dimension == "client_ip" and d.action in ENFORCING]
     assert customers_refused and all(d.revoked is not None for d in customers_refused)
 
 

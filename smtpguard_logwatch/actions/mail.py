@@ -703,7 +703,9 @@ class WarningMailAction:
             lines.append(f"  Points:  {fmt_number(round(d.points, 2))}")
         origin = {"rule": "the rules", "manual": "an operator (manual)",
                   "breaker": "the circuit breaker: the rules wanted more, enforcement is "
-                             "paused because too many sources escalated at once"}
+                             "paused because too many sources escalated at once",
+                  "unproven": "the rules, as a warning only: the ladder enforces only where "
+                              "its 'enforce only where' condition holds, and it did not"}
         lines.append(f"  By:      {origin.get(d.origin, quote(d.origin))}")
         rules = [e for e in d.evidence if isinstance(e, dict) and "rule" in e]
         if rules or d.rules:

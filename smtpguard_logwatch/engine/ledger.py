@@ -33,7 +33,8 @@ CREATE INDEX IF NOT EXISTS decisions_until ON decisions (until);
 @dataclass
 class Decision:
     """One decision. ``until`` None means it has no end (a notification).
-    ``origin``: ``rule`` (the engine), ``manual`` (an operator), ``breaker``."""
+    ``origin``: ``rule`` (the engine), ``manual`` (an operator), ``breaker``,
+    ``unproven`` (the ladder's ``enforce only where`` did not hold: a warning only)."""
 
     time: float
     dimension: str
