@@ -83,7 +83,7 @@ def test_two_hundred_brute_forcers_are_all_refused() -> None:
     """Scenario 1: 200 independent IPs guessing passwords, among a site's ordinary
     traffic. None of them ever delivered mail, so none counts towards the breaker: all
     200 are refused. (The old breaker counted every enforcing decision and let only
-    its first 50 through: 50 of them were delayed, none refused.)"""
+    its first 50 through: 38 of the attackers were delayed, 12 refused.)"""
     engine = default_engine()
     start = T0 + 2 * HOUR
     decisions = run(engine, merged(customers(40, T0, T0 + 4 * HOUR),
