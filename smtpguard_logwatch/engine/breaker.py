@@ -120,7 +120,3 @@ class CircuitBreaker:
                 self._until[rule] = max(until, self._until.get(rule, until))
             if trips:
                 self.trips[rule] = self.trips.get(rule, 0) + int(trips)
-
-    @property
-    def total_trips(self) -> int:
-        return sum(self.trips.values())
