@@ -150,6 +150,19 @@ def test_a_held_back_rule_does_not_hold_back_the_others() -> None:
                if d.key in refused)
 
 
+def test_a_revoked_refusal_is_no_repeat_offence() -> None:
+    rules = load_text(BROKEN.replace("ladder client_ip:", "decay half-life 1h\nladder client_ip:")
+                      + "    repeat offender within 1d refuse for 1d\n")
+    engine = Engine(rules, breaker=breaker_of(Config()))
+    run(engine, customers(30, T0, T0 + 1800))
+    first = [d for d in engine.decisions() if d.key == "198.51.100.1"]
+    assert first[0].action == "refuse" and first[0].revoked is not None
+    later = run(engine, brute_forcer("198.51.100.1", T0 + 5 * HOUR, tries=20))[-1]
+    assert (later.key, later.action, later.rules) == ("198.51.100.1", "refuse",
+                                                       ("auth_guessing",))
+    assert later.until - later.time == 2 * HOUR  # the first step, not the repeat's 1 day
+
+
 def test_an_attacker_cannot_hold_the_breaker_tripped() -> None:
     """Scenario 3: the password rule trips on good grounds — 60 customers with a stale
     password after a change (they all have mail history) — and attackers keep guessing
