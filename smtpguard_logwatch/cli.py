@@ -405,8 +405,8 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"time, {lines['internal_errors']} internal errors")
     print(f"  events {answer['events']}; decided "
           f"{_counts(answer['decided'])}; in force {_counts(answer['active'])}")
-    if answer["breaker"]["tripped_until"]:
-        print(f"  CIRCUIT BREAKER tripped until {answer['breaker']['tripped_until']}")
+    for rule, until in sorted(answer["breaker"]["held_back"].items()):
+        print(f"  CIRCUIT BREAKER: rule {rule} held back until {until}")
     print(f"  checkpoints {cp['done']} saved, {cp['failed']} failed; last {cp['last'] or '-'} "
           f"({cp['seconds']}s)" + (f"; LAST ERROR {cp['error']}" if cp["error"] else ""))
     print(f"  actions {', '.join(answer['actions']) or 'none'}; {answer['action_errors']} "

@@ -64,7 +64,7 @@ class Config:
     mode: str = "enforce"  # [enforcement] mode: enforce | simulate (see simulation.py)
     simulate_days: float = 0.0  # a new state database simulates this many days first
     breaker: dict[str, float] = field(
-        default_factory=lambda: {"max_refusals": 50, "window": 600.0, "cooldown": 1800.0})
+        default_factory=lambda: {"max_refusals": 20, "window": 600.0, "cooldown": 1800.0})
     actions: dict[str, dict[str, Any]] = field(default_factory=dict)
     daemon: DaemonSettings = field(default_factory=lambda: DaemonSettings())
 
@@ -155,13 +155,32 @@ def _count(v: Any) -> int:
     return v
 
 
+def _count_within(low: int, high: int):
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return v
+    return check
+
+
+def _duration_within(low: float, high: float):
+    def check(v: Any) -> float:
+        seconds = parse_duration(v)
+        if not low <= seconds <= high:  # also refuses nan and inf
+            raise ValueError(f"expected a duration from {low:g}s to {high:g}s, got {v!r}")
+        return seconds
+    return check
+
+
 _SCHEMA: dict[str, dict[str, Any]] = {
     "logs": {"files": _str_list, "parsers": _str_list, "timezone": _string},
     "rules": {"files": _rule_files, "warmup": parse_duration},
     "state": {"database": _string, "control_socket": _string},
     "enforcement": {"mode": _choice("enforce", "simulate"), "simulate_days": _days,
                     "dry_run": _boolean},
-    "breaker": {"max_refusals": _count, "window": parse_duration, "cooldown": parse_duration},
+    "breaker": {"max_refusals": _count_within(1, 1_000_000),
+                "window": _duration_within(60, 8 * 86400),
+                "cooldown": _duration_within(60, 7 * 86400)},
     "daemon": {"checkpoint": parse_duration, "expire_every": parse_duration,
                "reconcile": parse_duration, "watch": _choice("auto", "inotify", "poll"),
                "poll_interval": parse_duration,

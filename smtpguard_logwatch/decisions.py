@@ -25,6 +25,7 @@ def decision_json(d: Decision) -> dict[str, Any]:
         "origin": d.origin,
         "simulated": d.simulated,
         "evidence": d.evidence,
+        "revoked": iso(d.revoked),  # the circuit breaker (or an operator) took it back
     }
 
 
@@ -65,6 +66,8 @@ def write_timeline(out: TextIO, decisions: Iterable[Decision], *, title: str = "
         until = f" until {iso(d.until)}" if d.until is not None else ""
         out.write(f"  {iso(d.time)}  {d.dimension} {d.key}  {_action_text(d)}{until}"
                   f"  [{d.points:g} points; {', '.join(d.rules)}]\n")
+        if d.revoked is not None:
+            out.write(f"      REVOKED {iso(d.revoked)} (circuit breaker)\n")
         for line in evidence_lines(d):
             out.write(f"      {line}\n")
     if limit is not None and len(decisions) > limit:

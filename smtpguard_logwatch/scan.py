@@ -100,7 +100,8 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
                         else build_actions(cfg.actions),
                         state.ruleset.allowlist, state.local)
     for decision in result.decisions:
-        enforcer.apply(decision)
+        if decision.revoked is None:  # not revoked by the circuit breaker meanwhile
+            enforcer.apply(decision)
     enforcer.reconcile(state.ledger.active(clock()), clock())
     result.errors = enforcer.errors
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from smtpguard_logwatch.engine import Engine
-from smtpguard_logwatch.engine.breaker import CircuitBreaker
 from smtpguard_logwatch.engine.ledger import Decision
 from smtpguard_logwatch.engine.points import Scores
-from smtpguard_logwatch.events import AuthFailure, MessageAccepted, Rejection
+from smtpguard_logwatch.events import AuthFailure, MessageAccepted
 from smtpguard_logwatch.rules import load_text
 
 T0 = 1_772_500_000.0
@@ -108,32 +107,6 @@ def test_allowlisted_sender_is_not_scored_but_its_client_ip_is() -> None:
     engine = Engine(load_text(text))
     decisions = run(engine, [msg(T0 + i, sender="vip@bank.example") for i in range(20)])
     assert [(d.dimension, d.key) for d in decisions] == [("client_ip", "192.0.2.7")]
-
-
-def test_circuit_breaker_turns_refusals_into_notifications() -> None:
-    text = """
-    rule r for client_ip:
-        when rejects in 10m > 0
-        add 200 points
-    ladder client_ip:
-        at 100 points refuse for 1h
-    """
-    engine = Engine(load_text(text), breaker=CircuitBreaker(max_refusals=10, window=600))
-    events = [Rejection(T0 + i, "mx", f"203.0.113.{i}", "RCPT", 550, "5.1.1", "unknown_user")
-              for i in range(1, 31)]
-    decisions = run(engine, events)
-    assert [d.action for d in decisions[:10]] == ["refuse"] * 10
-    assert all(d.action == "notify" and d.origin == "breaker" for d in decisions[10:])
-    assert "circuit_breaker" in decisions[10].evidence[-1]
-    assert engine.stats.breaker_trips == 20
-
-
-def test_breaker_recovers_after_its_cooldown() -> None:
-    breaker = CircuitBreaker(max_refusals=2, window=60, cooldown=300)
-    assert breaker.allow(T0) and breaker.allow(T0 + 1)
-    assert not breaker.allow(T0 + 2)
-    assert breaker.is_tripped(T0 + 100)
-    assert breaker.allow(T0 + 1000)
 
 
 def test_extend_on_activity_pushes_expiry() -> None:

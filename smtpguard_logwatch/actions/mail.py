@@ -720,8 +720,8 @@ class WarningMailAction:
         if d.points is not None:
             lines.append(f"  Points:  {fmt_number(round(d.points, 2))}")
         origin = {"rule": "the rules", "manual": "an operator (manual)",
-                  "breaker": "the circuit breaker: the rules wanted more, enforcement is "
-                             "paused because too many sources escalated at once",
+                  "breaker": "the circuit breaker: the rules wanted more, but the rule is "
+                             "held back: it refused too many sources with accepted mail",
                   "unproven": "the rules, as a warning only: the ladder enforces only where "
                               "its 'enforce only where' condition holds, and it did not"}
         lines.append(f"  By:      {origin.get(d.origin, quote(d.origin))}")

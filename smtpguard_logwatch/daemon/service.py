@@ -68,6 +68,7 @@ class Daemon:
         self.line_errors = 0
         self._fresh: list[Decision] = []
         self._extended: list[Decision] = []
+        self._revoked: list[Decision] = []  # by the circuit breaker
         self._stop_signal: int | None = None
         self._retention_warned: tuple[float, float] | None = None
         self._reload_wanted = threading.Event()
@@ -83,6 +84,7 @@ class Daemon:
         try:
             self.state = State(cfg, clock=clock, on_decision=self._fresh.append)
             self.state.engine.on_extend = self._extended.append
+            self.state.engine.on_revoke = self._revoked.append
             self.rule_files = cfg.rules or [str(default_rules_path())]
             self.actions = actions if actions is not None else _build_actions(cfg)
             self.enforcer = Enforcer(self.actions, self.state.ruleset.allowlist,
@@ -189,15 +191,26 @@ class Daemon:
     def _enforce_new(self) -> None:
         fresh, self._fresh[:] = list(self._fresh), []
         extended, self._extended[:] = list(self._extended), []
+        revoked, self._revoked[:] = list(self._revoked), []
         now = self.clock()
         for d in fresh:
             stale = (d.until is not None and d.until <= now) or (
                 d.until is None and d.time < now - STALE_NOTICE)
             self.log_decision(d, "stale" if stale else "decision")
-            if not stale:
+            if not stale and d.revoked is None:
                 self.enforcer.apply(d)
+        fresh_ids = {d.id for d in fresh}
+        for d in revoked:
+            self.log_decision(d, "revoked by the circuit breaker")
+            if d.id not in fresh_ids:
+                self.enforcer.revoke(d)
+        # another decision still in force may share a map entry just removed
+        for dimension, key in {(d.dimension, d.key) for d in revoked}:
+            for d in self.state.ledger.for_key(dimension, key):
+                if d.active_at(now):
+                    self.enforcer.apply(d)
         for d in extended:
-            if d.until is not None and d.until > now:
+            if d.until is not None and d.until > now and d.revoked is None:
                 self.enforcer.apply(d)  # a fresh kernel timeout / map entry to the new end
 
     def log_decision(self, d: Decision, what: str) -> None:
@@ -362,7 +375,9 @@ class Daemon:
             state.simulation.configure(cfg)
             state.simulation.refresh(state.engine, ruleset, force=True)
             if cfg.breaker != self.cfg.breaker:
-                state.engine.breaker = breaker_of(cfg)
+                breaker = breaker_of(cfg)
+                breaker.restore(state.engine.breaker.holds())  # held-back rules stay so
+                state.engine.breaker = breaker
             if actions is not None:
                 _close_actions(self.actions)
                 self.actions = actions

@@ -15,7 +15,8 @@ Every other rule (absolute limits such as password guessing) acts from the first
 replay, scan and a freshly started daemon alike.
 
 Safety: allowlisted keys, loopback and this host's own addresses are never scored;
-the circuit breaker turns refusals into notifications when too many arrive at once.
+the circuit breaker holds back a rule that refuses too many sources in good standing
+(accepted mail in their history), and revokes what it refused (see :mod:`.breaker`).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class Engine:
         local: LocalNetworks | None = None,
         on_decision: Callable[[Decision], None] | None = None,
         on_extend: Callable[[Decision], None] | None = None,
+        on_revoke: Callable[[Decision], None] | None = None,
         warmup: float = 0.0,
     ) -> None:
         self.store = store if store is not None else FrequencyStore()
@@ -112,6 +114,8 @@ class Engine:
         self.local = local if local is not None else LocalNetworks.loopback_only()
         self.on_decision = on_decision
         self.on_extend = on_extend
+        self.on_revoke = on_revoke  # the circuit breaker revoked an enforced decision
+        self.watch_start: float | None = None  # log time of the first event ever seen
         self.warmup = warmup
         self._scoring_from: float | None = None
         self.stats = EngineStats()
@@ -149,6 +153,8 @@ class Engine:
                 bucket = rules_for.setdefault((rule.dimension, metric), [])
                 if rule not in bucket:
                     bucket.append(rule)
+        for dimension in ruleset.ladders:  # the circuit breaker's good standing reads it
+            needed.setdefault(dimension, set()).add("messages")
         for dim, ladder in ruleset.ladders.items():  # what 'enforce only where' reads
             for kind, metric, _window in ladder.enforce_only_metrics:
                 needed.setdefault(dim, set()).add(DISTINCT + metric if kind == "distinct"
@@ -171,6 +177,8 @@ class Engine:
         """Take one event (the pipeline's sink)."""
         self.stats.events += 1
         now = ev.time
+        if self.watch_start is None:
+            self.watch_start = now
         if self._next_housekeeping is None or now >= self._next_housekeeping:
             self.housekeeping(now)
         if self._enforced:
@@ -319,24 +327,32 @@ class Engine:
             duration = self._time_above(dimension, key, now, points, step.points)
         rank = _RANK.get(action, 0)
         only = ladder.enforce_only
+        rules = tuple(rule.name for rule, _ in fired)
+        verdict = None
         if action in ENFORCING and only is not None and \
                 not only(KeyViewOverStore(self.store, dimension, key, now, False)):
             evidence.append({"enforce_only": f"not enforced: the ladder enforces only where "
                              f"{ladder.enforce_only_text}, which does not hold; "
                              f"'{action}' not applied"})
             action, argument, origin = "notify", None, "unproven"
-        elif action in ENFORCING and not self.breaker.allow(now):
-            evidence.append({"circuit_breaker": f"more than {self.breaker.max_refusals} "
-                             f"enforcing decisions within {self.breaker.window:.0f}s; "
-                             f"'{action}' not applied"})
-            self.stats.breaker_trips += 1
-            action, argument, origin = "notify", None, "breaker"
+        elif action in ENFORCING:
+            verdict = self.breaker.check(rules, now, self.in_good_standing(dimension, key, now))
+            if verdict.held:
+                evidence.append({"circuit_breaker": f"rule {verdict.reason} held back: more "
+                                 f"than {self.breaker.max_refusals} enforcing decisions "
+                                 "against sources with accepted mail within "
+                                 f"{self.breaker.window:.0f}s; '{action}' not applied"})
+                self.stats.breaker_trips += 1
+                action, argument, origin = "notify", None, "breaker"
+            self._revoke(verdict.revoke, now)
         until = now + duration if duration is not None and action != "notify" else None
         decision = self.ledger.record(Decision(
             time=now, dimension=dimension, key=key, action=action, until=until,
-            rules=tuple(rule.name for rule, _ in fired), evidence=evidence,
+            rules=rules, evidence=evidence,
             points=round(points, 2), argument=argument, origin=origin))
         self.stats.by_action[action] = self.stats.by_action.get(action, 0) + 1
+        if verdict is not None:
+            self.breaker.remember(rules, verdict, decision, now)
         if action in ENFORCING:
             self._enforced.add((dimension, key))
         else:
@@ -347,13 +363,33 @@ class Engine:
         if self.on_decision is not None:
             self.on_decision(decision)
 
+    def in_good_standing(self, dimension: str, key: str, now: float) -> bool:
+        """Whether the key has accepted mail in its history (the breaker counts refusals
+        of these only); see ``FrequencyStore.in_good_standing``."""
+        return self.store.in_good_standing(dimension, key, now, fresh_from=self.watch_start)
+
+    def _revoke(self, decisions: list[Decision], now: float) -> None:
+        """The breaker tripped: undo these decisions of the held-back rule(s)."""
+        for d in decisions:
+            if d.revoked is not None or d.id is None or (d.until is not None
+                                                          and d.until <= now):
+                continue
+            self.ledger.revoke(d.id, now)
+            d.revoked = now
+            penalty = self._penalties.get((d.dimension, d.key))
+            if penalty is not None and penalty.decision.id == d.id:
+                del self._penalties[(d.dimension, d.key)]
+                self._enforced.discard((d.dimension, d.key))
+            if self.on_revoke is not None:
+                self.on_revoke(d)
+
     def _repeat_count(self, dimension: str, key: str, now: float, ladder: Ladder,
                       action: str) -> int:
         """How many earlier top-step penalties this key had within ``repeat_within``."""
         within = ladder.repeat_within or math.inf
         earlier = [d for d in self.ledger.for_key(dimension, key)
                    if d.action in (action, ladder.repeat_action) and d.origin == "rule"
-                   and d.until is not None and now - d.until <= within]
+                   and d.revoked is None and d.until is not None and now - d.until <= within]
         return len(earlier)
 
     def _time_above(self, dimension: str, key: str, now: float, points: float,

@@ -70,6 +70,9 @@ from .evict import decay, pick_victims
 # Keys and members are attacker-chosen strings; their length is bounded so that the key
 # cap bounds memory. 320 = the longest valid address (64 + 1 + 255, RFC 5321).
 MAX_KEY_CHARS = 320
+# Good standing (accepted mail in the key's history), for the circuit breaker.
+GOOD_STANDING_HISTORY = 8 * 86400.0  # the longest window the default resolutions hold
+GOOD_STANDING_SETTLE = 3600.0
 
 
 def bounded_key(key: str) -> str:
@@ -451,6 +454,30 @@ class FrequencyStore:
         """Start of the first bucket the key was seen in, or None if not held."""
         rec = self._rec(dimension, key)
         return None if rec is None else rec.first * self._w0
+
+    def in_good_standing(self, dimension: str, key: str, now: float, *,
+                         fresh_from: float | None = None) -> bool:
+        """Whether the key has accepted legitimate mail in its history: ``messages``
+        accepted within the last ``GOOD_STANDING_HISTORY`` (8 days), some of them more
+        than ``GOOD_STANDING_SETTLE`` (1 hour) before ``now`` — so a source cannot buy
+        standing with a message sent just before it attacks. A key first seen within
+        the settle time after ``fresh_from`` (the start of watching: nothing older is
+        known) needs accepted mail only. The circuit breaker counts refusals of such
+        sources only (see :mod:`..engine.breaker`)."""
+        rec = self._rec(dimension, key)
+        if rec is None or type(rec.get("messages")) is not Series:
+            return False
+        history = min(GOOD_STANDING_HISTORY, self._geo.span[-1])
+        total = self.count(dimension, key, "messages", history, now)
+        if total < 0.5:
+            return False
+        first = rec.first * self._w0
+        if fresh_from is not None and fresh_from - self._w0 < first < (
+                fresh_from + GOOD_STANDING_SETTLE):
+            return True
+        recent = self.count(dimension, key, "messages", min(GOOD_STANDING_SETTLE, history),
+                            now)
+        return total - recent >= 0.5
 
     def entries(self) -> int:
         """Number of (dimension, key, metric) series held."""
