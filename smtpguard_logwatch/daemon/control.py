@@ -152,7 +152,9 @@ def request(path: str, command: str, timeout: float = 60.0, **args: Any) -> Any:
             raise DaemonUnavailable(f"{path}: {exc.strerror}") from None
         except PermissionError:
             raise DaemonUnavailable(f"{path}: permission denied (run as root)") from None
-        s.sendall(json.dumps({"command": command, "args": args}).encode() + b"\n")
+        # the daemon may answer (a refusal) and close before reading: its answer waits
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(json.dumps({"command": command, "args": args}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = s.recv(65536)
