@@ -26,13 +26,13 @@ Ground truth (``IspTraffic.truth``):
 * ``attacks``: ``name, kind, slow, keys, start`` (first attack line, epoch UTC),
   ``end``, and ``due_from``: from when a detector can be asked to have flagged it.
   Loud attacks: ``due_from = start``. Slow attacks: the first moment one of the
-  attack's keys does something no legitimate key does -- in a sliding hour its
-  count of a feature below exceeds ``ABS_FACTOR`` times the highest value any
-  legitimate key of the same dimension reaches anywhere in the log, or (for an
-  account that had a legitimate owner before) its messages in an hour exceed
-  ``OWN_FACTOR`` times the owner's own highest hour before the attack (or than the
-  best hour of a busy customer -- the 90th percentile of legitimate accounts' best
-  hours -- if that is higher). Computed
+  attack's keys does something no legitimate key does -- its count of a feature
+  (``FEATURES``: over a sliding hour; the auth features also over six hours)
+  exceeds ``ABS_FACTOR`` times the highest value any legitimate key of the same
+  dimension reaches anywhere in the log, or (for an account that had a legitimate
+  owner before) its messages in an hour exceed ``OWN_FACTOR`` times the owner's own
+  highest hour before the attack (or than the best hour of a busy customer -- the
+  90th percentile of legitimate accounts' best hours -- if that is higher). Computed
   from the generated events, independent of any rule file; ``evidence`` says which
   feature crossed.
 * ``counts[dimension][key][metric]`` for client_ip, sasl_user and sender (metrics
@@ -64,13 +64,16 @@ MODEL_VERSION = 1
 ABS_FACTOR = 2.0  # a slow attack is evident above twice the legitimate maximum ...
 OWN_FACTOR = 5.0  # ... or above five times its own account's best legitimate hour
 HOUR = 3600.0
-# (dimension, feature) pairs compared in a sliding hour for ``due_from``
-FEATURES = (("client_ip", "auth_failures"), ("client_ip", "auth_users"), ("client_ip", "messages"),
-            ("client_ip", "rejects"), ("client_net", "auth_failures"),
-            ("client_net", "auth_users"), ("client_net", "messages"), ("client_net", "rejects"),
-            ("sender", "messages"), ("sender", "client_ips"), ("sasl_user", "messages"),
-            ("sasl_user", "client_ips"), ("sasl_user", "recipients"),
-            ("sasl_user", "auth_failures"))
+# (dimension, feature, window seconds) compared for ``due_from``; auth features also
+# over 6 hours, since a slow guesser spreads its attempts over many hours
+FEATURES = tuple(
+    [(d, f, HOUR) for d in ("client_ip", "client_net")
+     for f in ("auth_failures", "auth_users", "messages", "rejects")]
+    + [(d, f, 6 * HOUR) for d in ("client_ip", "client_net")
+       for f in ("auth_failures", "auth_users")]
+    + [("sender", "messages", HOUR), ("sender", "client_ips", HOUR)]
+    + [("sasl_user", f, HOUR) for f in ("messages", "client_ips", "recipients",
+                                        "auth_failures")])
 
 SAFE = "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxy"  # no 'z': it separates
 GIVEN = ("akira", "bea", "carlos", "dana", "elif", "femi", "gita", "hugo", "ilse", "jonas",
@@ -583,7 +586,7 @@ class IspTraffic:
                             for _ in range(1 + poisson(rng, 0.6))] for _ in range(k)]
                 self.at(t, a, lambda t, ip=ip, u=user, b=batches: self.submit(
                     t, ip, f"dyn-{ip.replace('.', '-')}.{self.isp_domain}", u, u, b,
-                    fail_first=rng.random() < 0.02))
+                    fail_first=rng.random() < 0.005))
         n_servers = self.n(150, 400)
         for i in range(n_servers):
             a = self.actor(f"inbound-{i}", "inbound_server")
@@ -648,7 +651,7 @@ class IspTraffic:
             batches = [[self.ext_addr() if rng.random() < 0.8 else rng.choice(self.mailboxes)
                         for _ in range(1 + poisson(rng, 0.4))]]
             self.at(t, a, lambda t, u=u, b=batches: self.submit(
-                t, ip, "cgn-pool.mobile.example", u, u, b, fail_first=rng.random() < 0.03))
+                t, ip, "cgn-pool.mobile.example", u, u, b, fail_first=rng.random() < 0.005))
 
     def build_webmail(self) -> None:
         rng = self.rng
@@ -876,7 +879,7 @@ class IspTraffic:
         a = self.actor("slow-bruteforce", "slow_bruteforce", attack=True, slow=True)
         dur = rng.uniform(0.3, 0.5) * span
         t0 = self.t0 + rng.uniform(HOUR, span - dur - HOUR)
-        users = rng.sample(self.mailboxes, 30) + [f"{u}@{self.isp_domain}" for u in BRUTE_USERS]
+        users = rng.sample(self.mailboxes, 200) + [f"{u}@{self.isp_domain}" for u in BRUTE_USERS]
         rng.shuffle(users)
         every = rng.uniform(60, 300)
         a.details = {"every_s": round(every), "hours": round(dur / HOUR, 1)}
@@ -1006,16 +1009,20 @@ class IspTraffic:
                 streams.setdefault(("client_net", net_of(key), feat), []).append((t, actor, val))
         for evs in streams.values():
             evs.sort(key=lambda e: e[0])
-        legit_max: dict[tuple[str, str], float] = {}
+        windows: dict[tuple[str, str], list[float]] = {}
+        for d, f, w in FEATURES:
+            windows.setdefault((d, f), []).append(w)
+        legit_max: dict[tuple[str, str, float], float] = {}
         account_hours = []  # each legitimate account's best hour of messages
         for (d, key, feat), evs in streams.items():
             if (d, key) in attack_keys:
                 continue
-            best = max((v for _t, v in _sliding(evs, feat)), default=0)
-            if best > legit_max.get((d, feat), 0):
-                legit_max[(d, feat)] = best
-            if d == "sasl_user" and feat == "messages":
-                account_hours.append(best)
+            for w in windows.get((d, feat), ()):
+                best = max((v for _t, v in _sliding(evs, feat, w)), default=0)
+                if best > legit_max.get((d, feat, w), 0):
+                    legit_max[(d, feat, w)] = best
+                if d == "sasl_user" and feat == "messages":
+                    account_hours.append(best)
         account_hours.sort()
         busy = account_hours[int(0.9 * (len(account_hours) - 1))] if account_hours else 0
         out: dict[int, tuple[float | None, str]] = {}
@@ -1026,30 +1033,32 @@ class IspTraffic:
             for (d, key, feat), evs in streams.items():
                 if (d, key) not in a.keys:
                     continue
-                limit = ABS_FACTOR * legit_max.get((d, feat), 0)
-                own_limit = math.inf
-                if d == "sasl_user" and feat == "messages":
-                    before = [e for e in evs if e[0] < a.first]
-                    own_best = max((v for _t, v in _sliding(before, feat)), default=0)
-                    if own_best:  # never below what a busy customer does anyway
-                        own_limit = OWN_FACTOR * max(own_best, busy)
-                for t, v in _sliding(evs, feat):
-                    if t < a.first or not (v > limit or v > own_limit):
-                        continue
-                    if best_t is None or t < best_t:
-                        best_t = t
-                        what = (f"> {ABS_FACTOR:g} x legitimate max {limit / ABS_FACTOR:g}"
-                                if v > limit else
-                                f"> {OWN_FACTOR:g} x max(own best hour, busy customer) "
-                                f"{own_limit / OWN_FACTOR:g}")
-                        why = f"{d} {key}: {feat} in 1h = {v:g} {what}"
-                    break
+                for w in windows.get((d, feat), ()):
+                    limit = ABS_FACTOR * legit_max.get((d, feat, w), 0)
+                    own_limit = math.inf
+                    if d == "sasl_user" and feat == "messages":
+                        before = [e for e in evs if e[0] < a.first]
+                        own_best = max((v for _t, v in _sliding(before, feat, w)), default=0)
+                        if own_best:  # never below what a busy customer does anyway
+                            own_limit = OWN_FACTOR * max(own_best, busy)
+                    for t, v in _sliding(evs, feat, w):
+                        if t < a.first or not (v > limit or v > own_limit):
+                            continue
+                        if best_t is None or t < best_t:
+                            best_t = t
+                            what = (f"> {ABS_FACTOR:g} x legitimate max {limit / ABS_FACTOR:g}"
+                                    if v > limit else
+                                    f"> {OWN_FACTOR:g} x max(own best hour, busy customer) "
+                                    f"{own_limit / OWN_FACTOR:g}")
+                            why = f"{d} {key}: {feat} in {w / HOUR:g}h = {v:g} {what}"
+                        break
             out[a.index] = (best_t, why)
         return out
 
 
-def _sliding(evs: list[tuple[float, int, object]], feat: str) -> Iterable[tuple[float, float]]:
-    """(time, value in the hour ending then) after each event: a sum, or for the
+def _sliding(evs: list[tuple[float, int, object]], feat: str, window: float
+             ) -> Iterable[tuple[float, float]]:
+    """(time, value in the window ending then) after each event: a sum, or for the
     distinct features (client_ips, auth_users) the number of distinct members."""
     q: deque[tuple[float, object]] = deque()
     if feat in ("client_ips", "auth_users"):
@@ -1057,7 +1066,7 @@ def _sliding(evs: list[tuple[float, int, object]], feat: str) -> Iterable[tuple[
         for t, _a, m in evs:
             q.append((t, m))
             members[m] += 1
-            while q[0][0] <= t - HOUR:
+            while q[0][0] <= t - window:
                 _t, old = q.popleft()
                 members[old] -= 1
                 if not members[old]:
@@ -1068,7 +1077,7 @@ def _sliding(evs: list[tuple[float, int, object]], feat: str) -> Iterable[tuple[
         for t, _a, v in evs:
             q.append((t, v))
             total += v  # type: ignore[operator]
-            while q[0][0] <= t - HOUR:
+            while q[0][0] <= t - window:
                 total -= q.popleft()[1]  # type: ignore[operator]
             yield t, total
 
