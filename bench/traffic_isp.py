@@ -457,6 +457,7 @@ class IspTraffic:
         self.jobs: list[Job] = []
         self._seq = 0
         self._used_names: set[str] = set()
+        self.owned: set[str] = set()  # accounts a roamer or stale phone stands for
         self.mailboxes = [self.customer_address() for _ in range(self.n(2500, 5000))]
         self.build()
 
@@ -494,6 +495,12 @@ class IspTraffic:
         rng = self.rng
         return f"{rng.choice(GIVEN)}{rng.choice(FAMILY)}{rng.randint(100, 9999)}@" \
                f"{rng.choice(self.local_domains)}"
+
+    def own_user(self) -> str:
+        """An account that only this actor (roamer, stale phone) is about."""
+        user = self.rng.choice([m for m in self.mailboxes if m not in self.owned])
+        self.owned.add(user)
+        return user
 
     def actor(self, name: str, kind: str, attack: bool = False, slow: bool = False) -> Actor:
         a = Actor(name, kind, attack, slow, index=len(self.actors))
@@ -611,7 +618,7 @@ class IspTraffic:
         self.mobile_blocks = [self.space.block() for _ in range(rng.randint(2, 4))]
         for i in range(rng.randint(3, 7)):
             a = self.actor(f"roamer-{i}", "roaming_user")
-            user = rng.choice(self.mailboxes)
+            user = self.own_user()
             lo = rng.randint(9, 11)
             hi = lo + rng.randint(1, 2)
             fixed = [self.space.host(rng.choice(self.home_blocks)) for _ in range(2)]
@@ -785,7 +792,7 @@ class IspTraffic:
         rng = self.rng
         for i in range(rng.randint(3, 7)):
             a = self.actor(f"stale-phone-{i}", "stale_password")
-            user = rng.choice(self.mailboxes)
+            user = self.own_user()
             every = rng.uniform(120, 600)
             behind_nat = rng.random() < 0.5
             a.details = {"every_s": round(every), "behind_cgnat": behind_nat}
@@ -844,7 +851,7 @@ class IspTraffic:
                 t, ip, "unknown", "mail.invalid", [(sender, rc, rc)], tls=False))
         # loud: stolen account used from hundreds of addresses in an hour
         a = self.actor("stolen-250", "stolen_account_many_ips", attack=True)
-        user = rng.choice(self.mailboxes)
+        user = rng.choice([m for m in self.mailboxes if m not in self.owned])
         n_ips, dur = rng.randint(250, 400), rng.uniform(2400, 3600)
         t = loud_start(dur)
         blocks = [self.space.block() for _ in range(rng.randint(5, 20))]
@@ -881,7 +888,7 @@ class IspTraffic:
         t0 = self.t0 + rng.uniform(HOUR, span - dur - HOUR)
         users = rng.sample(self.mailboxes, 200) + [f"{u}@{self.isp_domain}" for u in BRUTE_USERS]
         rng.shuffle(users)
-        every = rng.uniform(60, 300)
+        every = rng.uniform(90, 300)
         a.details = {"every_s": round(every), "hours": round(dur / HOUR, 1)}
         for _ in range(rng.randint(1, 3)):
             ip = self.attack_ip()
@@ -891,7 +898,7 @@ class IspTraffic:
                 user = users[j % len(users)]
                 j += 1
                 self.at(t, a, lambda t, ip=ip, u=user: self.guess(t, ip, 1, [u]))
-                t += every * rng.uniform(0.7, 1.3)
+                t += every * rng.uniform(0.8, 1.2)
         # low-and-slow botnet: hundreds of addresses, each sending a message or two
         a = self.actor("slow-botnet", "slow_botnet", attack=True, slow=True)
         dom = f"secure-{rng.choice(BRANDS)}-billing.example"
@@ -902,15 +909,18 @@ class IspTraffic:
         t0 = self.t0 + rng.uniform(HOUR, span - dur - HOUR)
         a.details = {"ips": n_ips, "hours": round(dur / HOUR, 1)}
         bot_blocks = [self.space.block() for _ in range(rng.randint(20, 60))]
-        for _ in range(n_ips):
-            ip = self.space.host(rng.choice(bot_blocks))  # /24s rarely shared
+        bots: set[str] = set()
+        while len(bots) < n_ips:
+            bots.add(self.space.host(rng.choice(bot_blocks)))  # /24s rarely shared
+        for ip in sorted(bots):
             for _ in range(rng.randint(1, 3)):
                 rc, unk = self.rcpts_local(rng.randint(1, 3), 0.02)
                 msgs = [(rng.choice(senders), rc, unk)]
                 self.at(t0 + rng.random() * dur, a, lambda t, m=msgs, ip=ip: self.deliver_in(
                     t, ip, "unknown", "DESKTOP", m, tls=False))
         # stolen account that ramps up over a day
-        _owner, _home_ip, user, _rate = rng.choice([h for h in self.home if h[3] >= 2 / 24])
+        _owner, _home_ip, user, _rate = rng.choice([h for h in self.home
+                                                   if h[3] >= 2 / 24 and h[2] not in self.owned])
         a = self.actor("slow-stolen", "ramping_stolen_account", attack=True, slow=True)
         t0 = self.t0 + rng.uniform(0.3, 0.45) * span
         r0, doubling = rng.uniform(2, 5), rng.uniform(1.5, 3.0) * HOUR

@@ -150,7 +150,7 @@ def test_lists_forwarders_and_backup_mx_bring_unknown_users_and_bounces(parsed) 
                       and ev.status == BOUNCED and ev.first)
     for kind in ("mailing_list_inbound", "forwarder", "backup_mx"):
         for actor in _actors(truth, kind):
-            assert sum(rejects[ip] for ip in _keys(actor, "client_ip")) > 10, actor["name"]
+            assert sum(rejects[ip] for ip in _keys(actor, "client_ip")) > 0, actor["name"]
     (out,) = _actors(truth, "customer_list_server")
     (sender,) = _keys(out, "sender")
     assert bounces[sender] > 20
@@ -214,7 +214,7 @@ def test_attacks_have_their_shape(parsed) -> None:
     slow_ips = {k for d, k in slow["keys"] if d == "client_ip"}
     per_10m = Counter((ev.ip, int(ev.time // 600)) for ev in events
                       if type(ev) is AuthFailure and ev.ip in slow_ips)
-    assert max(per_10m.values()) <= 10  # never a burst
+    assert max(per_10m.values()) <= 9  # never a burst
     assert slow["end"] - slow["start"] >= 4 * HOUR
     bot = _attack(truth, "slow_botnet")
     bot_ips = {k for d, k in bot["keys"] if d == "client_ip"}
