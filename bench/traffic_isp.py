@@ -600,7 +600,7 @@ class IspTraffic:
             ip = self.space.host(self.space.block())
             dom = rng.choice(EXT_DOMAINS) if rng.random() < 0.5 else \
                 f"{rng.choice(BRANDS)}{rng.randint(1, 99)}.example"
-            rate = rng.paretovariate(1.3) * 0.6 * self.cfg.scale ** 0  # per hour, heavy tail
+            rate = min(300.0, rng.paretovariate(1.3) * 0.6)  # per hour: heavy tail, capped
             senders = [f"{rng.choice(GIVEN)}.{rng.choice(FAMILY)}@{dom}"
                        for _ in range(rng.randint(1, 20))]
             for t in self.poisson_times(self.t0, self.t1, lambda t, r=rate: r * self.day(t)):
