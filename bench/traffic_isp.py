@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import heapq
+import itertools
 import json
 import math
 import random
@@ -216,6 +217,8 @@ class Log:
         self.lines = 0
         self._pid = rng.randint(3000, 90000)
         self._qn = rng.randint(0, 50000)
+        self.qmgr_pid = {"postfix-mx": self.pid(), "postfix-sub": self.pid()}
+        self.agent_pids = [self.pid() for _ in range(rng.randint(3, 12))]  # long-lived
         self.counts: dict[str, dict[str, list[int]]] = {
             "client_ip": {}, "sasl_user": {}, "sender": {}}
         # evidence streams: (time, actor, dimension, key, feature, amount or member)
@@ -332,7 +335,7 @@ class Log:
                       f"<{b52(rng.getrandbits(40), 8)}.{qid[-5:]}@{domain_of(sender) or 'local'}>")
         tq = s.t + rng.uniform(0.002, 0.02)
         size = int(rng.lognormvariate(8.6, 1.0)) + 700
-        qmgr = f"{inst}/qmgr[{self.pid() if rng.random() < 0.001 else 711}]: {qid}: "
+        qmgr = f"{inst}/qmgr[{self.qmgr_pid[inst]}]: {qid}: "
         head = f"{qmgr}from=<{sender}>, size={size}, nrcpt={len(accepted)} (queue active)"
         self.add(tq, head)
         key = sender or "<>"
@@ -395,7 +398,7 @@ class Log:
                     "bounced": f"host {relay[:-3]} said: 550 5.1.1 <{r}>: User unknown "
                                "(in reply to RCPT TO command)"}[status]
         dsn = {"sent": "2.0.0", "deferred": "4.7.0", "bounced": "5.1.1"}[status]
-        self.add(t, f"{inst}/{agent}[{self.pid() if rng.random() < 0.01 else 4040}]: {qid}: "
+        self.add(t, f"{inst}/{agent}[{rng.choice(self.agent_pids)}]: {qid}: "
                     f"to=<{r}>, relay={relay}, {delays}, dsn={dsn}, status={status} ({text})")
         if status == "bounced" and sender:
             t += 0.01
@@ -403,18 +406,18 @@ class Log:
             self.add(t, f"{inst}/bounce[{self.pid()}]: {qid}: sender non-delivery notification: "
                         f"{nq}")
             self.add(t + 0.001, f"{inst}/cleanup[{self.pid()}]: {nq}: message-id=<ndr.{nq}@gw>")
-            self.add(t + 0.002, f"{inst}/qmgr[711]: {nq}: from=<>, size=3100, nrcpt=1 "
-                                "(queue active)")
+            qmgr = f"{inst}/qmgr[{self.qmgr_pid[inst]}]: {nq}: "
+            self.add(t + 0.002, f"{qmgr}from=<>, size=3100, nrcpt=1 (queue active)")
             nd = domain_of(sender)
             if nd in self.local:
                 line = (f"to=<{sender}>, relay=store1.mail.internal[10.20.0.5]:24, delay=0.1, "
                         f"delays=0/0/0/0.1, dsn=2.0.0, status=sent (250 2.0.0 <{sender}> Saved)")
-                self.add(t + 0.05, f"{inst}/lmtp[4041]: {nq}: {line}")
+                self.add(t + 0.05, f"{inst}/lmtp[{self.agent_pids[0]}]: {nq}: {line}")
             else:
-                self.add(t + 0.2, f"{inst}/smtp[4042]: {nq}: to=<{sender}>, "
+                self.add(t + 0.2, f"{inst}/smtp[{self.agent_pids[-1]}]: {nq}: to=<{sender}>, "
                                   f"relay=mx.{nd}[192.0.2.9]:25, delay=0.3, delays=0/0/0.1/0.2, "
                                   "dsn=2.0.0, status=sent (250 2.0.0 Ok)")
-            self.add(t + 0.3, f"{inst}/qmgr[711]: {nq}: removed")
+            self.add(t + 0.3, f"{qmgr}removed")
         return t
 
 
@@ -649,12 +652,11 @@ class IspTraffic:
         self.cgnat_ip = ip = self.space.host(rng.choice(self.mobile_blocks))
         users = rng.sample(self.mailboxes, self.n(150, 400))
         a.details = {"customers": len(users)}
-        zipf = [1 / (i + 1) ** 0.7 for i in range(len(users))]
-        total_rate = sum(zipf)
+        cum = list(itertools.accumulate(1 / (i + 1) ** 0.7 for i in range(len(users))))
         per_user_day = rng.uniform(2, 8)
         rate = len(users) * per_user_day / 24
         for t in self.poisson_times(self.t0, self.t1, lambda t: rate * self.day(t) * 1.8):
-            u = rng.choices(users, weights=zipf)[0] if total_rate else users[0]
+            u = rng.choices(users, cum_weights=cum)[0]  # a few customers send most
             batches = [[self.ext_addr() if rng.random() < 0.8 else rng.choice(self.mailboxes)
                         for _ in range(1 + poisson(rng, 0.4))]]
             self.at(t, a, lambda t, u=u, b=batches: self.submit(
