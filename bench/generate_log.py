@@ -12,6 +12,9 @@ Usage::
     python bench/generate_log.py --lines 1000000 --seed 42 --out big.log \
         --truth big.truth.json [--format bsd|maillog|rfc3339] [--anomalies]
 
+``--model isp`` writes the second, independent traffic model instead (an access ISP's
+gateway: bench/traffic_isp.py, its own options and ground truth).
+
 The same seed and options always give byte-identical output. Lines are in time order;
 the file holds ``--lines`` lines (a few more: the last session is always completed)
 spread over ``--hours`` (default 36) from ``--start`` (default 2026-03-02T00:00 in
