@@ -248,12 +248,18 @@ def test_same_seed_same_log_other_seed_other_habits() -> None:
 
 
 def test_generate_log_model_isp_on_the_command_line(tmp_path: Path) -> None:
-    log, truth = tmp_path / "b.log", tmp_path / "b.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench/generate_log.py"), "--model", "isp", "--seed", "3",
-         "--hours", "3", "--scale", "0.1", "--anomalies", "--out", str(log), "--truth",
-         str(truth), "--quiet"], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(truth.read_text())
-    assert doc["model"] == "isp" and doc["config"]["seed"] == 3 and doc["attacks"]
-    assert sum(1 for _ in log.open()) == doc["lines"]
+    """Also byte-identical across processes whatever Python's string hash seed."""
+    outputs = []
+    for hash_seed in ("1", "2"):
+        log, truth = tmp_path / f"b{hash_seed}.log", tmp_path / f"b{hash_seed}.json"
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "bench/generate_log.py"), "--model", "isp", "--seed",
+             "3", "--hours", "3", "--scale", "0.1", "--anomalies", "--out", str(log),
+             "--truth", str(truth), "--quiet"], capture_output=True, text=True, check=False,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(truth.read_text())
+        assert doc["model"] == "isp" and doc["config"]["seed"] == 3 and doc["attacks"]
+        assert sum(1 for _ in log.open()) == doc["lines"]
+        outputs.append((log.read_bytes(), truth.read_bytes()))
+    assert outputs[0] == outputs[1]
