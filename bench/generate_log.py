@@ -12,6 +12,9 @@ Usage::
     python bench/generate_log.py --lines 1000000 --seed 42 --out big.log \
         --truth big.truth.json [--format bsd|maillog|rfc3339] [--anomalies]
 
+``--model isp`` writes the second, independent traffic model instead (an access ISP's
+gateway: bench/traffic_isp.py, its own options and ground truth).
+
 The same seed and options always give byte-identical output. Lines are in time order;
 the file holds ``--lines`` lines (a few more: the last session is always completed)
 spread over ``--hours`` (default 36) from ``--start`` (default 2026-03-02T00:00 in
@@ -99,6 +102,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import IO, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -2100,11 +2104,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--anomaly-scale", type=float, default=1.0)
     p.add_argument("--long-qid-share", type=float, default=0.05)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--model", choices=("mx", "isp"), default="mx",
+                   help="mx: this module's MX host (default); isp: bench/traffic_isp.py, an "
+                        "access ISP's gateway (RFC 3339 stamps; --lines, --fmt, --tz and "
+                        "--long-qid-share do not apply; --anomalies adds its attacks)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="model isp: population and volume multiplier")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.model == "isp":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import traffic_isp  # sibling module, also when loaded from a file path
+
+        return traffic_isp.main_isp(a)
     cfg = Config(lines=a.lines, seed=a.seed, start=a.start, hours=a.hours, tz=a.tz,
                  fmt=a.fmt, anomalies=a.anomalies, anomaly_scale=a.anomaly_scale,
                  long_qid_share=a.long_qid_share)
