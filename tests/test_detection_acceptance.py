@@ -28,10 +28,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
-SEEDS = (1, 2)
+# other seeds: SMTPGUARD_ACCEPTANCE_SEEDS=3,4,5 (the defaults were not chosen)
+SEEDS = tuple(int(x) for x in os.environ.get("SMTPGUARD_ACCEPTANCE_SEEDS", "1,2").split(","))
 MAX_DELAY = 120.0
 
 
@@ -46,10 +45,6 @@ def _load(name: str):
 detection = _load("detection")
 generate_log = _load("generate_log")
 traffic_isp = _load("traffic_isp")
-
-NOT_YET = pytest.mark.xfail(strict=True,
-                            reason="default rules not yet reworked (issue 10 item 2)")
-
 
 def _replay(log: Path) -> dict:
     proc = subprocess.run(
@@ -88,14 +83,12 @@ def _failures(model: str, seed: int, tmp: Path) -> list[str]:
     return out
 
 
-@NOT_YET
 def test_model_a_every_attack_flagged_in_time_and_no_legitimate_key_past_notify(
         tmp_path: Path) -> None:
     failures = [f for seed in SEEDS for f in _failures("a", seed, tmp_path)]
     assert not failures, "\n".join(failures)
 
 
-@NOT_YET
 def test_model_b_every_attack_flagged_in_time_and_no_legitimate_key_past_notify(
         tmp_path: Path) -> None:
     failures = [f for seed in SEEDS for f in _failures("b", seed, tmp_path)]

