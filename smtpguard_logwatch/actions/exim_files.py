@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 from ..engine.ledger import Decision
-from . import files
+from . import files, safefs
 from .base import REPLY_MARK, ActionError, ReconcileReport, marked_reply, register
 from .files import Record, build_or_log, delay_seconds
 from .keys import KeyRefused, normalise_key
@@ -307,6 +307,8 @@ class EximFilesAction:
             return
         try:
             files.ensure_directory(self.directory)
+        except safefs.UnsafePath as exc:
+            raise ActionError(f"exim: {exc}") from None
         except OSError as exc:
             raise ActionError(f"exim: directory {self.directory} is not usable "
                               f"({exc.strerror}); run as root or give it to this user"

@@ -115,6 +115,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..engine.ledger import Decision
+from . import safefs
 from .base import ActionError, ReconcileReport, register
 from .files import build_or_log
 from .keys import KeyRefused
@@ -431,7 +432,10 @@ class IptablesAction:
         nobody may change it between our read and our commit."""
         path = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
         try:
-            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+            safefs.check_directory(os.path.dirname(path) or ".")
+            fd = safefs.open_nofollow(path, os.O_CREAT | os.O_RDWR, 0o600)
+        except safefs.UnsafePath as exc:
+            raise ActionError(f"iptables: xtables lock: {exc}") from None
         except OSError as exc:
             log.debug("iptables: cannot open %s (%s); going on without the lock", path, exc)
             yield

@@ -67,7 +67,7 @@ from typing import Any, ClassVar
 
 from ..engine.ledger import Decision
 from ..events import OWN_MARK
-from . import files
+from . import files, safefs
 from .base import ActionError, ReconcileReport, marked_reply, register
 from .files import Record, build_or_log, delay_seconds
 from .keys import KeyRefused, normalise_key
@@ -414,6 +414,8 @@ class SendmailAccessAction:
         for directory in {os.path.dirname(self.access_file), os.path.dirname(self.output)}:
             try:
                 files.ensure_directory(directory)
+            except safefs.UnsafePath as exc:
+                raise ActionError(f"sendmail: {exc}") from None
             except OSError as exc:
                 raise ActionError(f"sendmail: directory {directory} is not usable "
                                   f"({exc.strerror}); run as root or give it to this user"
@@ -496,27 +498,23 @@ class SendmailAccessAction:
                      - len(conflicts))
 
     def _build(self, merged: bytes) -> None:
-        """makemap into a temp db next to the live one, then rename db and source over
-        the live ones: Sendmail sees the old map or the new one, never half of one."""
+        """makemap in a private staging directory (it writes ``X.db`` next to its input,
+        by name), then rename db and source over the live ones
+        (:func:`.files.write_built`): Sendmail sees the old map or the new one, never half
+        of one, and no name another user could plant a link at is ever opened."""
         suffix = DB_SUFFIX[self.map_type]
-        fd, tmp = files.make_temp(self.output)
-        tmp_db = tmp + suffix
         like = self.admin_access + suffix if self.admin_access else None
+
+        def build(tmp: str) -> str:
+            self._makemap(tmp, tmp + suffix)
+            return tmp + suffix
+
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(merged)
-                fh.flush()
-                os.fsync(fh.fileno())
-            self._makemap(tmp, tmp_db)
-            files.install(tmp_db, self.db_path, mode=0o640, like=like)
-            files.install(tmp, self.output, mode=0o640, like=self.admin_access)
+            files.write_built(self.output, merged, self.db_path, build, mode=0o640,
+                              like=self.admin_access, like_db=like)
         except OSError as exc:
             raise ActionError(f"sendmail: cannot build {self.db_path}: {exc.strerror}"
                               ) from None
-        finally:
-            for leftover in (tmp, tmp_db):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(leftover)
 
     def _program(self) -> str:
         """makemap's path; Debian keeps it in /usr/sbin, which a non-root PATH lacks."""
