@@ -312,7 +312,8 @@ def test_checkpoint_on_a_full_disk_is_retried_and_loses_nothing(tmp_path: Path,
         pytest.skip("needs root to mount a small tmpfs")
     small = tmp_path / "small"
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(small)],
+                   check=True)
     try:
         cfg = config(tmp_path, rules=DEFAULT_RULES.read_text())
         cfg.warmup = 3600.0

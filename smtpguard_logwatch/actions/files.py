@@ -81,6 +81,13 @@ class Record:
         return (self.dimension, self.key, self.action) == (
             other.dimension, other.key, other.action)
 
+    def to_decision(self) -> Decision:
+        """The decision this record enforces (for rebuilding a lost ledger)."""
+        return Decision(time=0.0, dimension=self.dimension, key=self.key, action=self.action,
+                        until=self.until, rules=("recovered",),
+                        argument=None if self.seconds is None else float(self.seconds),
+                        id=self.id)
+
     def to_line(self) -> str:
         """The record as a comment line (ASCII JSON: no control character survives)."""
         body = json.dumps({"dimension": self.dimension, "key": self.key,

@@ -263,6 +263,31 @@ class NftablesAction:
                      len(report.added), len(report.removed), len(report.refused))
         return report
 
+    def recorded(self, now: float) -> list[Decision]:
+        """What our sets enforce, as decisions (to rebuild a ledger lost with a corrupt
+        state database); elements without a timeout have no end and are left out, as
+        the ledger would lift them."""
+        if self.dry_run:
+            return []
+        with self._lock:
+            present = self._elements()
+        out = []
+        for (set_name, key), expires in sorted(present.items()):
+            if expires is None:
+                continue
+            dimension = "client_net" if "_net" in set_name else "client_ip"
+            if set_name.startswith("refuse"):
+                action, rate = "refuse", None
+            else:
+                tag = set_name.rsplit("_", 1)[-1]
+                tier = next((t for t in self.tiers if t.tag == tag), None)
+                if tier is None:
+                    continue
+                action, rate = "throttle", tier.per_minute
+            out.append(Decision(time=now, dimension=dimension, key=key, action=action,
+                                until=now + expires, rules=("recovered",), argument=rate))
+        return out
+
     # -- decisions to set elements --------------------------------------------------
 
     def _resolve(self, decision: Decision) -> Target:

@@ -239,6 +239,14 @@ class PostfixMapsAction:
                      len(report.added), len(report.removed), len(report.refused))
         return report
 
+    def recorded(self, now: float) -> list[Decision]:
+        """The decisions our files say are in force (records this tool wrote beside its
+        entries), to rebuild a ledger lost with a corrupt state database."""
+        with self._locked():
+            records = [r for records in self._load().values() for r in records]
+        return [r.to_decision() for r in records
+                if r.until is None or r.until > now]
+
     # -- main.cf --------------------------------------------------------------------
 
     def snippet(self, *, sasl: bool | None = None, current: str | None = None) -> str:

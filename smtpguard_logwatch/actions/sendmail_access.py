@@ -250,6 +250,14 @@ class SendmailAccessAction:
                      len(report.added), len(report.removed), len(report.refused))
         return report
 
+    def recorded(self, now: float) -> list[Decision]:
+        """The decisions our files say are in force (records this tool wrote beside its
+        entries), to rebuild a ledger lost with a corrupt state database."""
+        with self._locked():
+            records = self._load()
+        return [r.to_decision() for r in records
+                if r.until is None or r.until > now]
+
     # -- sendmail.mc ------------------------------------------------------------------
 
     def snippet(self) -> str:
