@@ -53,7 +53,9 @@ def open_ledger(path: str) -> Ledger:
     """The ledger in the state database (created 0600 with its directory if missing; a
     corrupt one is moved aside, see :mod:`.recovery`)."""
     try:
-        return Ledger(conn=recovery.connect(path, timeout=10))
+        return Ledger(conn=recovery.connect(path, timeout=10, locked=False))
+    except recovery.CorruptDatabase as exc:
+        raise OperatorError(str(exc)) from None
     except OSError as exc:
         raise OperatorError(f"cannot open state database {path}: "
                             f"{exc.strerror or exc}") from None

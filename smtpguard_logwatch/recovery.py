@@ -23,11 +23,12 @@ and log positions are lost (the logs are read again from where ``first_start`` s
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .actions import safefs
@@ -77,22 +78,48 @@ def prepare(path: str) -> None:
         safefs.restrict_mode(path + side, 0o600)
 
 
-def connect(path: str, *, timeout: float = 30, check: bool = True,
+def connect(path: str, *, timeout: float = 30, locked: bool = True,
             clock: Callable[[], float] = time.time) -> sqlite3.Connection:
     """The state database in WAL mode, safely opened; a corrupt one is moved aside and
-    replaced by an empty one marked as recovering (see the module text)."""
+    replaced by an empty one marked as recovering (see the module text).
+
+    ``locked``: the caller holds the state lock (``scan``, the daemon). Otherwise (the
+    operator commands) the lock is taken for the move, and if a daemon or scan holds
+    it the database is left alone: CorruptDatabase (that process moves it itself)."""
     prepare(path)
+    conn: sqlite3.Connection | None = None
     try:
         conn = _open(path, timeout)
-        if check:
-            _verify(conn)
+        _verify(conn)
         return conn
     except sqlite3.DatabaseError as exc:
         if not is_corrupt(exc):
             raise
-        with contextlib.suppress(Exception):
+        if conn is not None:
             conn.close()
-        return replace_corrupt(path, exc, timeout=timeout, clock=clock)
+        if locked:
+            return replace_corrupt(path, exc, timeout=timeout, clock=clock)
+        with _state_lock(path + ".lock") as got:
+            if not got:
+                raise CorruptDatabase(
+                    f"state database {path} is corrupt ({exc}) and in use by the daemon "
+                    "or a scan, which moves it aside when it next opens it") from None
+            return replace_corrupt(path, exc, timeout=timeout, clock=clock)
+
+
+@contextlib.contextmanager
+def _state_lock(path: str) -> Iterator[bool]:
+    """The state lock, without waiting: True if taken (held for the block)."""
+    fd = safefs.open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def replace_corrupt(path: str, why: BaseException, *, timeout: float = 30,

@@ -179,3 +179,18 @@ def test_state_directory_writable_by_others_is_refused(tmp_path: Path) -> None:
 def test_a_busy_database_is_not_taken_for_a_corrupt_one() -> None:
     assert not recovery.is_corrupt(sqlite3.OperationalError("database is locked"))
     assert recovery.is_corrupt(sqlite3.DatabaseError("database disk image is malformed"))
+
+
+def test_a_corrupt_database_in_use_by_the_daemon_is_left_to_it(tmp_path: Path) -> None:
+    """``list`` without the state lock must not move the file from under a running
+    daemon or scan: one clear error instead, and the file stays where it is."""
+    from smtpguard_logwatch.operator import OperatorError
+
+    cfg = _config(tmp_path)
+    _fill(cfg)
+    _corrupt(cfg.state, "garbage")
+    with StateLock(cfg.state + ".lock"), pytest.raises(OperatorError, match="in use"):
+        open_ledger(cfg.state)
+    assert not [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    open_ledger(cfg.state).conn.close()  # free: moved aside now
+    assert [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
