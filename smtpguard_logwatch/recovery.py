@@ -62,8 +62,7 @@ def prepare(path: str) -> None:
     """Check the directory (create it 0750 if missing), refuse links at the database's
     names, create the database 0600 if missing and keep an existing one 0600."""
     directory = os.path.dirname(os.path.abspath(path))
-    safefs.make_directory(directory, 0o750) if not os.path.isdir(directory) else \
-        safefs.check_directory(directory)
+    safefs.make_directory(directory, 0o750)
     for name in (path, *(path + s for s in SIDE_FILES)):
         safefs.refuse_link(name)
     try:

@@ -70,11 +70,7 @@ class StateLock:
         self.fd: int | None = None
 
     def __enter__(self) -> StateLock:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        if os.path.isdir(directory):
-            safefs.check_directory(directory)
-        else:
-            safefs.make_directory(directory, 0o750)
+        safefs.make_directory(os.path.dirname(os.path.abspath(self.path)), 0o750)
         self.fd = safefs.open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -250,3 +250,17 @@ def test_check_directory_accepts_a_root_sticky_parent_but_not_as_the_directory()
         safefs.check_directory(private)
     finally:
         os.rmdir(private)
+
+
+@needs_root
+def test_control_socket_directory_writable_by_others_is_refused(arena: Path) -> None:
+    """The daemon chmods its socket after bind: in a directory others can write, the
+    socket could be swapped for a link to a file of their choice."""
+    from smtpguard_logwatch.daemon.control import ControlServer
+
+    run = arena / "run"
+    run.mkdir()
+    run.chmod(0o777)
+    with pytest.raises(safefs.UnsafePath, match=rf"chmod go-w {run}"):
+        ControlServer(str(run / "control.sock"), lambda command, args: {})
+    assert list(run.iterdir()) == []
