@@ -153,7 +153,10 @@ def request(path: str, command: str, timeout: float = 60.0, **args: Any) -> Any:
             raise DaemonUnavailable(f"{path}: {exc.strerror}") from None
         except PermissionError:
             raise DaemonUnavailable(f"{path}: permission denied (run as root)") from None
-        s.sendall(json.dumps({"command": command, "args": args}).encode() + b"\n")
+        with contextlib.suppress(BrokenPipeError):
+            # a refusal (wrong uid) is answered without reading the request: the
+            # answer is still there to read when our write finds the socket closed
+            s.sendall(json.dumps({"command": command, "args": args}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = s.recv(65536)
