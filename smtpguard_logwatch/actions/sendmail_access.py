@@ -13,8 +13,9 @@ Three files:
   what Sendmail reads.
 
 Why merge instead of a second map: Sendmail has one access map (``Kaccess``), and its
-rulesets look every tag up in it. The merged db is built into a temp file by
-``makemap`` and renamed over the live one. Sendmail opens the map afresh in each SMTP
+rulesets look every tag up in it. The merged db is built by ``makemap`` in a
+private 0700 staging directory (makemap writes ``X.db`` by name) and renamed over the
+live one. Sendmail opens the map afresh in each SMTP
 session, so the next session sees the new db (measured on Sendmail 8.17.1.9: three
 renames within one second, each seen by the next connection) and never a half-built
 one. The admin keeps editing ``/etc/mail/access``; we re-read it on every change and
