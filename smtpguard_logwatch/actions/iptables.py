@@ -292,26 +292,33 @@ class IptablesAction(FirewallAction):
 
     def recorded(self, now: float) -> list[Decision]:
         """What our ipsets enforce, as decisions (to rebuild a ledger lost with a corrupt
-        state database). Elements without a timeout have no end and are left out, as
-        the ledger would lift them; per-rule mode (no ipset) reports nothing."""
+        state database), from the ipsets or, without ipset, our per-key rules. Keys
+        without an end are left out, as the ledger would lift them."""
         if self.dry_run:
             return []
         with self._lock:
             self._check()
-            if not self._ipset_path:
-                return []
-            sets = self._all_sets()
-            present, _stale = self._ipset_elements(sets)
+            if self._ipset_path:
+                sets = self._all_sets()
+                present, _stale = self._ipset_elements(sets)
+                found = [(sets[name][2], key, now + left if left > 0 else None)
+                         for (name, key), left in present.items()]
+            else:
+                rules: list[_Present] = []
+                for version in (4, 6):
+                    self._tx(version, lambda fam: rules.extend(self._per_key(fam)) or False)
+                found = [(p.slot, p.key, None if p.until is None else float(p.until))
+                         for p in rules]
+        tiers = {_slot(t): t for t in self.tiers}
         out = []
-        for (name, key), left in sorted(present.items()):
-            slot = sets[name][2]
-            tier = None if slot == "refuse" else self._tier_of_slot(slot)
-            if left <= 0 or (slot != "refuse" and tier is None):
+        for slot, key, until in sorted(found, key=lambda f: (f[0], f[1])):
+            tier = tiers.get(slot)
+            if until is None or until <= now or (slot != "refuse" and tier is None):
                 continue
             out.append(Decision(time=now, dimension="client_net" if "/" in key
                                 else "client_ip", key=key,
                                 action="refuse" if tier is None else "throttle",
-                                until=now + left, rules=("recovered",),
+                                until=until, rules=("recovered",),
                                 argument=None if tier is None else tier.per_minute))
         return out
 
