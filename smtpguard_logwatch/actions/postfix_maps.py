@@ -47,8 +47,8 @@ within one wall-clock second leave the mtime unchanged and a long-lived smtpd ke
 first version (measured: 17 probes over 8 s missed the second update). We never update
 in place: ``postmap`` builds a new db in a private 0700 staging directory beside the live
 one (never at a guessable name another user could plant a symlink at) and ``rename``
-replaces it, so the inode every running smtpd holds open drops to ``st_nlink == 0`` and the next
-connection is served from the new map, whatever the clock says. This also means Postfix
+replaces it, so the inode every running smtpd holds open drops to ``st_nlink == 0`` and
+the next connection is served from the new map, whatever the clock says. This also means Postfix
 never sees a half-written db. (A hard link to the live db made by some other tool would
 defeat the ``st_nlink`` signal; don't make one.)
 
@@ -302,8 +302,8 @@ class PostfixMapsAction:
         if decision.dimension in ("sender", "sasl_user"):
             _check_text_key(key)
         entry = Record(decision.dimension, key, decision.action,
-                      self._seconds(decision) if decision.action == "delay" else None,
-                      decision.id, decision.until)
+                       self._seconds(decision) if decision.action == "delay" else None,
+                       decision.id, decision.until)
         self._map_keys(entry)  # refuse networks a map cannot express, before storing
         return entry
 
