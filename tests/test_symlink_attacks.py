@@ -264,3 +264,17 @@ def test_control_socket_directory_writable_by_others_is_refused(arena: Path) -> 
     with pytest.raises(safefs.UnsafePath, match=rf"chmod go-w {run}"):
         ControlServer(str(run / "control.sock"), lambda command, args: {})
     assert list(run.iterdir()) == []
+
+
+def test_xtables_lock_link_is_never_followed(arena: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    """The iptables action creates the xtables lock if missing: never through a link."""
+    from smtpguard_logwatch.actions.iptables import IptablesAction
+
+    target = arena / "created-by-root"
+    (arena / "xtables.lock").symlink_to(target)
+    monkeypatch.setenv("XTABLES_LOCKFILE", str(arena / "xtables.lock"))
+    action = IptablesAction(use_ipset=False)
+    with pytest.raises(ActionError, match="symbolic link"), action._xtables_lock():
+        pass
+    assert not target.exists()
