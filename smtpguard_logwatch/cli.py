@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also run these rule file(s) over the same logs and show what "
                              "they would have decided differently (repeatable)")
     replay.add_argument("--warmup", default="1h", metavar="DURATION",
-                        help="log time at the start that only builds history, without "
-                             "deciding (default 1h; 0 to decide from the first line)")
+                        help="log time at the start during which rules that compare "
+                             "with a key's past only build history (default 1h; rules "
+                             "that need no history act from the first line)")
     replay.add_argument("--max-decisions", type=int, default=50, metavar="N",
                         help="decisions shown in the text timeline (default 50; --json has all)")
     _add_input_options(replay)
@@ -236,7 +237,8 @@ def _ask_daemon(cfg, command: str, **request: Any) -> Any:
 def _print_decision_rows(rows: list[dict[str, Any]]) -> None:
     for d in rows:
         print(f"{d['id']:>6}  {d['time']}  {d['until'] or '-':<20}  {d['dimension']:<14} "
-              f"{d['key']:<40} {d['action']:<8} {d['origin']:<7} {', '.join(d['rules'])}")
+              f"{d['key']:<40} {d['action']:<8} {d['origin']:<7} {', '.join(d['rules'])}"
+              f"{'  (simulated)' if d.get('simulated') else ''}")
 
 
 def cmd_ban(args: argparse.Namespace) -> int:
@@ -326,7 +328,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     print(f"scan: {result.lines} lines, {len(result.decisions)} decisions")
     for d in result.decisions:
         until = f" until {iso(d.until)}" if d.until is not None else ""
-        print(f"  {iso(d.time)} {d.dimension} {d.key} {d.action}{until} "
+        print(f"  {iso(d.time)} {d.dimension} {d.key} {d.action}"
+              f"{' (simulated)' if d.simulated else ''}{until} "
               f"[{', '.join(d.rules)}]")
     return 1 if result.errors else 0
 
@@ -380,6 +383,8 @@ def _daemon_answer(args: argparse.Namespace, command: str, **request: Any) -> An
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .simulation import describe_mode
+
     answer = _daemon_answer(args, "status")
     if args.json:
         print(json.dumps(answer, indent=1))
@@ -387,8 +392,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines = answer["lines"]
     cp = answer["checkpoint"]
     print(f"smtpguard-logwatch {answer['version']} pid {answer['pid']}, up "
-          f"{answer['uptime']}s since {answer['started']}"
-          f"{', DRY RUN' if answer['dry_run'] else ''}")
+          f"{answer['uptime']}s since {answer['started']}")
+    print(f"  mode: {describe_mode(answer['mode'])}")
     print(f"  config {answer['config'] or '-'}; rules {', '.join(answer['rules'])}")
     print(f"  following ({answer['watch']}):")
     for f in answer["logs"]:
@@ -400,8 +405,8 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"time, {lines['internal_errors']} internal errors")
     print(f"  events {answer['events']}; decided "
           f"{_counts(answer['decided'])}; in force {_counts(answer['active'])}")
-    if answer["breaker"]["tripped_until"]:
-        print(f"  CIRCUIT BREAKER tripped until {answer['breaker']['tripped_until']}")
+    for rule, until in sorted(answer["breaker"]["held_back"].items()):
+        print(f"  CIRCUIT BREAKER: rule {rule} held back until {until}")
     print(f"  checkpoints {cp['done']} saved, {cp['failed']} failed; last {cp['last'] or '-'} "
           f"({cp['seconds']}s)" + (f"; LAST ERROR {cp['error']}" if cp["error"] else ""))
     print(f"  actions {', '.join(answer['actions']) or 'none'}; {answer['action_errors']} "

@@ -8,6 +8,7 @@ config keeps the old one (the caller decides; this module only raises ConfigErro
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Any
 DEFAULT_PATH = "/etc/smtpguard-logwatch/config.toml"
 DEFAULT_STATE = "/var/lib/smtpguard-logwatch/state.sqlite"
 DEFAULT_SOCKET = "/run/smtpguard-logwatch/control.sock"
+
+log = logging.getLogger("smtpguard_logwatch.config")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -58,11 +61,17 @@ class Config:
     state: str = DEFAULT_STATE
     control_socket: str = DEFAULT_SOCKET
     warmup: float = 3600.0
-    dry_run: bool = False
+    mode: str = "enforce"  # [enforcement] mode: enforce | simulate (see simulation.py)
+    simulate_days: float = 0.0  # a new state database simulates this many days first
     breaker: dict[str, float] = field(
-        default_factory=lambda: {"max_refusals": 50, "window": 600.0, "cooldown": 1800.0})
+        default_factory=lambda: {"max_refusals": 20, "window": 600.0, "cooldown": 1800.0})
     actions: dict[str, dict[str, Any]] = field(default_factory=dict)
     daemon: DaemonSettings = field(default_factory=lambda: DaemonSettings())
+
+    @property
+    def dry_run(self) -> bool:
+        """The deprecated name of ``mode = "simulate"``."""
+        return self.mode == "simulate"
 
 
 @dataclass
@@ -134,18 +143,44 @@ def _clock_time(v: Any) -> str:
     return v
 
 
+def _days(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 3650:
+        raise ValueError("expected a number of days from 0 to 3650")
+    return float(v)
+
+
 def _count(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError("expected a whole number >= 1")
     return v
 
 
+def _count_within(low: int, high: int):
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return v
+    return check
+
+
+def _duration_within(low: float, high: float):
+    def check(v: Any) -> float:
+        seconds = parse_duration(v)
+        if not low <= seconds <= high:  # also refuses nan and inf
+            raise ValueError(f"expected a duration from {low:g}s to {high:g}s, got {v!r}")
+        return seconds
+    return check
+
+
 _SCHEMA: dict[str, dict[str, Any]] = {
     "logs": {"files": _str_list, "parsers": _str_list, "timezone": _string},
     "rules": {"files": _rule_files, "warmup": parse_duration},
     "state": {"database": _string, "control_socket": _string},
-    "enforcement": {"dry_run": _boolean},
-    "breaker": {"max_refusals": _count, "window": parse_duration, "cooldown": parse_duration},
+    "enforcement": {"mode": _choice("enforce", "simulate"), "simulate_days": _days,
+                    "dry_run": _boolean},
+    "breaker": {"max_refusals": _count_within(1, 1_000_000),
+                "window": _duration_within(60, 8 * 86400),
+                "cooldown": _duration_within(60, 7 * 86400)},
     "daemon": {"checkpoint": parse_duration, "expire_every": parse_duration,
                "reconcile": parse_duration, "watch": _choice("auto", "inotify", "poll"),
                "poll_interval": parse_duration,
@@ -198,7 +233,22 @@ def config_from_dict(raw: dict[str, Any], path: str = "<config>") -> Config:
             except ValueError as exc:
                 raise ConfigError(f"{path}: [{table}] {key}: {exc}") from None
             _assign(cfg, table, key, converted)
+    _dry_run_alias(cfg, raw.get("enforcement"), path)
     return cfg
+
+
+def _dry_run_alias(cfg: Config, table: Any, path: str) -> None:
+    """``[enforcement] dry_run`` (before simulation mode existed) still works, as
+    ``mode``; it says so, and contradicting ``mode`` is an error."""
+    if not isinstance(table, dict) or "dry_run" not in table:
+        return
+    mode = "simulate" if table["dry_run"] else "enforce"
+    if "mode" in table and table["mode"] != mode:
+        raise ConfigError(f"{path}: [enforcement] dry_run = {str(table['dry_run']).lower()} "
+                          f"contradicts mode = {table['mode']!r}; remove dry_run (deprecated)")
+    cfg.mode = mode
+    log.warning("%s: [enforcement] dry_run is deprecated; write mode = %r instead", path,
+                mode)
 
 
 # (table, key) -> Config attribute; [breaker] keys go into Config.breaker.
@@ -206,7 +256,8 @@ _ATTRIBUTE = {
     ("logs", "files"): "logs", ("logs", "parsers"): "parsers",
     ("logs", "timezone"): "timezone", ("rules", "files"): "rules",
     ("rules", "warmup"): "warmup", ("state", "database"): "state",
-    ("state", "control_socket"): "control_socket", ("enforcement", "dry_run"): "dry_run",
+    ("state", "control_socket"): "control_socket", ("enforcement", "mode"): "mode",
+    ("enforcement", "simulate_days"): "simulate_days",
 }
 
 
@@ -215,5 +266,7 @@ def _assign(cfg: Config, table: str, key: str, value: Any) -> None:
         cfg.breaker[key] = value
     elif table == "daemon":
         setattr(cfg.daemon, key, value)
+    elif (table, key) == ("enforcement", "dry_run"):
+        pass  # see _dry_run_alias
     else:
         setattr(cfg, _ATTRIBUTE[(table, key)], value)

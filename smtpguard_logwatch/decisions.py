@@ -23,16 +23,20 @@ def decision_json(d: Decision) -> dict[str, Any]:
         "rules": list(d.rules),
         "points": d.points,
         "origin": d.origin,
+        "simulated": d.simulated,
         "evidence": d.evidence,
+        "revoked": iso(d.revoked),  # the circuit breaker (or an operator) took it back
     }
 
 
 def _action_text(d: Decision) -> str:
     if d.action == "delay" and d.argument:
-        return f"delay {d.argument:g}s"
-    if d.action == "throttle" and d.argument:
-        return f"throttle {d.argument:g}/min"
-    return d.action
+        text = f"delay {d.argument:g}s"
+    elif d.action == "throttle" and d.argument:
+        text = f"throttle {d.argument:g}/min"
+    else:
+        text = d.action
+    return f"{text} (simulated)" if d.simulated else text
 
 
 def evidence_lines(d: Decision) -> list[str]:
@@ -62,6 +66,8 @@ def write_timeline(out: TextIO, decisions: Iterable[Decision], *, title: str = "
         until = f" until {iso(d.until)}" if d.until is not None else ""
         out.write(f"  {iso(d.time)}  {d.dimension} {d.key}  {_action_text(d)}{until}"
                   f"  [{d.points:g} points; {', '.join(d.rules)}]\n")
+        if d.revoked is not None:
+            out.write(f"      REVOKED {iso(d.revoked)} (circuit breaker)\n")
         for line in evidence_lines(d):
             out.write(f"      {line}\n")
     if limit is not None and len(decisions) > limit:

@@ -87,7 +87,7 @@ class Operator:
     @classmethod
     def from_config(cls, cfg: Config) -> Operator:
         try:
-            actions = build_actions(cfg.actions, dry_run=cfg.dry_run)
+            actions = build_actions(cfg.actions)  # simulated decisions: see Enforcer
         except ActionError as exc:
             raise OperatorError(str(exc)) from None
         except TypeError as exc:
@@ -161,5 +161,6 @@ def decision_rows(decisions: Iterable[Decision]) -> list[str]:
     for d in decisions:
         until = iso(d.until) if d.until is not None else "-"
         rows.append(f"{d.id:>6}  {iso(d.time)}  {until:<20}  {d.dimension:<14} {d.key:<40} "
-                    f"{d.action:<8} {d.origin:<7} {', '.join(d.rules)}")
+                    f"{d.action:<8} {d.origin:<7} {', '.join(d.rules)}"
+                    f"{'  (simulated)' if d.simulated else ''}")
     return rows

@@ -33,6 +33,7 @@ from typing import Any
 
 from .actions import safefs
 from .engine.ledger import Decision, Ledger
+from .simulation import _TABLE as SIMULATION_TABLE
 
 log = logging.getLogger("smtpguard_logwatch.state")
 
@@ -134,6 +135,10 @@ def replace_corrupt(path: str, why: BaseException, *, timeout: float = 30,
     conn = _open(path, timeout)
     conn.execute(_PENDING)
     conn.execute("INSERT OR REPLACE INTO recovery VALUES (1, ?, ?)", (moved, now))
+    # Not a new installation: no initial simulation period (enforcement goes on as
+    # before; the config's ``mode = "simulate"`` still applies).
+    conn.execute(SIMULATION_TABLE)
+    conn.execute("INSERT OR IGNORE INTO enforcement_state VALUES (1, ?, 0, NULL)", (now,))
     conn.commit()
     return conn
 

@@ -70,11 +70,12 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
     if not state.checkpoint():  # positions, counts, points, joins and decisions
         raise ScanFailed(f"could not save the state: {state.checkpoints.last_error}")
     enforcer = Enforcer(actions if actions is not None
-                        else build_actions(cfg.actions, dry_run=cfg.dry_run),
+                        else build_actions(cfg.actions),
                         state.ruleset.allowlist, state.local)
     state.rebuild_from(enforcer.actions)  # after a corrupt state database only
     for decision in result.decisions:
-        enforcer.apply(decision)
+        if decision.revoked is None:  # not revoked by the circuit breaker meanwhile
+            enforcer.apply(decision)
     enforcer.reconcile(state.ledger.active(clock()), clock())
     result.errors = enforcer.errors
 

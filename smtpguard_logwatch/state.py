@@ -40,6 +40,7 @@ from .follow import load_all as load_positions
 from .follow import save as save_position
 from .pipeline import Pipeline
 from .rules import RuleSet, default_rules_path, load_rules
+from .simulation import Simulation
 from .store import FrequencyStore
 
 log = logging.getLogger("smtpguard_logwatch.state")
@@ -102,8 +103,12 @@ class JournaledLedger(Ledger):
         self._ops: list[tuple[str, tuple]] = []
         row = conn.execute("SELECT MAX(id) FROM decisions").fetchone()
         self._next_id = (row[0] or 0) + 1
+        self.simulating: Callable[[Decision], bool] | None = None
+        """Set by State: whether a new decision is simulated (simulation.py)."""
 
     def record(self, d: Decision) -> Decision:
+        if d.id is None and self.simulating is not None:
+            d.simulated = self.simulating(d)
         if d.id is None:
             d.id = self._next_id
         self._next_id = max(self._next_id, d.id + 1)
@@ -173,9 +178,13 @@ class State:
         self.dirty = False
         self._needs_rewrite = False
         self.checkpoints = CheckpointStats()
+        self.simulation.refresh(self.engine, self.ruleset, force=True)
 
     def _load(self, cfg: Config, on_decision: Callable[[Decision], None] | None) -> None:
+        self.simulation = Simulation(self.conn, cfg, clock=self.clock)  # first: tells a new db
         self.ledger = JournaledLedger(self.conn)
+        self.ledger.simulating = lambda d: self.simulation.simulated(d, self.ruleset,
+                                                                     self.clock())
         self.engine = Engine(self.ruleset, store=FrequencyStore.load(self.conn),
                              ledger=self.ledger, breaker=breaker_of(cfg), local=self.local,
                              warmup=cfg.warmup, on_decision=on_decision)
@@ -227,6 +236,7 @@ class State:
                 yield line
 
         before = self.pipeline.stats.read
+        self.simulation.refresh(self.engine, self.ruleset)
         try:
             self.pipeline.feed(text(), self.clock_for(name))
         finally:

@@ -21,8 +21,8 @@ def test_the_sample_config_loads() -> None:
     cfg = load_config(ROOT / "samples" / "config.toml")
     assert cfg.logs == ["/var/log/mail.log"]
     assert cfg.warmup == 3600
-    assert cfg.dry_run is True
-    assert cfg.breaker == {"max_refusals": 50, "window": 600, "cooldown": 1800}
+    assert (cfg.mode, cfg.simulate_days) == ("enforce", 7)
+    assert cfg.breaker == {"max_refusals": 20, "window": 600, "cooldown": 1800}
     assert set(cfg.actions) == {"nftables", "postfix", "mail"}
     assert cfg.actions["nftables"]["ports"] == [25, 465, 587]
 
@@ -42,6 +42,10 @@ def test_defaults_when_tables_are_missing(tmp_path: Path) -> None:
         ("[logs]\nfile = 'x'\n", "[logs] unknown key 'file'"),
         ("[rules]\nwarmup = 'soon'\n", "[rules] warmup: not a duration"),
         ("[breaker]\nmax_refusals = 0\n", "[breaker] max_refusals: expected a whole number"),
+        ("[breaker]\nmax_refusals = 1000001\n", "max_refusals: expected a whole number from"),
+        ("[breaker]\nwindow = 'nan'\n", "[breaker] window: expected a duration from"),
+        ("[breaker]\ncooldown = 1e308\n", "[breaker] cooldown: expected a duration from"),
+        ("[breaker]\nwindow = 0\n", "[breaker] window: expected a duration from"),
         ("[enforcement]\ndry_run = 'yes'\n", "[enforcement] dry_run: expected true or false"),
         ("actions = 3\n", "[actions] must hold one table per action"),
     ],

@@ -579,3 +579,28 @@ def test_starts_on_a_corrupt_state_database_and_keeps_the_refusals(tmp_path: Pat
     r.stop()  # after the start reconcile, which would have lifted an unknown refusal
     assert "203.0.113.77" in (tmp_path / "exim" / "refuse_hosts").read_text()
     assert [p.name for p in (tmp_path / "state").iterdir() if ".corrupt-" in p.name]
+
+
+def test_an_answer_sent_before_the_request_was_read_is_not_lost(tmp_path: Path) -> None:
+    """A daemon that refuses a peer answers and closes without reading the request; the
+    client's write then fails with EPIPE, but the answer is waiting to be read (this made
+    test_control_socket_is_root_only fail now and then under load)."""
+    path = str(tmp_path / "c.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def refuse() -> None:
+        conn, _ = server.accept()
+        conn.sendall(b'{"ok": false, "error": "permission denied: root only"}\n')
+        conn.close()
+
+    t = threading.Thread(target=refuse)
+    t.start()
+    try:
+        # larger than the socket buffer: the write is still going on when the server closes
+        with pytest.raises(ControlError, match="permission denied: root only"):
+            request(path, "ban", timeout=5, padding="x" * 4_000_000)
+    finally:
+        t.join(5)
+        server.close()

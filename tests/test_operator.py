@@ -157,9 +157,11 @@ def test_one_failing_action_does_not_stop_the_others(tmp_path: Path) -> None:
 
 
 def test_cli_reconcile_in_dry_run(tmp_path: Path) -> None:
+    # The action's own dry_run: [enforcement] dry_run is now simulation mode, in which
+    # a manual ban is applied for real.
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[state]\ndatabase = "{tmp_path}/state.sqlite"\n'
-                   "[enforcement]\ndry_run = true\n[actions.nftables]\nenabled = true\n")
+                   "[actions.nftables]\nenabled = true\ndry_run = true\n")
     args = ["--config", str(cfg)]
     run = [sys.executable, "-m", "smtpguard_logwatch"]
     assert subprocess.run([*run, "ban", "203.0.113.60", *args], capture_output=True,

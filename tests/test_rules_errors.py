@@ -197,9 +197,25 @@ def test_usual_needs_a_metric_on_the_other_side(tmp_path: Path) -> None:
                  "a bare 'usual' needs a single metric")
 
 
-def test_usual_not_for_distinct(tmp_path: Path) -> None:
-    expect_error(tmp_path, when("distinct recipients in 1h > 3 x usual"), "usual",
-                 "counted metrics only")
+def test_usual_distinct_needs_whole_minutes(tmp_path: Path) -> None:
+    expect_error(tmp_path, when("distinct recipients in 90s > 3 x usual"), "usual",
+                 "kept per whole minutes")
+
+
+def test_enforce_only_where_rejects_usual_and_a_second_line(tmp_path: Path) -> None:
+    base = "rule r for sender:\n when messages in 1h > 5\n add 1 point\nladder sender:\n" \
+           " at 1 point notify\n"
+    expect_error(tmp_path, base + " enforce only where messages in 1h > 2 x usual\n",
+                 "messages in 1h > 2 x", "not how it compares with its usual")
+    expect_error(tmp_path, base + " enforce only where messages in 1h > 1\n"
+                 " enforce only where messages in 1h > 2\n",
+                 "enforce only where messages in 1h > 2",
+                 "already has an 'enforce only where' line")
+
+
+def test_up_to_names_a_ladder_action(tmp_path: Path) -> None:
+    expect_error(tmp_path, "rule r for client_ip:\n when messages in 1h > 5\n"
+                 " add 1 point up to warn\n", "warn", "'up to' names a ladder action")
 
 
 def test_baseline_without_usual(tmp_path: Path) -> None:

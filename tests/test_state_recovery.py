@@ -91,6 +91,10 @@ def test_scan_survives_a_corrupt_database_and_keeps_the_refusals_in_force(
     assert [(d.dimension, d.key, d.action) for d in active] == [
         ("client_ip", "192.0.2.7", "refuse")]
     assert recovery.pending(sqlite3.connect(cfg.state)) is None  # done once
+    # an installation that was enforcing does not restart its initial simulation period
+    state = State(cfg)
+    assert not state.simulation.new_install
+    state.close()
     # and a second run is an ordinary run
     caplog.clear()
     run_scan(cfg, actions=[action])

@@ -69,6 +69,8 @@ class Action(Protocol):
 
     name: ClassVar[str]
     dry_run: bool
+    # notifies_only: ClassVar[bool] (optional, default False) — the action only tells
+    # people, so it also receives simulated decisions (see enforcer.py).
 
     def handles(self, decision: Decision) -> bool:
         """Whether this action enforces this kind of decision (dimension and action)."""

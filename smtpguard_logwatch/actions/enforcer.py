@@ -5,6 +5,10 @@ a row someone inserted by hand — an allow-listed key, loopback or this host is
 refused: the Enforcer drops such decisions (and says so) before any action sees them.
 It also keeps one failing action from stopping the others: an ActionError is logged
 and reported, and the next action runs.
+
+A simulated decision (simulation mode, see ``simulation.py``) reaches only the
+actions that just tell people (``notifies_only``: the warning mail); the firewall and
+MTA actions never see it, not even in ``reconcile``.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ class Enforcer:
         enforceable = [d for d in active if self.allowed(d)]
         reports = {}
         for action in self.actions:
-            mine = [d for d in enforceable if action.handles(d)]
+            mine = [d for d in enforceable if action.handles(d)
+                    and (not d.simulated or _notifies_only(action))]
             try:
                 reports[action.name] = action.reconcile(mine, now)
             except ActionError as exc:
@@ -66,7 +71,7 @@ class Enforcer:
 
     def _each(self, d: Decision, verb: str) -> None:
         for action in self.actions:
-            if not action.handles(d):
+            if not action.handles(d) or (d.simulated and not _notifies_only(action)):
                 continue
             try:
                 getattr(action, verb)(d)
@@ -81,3 +86,8 @@ class Enforcer:
     def _error(self, exc: ActionError) -> None:
         log.error("%s", exc)
         self.errors.append(str(exc))
+
+
+def _notifies_only(action: Any) -> bool:
+    """An action that only tells people (mail): it sees simulated decisions too."""
+    return bool(getattr(action, "notifies_only", False))

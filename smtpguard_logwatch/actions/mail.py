@@ -59,6 +59,9 @@ _RANK = {a: i for i, a in enumerate(ACTION_ORDER)}
 _NETWORK_DIMENSIONS = ("client_ip", "client_net")
 SUBJECT_PREFIX = "[smtpguard-logwatch]"
 UNPRINTABLE = "(unprintable key)"
+SIMULATED = " (simulated)"
+SIMULATION_NOTE = ("SIMULATION: nothing was enforced; this is what enforcement would have "
+                   "done.")
 MAX_LINE = 400  # characters of one quoted log or evidence line
 MAX_RAW_LINE = 990  # any body line (RFC 5322: at most 998)
 MAX_TOLD = 100_000  # (dimension, key, action) steps remembered for de-duplication
@@ -165,6 +168,7 @@ class _Told:
     id: int | None
     time: float
     until: float | None
+    simulated: bool = False
 
 
 @register
@@ -172,6 +176,7 @@ class WarningMailAction:
     """Warn the admins (and the site admin of an infected network) by email."""
 
     name: ClassVar[str] = "mail"
+    notifies_only: ClassVar[bool] = True  # simulated decisions are mailed too, as such
 
     def __init__(self, *, dry_run: bool = False, relay: str = "localhost:25",
                  sender: str | None = None, admins: Iterable[str] | str = (),
@@ -303,8 +308,8 @@ class WarningMailAction:
             if self.dry_run or decision.action == "notify":
                 return
             when = iso(decision.revoked) if decision.revoked is not None else "now"
-            note = (f"{decision.dimension} {quote(decision.key)}: {decision.action} "
-                    f"lifted ({when})")
+            note = (f"{decision.dimension} {quote(decision.key)}: {decision.action}"
+                    f"{SIMULATED if decision.simulated else ''} lifted ({when})")
             for recipients in self._recipients_for(decision):
                 aud = self._audiences.get(recipients)
                 if aud is None:
@@ -385,6 +390,8 @@ class WarningMailAction:
             return False
         if d.id is not None and told.id == d.id:
             return True
+        if told.simulated and not d.simulated:
+            return False  # the step is enforced now: news, though simulated before
         if (d.time, d.until) == (told.time, told.until):
             return True
         if told.until is not None:
@@ -393,7 +400,7 @@ class WarningMailAction:
 
     def _remember(self, d: Decision) -> None:
         told_key = (d.dimension, d.key, d.action)
-        self._told[told_key] = _Told(d.id, d.time, d.until)
+        self._told[told_key] = _Told(d.id, d.time, d.until, d.simulated)
         self._told.move_to_end(told_key)
         while len(self._told) > MAX_TOLD:
             self._told.popitem(last=False)
@@ -629,10 +636,13 @@ class WarningMailAction:
         dimension = d.dimension if d.dimension in DIMENSION_NOUN else "(unknown dimension)"
         action = d.action if d.action in _RANK else "(unknown action)"
         breaker = " (circuit breaker)" if d.origin == "breaker" else ""
-        subject = (f"{SUBJECT_PREFIX} {action}{breaker} {dimension} "
+        simulated = SIMULATED if d.simulated else ""
+        subject = (f"{SUBJECT_PREFIX} {action}{simulated}{breaker} {dimension} "
                    f"{subject_key(d.dimension, d.key)}")
         lines = [f"smtpguard-logwatch on {self._helo} escalated "
                  f"{DIMENSION_NOUN.get(d.dimension, quote(d.dimension))} {quote(d.key)}.", ""]
+        if d.simulated:
+            lines += [SIMULATION_NOTE, ""]
         lines += self._describe(item, samples=self.sample_limit)
         if last:
             lines += self._lifted(aud)
@@ -645,7 +655,9 @@ class WarningMailAction:
         total = len(items) + sum(overflow.values())
         keys = len({(i.decision.dimension, i.decision.key) for i in items})
         capped = capped_at is not None or cap_now
+        simulated = sum(1 for i in items if i.decision.simulated)
         subject = (f"{SUBJECT_PREFIX} digest: {total} escalation{'s' if total != 1 else ''}"
+                   + (f", {simulated} simulated" if simulated else "")
                    + (", hourly cap reached" if capped else ""))
         lines = [f"smtpguard-logwatch on {self._helo}: {total} escalation"
                  f"{'s' if total != 1 else ''} ({keys} key{'s' if keys != 1 else ''} "
@@ -661,12 +673,16 @@ class WarningMailAction:
         elif keys > self.digest_after:
             lines.append(f"More than {self.digest_after} keys escalated within "
                          f"{fmt_duration(self.digest_window)}, so they come as one digest.")
+        if simulated:
+            lines.append(f"SIMULATION: {simulated} of these (marked simulated) were not "
+                         f"enforced; they show what enforcement would have done.")
         lines.append("")
         for item in items:
             d = item.decision
             until = f" until {iso(d.until)}" if d.until is not None else ""
             points = f"{fmt_number(round(d.points, 2))} points; " if d.points is not None else ""
-            lines.append(f"  {iso(d.time)}  {_safe_word(d.action, _RANK):<8} "
+            action = _safe_word(d.action, _RANK) + (SIMULATED if d.simulated else "")
+            lines.append(f"  {iso(d.time)}  {action:<8} "
                          f"{_safe_word(d.dimension, DIMENSION_NOUN):<16} {quote(d.key)}"
                          f"{until}  [{points}{', '.join(quote(r) for r in d.rules)}]")
         if overflow:
@@ -690,6 +706,8 @@ class WarningMailAction:
         and what the log said."""
         d = item.decision
         what = action_text(d.action, d.argument) if d.action in _RANK else quote(d.action)
+        if d.simulated:
+            what += " (SIMULATED: not enforced)"
         lines = [f"  Action:  {what}"]
         if d.until is not None:
             lines.append(f"  Until:   {iso(d.until)} "
@@ -702,8 +720,10 @@ class WarningMailAction:
         if d.points is not None:
             lines.append(f"  Points:  {fmt_number(round(d.points, 2))}")
         origin = {"rule": "the rules", "manual": "an operator (manual)",
-                  "breaker": "the circuit breaker: the rules wanted more, enforcement is "
-                             "paused because too many sources escalated at once"}
+                  "breaker": "the circuit breaker: the rules wanted more, but the rule is "
+                             "held back: it refused too many sources with accepted mail",
+                  "unproven": "the rules, as a warning only: the ladder enforces only where "
+                              "its 'enforce only where' condition holds, and it did not"}
         lines.append(f"  By:      {origin.get(d.origin, quote(d.origin))}")
         rules = [e for e in d.evidence if isinstance(e, dict) and "rule" in e]
         if rules or d.rules:

@@ -56,7 +56,7 @@ def status(daemon: Daemon) -> dict[str, Any]:
     return {
         "version": __version__, "pid": os.getpid(), "config": daemon.cfg.path,
         "started": iso(daemon.started), "uptime": round(time.monotonic() - daemon.started_mono),
-        "dry_run": daemon.cfg.dry_run, "rules": daemon.rule_files,
+        "mode": daemon.mode_status(), "rules": daemon.rule_files,
         "watch": daemon.follower.backend,
         "logs": [{"path": p, "offset": (pos := state.positions.get(p)) and pos.offset,
                   "inode": pos and pos.inode} for p in daemon.cfg.logs],
@@ -64,8 +64,9 @@ def status(daemon: Daemon) -> dict[str, Any]:
         "lines": state.pipeline.stats.as_dict() | {"internal_errors": daemon.line_errors},
         "events": engine.stats.events, "decided": dict(engine.stats.by_action),
         "active": active,
-        "breaker": {"tripped_until": iso(engine.breaker.tripped_until),
-                    "trips": engine.breaker.trips},
+        "breaker": {"held_back": {rule: iso(until) for rule, until in engine.breaker
+                                  .tripped_rules(state.pipeline.stats.last_time or now).items()},
+                    "trips": dict(engine.breaker.trips)},
         "checkpoint": {"done": cp.done, "failed": cp.failed, "last": iso(cp.last_time),
                        "seconds": round(cp.last_seconds, 3), "error": cp.last_error,
                        "pending_ledger_writes": state.ledger.pending},

@@ -153,9 +153,8 @@ def request(path: str, command: str, timeout: float = 60.0, **args: Any) -> Any:
             raise DaemonUnavailable(f"{path}: {exc.strerror}") from None
         except PermissionError:
             raise DaemonUnavailable(f"{path}: permission denied (run as root)") from None
-        with contextlib.suppress(BrokenPipeError):
-            # a refusal (wrong uid) is answered without reading the request: the
-            # answer is still there to read when our write finds the socket closed
+        # the daemon may answer (a refusal) and close before reading: its answer waits
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             s.sendall(json.dumps({"command": command, "args": args}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):

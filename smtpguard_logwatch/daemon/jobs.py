@@ -20,6 +20,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from ..actions.mail import quote
 from ..report import iso
+from ..simulation import describe_mode
 
 if TYPE_CHECKING:
     from .service import Daemon
@@ -77,6 +78,7 @@ def digest_text(daemon: Daemon, since: float, now: float) -> tuple[str, str]:
                f"{len(active)} in force")
     stats = daemon.state.pipeline.stats
     lines = [f"From {iso(since)} to {iso(now)} on {host}:", ""]
+    lines.append(f"Mode: {describe_mode(daemon.mode_status())}")
     lines.append("Decisions: " + (", ".join(f"{n} {a}" for a, n in by_action.most_common())
                                   or "none"))
     lines.append(f"In force now: {len(active)}")
@@ -92,7 +94,8 @@ def digest_text(daemon: Daemon, since: float, now: float) -> tuple[str, str]:
         lines += ["", "In force:"]
         for d in active[:50]:
             lines.append(f"  {d.action:<8} {d.dimension:<12} {quote(d.key)} until "
-                         f"{iso(d.until)} [{quote(', '.join(d.rules))}]")
+                         f"{iso(d.until)} [{quote(', '.join(d.rules))}]"
+                         f"{' (simulated)' if d.simulated else ''}")
         if len(active) > 50:
             lines.append(f"  ... and {len(active) - 50} more (smtpguard-logwatch list)")
     return subject, "\n".join(lines) + "\n"

@@ -68,6 +68,7 @@ class Daemon:
         self.line_errors = 0
         self._fresh: list[Decision] = []
         self._extended: list[Decision] = []
+        self._revoked: list[Decision] = []  # by the circuit breaker
         self._stop_signal: int | None = None
         self._retention_warned: tuple[float, float] | None = None
         self._reload_wanted = threading.Event()
@@ -83,6 +84,7 @@ class Daemon:
         try:
             self.state = State(cfg, clock=clock, on_decision=self._fresh.append)
             self.state.engine.on_extend = self._extended.append
+            self.state.engine.on_revoke = self._revoked.append
             self.rule_files = cfg.rules or [str(default_rules_path())]
             self.actions = actions if actions is not None else _build_actions(cfg)
             self.enforcer = Enforcer(self.actions, self.state.ruleset.allowlist,
@@ -137,9 +139,10 @@ class Daemon:
                 self.state.rebuild_from(self.actions)  # after a corrupt database only
                 self._reconcile("start")
             self.scheduler.start()
-            log.info("started pid=%d logs=%s watch=%s rules=%s dry_run=%s socket=%s",
+            log.info("started pid=%d logs=%s watch=%s rules=%s mode=%s socket=%s",
                      os.getpid(), ",".join(self.cfg.logs) or "-", self.follower.backend,
-                     ",".join(self.rule_files), self.cfg.dry_run, self.cfg.control_socket)
+                     ",".join(self.rule_files), self.mode_status()["mode"],
+                     self.cfg.control_socket)
             while self._stop_signal is None:
                 try:
                     self._turn()
@@ -189,23 +192,39 @@ class Daemon:
     def _enforce_new(self) -> None:
         fresh, self._fresh[:] = list(self._fresh), []
         extended, self._extended[:] = list(self._extended), []
+        revoked, self._revoked[:] = list(self._revoked), []
         now = self.clock()
         for d in fresh:
             stale = (d.until is not None and d.until <= now) or (
                 d.until is None and d.time < now - STALE_NOTICE)
             self.log_decision(d, "stale" if stale else "decision")
-            if not stale:
+            if not stale and d.revoked is None:
                 self.enforcer.apply(d)
+        fresh_ids = {d.id for d in fresh}
+        for d in revoked:
+            self.log_decision(d, "revoked by the circuit breaker")
+            if d.id not in fresh_ids:
+                self.enforcer.revoke(d)
+        # another decision still in force may share a map entry just removed
+        for dimension, key in {(d.dimension, d.key) for d in revoked}:
+            for d in self.state.ledger.for_key(dimension, key):
+                if d.active_at(now):
+                    self.enforcer.apply(d)
         for d in extended:
-            if d.until is not None and d.until > now:
+            if d.until is not None and d.until > now and d.revoked is None:
                 self.enforcer.apply(d)  # a fresh kernel timeout / map entry to the new end
 
     def log_decision(self, d: Decision, what: str) -> None:
         """One greppable line per decision, lift and manual ban."""
-        log.info("%s id=%s action=%s dimension=%s key=%s until=%s origin=%s rules=%s%s",
+        log.info("%s id=%s action=%s dimension=%s key=%s until=%s origin=%s rules=%s%s%s",
                  what, d.id, d.action, d.dimension, d.key, iso(d.until) or "-", d.origin,
-                 ",".join(d.rules), "" if what != "stale" else
+                 ",".join(d.rules), " simulated=yes" if d.simulated else "",
+                 "" if what != "stale" else
                  " (ended before it was read: recorded, not enforced)")
+
+    def mode_status(self) -> dict[str, Any]:
+        """Enforcing or simulating, why, and until when (``status``)."""
+        return self.state.simulation.status(self.state.ruleset)
 
     # -- periodic work (jobs.py schedules these) -------------------------------------------
 
@@ -222,6 +241,7 @@ class Daemon:
     def lift_expired(self) -> None:
         """Take decisions whose time is up out of the MTA maps (nft expires its own)."""
         with self.lock:
+            self.state.simulation.refresh(self.state.engine, self.state.ruleset)
             now = self.clock()
             ended = self.state.ledger.expiring(self._lifted_until, now)
             self._lifted_until = now
@@ -338,8 +358,7 @@ class Daemon:
             cfg = load_config(self.cfg.path) if self.cfg.path else self.cfg
             ruleset = rules_of(cfg)
             actions = None
-            if not self._actions_fixed and (cfg.actions != self.cfg.actions
-                                            or cfg.dry_run != self.cfg.dry_run):
+            if not self._actions_fixed and cfg.actions != self.cfg.actions:
                 actions = _build_actions(cfg)
         except (ConfigError, RuleError, ActionError) as exc:
             self.last_reload_error = str(exc).splitlines()[0]
@@ -354,8 +373,12 @@ class Daemon:
             state.ruleset = ruleset
             state.engine.set_rules(ruleset)
             state.engine.warmup = cfg.warmup
+            state.simulation.configure(cfg)
+            state.simulation.refresh(state.engine, ruleset, force=True)
             if cfg.breaker != self.cfg.breaker:
-                state.engine.breaker = breaker_of(cfg)
+                breaker = breaker_of(cfg)
+                breaker.restore(state.engine.breaker.holds())  # held-back rules stay so
+                state.engine.breaker = breaker
             if actions is not None:
                 _close_actions(self.actions)
                 self.actions = actions
@@ -419,7 +442,7 @@ class Daemon:
 
 def _build_actions(cfg: Config) -> list[Any]:
     try:
-        return build_actions(cfg.actions, dry_run=cfg.dry_run)
+        return build_actions(cfg.actions)  # simulated decisions: see Enforcer
     except TypeError as exc:
         raise ActionError(f"{cfg.path}: bad action option: {exc}") from None
 

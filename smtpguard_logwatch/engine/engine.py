@@ -8,11 +8,15 @@ per its ``every`` for one key); points decay; when a key's points reach a step o
 dimension's ladder, a decision is recorded in the ledger.
 
 Warm-up: with no history at all (a replay's first lines, a daemon's first start),
-every key looks new; ``warmup`` seconds of log time only build history, so a busy
-server seen for the first time is not mistaken for a sudden burst.
+every key looks new. Rules that read a key's past (``usual``, or a long window compared
+with a short one: ``Rule.history``) only build history for ``warmup`` seconds of log
+time, so a busy server seen for the first time is not mistaken for a sudden burst.
+Every other rule (absolute limits such as password guessing) acts from the first line:
+replay, scan and a freshly started daemon alike.
 
 Safety: allowlisted keys, loopback and this host's own addresses are never scored;
-the circuit breaker turns refusals into notifications when too many arrive at once.
+the circuit breaker holds back a rule that refuses too many sources in good standing
+(accepted mail in their history), and revokes what it refused (see :mod:`.breaker`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 from ..events import Event
 from ..rules.model import ACTION_ORDER, Ladder, LadderStep, Rule, RuleSet
+from ..rules.vocab import split_distinct_history
 from ..store import FrequencyStore
 from .breaker import CircuitBreaker
 from .ledger import Decision, Ledger
@@ -65,7 +70,7 @@ class KeyViewOverStore:
         return self.store.baseline(
             self.dimension, self.key, metric, window, self.now,
             min_history=DEFAULT_MIN_HISTORY if min_history is None else min_history,
-            floor=DEFAULT_FLOOR)
+            floor=DEFAULT_FLOOR, daily=True)
 
 
 @dataclass
@@ -100,6 +105,7 @@ class Engine:
         local: LocalNetworks | None = None,
         on_decision: Callable[[Decision], None] | None = None,
         on_extend: Callable[[Decision], None] | None = None,
+        on_revoke: Callable[[Decision], None] | None = None,
         warmup: float = 0.0,
     ) -> None:
         self.store = store if store is not None else FrequencyStore()
@@ -108,6 +114,8 @@ class Engine:
         self.local = local if local is not None else LocalNetworks.loopback_only()
         self.on_decision = on_decision
         self.on_extend = on_extend
+        self.on_revoke = on_revoke  # the circuit breaker revoked an enforced decision
+        self.watch_start: float | None = None  # log time of the first event ever seen
         self.warmup = warmup
         self._scoring_from: float | None = None
         self.stats = EngineStats()
@@ -130,17 +138,35 @@ class Engine:
             "*": ruleset.half_life("*")}
         needed: dict[str, set[str]] = {}
         rules_for: dict[tuple[str, str], list[Rule]] = {}
+        # (dimension, distinct metric) -> [(its history series, period)]
+        history: dict[tuple[str, str], list[tuple[str, float]]] = {}
         for rule in ruleset.rules:
             for kind, metric, _window in rule.metrics:
+                name, period = split_distinct_history(metric)
+                if kind == "baseline" and period is not None:
+                    history.setdefault((rule.dimension, DISTINCT + name), []).append(
+                        (metric, period))
+                    needed.setdefault(rule.dimension, set()).add(DISTINCT + name)
                 if kind == "distinct":
                     metric = DISTINCT + metric
                 needed.setdefault(rule.dimension, set()).add(metric)
                 bucket = rules_for.setdefault((rule.dimension, metric), [])
                 if rule not in bucket:
                     bucket.append(rule)
+        for dimension in ruleset.ladders:  # the circuit breaker's good standing reads it
+            needed.setdefault(dimension, set()).add("messages")
+        for dim, ladder in ruleset.ladders.items():  # what 'enforce only where' reads
+            for kind, metric, _window in ladder.enforce_only_metrics:
+                needed.setdefault(dim, set()).add(DISTINCT + metric if kind == "distinct"
+                                                  else metric)
+        self._caps = {rule.name: ruleset.ladders[rule.dimension].cap_below(rule.cap_action)
+                      for rule in ruleset.rules
+                      if rule.cap_action is not None and rule.dimension in ruleset.ladders}
         self._needed = needed
+        self._distinct_history = {k: sorted(set(v)) for k, v in history.items()}
         self._rules_for = rules_for
         self._candidate_cache: dict[tuple[str, ...], tuple[Rule, ...]] = {}
+        self._warm_cache: dict[tuple[str, ...], tuple[Rule, ...]] = {}
         # dimension -> seconds, for ladders that extend penalties on activity
         self._extending = {d: ladder.extend_on_activity
                            for d, ladder in ruleset.ladders.items() if ladder.extend_on_activity}
@@ -151,6 +177,8 @@ class Engine:
         """Take one event (the pipeline's sink)."""
         self.stats.events += 1
         now = ev.time
+        if self.watch_start is None:
+            self.watch_start = now
         if self._next_housekeeping is None or now >= self._next_housekeeping:
             self.housekeeping(now)
         if self._enforced:
@@ -170,32 +198,45 @@ class Engine:
             metric = DISTINCT + name
             wanted = needed.get(d)
             if wanted is not None and metric in wanted:
-                store.add_member(d, k, metric, member, now)
+                before = store.add_member(d, k, metric, member, now)
                 touched.setdefault((d, k), []).append(metric)
+                periods = self._distinct_history.get((d, metric))
+                if periods:
+                    for series, period in periods:
+                        if before is None or before < now - now % period:
+                            store.add(d, k, series, now, 1.0)
         if self._scoring_from is None:
             self._scoring_from = now + self.warmup
-        if touched and now >= self._scoring_from:
+        if touched:
             authenticated = bool(getattr(ev, "sasl_user", None))
+            warm = now >= self._scoring_from
             for (d, k), metrics in touched.items():
-                self._evaluate(d, k, metrics, now, authenticated)
+                self._evaluate(d, k, metrics, now, authenticated, warm)
 
-    def _candidates(self, dimension: str, metrics: list[str]) -> tuple[Rule, ...]:
+    def warming_up(self, now: float) -> bool:
+        """True while rules that read the past are held back."""
+        return self._scoring_from is None or now < self._scoring_from
+
+    def _candidates(self, dimension: str, metrics: list[str],
+                    warm: bool = True) -> tuple[Rule, ...]:
         """The rules that read any of these metrics of this dimension (cached: an event
-        type always touches the same metrics)."""
+        type always touches the same metrics); during the warm-up only those that need
+        no history."""
         cache_key = (dimension, *metrics)
-        rules = self._candidate_cache.get(cache_key)
+        cache = self._candidate_cache if warm else self._warm_cache
+        rules = cache.get(cache_key)
         if rules is None:
             found: list[Rule] = []
             for metric in metrics:
                 for rule in self._rules_for.get((dimension, metric), ()):
-                    if rule not in found:
+                    if rule not in found and (warm or rule.history is None):
                         found.append(rule)
-            rules = self._candidate_cache[cache_key] = tuple(found)
+            rules = cache[cache_key] = tuple(found)
         return rules
 
     def _evaluate(self, dimension: str, key: str, metrics: list[str], now: float,
-                  authenticated: bool) -> None:
-        candidates = self._candidates(dimension, metrics)
+                  authenticated: bool, warm: bool = True) -> None:
+        candidates = self._candidates(dimension, metrics, warm)
         if not candidates:
             return
         if self.is_allowlisted(dimension, key):
@@ -214,8 +255,14 @@ class Engine:
             if not ok:
                 continue
             self._last_fired[(rule.name, key)] = now
+            points = rule.points
+            cap = self._caps.get(rule.name)
+            if cap is not None:  # suspicion: never lifts the key past its cap by itself
+                points = min(points, cap - self.scores.value((dimension, key), now))
+                if points <= 0:
+                    continue
             self.stats.fired += 1
-            self.scores.add((dimension, key), rule.points, now, rule.temporary_for)
+            self.scores.add((dimension, key), points, now, rule.temporary_for)
             fired.append((rule, [str(e) for e in evidence]))
         if fired:
             self._climb(dimension, key, now, fired)
@@ -278,27 +325,63 @@ class Engine:
                 evidence.append({"repeat_offence": n + 1})
         if duration is None:
             duration = self._time_above(dimension, key, now, points, step.points)
-        if action in ENFORCING and not self.breaker.allow(now):
-            evidence.append({"circuit_breaker": f"more than {self.breaker.max_refusals} "
-                             f"enforcing decisions within {self.breaker.window:.0f}s; "
+        rank = _RANK.get(action, 0)
+        only = ladder.enforce_only
+        rules = tuple(rule.name for rule, _ in fired)
+        verdict = None
+        if action in ENFORCING and only is not None and \
+                not only(KeyViewOverStore(self.store, dimension, key, now, False)):
+            evidence.append({"enforce_only": f"not enforced: the ladder enforces only where "
+                             f"{ladder.enforce_only_text}, which does not hold; "
                              f"'{action}' not applied"})
-            self.stats.breaker_trips += 1
-            action, argument, origin = "notify", None, "breaker"
+            action, argument, origin = "notify", None, "unproven"
+        elif action in ENFORCING:
+            verdict = self.breaker.check(rules, now, self.in_good_standing(dimension, key, now))
+            if verdict.held:
+                evidence.append({"circuit_breaker": f"rule {verdict.reason} held back: more "
+                                 f"than {self.breaker.max_refusals} enforcing decisions "
+                                 "against sources with accepted mail within "
+                                 f"{self.breaker.window:.0f}s; '{action}' not applied"})
+                self.stats.breaker_trips += 1
+                action, argument, origin = "notify", None, "breaker"
+            self._revoke(verdict.revoke, now)
         until = now + duration if duration is not None and action != "notify" else None
         decision = self.ledger.record(Decision(
             time=now, dimension=dimension, key=key, action=action, until=until,
-            rules=tuple(rule.name for rule, _ in fired), evidence=evidence,
+            rules=rules, evidence=evidence,
             points=round(points, 2), argument=argument, origin=origin))
         self.stats.by_action[action] = self.stats.by_action.get(action, 0) + 1
+        if verdict is not None:
+            self.breaker.remember(rules, verdict, decision, now)
         if action in ENFORCING:
             self._enforced.add((dimension, key))
         else:
             self._enforced.discard((dimension, key))
         self._penalties[(dimension, key)] = _Penalty(
-            decision, _RANK.get(action, 0) if origin == "rule" else -1,
+            decision, rank if origin in ("rule", "unproven") else -1,
             until if until is not None else (now + duration if duration else None))
         if self.on_decision is not None:
             self.on_decision(decision)
+
+    def in_good_standing(self, dimension: str, key: str, now: float) -> bool:
+        """Whether the key has accepted mail in its history (the breaker counts refusals
+        of these only); see ``FrequencyStore.in_good_standing``."""
+        return self.store.in_good_standing(dimension, key, now, fresh_from=self.watch_start)
+
+    def _revoke(self, decisions: list[Decision], now: float) -> None:
+        """The breaker tripped: undo these decisions of the held-back rule(s)."""
+        for d in decisions:
+            if d.revoked is not None or d.id is None or (d.until is not None
+                                                          and d.until <= now):
+                continue
+            self.ledger.revoke(d.id, now)
+            d.revoked = now
+            penalty = self._penalties.get((d.dimension, d.key))
+            if penalty is not None and penalty.decision.id == d.id:
+                del self._penalties[(d.dimension, d.key)]
+                self._enforced.discard((d.dimension, d.key))
+            if self.on_revoke is not None:
+                self.on_revoke(d)
 
     def _repeat_count(self, dimension: str, key: str, now: float, ladder: Ladder,
                       action: str) -> int:
@@ -306,7 +389,7 @@ class Engine:
         within = ladder.repeat_within or math.inf
         earlier = [d for d in self.ledger.for_key(dimension, key)
                    if d.action in (action, ladder.repeat_action) and d.origin == "rule"
-                   and d.until is not None and now - d.until <= within]
+                   and d.revoked is None and d.until is not None and now - d.until <= within]
         return len(earlier)
 
     def _time_above(self, dimension: str, key: str, now: float, points: float,
@@ -346,6 +429,15 @@ class Engine:
         self._penalties.pop((dimension, key), None)
         self._enforced.discard((dimension, key))
         self.scores.reset((dimension, key))
+
+    def release_penalties(self, which: Callable[[Decision], bool]) -> int:
+        """Forget the penalties whose decision ``which`` selects, points kept, so the
+        key's next rule firing decides afresh (simulation ended: see simulation.py)."""
+        released = [dk for dk, p in self._penalties.items() if which(p.decision)]
+        for dk in released:
+            del self._penalties[dk]
+            self._enforced.discard(dk)
+        return len(released)
 
     def penalty_of(self, dimension: str, key: str) -> tuple[Decision, float | None] | None:
         """The decision a key's penalty comes from and when the penalty ends."""

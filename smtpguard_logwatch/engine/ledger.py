@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     rules     TEXT NOT NULL,
     evidence  TEXT NOT NULL,
     origin    TEXT NOT NULL,
-    revoked   REAL
+    revoked   REAL,
+    simulated INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS decisions_key ON decisions (dimension, key);
 CREATE INDEX IF NOT EXISTS decisions_until ON decisions (until);
@@ -33,7 +34,9 @@ CREATE INDEX IF NOT EXISTS decisions_until ON decisions (until);
 @dataclass
 class Decision:
     """One decision. ``until`` None means it has no end (a notification).
-    ``origin``: ``rule`` (the engine), ``manual`` (an operator), ``breaker``."""
+    ``origin``: ``rule`` (the engine), ``manual`` (an operator), ``breaker``,
+    ``unproven`` (the ladder's ``enforce only where`` did not hold: a warning only).
+    ``simulated``: decided in simulation mode — recorded and mailed, never enforced."""
 
     time: float
     dimension: str
@@ -47,6 +50,7 @@ class Decision:
     origin: str = "rule"
     id: int | None = None
     revoked: float | None = None
+    simulated: bool = False
 
     def active_at(self, now: float) -> bool:
         return self.revoked is None and self.until is not None and self.until > now
@@ -58,15 +62,16 @@ class Ledger:
     def __init__(self, path: str = ":memory:", conn: sqlite3.Connection | None = None) -> None:
         self.conn = conn if conn is not None else sqlite3.connect(path)
         self.conn.executescript(SCHEMA)
+        _add_simulated_column(self.conn)
 
     def record(self, d: Decision) -> Decision:
         """Insert ``d`` (keeping ``d.id`` if it has one) and set its id."""
         cur = self.conn.execute(
             "INSERT INTO decisions (id, time, dimension, key, action, argument, until, points,"
-            " rules, evidence, origin, revoked) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " rules, evidence, origin, revoked, simulated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (d.id, d.time, d.dimension, d.key, d.action, d.argument, d.until, d.points,
              json.dumps(list(d.rules)), json.dumps(d.evidence, default=str), d.origin,
-             d.revoked),
+             d.revoked, int(d.simulated)),
         )
         d.id = cur.lastrowid
         return d
@@ -108,8 +113,17 @@ class Ledger:
     def _select(self, where: str, params: tuple = ()) -> Iterator[Decision]:
         cur = self.conn.execute(
             "SELECT id, time, dimension, key, action, argument, until, points, rules, evidence,"
-            f" origin, revoked FROM decisions {where}", params)
+            f" origin, revoked, simulated FROM decisions {where}", params)
         for (id_, time, dim, key, action, argument, until, points, rules, evidence, origin,
-             revoked) in cur:
+             revoked, simulated) in cur:
             yield Decision(time, dim, key, action, until, tuple(json.loads(rules)),
-                           json.loads(evidence), points, argument, origin, id_, revoked)
+                           json.loads(evidence), points, argument, origin, id_, revoked,
+                           bool(simulated))
+
+
+def _add_simulated_column(conn: sqlite3.Connection) -> None:
+    """Databases written before simulation mode existed lack the column: add it (their
+    decisions were all enforced, which the default 0 says)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
+    if "simulated" not in columns:
+        conn.execute("ALTER TABLE decisions ADD COLUMN simulated INTEGER NOT NULL DEFAULT 0")

@@ -52,8 +52,16 @@ def sender_keys(sender: str | None) -> list[tuple[str, str]]:
     return keys
 
 
+def _net_member(ip: str | None) -> list[Member]:
+    """A network's distinct client IPs: every event with an address counts it, so
+    ``distinct client_ips`` of a /24 sees password guessers and spammers alike."""
+    if ip is None:
+        return []
+    return [("client_net", network_of(ip), "client_ips", ip)]
+
+
 def _session_opened(ev: SessionOpened) -> Observed:
-    return [(d, k, "connections", 1.0) for d, k in client_keys(ev.ip)], []
+    return [(d, k, "connections", 1.0) for d, k in client_keys(ev.ip)], _net_member(ev.ip)
 
 
 def _message_accepted(ev: MessageAccepted) -> Observed:
@@ -66,11 +74,11 @@ def _message_accepted(ev: MessageAccepted) -> Observed:
         adds.append((d, k, "messages", 1.0))
         if n:
             adds.append((d, k, "recipients", n))
-    members: list[Member] = []
+    members: list[Member] = _net_member(ev.ip)
     for d, k in keys:
         if ev.ip is not None and d not in ("client_ip", "client_net"):
             members.append((d, k, "client_ips", ev.ip))
-        if d not in ("sender", "sender_domain"):
+        if d != "sender":
             members.append((d, k, "senders", ev.sender))
         if ev.sasl_user and d != "sasl_user":
             members.append((d, k, "sasl_users", ev.sasl_user))
@@ -89,14 +97,28 @@ def _recipient_outcome(ev: RecipientOutcome) -> Observed:
     adds: list[Add] = []
     members: list[Member] = []
     if ev.first:
+        members = [(d, k, "recipients", ev.recipient) for d, k in keys]
         if domain is not None:
             adds.append(("recipient_domain", domain, "recipients", 1.0))
-        members = [(d, k, "recipients", ev.recipient) for d, k in keys]
+            members.extend(_domain_members(domain, ev))
     metric = "bounces" if ev.status == BOUNCED else "deferrals" if ev.status == DEFERRED else None
     if metric is not None:
         targets = keys + ([("recipient_domain", domain)] if domain is not None else [])
         adds.extend((d, k, metric, 1.0) for d, k in targets)
     return adds, members
+
+
+def _domain_members(domain: str, ev: RecipientOutcome) -> list[Member]:
+    """Who writes to a recipient domain: its distinct recipients, client IPs, senders
+    and SASL users (one delivery outcome per recipient, counted once)."""
+    members: list[Member] = [("recipient_domain", domain, "recipients", ev.recipient)]
+    if ev.ip is not None:
+        members.append(("recipient_domain", domain, "client_ips", ev.ip))
+    if ev.sender is not None:
+        members.append(("recipient_domain", domain, "senders", ev.sender))
+    if ev.sasl_user:
+        members.append(("recipient_domain", domain, "sasl_users", ev.sasl_user))
+    return members
 
 
 def _rejection(ev: Rejection) -> Observed:
@@ -107,21 +129,21 @@ def _rejection(ev: Rejection) -> Observed:
             keys.append(("recipient_domain", domain))
     qualified = f"rejects:{ev.reason}"
     if ev.reason == ENFORCED:  # the tool's own refusal: not fresh evidence of abuse
-        return [(d, k, qualified, 1.0) for d, k in keys], []
+        return [(d, k, qualified, 1.0) for d, k in keys], _net_member(ev.ip)
     adds: list[Add] = []
     for d, k in keys:
         adds.append((d, k, "rejects", 1.0))
         adds.append((d, k, qualified, 1.0))
-    return adds, []
+    return adds, _net_member(ev.ip)
 
 
 def _auth_failure(ev: AuthFailure) -> Observed:
     keys = client_keys(ev.ip)
     adds = [(d, k, "auth_failures", 1.0) for d, k in keys]
-    members: list[Member] = []
+    members = _net_member(ev.ip)
     if ev.user:
         adds.append(("sasl_user", ev.user, "auth_failures", 1.0))
-        members = [(d, k, "auth_users", ev.user) for d, k in keys]
+        members += [(d, k, "auth_users", ev.user) for d, k in keys]
     return adds, members
 
 
@@ -131,11 +153,12 @@ def _violation(ev: ProtocolViolation) -> Observed:
     for d, k in client_keys(ev.ip):
         adds.append((d, k, "violations", 1.0))
         adds.append((d, k, qualified, 1.0))
-    return adds, []
+    return adds, _net_member(ev.ip)
 
 
 def _connection_lost(ev: ConnectionLost) -> Observed:
-    return [(d, k, "lost_connections", 1.0) for d, k in client_keys(ev.ip)], []
+    return ([(d, k, "lost_connections", 1.0) for d, k in client_keys(ev.ip)],
+            _net_member(ev.ip))
 
 
 OBSERVERS: dict[type, Callable[..., Observed]] = {

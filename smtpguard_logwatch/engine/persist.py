@@ -21,6 +21,8 @@ SCHEMA = (
     " PRIMARY KEY (rule, key))",
     "CREATE TABLE IF NOT EXISTS engine_meta (name TEXT PRIMARY KEY, value REAL)",
 )
+_BREAKER = ("CREATE TABLE IF NOT EXISTS engine_breaker (rule TEXT PRIMARY KEY, until REAL,"
+            " trips INTEGER)")
 _TABLES = ("engine_scores", "engine_temporary", "engine_penalties", "engine_fired",
            "engine_meta")
 
@@ -45,6 +47,11 @@ def save_engine(engine: Engine, conn: sqlite3.Connection) -> None:
     if engine._scoring_from is not None:
         conn.execute("INSERT INTO engine_meta VALUES ('scoring_from', ?)",
                      (engine._scoring_from,))
+    if engine.watch_start is not None:
+        conn.execute("INSERT INTO engine_meta VALUES ('watch_start', ?)", (engine.watch_start,))
+    conn.execute(_BREAKER)  # not in _TABLES: a state saved before it still loads
+    conn.execute("DELETE FROM engine_breaker")
+    conn.executemany("INSERT INTO engine_breaker VALUES (?, ?, ?)", engine.breaker.holds())
 
 
 def load_engine(engine: Engine, conn: sqlite3.Connection) -> None:
@@ -73,3 +80,10 @@ def load_engine(engine: Engine, conn: sqlite3.Connection) -> None:
     row = conn.execute("SELECT value FROM engine_meta WHERE name = 'scoring_from'").fetchone()
     if row is not None:
         engine._scoring_from = row[0]
+    row = conn.execute("SELECT value FROM engine_meta WHERE name = 'watch_start'").fetchone()
+    if row is not None:
+        engine.watch_start = row[0]
+    elif engine._scoring_from is not None:  # saved before the start was kept: long ago
+        engine.watch_start = float("-inf")
+    if "engine_breaker" in have:
+        engine.breaker.restore(conn.execute("SELECT rule, until, trips FROM engine_breaker"))

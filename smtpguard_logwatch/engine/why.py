@@ -56,7 +56,7 @@ def explain_key(engine: Engine, dimension: str, key: str, now: float) -> dict[st
         "half_life": engine.ruleset.half_life(dimension), "ladder": steps,
         "penalty": None if penalty is None else {
             "decision": penalty[0].id, "action": penalty[0].action, "until": penalty[1],
-            "rules": list(penalty[0].rules)},
+            "rules": list(penalty[0].rules), "simulated": penalty[0].simulated},
         "rules": rules,
     }
 
@@ -83,7 +83,8 @@ def format_explanation(data: dict[str, Any], decisions: list[dict[str, Any]]) ->
     pen = data["penalty"]
     if pen is not None:
         until = iso(pen["until"]) if pen["until"] is not None else "no end"
-        out.append(f"  penalty: {pen['action']} until {until} (decision {pen['decision']}, "
+        out.append(f"  penalty: {pen['action']}{' (simulated)' if pen.get('simulated') else ''}"
+                   f" until {until} (decision {pen['decision']}, "
                    f"rules {', '.join(pen['rules'])})")
     out.append("  rules:")
     for r in data["rules"]:
@@ -98,7 +99,8 @@ def format_explanation(data: dict[str, Any], decisions: list[dict[str, Any]]) ->
     if decisions:
         out.append("  decisions:")
         for d in decisions:
-            state = " (revoked)" if d.get("revoked") else ""
+            state = (" (simulated)" if d.get("simulated") else "") + (
+                " (revoked)" if d.get("revoked") else "")
             out.append(f"    {d['time']} {d['action']} until {d['until'] or '-'} "
                        f"[{', '.join(d['rules'])}]{state}")
     return "\n".join(out) + "\n"

@@ -10,7 +10,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import syntax as S
-from .conditions import Cond, ConditionCompiler, combine, fmt_duration, negate, top_level
+from .conditions import (
+    Cond,
+    ConditionCompiler,
+    combine,
+    fmt_duration,
+    negate,
+    reads_the_past,
+    top_level,
+)
 from .errors import RuleError, Source
 from .grammar import RESERVED
 from .matchers import AddressSet, DomainSet, NameSet, NetworkSet
@@ -476,6 +484,13 @@ class Compiler:
         elif add.temporary_for is not None:
             raise RuleError.at(src, add.for_loc or add.loc, "'for' gives temporary points "
                                "their lifetime: 'add N temporary points for DURATION'")
+        cap = None
+        if add.cap is not None:
+            cap = add.cap.name
+            if cap not in ACTIONS:
+                raise RuleError.at(src, add.cap.loc, f"unknown action '{cap}'"
+                                   f"{suggest(cap, list(ACTIONS))}; 'up to' names a ladder "
+                                   f"action: {', '.join(ACTIONS)}")
         longest = max(w for _, _, w in cond.metrics)
         every = self.duration(src, add.every, "'every'") if add.every is not None else longest
 
@@ -488,6 +503,7 @@ class Compiler:
             metrics=cond.metrics, source_text=src.text[st.loc:st.end].rstrip(),
             explain=explain, baseline_min_history=ctx.baseline_min_history,
             baseline_floor=ctx.baseline_floor, description=english,
+            history=reads_the_past(cond), cap_action=cap,
         )
 
     def action(self, src: Source, a: S.Action,
@@ -534,6 +550,8 @@ class Compiler:
         steps: list[LadderStep] = []
         repeat: S.Repeat | None = None
         extend: S.Extend | None = None
+        mode: S.Mode | None = None
+        only: S.EnforceOnly | None = None
         prev: tuple[float, int] | None = None
         for c in st.clauses:
             if isinstance(c, S.Step):
@@ -550,6 +568,21 @@ class Compiler:
                     raise RuleError.at(src, c.loc, "this ladder already has a 'repeat "
                                        "offender' line")
                 repeat = c
+            elif isinstance(c, S.Mode):
+                if mode is not None:
+                    raise RuleError.at(src, c.loc, "this ladder already has a 'mode' line")
+                if c.word.name != "simulate":
+                    raise RuleError.at(src, c.word.loc, f"unknown ladder mode "
+                                       f"'{c.word.name}'{suggest(c.word.name, ['simulate'])}:"
+                                       " a ladder can only be put in 'mode simulate' (it "
+                                       "enforces otherwise, as the config's [enforcement] "
+                                       "mode says)")
+                mode = c
+            elif isinstance(c, S.EnforceOnly):
+                if only is not None:
+                    raise RuleError.at(src, c.loc, "this ladder already has an 'enforce only "
+                                       "where' line; join conditions with 'and' or 'or'")
+                only = c
             else:
                 if extend is not None:
                     raise RuleError.at(src, c.loc, "this ladder already has an 'extend' line")
@@ -579,6 +612,16 @@ class Compiler:
                       repeat_growth=growth, repeat_max=up_to, repeat_within=within)
         if extend is not None:
             kw["extend_on_activity"] = self.duration(src, extend.duration, "'extend'")
+        if only is not None:
+            cond = ConditionCompiler(_RuleContext(self, src, dim)).cond(only.expr)
+            if cond.has_usual:
+                raise RuleError.at(src, only.expr.loc, "'enforce only where' tests what a "
+                                   "key is, not how it compares with its usual")
+            condition, _ = top_level(cond)
+            kw.update(enforce_only=condition, enforce_only_text=cond.english,
+                      enforce_only_metrics=cond.metrics)
+        if mode is not None:
+            kw["simulate"] = True
         return Ladder(dimension=dim, steps=tuple(steps), location=self.where(src, st.loc),
                       **kw)
 
@@ -590,6 +633,12 @@ class Compiler:
             if dim not in ladders:
                 self.warnings.append(f"{r.location}: rules add points for {dim}, but there "
                                      f"is no 'ladder {dim}:', so nothing is done with them")
+        for r in rules:
+            ladder = ladders.get(r.dimension)
+            if r.cap_action is not None and ladder is not None and \
+                    r.cap_action not in {s.action for s in ladder.steps}:
+                self.warnings.append(f"{r.location}: 'up to {r.cap_action}', but the ladder "
+                                     f"for {r.dimension} has no {r.cap_action} step")
         for dim, ladder in ladders.items():
             if dim not in first:
                 self.warnings.append(f"{ladder.location}: the ladder for {dim} is never "

@@ -29,6 +29,8 @@ from .vocab import (
     QUALIFIERS,
     SUM_METRICS,
     SUM_WHY_NOT,
+    distinct_history_metric,
+    split_distinct_history,
     sum_metric_name,
 )
 
@@ -49,6 +51,8 @@ class Arith:
     metric: tuple[str, str, float] | None = None  # a bare (kind, metric, window) term
     metrics: frozenset[tuple[str, str, float]] = frozenset()
     has_usual: bool = False
+    # (sign, window) of every count in it: +1 when a larger count makes the value larger
+    signs: frozenset[tuple[int, float]] = frozenset()
 
 
 @dataclass
@@ -65,6 +69,9 @@ class Cond:
     cost: int = 1
     has_usual: bool = False
     atoms: tuple[str, ...] = field(default=())
+    # (polarity, window) of every count: +1 when a larger count makes the condition more
+    # likely to hold (evidence), -1 when less likely (the past it is compared with)
+    signs: frozenset[tuple[int, float]] = frozenset()
 
 
 class Context(Protocol):
@@ -250,7 +257,7 @@ class ConditionCompiler:
 
         key = (kind, m, w)
         return Arith(fn=fn, ex=ex, text=text, english=metric_english(kind, m, w),
-                     metric=key, metrics=frozenset({key}))
+                     metric=key, metrics=frozenset({key}), signs=frozenset({(1, w)}))
 
     def _usual(self, node: S.Usual, other: S.Expr | None) -> Arith:
         ctx = self.ctx
@@ -262,11 +269,14 @@ class ConditionCompiler:
                 raise ctx.error(node.loc, "a bare 'usual' needs a single metric on the other "
                                 "side of the comparison; write 'usual METRIC in WINDOW'")
             target = other
-        if target.distinct:
-            raise ctx.error(target.loc if node.metric else node.loc,
-                            "'usual' is kept for counted metrics only, not distinct counts")
-        _, m = self._metric_name(target)
+        kind, m = self._metric_name(target)
         w = ctx.window(target.window)
+        if kind == "distinct":
+            if w % 60:
+                raise ctx.error(target.window.loc if node.metric else node.loc,
+                                "the usual of a distinct count is kept per whole minutes: "
+                                "use a window like 10m or 1h")
+            m = distinct_history_metric(m, w)
         floor, hist = ctx.baseline_floor, ctx.baseline_min_history
         text = "usual " + ctx.text(target.loc, target.end)
         if hist is None:
@@ -290,7 +300,8 @@ class ConditionCompiler:
             return x
 
         key = ("baseline", m, w)
-        english = "the usual " + metric_english("sum", m, w) if node.metric else "usual"
+        english = ("the usual " + metric_english(kind, split_distinct_history(m)[0], w)
+                   if node.metric else "usual")
         return Arith(fn=fn, ex=ex, text=ctx.text(node.loc, node.end),
                      english=english, nullable=True,
                      metrics=frozenset({key}), has_usual=True)
@@ -304,6 +315,7 @@ class ConditionCompiler:
         english = f"{a.english} {word} {b.english}"
         metrics = a.metrics | b.metrics
         has_usual = a.has_usual or b.has_usual
+        signs = _binop_signs(op, a, b)
         if a.const is not None and b.const is not None:
             if op == "/" and b.const == 0:
                 raise self.ctx.error(node.op_loc, "division by zero")
@@ -331,7 +343,7 @@ class ConditionCompiler:
             return None if x is None or y is None else _arith_op(op, x, y)
 
         return Arith(fn=fn, ex=ex, text=text, english=english, nullable=nullable,
-                     metrics=metrics, has_usual=has_usual)
+                     metrics=metrics, has_usual=has_usual, signs=signs)
 
     # ------------------------------------------------------------ conditions
 
@@ -392,8 +404,16 @@ class ConditionCompiler:
             english = f"{left.english} is {_OP_WORDS[op]} {right.english}"
         metrics = left.metrics | right.metrics
         cost = 3 if nullable else 2
+        if op in (">", ">="):
+            signs = left.signs | _flip(right.signs)
+        elif op in ("<", "<="):
+            signs = _flip(left.signs) | right.signs
+        else:  # == and != hold or fail either way as a count grows
+            both = left.signs | right.signs
+            signs = both | _flip(both)
         return Cond(fn=fn, ex=ex, text=text, english=english, nullable=nullable,
-                    metrics=metrics, cost=cost, has_usual=left.has_usual or right.has_usual)
+                    metrics=metrics, cost=cost, has_usual=left.has_usual or right.has_usual,
+                    signs=signs)
 
     def _key_pred(self, node: S.KeyPred) -> Cond:
         ctx = self.ctx
@@ -422,6 +442,46 @@ class ConditionCompiler:
             return r
 
         return Cond(fn=fn, ex=ex, text=text, english=english, key_fn=key_fn, cost=0)
+
+
+# ---------------------------------------------------------------- sign analysis
+
+
+def _flip(signs: frozenset[tuple[int, float]]) -> frozenset[tuple[int, float]]:
+    return frozenset((-sign, w) for sign, w in signs)
+
+
+def _binop_signs(op: str, a: Arith, b: Arith) -> frozenset[tuple[int, float]]:
+    """How each count moves ``a op b`` (counts are never negative)."""
+    if op == "+":
+        return a.signs | b.signs
+    if op in ("-", "/"):
+        return a.signs | _flip(b.signs)
+    # "*": a negative constant flips; a product of two counts moves both ways
+    if b.const is not None:
+        return _flip(a.signs) if b.const < 0 else a.signs
+    if a.const is not None:
+        return _flip(b.signs) if a.const < 0 else b.signs
+    both = a.signs | b.signs
+    return both | _flip(both)
+
+
+def reads_the_past(cond: Cond) -> str | None:
+    """Why a condition needs history before it can be trusted, or None.
+
+    With no history every count is short. A count that makes the condition hold when it
+    is *large* (evidence) can only be late, never wrong. A count that makes it hold when
+    it is *small* is the past the evidence is compared with: if it reaches further back
+    than the evidence itself (``messages in 1d < 2 * messages in 10m``), a key seen for
+    the first time looks like it just woke up. ``usual`` always reads the past."""
+    if cond.has_usual:
+        return "it compares with 'usual'"
+    evidence = max((w for sign, w in cond.signs if sign > 0), default=0.0)
+    past = max((w for sign, w in cond.signs if sign < 0), default=0.0)
+    if past > evidence:
+        return (f"it compares {fmt_duration(evidence)} with the last {fmt_duration(past)}, "
+                f"which is short until that much has been watched")
+    return None
 
 
 # ---------------------------------------------------------------- closure builders
@@ -524,7 +584,7 @@ def negate(inner: Cond, text: str) -> Cond:
                else f"not {inner.english}")
     return Cond(fn=fn, ex=ex, text=text, english=english,
                 nullable=inner.nullable, metrics=inner.metrics, key_fn=key_fn,
-                cost=inner.cost, has_usual=inner.has_usual)
+                cost=inner.cost, has_usual=inner.has_usual, signs=_flip(inner.signs))
 
 
 def combine(op: str, parts: list[Cond], text: str) -> Cond:
@@ -576,7 +636,8 @@ def combine(op: str, parts: list[Cond], text: str) -> Cond:
     metrics = frozenset().union(*(p.metrics for p in flat))
     return Cond(fn=fn, ex=ex, text=text, english=english, nullable=nullable, metrics=metrics,
                 key_fn=key_fn, cost=max(p.cost for p in flat),
-                has_usual=any(p.has_usual for p in flat))
+                has_usual=any(p.has_usual for p in flat),
+                signs=frozenset().union(*(p.signs for p in flat)))
 
 
 def _kleene(fns: tuple[Callable[[KeyView], bool | None], ...],

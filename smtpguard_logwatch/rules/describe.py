@@ -21,6 +21,9 @@ def describe_rule(rule: Rule) -> str:
     lines = [f"Rule {rule.name} ({rule.location}): for each {_noun(rule.dimension)},",
              f"  when {rule.description},",
              f"  {add}, at most once every {fmt_duration(rule.every)}."]
+    if rule.cap_action is not None:
+        lines.append(f"  Suspicion only: its points never take the key past "
+                     f"'{rule.cap_action}' on their own.")
     if rule.baseline_min_history is not None or rule.baseline_floor is not None:
         parts = []
         if rule.baseline_min_history is not None:
@@ -28,6 +31,10 @@ def describe_rule(rule: Rule) -> str:
         if rule.baseline_floor is not None:
             parts.append(f"is taken as at least {fmt_number(rule.baseline_floor)}")
         lines.append(f"  The usual rate {' and '.join(parts)}.")
+    if rule.history is None:
+        lines.append("  Acts from the first line (needs no history).")
+    else:
+        lines.append(f"  Waits for the warm-up: {rule.history}.")
     return "\n".join(lines)
 
 
@@ -74,7 +81,12 @@ def describe_ladder(ladder: Ladder) -> str:
         lines.append(out + ";")
     if ladder.extend_on_activity is not None:
         lines.append(f"  activity while penalised keeps the penalty going until at least "
-                     f"{fmt_duration(ladder.extend_on_activity)} after the last event.")
+                     f"{fmt_duration(ladder.extend_on_activity)} after the last event;")
+    if ladder.enforce_only is not None:
+        lines.append(f"  steps beyond notify are enforced only where "
+                     f"{ladder.enforce_only_text}; elsewhere they only notify.")
+    if ladder.simulate:
+        lines.append("  SIMULATION: these decisions are recorded and mailed, never enforced.")
     lines[-1] = lines[-1].rstrip(";") + ("" if lines[-1].endswith(".") else ".")
     return "\n".join(lines)
 

@@ -4,7 +4,7 @@ Reference (layout is free: newlines and indentation are for the reader; ``#`` co
 
     include [optional] "FILE"          relative to this file; globs allowed; cycles are errors
     const NAME = NUMBER | DURATION     durations: 30s 10m 2h 1d 1w 1h30m; numbers: 200 0.8 80%
-    list NAME = ITEM, ITEM …           networks, user@dom, @dom, @.dom (and subdomains),
+    list NAME = [ITEM, ITEM …]         networks, user@dom, @dom, @.dom (and subdomains),
     list NAME += ITEM, …               dom.example, names, "quoted", other lists by name
     allow network|sender|sender_domain|sasl_user|recipient_domain ITEM, …
     decay half-life DURATION [for DIMENSION]
@@ -12,12 +12,14 @@ Reference (layout is free: newlines and indentation are for the reader; ``#`` co
         when CONDITION                 exactly one
         unless CONDITION | where CONDITION    any number (key tests become the key filter)
         baseline [min history DURATION] [floor NUMBER]
-        add N [temporary] points [for DURATION] [every DURATION]
+        add N [temporary] points [for DURATION] [up to ACTION] [every DURATION]
     ladder DIMENSION:
         at N points ACTION [ARG] [for DURATION]
         repeat offender [within DURATION] ACTION for DURATION [, doubling | growing xN]
             [up to DURATION]
         extend DURATION on activity
+        enforce only where CONDITION   otherwise enforcing steps only notify
+        mode simulate                  decide and notify, enforce nothing (see simulation)
 
     CONDITION: comparisons (> >= < <= == !=) of arithmetic (+ - * / x, parentheses) over
     ``METRIC in WINDOW``, ``distinct METRIC in WINDOW``, ``usual [METRIC in WINDOW]``,
@@ -43,11 +45,12 @@ from . import syntax as S
 from .errors import RuleError, Source
 
 STATEMENT_WORDS = ("include", "const", "list", "allow", "decay", "rule", "ladder")
-CLAUSE_WORDS = ("when", "unless", "where", "add", "baseline", "at", "repeat", "extend")
+CLAUSE_WORDS = ("when", "unless", "where", "add", "baseline", "at", "repeat", "extend",
+                "enforce", "mode")
 RESERVED = frozenset(STATEMENT_WORDS + CLAUSE_WORDS + (
     "optional", "for", "temporary", "points", "point", "every", "min", "history", "floor",
     "and", "or", "not", "in", "usual", "distinct", "x", "authenticated", "offender",
-    "within", "doubling", "growing", "up", "to", "on", "activity", "by",
+    "within", "doubling", "growing", "up", "to", "on", "activity", "by", "only",
 ))
 
 _NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
@@ -297,10 +300,11 @@ def file_grammar() -> pp.ParserElement:
     const = (_kw("const") - name_any("name") - pp.Suppress("=") - value("value")
              ).set_parse_action(lambda s, loc, t: S.ConstDef(
                      _skip_blank(s, loc), _g(t, "name"), _g(t, "value")))
+    # "list NAME =" with nothing after it is an empty list that local files extend
     list_def = (_kw("list") - name_any("name") - (pp.Literal("+=") | pp.Literal("="))("op")
-                - items("items")).set_parse_action(
+                - pp.Opt(items("items"))).set_parse_action(
         lambda s, loc, t: S.ListDef(
-                _skip_blank(s, loc), _g(t, "name"), _g(t, "op") == "+=", _g(t, "items")))
+                _skip_blank(s, loc), _g(t, "name"), _g(t, "op") == "+=", _g(t, "items", ())))
     allow = (_kw("allow") - name_any("kind") - items("items")).set_parse_action(
         lambda s, loc, t: S.Allow(_skip_blank(s, loc), _g(t, "kind"), _g(t, "items")))
     half_life = pp.Regex(r"half[-_]?life(?![\w-])").set_name("'half-life'")
@@ -315,10 +319,11 @@ def file_grammar() -> pp.ParserElement:
         _kw("add") - value("points") - pp.Opt(_mark("temporary"))("temp")
         - points_kw
         - pp.Opt(_mark("for")("for_kw") - value("for"))
+        - pp.Opt(_kw("up") - _kw("to") - name_any("cap"))
         - pp.Opt(_kw("every") - value("every"))
     ).set_parse_action(lambda s, loc, t: S.Add(_skip_blank(s, loc), _g(t, "points"),
         _g(t, "temp").loc if "temp" in t else None, _g(t, "for"),
-        _g(t, "for_kw").loc if "for_kw" in t else None, _g(t, "every")))
+        _g(t, "for_kw").loc if "for_kw" in t else None, _g(t, "every"), _g(t, "cap")))
     baseline = (
         _kw("baseline") - pp.OneOrMore(
             (_kw("min") - _kw("history") - value("min_history"))
@@ -365,10 +370,17 @@ def file_grammar() -> pp.ParserElement:
         _g(t, "growth") if "growth" in t else None, _g(t, "up_to")))
     extend = (_kw("extend") - pp.Opt(_kw("by")) - value("dur") - _kw("on") - _kw("activity")
               ).set_parse_action(lambda s, loc, t: S.Extend(_skip_blank(s, loc), _g(t, "dur")))
+    enforce_only = (_kw("enforce") - _kw("only") - _kw("where") - cond("expr")
+                    ).set_parse_action(lambda s, loc, t: S.EnforceOnly(
+                        _skip_blank(s, loc), _g(t, "expr")))
+    mode = (_kw("mode") - _Named(name_any, "a mode (simulate)")("word")
+            ).set_parse_action(lambda s, loc, t: S.Mode(_skip_blank(s, loc), _g(t, "word")))
     ladder = (
         _kw("ladder") - name_any("dim") - pp.Suppress(":")
         - pp.Group(pp.OneOrMore(_Named(
-            step | repeat | extend, "a ladder clause (at, repeat offender, extend)")))("clauses")
+            step | repeat | extend | enforce_only | mode,
+            "a ladder clause (at, repeat offender, extend, enforce only where, mode)"
+        )))("clauses")
     ).set_parse_action(lambda s, loc, t: S.LadderDef(
             _skip_blank(s, loc), _g(t, "dim"), tuple(t["clauses"])))
 

@@ -126,6 +126,11 @@ class Rule:
     baseline_min_history: float | None = None
     baseline_floor: float | None = None
     description: str = ""  # plain English, for describe()
+    # why the rule waits for the warm-up (it reads the key's past), None: acts at once
+    history: str | None = None
+    # "up to ACTION": this rule's points never lift a key above the ladder's last step
+    # with this action (suspicion, not proof); None: no cap
+    cap_action: str | None = None
 
     def condition_with_evidence(self, view: KeyView) -> tuple[bool, tuple[Evidence, ...]]:
         """Evaluate the condition recording every test and value (slower; use it for
@@ -164,7 +169,8 @@ class Ladder:
     ``repeat_action`` for ``repeat_duration * repeat_growth ** (n - 1)`` seconds on its
     n-th repeat, capped at ``repeat_max``. ``extend_on_activity``: while a key is
     penalised, each new event from it pushes the expiry to at least now + that many
-    seconds (SMTPGuard's ``extend``)."""
+    seconds (SMTPGuard's ``extend``). ``simulate`` (``mode simulate``): its decisions
+    are recorded and mailed but never enforced, whatever the config's mode."""
 
     dimension: str
     steps: tuple[LadderStep, ...]
@@ -176,6 +182,21 @@ class Ladder:
     repeat_within: float | None = None
     extend_on_activity: float | None = None
     location: str = ""
+    # "enforce only where COND": enforcing steps need COND to hold for the key (else the
+    # decision is a notification, origin "unproven"); None: always enforce
+    enforce_only: Callable[[KeyView], bool] | None = field(default=None, compare=False)
+    enforce_only_text: str = ""
+    enforce_only_metrics: frozenset[tuple[str, str, float]] = frozenset()
+    simulate: bool = False
+
+    def cap_below(self, action: str) -> float | None:
+        """Points just below the first step above the last ``action`` step: where an
+        ``up to ACTION`` rule stops adding (None: no step above it)."""
+        rank = ACTION_ORDER.index(action)
+        for step in self.steps:
+            if ACTION_ORDER.index(step.action) > rank:
+                return step.points - 1e-6
+        return None
 
     def step_for(self, points: float) -> LadderStep | None:
         """The highest step whose threshold ``points`` reaches, or None."""

@@ -189,6 +189,7 @@ class Add:
     temporary_for: Value | None
     for_loc: int | None
     every: Value | None
+    cap: Name | None = None  # "up to ACTION": these points never lift a key past ACTION
 
 
 @dataclass(frozen=True)
@@ -247,10 +248,24 @@ class Extend:
 
 
 @dataclass(frozen=True)
+class EnforceOnly:
+    loc: int
+    expr: Expr
+
+
+@dataclass(frozen=True)
+class Mode:
+    """``mode simulate``: the ladder decides and notifies but nothing is enforced."""
+
+    loc: int
+    word: Name
+
+
+@dataclass(frozen=True)
 class LadderDef:
     loc: int
     dimension: Name
-    clauses: tuple[Step | Repeat | Extend, ...] = field(default=())
+    clauses: tuple[Step | Repeat | Extend | EnforceOnly | Mode, ...] = field(default=())
 
 
 Statement = Include | ConstDef | ListDef | Allow | Decay | RuleDef | LadderDef

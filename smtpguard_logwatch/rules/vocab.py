@@ -4,6 +4,10 @@ for which dimension.
 Kept in one table so the compiler, ``describe`` and the engine/store agree on names. The
 store keys a series by ``(dimension, key, metric)``; metric strings are the ones below
 (``rejects:unknown_user``, ``violations:pregreet`` for the qualified forms).
+
+Contract: a metric is listed for a dimension only if ``engine.observe`` feeds it for that
+dimension (tests/test_observe_vocab.py checks both directions), so a rule can never read a
+series nothing feeds.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ _NET = frozenset({"client_ip", "client_net"})
 # counts). Qualified forms ``rejects(REASON)`` / ``violations(KIND)`` share their base's row.
 SUM_METRICS: dict[str, tuple[frozenset[str], str]] = {
     "connections": (_NET, "SMTP connections"),
-    "messages": (_ALL, "messages accepted"),
+    "messages": (_ALL - {"recipient_domain"}, "messages accepted"),
     "recipients": (_ALL, "recipients accepted"),
     "rejects": (_ALL - {"sasl_user"}, "SMTP rejects (the tool's own: rejects(enforced))"),
     "auth_failures": (_NET | {"sasl_user"}, "failed SMTP AUTH attempts"),
@@ -43,6 +47,7 @@ SUM_METRICS: dict[str, tuple[frozenset[str], str]] = {
 
 # Why a sum metric is absent for a dimension (shown in the error).
 SUM_WHY_NOT: dict[str, str] = {
+    "messages": "a message can go to many domains; count recipients for a recipient domain",
     "connections": "a connection is only known by its client address",
     "rejects": "the MTA logs rejects without the SASL user",
     "auth_failures": "a failed AUTH is only known by client address and the user name tried",
@@ -115,6 +120,19 @@ RATE_UNITS: dict[str, float] = {
 
 DEFAULT_HALF_LIFE = 2 * 3600.0
 DEFAULT_REPEAT_WITHIN = 30 * 86400.0
+
+
+def distinct_history_metric(name: str, window: float) -> str:
+    """The summed series behind ``usual distinct NAME in W``: +1 whenever a member is seen
+    for the first time in the current clock-aligned W period, so its sum over a period
+    is that period's distinct count (``client_ips@3600``)."""
+    return f"{name}@{int(window)}"
+
+
+def split_distinct_history(metric: str) -> tuple[str, float | None]:
+    """``client_ips@3600`` -> (``client_ips``, 3600.0); other metrics -> (metric, None)."""
+    name, sep, window = metric.partition("@")
+    return (name, float(window)) if sep else (metric, None)
 
 
 def sum_metric_name(base: str, qualifier: str | None) -> str:

@@ -39,12 +39,14 @@ class MemberSet:
         self.tail = float("-inf")  # latest sighting of the last member in the map
         self.ordered = True
 
-    def add(self, member: str, b: float, cap: int) -> None:
+    def add(self, member: str, b: float, cap: int) -> float | None:
+        """Record a sighting; returns the member's previous latest sighting (None: new,
+        or trimmed away)."""
         d = self.last
         old = d.get(member)
         if old is not None:
             if b <= old:
-                return
+                return old
             del d[member]  # move to the end: the map stays ordered by latest sighting
         d[member] = b
         if b >= self.tail:
@@ -53,6 +55,7 @@ class MemberSet:
             self.ordered = False
         if len(d) > cap + (cap >> 3):
             self.trim(cap)
+        return old
 
     def trim(self, cap: int) -> None:
         """Keep the ``cap`` most recently seen members, in sighting order."""

@@ -46,7 +46,13 @@ import math
 import sqlite3
 from collections.abc import Iterable
 
-from .baseline import baseline_level, head_token, history_end0, history_quantile
+from .baseline import (
+    baseline_level,
+    head_token,
+    history_end0,
+    history_quantile,
+    same_time_of_day,
+)
 from .buckets import (
     DEFAULT_RESOLUTIONS,
     HOUR,
@@ -64,6 +70,9 @@ from .evict import decay, pick_victims
 # Keys and members are attacker-chosen strings; their length is bounded so that the key
 # cap bounds memory. 320 = the longest valid address (64 + 1 + 255, RFC 5321).
 MAX_KEY_CHARS = 320
+# Good standing (accepted mail in the key's history), for the circuit breaker.
+GOOD_STANDING_HISTORY = 8 * 86400.0  # the longest window the default resolutions hold
+GOOD_STANDING_SETTLE = 3600.0
 
 
 def bounded_key(key: str) -> str:
@@ -182,8 +191,10 @@ class FrequencyStore:
         else:
             raise TypeError(f"metric {metric!r} holds distinct members; use add_member")
 
-    def add_member(self, dimension: str, key: str, metric: str, member: str, t: float) -> None:
-        """Record that ``member`` was seen at ``t`` (for distinct counts)."""
+    def add_member(self, dimension: str, key: str, metric: str, member: str,
+                   t: float) -> float | None:
+        """Record that ``member`` was seen at ``t`` (for distinct counts). Returns the
+        start of the level-0 bucket it was last seen in before, None if it is new."""
         try:
             rec = self._dims[dimension][key]
         except KeyError:
@@ -196,7 +207,7 @@ class FrequencyStore:
         if not b >= self._drop0:  # older than anything retained, or NaN
             if b != b:
                 raise ValueError("time must be a finite number of seconds")
-            return
+            return None
         if b > self._clock_b:
             self._advance(b)
         elif b < rec.first:
@@ -207,7 +218,8 @@ class FrequencyStore:
             self._entries += 1
         elif type(ms) is not MemberSet:
             raise TypeError(f"metric {metric!r} holds counts; use add")
-        ms.add(member, b, self._dcap)
+        old = ms.add(member, b, self._dcap)
+        return None if old is None else old * self._w0
 
     def _advance(self, b: float) -> None:
         """Move the store clock to level-0 bucket ``b`` and recompute the level cuts."""
@@ -373,10 +385,12 @@ class FrequencyStore:
         min_history: float,
         floor: float,
         quantile: float = 0.9,
+        daily: bool = False,
     ) -> float | None:
         """The key's usual count for a window of this length: the ``quantile`` of its
         past window counts excluding the current window, at least ``floor``; ``None``
-        without ``min_history`` seconds of history. Exact definition: :mod:`.baseline`."""
+        without ``min_history`` seconds of history. ``daily``: also at least what it did
+        at this time of day on the previous days. Exact definition: :mod:`.baseline`."""
         if not 0.0 <= quantile <= 1.0:
             raise ValueError("quantile must be within [0, 1]")
         if not window > 0:
@@ -396,11 +410,11 @@ class FrequencyStore:
         elif type(s) is not Series:
             raise TypeError(f"metric {metric!r} holds distinct members")
         else:
-            value = self._memo_quantile(s, lvl, hi, per, k, window, quantile)
+            value = self._memo_quantile(s, lvl, hi, per, k, window, quantile, daily)
         return value if value > floor else float(floor)
 
     def _memo_quantile(self, s: Series, lvl: int, hi: float, per: int, k: int,
-                       window: float, q: float) -> float:
+                       window: float, q: float, daily: bool = False) -> float:
         """history_quantile, memoised on the series per (W, q). An entry stays valid while
         (hi, k, head token) are unchanged and no late add touched the history: a single
         late add since the entry was made is checked precisely (``s.lb``); several force
@@ -410,18 +424,19 @@ class FrequencyStore:
         memo = s.memo
         if memo is None:
             memo = s.memo = {}
-        hit = memo.get((window, q))
+        hit = memo.get((window, q, daily))
         if hit is not None and hit[0] == token:
             ver = hit[1]
             if ver == s.ver:
                 return hit[2]
             if ver + 1 == s.ver and s.lb > history_end0(geo, lvl, hi, per):
-                memo[window, q] = (token, s.ver, hit[2])
+                memo[window, q, daily] = (token, s.ver, hit[2])
                 return hit[2]
-        value = history_quantile(s, geo, lvl, hi, per, k, q)
+        value = history_quantile(s, geo, lvl, hi, per, k, q,
+                                 same_time_of_day(window) if daily else ())
         if len(memo) >= 8:  # a handful of rules per series; never grow without bound
             memo.clear()
-        memo[window, q] = (token, s.ver, value)
+        memo[window, q, daily] = (token, s.ver, value)
         return value
 
     def keys(self, dimension: str) -> Iterable[str]:
@@ -439,6 +454,30 @@ class FrequencyStore:
         """Start of the first bucket the key was seen in, or None if not held."""
         rec = self._rec(dimension, key)
         return None if rec is None else rec.first * self._w0
+
+    def in_good_standing(self, dimension: str, key: str, now: float, *,
+                         fresh_from: float | None = None) -> bool:
+        """Whether the key has accepted legitimate mail in its history: ``messages``
+        accepted within the last ``GOOD_STANDING_HISTORY`` (8 days), some of them more
+        than ``GOOD_STANDING_SETTLE`` (1 hour) before ``now`` — so a source cannot buy
+        standing with a message sent just before it attacks. A key first seen within
+        the settle time after ``fresh_from`` (the start of watching: nothing older is
+        known) needs accepted mail only. The circuit breaker counts refusals of such
+        sources only (see :mod:`..engine.breaker`)."""
+        rec = self._rec(dimension, key)
+        if rec is None or type(rec.get("messages")) is not Series:
+            return False
+        history = min(GOOD_STANDING_HISTORY, self._geo.span[-1])
+        total = self.count(dimension, key, "messages", history, now)
+        if total < 0.5:
+            return False
+        first = rec.first * self._w0
+        if fresh_from is not None and fresh_from - self._w0 < first < (
+                fresh_from + GOOD_STANDING_SETTLE):
+            return True
+        recent = self.count(dimension, key, "messages", min(GOOD_STANDING_SETTLE, history),
+                            now)
+        return total - recent >= 0.5
 
     def entries(self) -> int:
         """Number of (dimension, key, metric) series held."""

@@ -214,9 +214,12 @@ def test_refuse_drops_at_once_and_ipset_timeout_lifts_it(with_ipset: Lab) -> Non
     assert 2 <= lab.elements()["smtpguard4"][CLIENT4] <= 3  # until - now, rounded up
     time.sleep(max(0.0, d.until - 1.0 - time.time()))
     assert lab.pair.connect() == "timeout"  # still refused a second before until
-    # timeouts are whole seconds rounded up (never lifted early): lifted within 1 s after
+    # timeouts are whole seconds rounded up (never lifted early): lifted within 1 s after;
+    # retried until 3 s after, as a loaded machine can miss one 0.5 s connect
     time.sleep(max(0.0, d.until + 1.1 - time.time()))
-    assert lab.pair.connect() == "ok"  # no call from us: the kernel expired the element
+    while lab.pair.connect() != "ok":
+        assert time.time() < d.until + 3, "the kernel did not expire the element"
+    # no call from us: the kernel expired the element
     assert lab.elements()["smtpguard4"] == {}
 
 
