@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import recovery
 from .actions.base import ActionError, ReconcileReport, build_actions
 from .actions.enforcer import Enforcer
 from .actions.keys import KeyRefused, normalise_key
@@ -50,15 +50,15 @@ def guess_dimension(key: str) -> str:
 
 
 def open_ledger(path: str) -> Ledger:
-    """The ledger in the state database (created with its directory if missing)."""
-    directory = os.path.dirname(path)
-    if directory:
-        try:
-            os.makedirs(directory, mode=0o750, exist_ok=True)
-        except OSError as exc:
-            raise OperatorError(f"cannot create {directory}: {exc.strerror}") from None
+    """The ledger in the state database (created 0600 with its directory if missing; a
+    corrupt one is moved aside, see :mod:`.recovery`)."""
     try:
-        return Ledger(conn=sqlite3.connect(path, timeout=10))
+        return Ledger(conn=recovery.connect(path, timeout=10, locked=False))
+    except recovery.CorruptDatabase as exc:
+        raise OperatorError(str(exc)) from None
+    except OSError as exc:
+        raise OperatorError(f"cannot open state database {path}: "
+                            f"{exc.strerror or exc}") from None
     except sqlite3.Error as exc:
         raise OperatorError(f"cannot open state database {path}: {exc}") from None
 
@@ -147,6 +147,9 @@ class Operator:
     def reconcile(self) -> dict[str, ReconcileReport]:
         """Make every action match the ledger now: add what is missing (after a reboot,
         ``nft flush ruleset``, a deleted map), remove what expired or was lifted."""
+        if recovery.pending(self.ledger.conn) is not None:  # after a corrupt database
+            recovery.rebuild_ledger(self.ledger, self.actions, self.clock())
+            self._commit()
         return self.enforcer.reconcile(self.active(), self.clock())
 
 

@@ -14,9 +14,7 @@ with status 75 (EX_TEMPFAIL, "try again later").
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,15 +24,14 @@ from .actions.enforcer import Enforcer
 from .config import Config
 from .engine.ledger import Decision
 from .follow import FollowWarning, LogCursor
-from .state import State
+from .state import State, StateLock
+from .state import StateBusy as ScanBusy  # the name other modules and tests import
+
+__all__ = ["EX_TEMPFAIL", "ScanBusy", "ScanFailed", "ScanResult", "StateLock", "run_scan"]
 
 log = logging.getLogger("smtpguard_logwatch.scan")
 
 EX_TEMPFAIL = 75
-
-
-class ScanBusy(Exception):
-    """Another scan holds the lock."""
 
 
 class ScanFailed(Exception):
@@ -46,30 +43,6 @@ class ScanResult:
     lines: int = 0
     decisions: list[Decision] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-
-
-class StateLock:
-    """An exclusive, non-blocking flock next to the state database."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.fd: int | None = None
-
-    def __enter__(self) -> StateLock:
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o750, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            raise ScanBusy(f"another scan or the daemon is running (lock {self.path})") from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the flock
-            self.fd = None
 
 
 def run_scan(cfg: Config, *, clock: Callable[[], float] = time.time,
@@ -99,6 +72,7 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
     enforcer = Enforcer(actions if actions is not None
                         else build_actions(cfg.actions),
                         state.ruleset.allowlist, state.local)
+    state.rebuild_from(enforcer.actions)  # after a corrupt state database only
     for decision in result.decisions:
         if decision.revoked is None:  # not revoked by the circuit breaker meanwhile
             enforcer.apply(decision)

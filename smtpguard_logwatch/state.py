@@ -17,6 +17,7 @@ memory and written again after such a rollback, with the same ids.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -25,6 +26,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from . import recovery
+from .actions import safefs
 from .config import Config
 from .engine import Engine
 from .engine.breaker import CircuitBreaker
@@ -48,16 +51,41 @@ _CURSOR_TABLE = ("CREATE TABLE IF NOT EXISTS source_cursors (name TEXT PRIMARY K
 
 
 def connect(path: str) -> sqlite3.Connection:
-    """The state database, created with its directory (root-only) if missing. WAL mode
-    lets ``list`` read while the daemon writes; the daemon uses the connection from
-    several threads, always under its own lock."""
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, mode=0o750, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint, fast
-    return conn
+    """The state database, created 0600 with its directory (root-only) if missing, in a
+    directory nobody else can write; a corrupt one is moved aside and replaced by an
+    empty one (:mod:`.recovery`). WAL mode lets ``list`` read while the daemon writes;
+    the daemon uses the connection from several threads, always under its own lock."""
+    return recovery.connect(path, timeout=30)
+
+
+class StateBusy(Exception):
+    """Another scan or the daemon holds the state lock."""
+
+
+class StateLock:
+    """An exclusive, non-blocking flock on ``STATE.lock`` (opened ``O_NOFOLLOW`` in a
+    checked directory): one scan or daemon per state database."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> StateLock:
+        safefs.make_directory(os.path.dirname(os.path.abspath(self.path)), 0o750)
+        self.fd = safefs.open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise StateBusy(f"another scan or the daemon is running (lock {self.path})"
+                            ) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
 
 
 def rules_of(cfg: Config) -> RuleSet:
@@ -133,13 +161,30 @@ class State:
                  on_decision: Callable[[Decision], None] | None = None) -> None:
         self.cfg = cfg
         self.clock = clock
+        self.ruleset = ruleset if ruleset is not None else rules_of(cfg)
+        self.local = LocalNetworks.this_host()
         self.conn = connect(cfg.state)
-        self.simulation = Simulation(self.conn, cfg, clock=clock)  # first: tells a new db
+        try:
+            self._load(cfg, on_decision)
+        except sqlite3.DatabaseError as exc:
+            # quick_check passed, yet a page is damaged: the same recovery, once
+            if not recovery.is_corrupt(exc):
+                raise
+            self.conn.close()
+            self.conn = recovery.replace_corrupt(cfg.state, exc, clock=clock)
+            self._load(cfg, on_decision)
+        self._tz = zone_from_name(cfg.timezone)
+        self._clocks: dict[str, Clock] = {}
+        self.dirty = False
+        self._needs_rewrite = False
+        self.checkpoints = CheckpointStats()
+        self.simulation.refresh(self.engine, self.ruleset, force=True)
+
+    def _load(self, cfg: Config, on_decision: Callable[[Decision], None] | None) -> None:
+        self.simulation = Simulation(self.conn, cfg, clock=self.clock)  # first: tells a new db
         self.ledger = JournaledLedger(self.conn)
         self.ledger.simulating = lambda d: self.simulation.simulated(d, self.ruleset,
                                                                      self.clock())
-        self.ruleset = ruleset if ruleset is not None else rules_of(cfg)
-        self.local = LocalNetworks.this_host()
         self.engine = Engine(self.ruleset, store=FrequencyStore.load(self.conn),
                              ledger=self.ledger, breaker=breaker_of(cfg), local=self.local,
                              warmup=cfg.warmup, on_decision=on_decision)
@@ -154,12 +199,16 @@ class State:
         self.cursors: dict[str, str] = dict(self.conn.execute(
             "SELECT name, cursor FROM source_cursors"))
         """Resume points of inputs that are not files (the journal's cursor)."""
-        self._tz = zone_from_name(cfg.timezone)
-        self._clocks: dict[str, Clock] = {}
-        self.dirty = False
-        self._needs_rewrite = False
-        self.checkpoints = CheckpointStats()
-        self.simulation.refresh(self.engine, self.ruleset, force=True)
+
+    def rebuild_from(self, actions: Iterable[Any]) -> int:
+        """After a recovery from a corrupt database: put what the actions still enforce
+        back into the ledger before the first reconcile (which would lift it all), and
+        checkpoint. 0 (and nothing done) normally."""
+        if recovery.pending(self.conn) is None:
+            return 0
+        added = recovery.rebuild_ledger(self.ledger, actions, self.clock())
+        self.checkpoint()
+        return added
 
     def clock_for(self, path: str) -> Clock:
         """One Clock per log (year inference follows each file's own lines)."""

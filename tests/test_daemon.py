@@ -312,7 +312,8 @@ def test_checkpoint_on_a_full_disk_is_retried_and_loses_nothing(tmp_path: Path,
         pytest.skip("needs root to mount a small tmpfs")
     small = tmp_path / "small"
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(small)],
+                   check=True)
     try:
         cfg = config(tmp_path, rules=DEFAULT_RULES.read_text())
         cfg.warmup = 3600.0
@@ -550,6 +551,34 @@ def test_ledger_keeps_what_repeat_offender_escalation_looks_up(
         assert warned == bool(kept), caplog.text
         caplog.clear()
         r.stop()
+
+
+def test_starts_on_a_corrupt_state_database_and_keeps_the_refusals(tmp_path: Path,
+                                                                   running) -> None:
+    """A truncated state.sqlite made ``run`` exit with sqlite3.DatabaseError (and
+    systemd give up after five restarts): all enforcement stopped. Now it is moved
+    aside, and the start reconcile keeps what the map files hold."""
+    from smtpguard_logwatch.actions.exim_files import EximFilesAction
+    from smtpguard_logwatch.operator import Operator, open_ledger
+
+    cfg = config(tmp_path, duration="1h")
+    exim = EximFilesAction(directory=str(tmp_path / "exim"))
+    op = Operator(open_ledger(cfg.state), [exim])
+    op.ban("203.0.113.77", duration=3600)
+    op.ledger.conn.execute("CREATE TABLE filler (x BLOB)")
+    op.ledger.conn.executemany("INSERT INTO filler VALUES (?)",
+                               [(os.urandom(400),) for _ in range(300)])
+    op.ledger.conn.commit()
+    op.ledger.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    op.ledger.conn.close()
+    data = Path(cfg.state).read_bytes()
+    Path(cfg.state).write_bytes(data[: len(data) // 3])
+    r = running(cfg, [exim])
+    wait_for(lambda: request(cfg.control_socket, "status")["active"] == {"refuse": 1}, 5,
+             "the rebuilt ledger")
+    r.stop()  # after the start reconcile, which would have lifted an unknown refusal
+    assert "203.0.113.77" in (tmp_path / "exim" / "refuse_hosts").read_text()
+    assert [p.name for p in (tmp_path / "state").iterdir() if ".corrupt-" in p.name]
 
 
 def test_an_answer_sent_before_the_request_was_read_is_not_lost(tmp_path: Path) -> None:

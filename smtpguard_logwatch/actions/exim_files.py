@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 from ..engine.ledger import Decision
-from . import files
+from . import files, safefs
 from .base import REPLY_MARK, ActionError, ReconcileReport, marked_reply, register
 from .files import Record, build_or_log, delay_seconds
 from .keys import KeyRefused, normalise_key
@@ -191,6 +191,14 @@ class EximFilesAction:
                      len(report.added), len(report.removed), len(report.refused))
         return report
 
+    def recorded(self, now: float) -> list[Decision]:
+        """The decisions our files say are in force (records this tool wrote beside its
+        entries), to rebuild a ledger lost with a corrupt state database."""
+        with self._locked():
+            records = [r for records in self._load().values() for r in records]
+        return [r.to_decision() for r in records
+                if r.until is None or r.until > now]
+
     # -- the ACL ----------------------------------------------------------------------
 
     def snippet(self) -> str:
@@ -307,6 +315,8 @@ class EximFilesAction:
             return
         try:
             files.ensure_directory(self.directory)
+        except safefs.UnsafePath as exc:
+            raise ActionError(f"exim: {exc}") from None
         except OSError as exc:
             raise ActionError(f"exim: directory {self.directory} is not usable "
                               f"({exc.strerror}); run as root or give it to this user"

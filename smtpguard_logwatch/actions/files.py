@@ -10,8 +10,14 @@ a mail outage, so they live here once:
   the one it replaces (an admin who gave the file to the MTA's group keeps that).
 * :func:`install` — the same rename for a file someone else built (a makemap or postmap
   output next to the live db).
+* :func:`write_built` — a map source plus the db a program (``postmap``, ``makemap``)
+  builds from it: both made in a private 0700 staging directory (those programs write
+  ``X.db`` next to their input, by name), then renamed over the live files.
 * :class:`DirectoryLock` — an ``flock`` on a lock file plus a thread lock, so the
   daemon and a CLI ``ban`` never interleave their read-modify-write.
+
+No path written here is resolved through a symlink and every directory is checked
+first (see :mod:`.safefs`): root never writes where another user can plant a link.
 * :func:`read_text` — ``None`` for a missing file, so callers can tell "gone" from
   "empty".
 * :class:`Record` — what an action keeps in its own files about each decision it
@@ -41,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..engine.ledger import Decision
+from . import safefs
 from .keys import KeyRefused
 
 log = logging.getLogger("smtpguard_logwatch.actions")
@@ -73,6 +80,13 @@ class Record:
             return self.id == other.id
         return (self.dimension, self.key, self.action) == (
             other.dimension, other.key, other.action)
+
+    def to_decision(self) -> Decision:
+        """The decision this record enforces (for rebuilding a lost ledger)."""
+        return Decision(time=0.0, dimension=self.dimension, key=self.key, action=self.action,
+                        until=self.until, rules=("recovered",),
+                        argument=None if self.seconds is None else float(self.seconds),
+                        id=self.id)
 
     def to_line(self) -> str:
         """The record as a comment line (ASCII JSON: no control character survives)."""
@@ -145,7 +159,7 @@ def write_atomic(path: str, data: str | bytes, *, mode: int = 0o644,
 def install(built: str, path: str, *, mode: int = 0o644, like: str | None = None) -> None:
     """Rename a finished file (e.g. a makemap output) over ``path``, durably. Metadata
     comes from the file it replaces, else from ``like``, else ``mode``."""
-    fd = os.open(built, os.O_RDONLY | os.O_CLOEXEC)
+    fd = safefs.open_nofollow(built, os.O_RDONLY)
     try:
         source = path if os.path.exists(path) else like
         copy_metadata(source, fd, default_mode=mode)
@@ -154,6 +168,29 @@ def install(built: str, path: str, *, mode: int = 0o644, like: str | None = None
         os.close(fd)
     os.replace(built, path)
     fsync_directory(os.path.dirname(path) or ".")
+
+
+def write_built(path: str, data: bytes, db_path: str, build: Callable[[str], str], *,
+                mode: int = 0o644, like: str | None = None,
+                like_db: str | None = None) -> None:
+    """Replace the source ``path`` and its database ``db_path`` with ``data`` and what
+    ``build(source)`` makes from it (it returns the built file's path). Both are built
+    in a private staging directory beside ``path`` and renamed in, db first: a reader
+    sees the old map or the new one, and no name another user could have planted is
+    ever opened. Metadata: the replaced files', else ``like``/``like_db``, else ``mode``."""
+    with safefs.staging(os.path.dirname(path) or ".") as stage:
+        tmp = os.path.join(stage, os.path.basename(path))
+        fd = safefs.open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        built = build(tmp)
+        if os.path.dirname(os.path.abspath(built)) != os.path.abspath(stage):
+            raise OSError(errno.EINVAL, f"built file {built} is outside the staging "
+                                        "directory")
+        install(built, db_path, mode=mode, like=like_db)
+        install(tmp, path, mode=mode, like=like)
 
 
 def copy_metadata(source: str | None, fd: int, *, default_mode: int) -> None:
@@ -208,11 +245,10 @@ def read_bytes(path: str) -> bytes | None:
 def ensure_directory(path: str, mode: int = 0o755) -> None:
     """Create ``path`` (and parents) if missing; OSError if it is not writable for us,
     so the caller can say so before it tries to write."""
-    if not os.path.isdir(path):
-        os.makedirs(path, mode=mode, exist_ok=True)
-        # makedirs' mode is masked by the umask (0077 under the systemd unit), and the
-        # MTA reads these files as its own user (Exim as Debian-exim): say it exactly.
-        os.chmod(path, mode)
+    # The mode is set exactly, whatever the umask (0077 under the systemd unit): the MTA
+    # reads these files as its own user (Exim as Debian-exim). UnsafePath if another
+    # user could plant names in it (or above it).
+    safefs.make_directory(path, mode)
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
@@ -234,6 +270,7 @@ def remove_stale_temps(paths: Iterable[str]) -> list[str]:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
                     removed.append(entry.path)
+        removed.extend(safefs.remove_stale_stages(directory))
     return removed
 
 
@@ -251,7 +288,7 @@ class DirectoryLock:
     def hold(self) -> Iterator[None]:
         with self._thread_lock:
             if self._depth == 0:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = safefs.open_nofollow(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX)
                 except BaseException:

@@ -108,19 +108,18 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..engine.ledger import Decision
+from . import safefs
 from .base import ActionError, ReconcileReport, register
-from .files import build_or_log
+from .firewall import DEFAULT_TIERS, NET_PREFIX, FirewallAction, Target, Tier
+from .firewall import for_text as _for
+from .firewall import timeout_of as _timeout
 from .keys import KeyRefused
-from .nftables import DEFAULT_TIERS, NET_PREFIX, Target, Tier, resolve_target, tier_for
-from .nftables import _ports as _nft_ports
-from .nftables import _tiers as _nft_tiers
 
 log = logging.getLogger("smtpguard_logwatch.actions")
 
@@ -151,7 +150,7 @@ class _Present:
 
 
 @register
-class IptablesAction:
+class IptablesAction(FirewallAction):
     """Refuse and throttle client IPs (and /24, /64 networks) in our own iptables chain,
     on hosts whose iptables is the legacy backend.
 
@@ -194,7 +193,9 @@ class IptablesAction:
             raise ActionError(f"iptables: chain must be a plain name (letters, digits, _ -; "
                               f"at most 28), not a built-in chain, not {chain!r}")
         self.chain = chain
-        self.ports = _renamed(_nft_ports, ports)
+        self._init_common(ports=ports, networks=networks, throttle_burst=throttle_burst,
+                          throttle_tiers=throttle_tiers, dry_run=dry_run,
+                          command_timeout=command_timeout, clock=clock)
         if len(self.ports) > MULTIPORT_MAX:
             raise ActionError(f"iptables: at most {MULTIPORT_MAX} ports (multiport), "
                               f"not {len(self.ports)}")
@@ -206,38 +207,17 @@ class IptablesAction:
             raise ActionError(f"iptables: set_prefix must be a plain name (letters, digits, "
                               f"_; at most 16), not {set_prefix!r}")
         self.set_prefix = set_prefix
-        self.networks = _bool("networks", networks)
-        self.dry_run = _bool("dry_run", dry_run)
-        if throttle_burst is not None and (
-                isinstance(throttle_burst, bool) or not isinstance(throttle_burst, int)
-                or throttle_burst < 1):
-            raise ActionError(f"iptables: throttle_burst must be a whole number >= 1, "
-                              f"not {throttle_burst!r}")
-        self.tiers: tuple[Tier, ...] = _renamed(_nft_tiers, throttle_tiers, throttle_burst)
         for name, value in (("iptables", iptables), ("ipset", ipset)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise ActionError(f"iptables: {name} must be a path, not {value!r}")
         self.iptables = iptables
         self.ipset = ipset
-        if isinstance(command_timeout, bool) or not isinstance(command_timeout, int | float) \
-                or not command_timeout > 0:
-            raise ActionError(f"iptables: command_timeout must be seconds > 0, "
-                              f"not {command_timeout!r}")
-        self.command_timeout = float(command_timeout)
-        self.clock = clock
-        self._lock = threading.RLock()
         self._checked = False  # backend, python-iptables and ipset checked
         self._iptc: Any = None
         self._match_cls: Any = None
         self._ipset_path: str | None = None
 
     # -- the Action interface -------------------------------------------------------
-
-    def handles(self, decision: Decision) -> bool:
-        """Refuse and throttle on client IPs (and networks when enabled): the only
-        things a firewall can see."""
-        dims = ("client_ip", "client_net") if self.networks else ("client_ip",)
-        return decision.dimension in dims and decision.action in ("refuse", "throttle")
 
     def apply(self, decision: Decision) -> None:
         """Make the key refused or throttled until ``until`` (replacing an earlier
@@ -310,51 +290,60 @@ class IptablesAction:
                      len(report.added), len(report.removed), len(report.refused))
         return report
 
+    def recorded(self, now: float) -> list[Decision]:
+        """What our ipsets enforce, as decisions (to rebuild a ledger lost with a corrupt
+        state database), from the ipsets or, without ipset, our per-key rules. Keys
+        without an end are left out, as the ledger would lift them."""
+        if self.dry_run:
+            return []
+        with self._lock:
+            self._check()
+            if self._ipset_path:
+                sets = self._all_sets()
+                present, _stale = self._ipset_elements(sets)
+                found = [(sets[name][2], key, now + left if left > 0 else None)
+                         for (name, key), left in present.items()]
+            else:
+                rules: list[_Present] = []
+                for version in (4, 6):
+                    self._tx(version, lambda fam: rules.extend(self._per_key(fam)) or False)
+                found = [(p.slot, p.key, None if p.until is None else float(p.until))
+                         for p in rules]
+        tiers = {_slot(t): t for t in self.tiers}
+        out = []
+        for slot, key, until in sorted(found, key=lambda f: (f[0], f[1])):
+            tier = tiers.get(slot)
+            if until is None or until <= now or (slot != "refuse" and tier is None):
+                continue
+            out.append(Decision(time=now, dimension="client_net" if "/" in key
+                                else "client_ip", key=key,
+                                action="refuse" if tier is None else "throttle",
+                                until=until, rules=("recovered",),
+                                argument=None if tier is None else tier.per_minute))
+        return out
+
     # -- decisions --------------------------------------------------------------------
 
     def _resolve(self, decision: Decision) -> Target:
         """The decision as a target, or KeyRefused (never touches the firewall)."""
-        target = resolve_target("iptables", decision, self.tiers)
+        target = super()._resolve(decision)
         if not _PLAIN_KEY.fullmatch(target.key):
             # defence in depth: only address characters may reach an ipset line (an
             # IPv6 scope ID, "fe80::1%<anything>", is a valid address to ipaddress)
             raise KeyRefused(f"not a plain address or network: {target.key!r}")
         return target
 
-    def _target(self, decision: Decision) -> Target | None:
-        return build_or_log("iptables", self.handles, self._resolve, decision)
-
-    def _tier_for(self, decision: Decision) -> Tier:
-        return tier_for("iptables", self.tiers, decision)
-
     def _wanted(self, active: Iterable[Decision], now: float, report: ReconcileReport
                 ) -> dict[tuple[str, str], tuple[float | None, str]]:
         """(slot, key) -> (until or None = no end, report label). A slot is "refuse" or
-        a throttle tier's slot name; per key, the latest throttle wins (as with apply)
-        and the longest refusal."""
+        a throttle tier's slot name."""
         wanted: dict[tuple[str, str], tuple[float | None, str]] = {}
-        throttles: dict[str, tuple[float, Target, float | None]] = {}
-        for decision in active:
-            if not self.handles(decision):
-                continue
-            try:
-                target = self._resolve(decision)
-            except KeyRefused as exc:
-                log.warning("iptables: key refused, not written: %s", exc)
-                report.refused.append(f"{decision.dimension} {decision.key!r}: {exc}")
-                continue
-            if decision.until is not None and decision.until <= now:
-                continue
+        for target, until in self._wanted_targets(active, now, report):
             if target.action == "refuse":
-                old = wanted.get(("refuse", target.key))
-                if old is None or (old[0] is not None and (
-                        decision.until is None or decision.until > old[0])):
-                    wanted[("refuse", target.key)] = (decision.until, target.label())
-            elif target.key not in throttles or decision.time >= throttles[target.key][0]:
-                throttles[target.key] = (decision.time, target, decision.until)
-        for _time, target, until in throttles.values():
-            assert target.tier is not None
-            wanted[(_slot(target.tier), target.key)] = (until, target.label())
+                wanted[("refuse", target.key)] = (until, target.label())
+            else:
+                assert target.tier is not None
+                wanted[(_slot(target.tier), target.key)] = (until, target.label())
         return wanted
 
     # -- checks and python-iptables ------------------------------------------------------
@@ -431,7 +420,10 @@ class IptablesAction:
         nobody may change it between our read and our commit."""
         path = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
         try:
-            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+            safefs.check_directory(os.path.dirname(path) or ".")
+            fd = safefs.open_nofollow(path, os.O_CREAT | os.O_RDWR, 0o600)
+        except safefs.UnsafePath as exc:
+            raise ActionError(f"iptables: xtables lock: {exc}") from None
         except OSError as exc:
             log.debug("iptables: cannot open %s (%s); going on without the lock", path, exc)
             yield
@@ -898,10 +890,6 @@ def _is_nft_binary(path: str) -> bool:
     return "nft" in real
 
 
-def _timeout(until: float | None, now: float) -> int | None:
-    return None if until is None else max(1, math.ceil(until - now))
-
-
 def _ipset_timeout(until: float | None, now: float) -> int:
     """Element timeout: whole seconds to ``until`` rounded up, capped at ipset's limit
     (reconcile renews it); 0 = no end."""
@@ -912,24 +900,6 @@ def _ipset_timeout(until: float | None, now: float) -> int:
 
 def _until(until: float | None) -> int | None:
     return None if until is None else math.ceil(until)
-
-
-def _for(timeout: int | None) -> str:
-    return "no end" if timeout is None else f"for {timeout}s"
-
-
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ActionError(f"iptables: {name} must be true or false, not {value!r}")
-    return value
-
-
-def _renamed(check: Callable[..., Any], *args: Any) -> Any:
-    """Run a validator shared with the nftables action; errors name this action."""
-    try:
-        return check(*args)
-    except ActionError as exc:
-        raise ActionError("iptables: " + str(exc).removeprefix("nftables: ")) from None
 
 
 def _iptc_message(exc: Exception, version: int) -> str:

@@ -64,31 +64,38 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import math
 import os
 import re
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..engine.ledger import Decision
 from .base import ActionError, ReconcileReport, register
-from .files import build_or_log
-from .keys import KeyRefused, normalise_key
+from .firewall import (
+    DEFAULT_TIERS,
+    NET_PREFIX,
+    FirewallAction,
+    Target,
+    Tier,
+    resolve_target,
+    tier_for,
+)
+from .firewall import for_text as _for
+from .firewall import timeout_of as _timeout
+
+__all__ = ["DEFAULT_TIERS", "NET_PREFIX", "NftablesAction", "Target", "Tier",
+           "resolve_target", "tier_for"]
 
 log = logging.getLogger("smtpguard_logwatch.actions")
 
-DEFAULT_TIERS: tuple[float, ...] = (0.25, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 METER_TIMEOUT = 3600  # seconds a meter remembers an idle throttled source
 METER_SIZE = 65535
 CHAIN_PRIORITY = -5  # before the usual filter chains (0); after conntrack (-200)
 RETIME_TOLERANCE = 2  # seconds of drift reconcile accepts before re-adding an element
 BATCH_ELEMENTS = 2000  # decisions per nft call in reconcile
-NET_PREFIX = {4: 24, 6: 64}
 NET_MASK = {4: "255.255.255.0", 6: "ffff:ffff:ffff:ffff::"}
 ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 PAYLOAD = {4: "ip", 6: "ip6"}
@@ -102,39 +109,8 @@ class _Missing(Exception):
     """nft said "No such file or directory": our table, chain or set is gone."""
 
 
-@dataclass(frozen=True)
-class Tier:
-    """One throttle rate: ``rate`` per ``unit`` (nft ``limit`` needs integers)."""
-
-    per_minute: float
-    rate: int
-    unit: str  # "minute" or "hour"
-    burst: int
-
-    @property
-    def tag(self) -> str:
-        return f"{self.rate}{self.unit[0]}"
-
-    def __str__(self) -> str:
-        return f"{self.rate}/{self.unit}"
-
-
-@dataclass(frozen=True)
-class Target:
-    """A decision resolved to what it means in the table."""
-
-    action: str  # refuse | throttle
-    key: str  # normalised, e.g. "192.0.2.7" or "192.0.2.0/24"
-    version: int
-    net: bool
-    tier: Tier | None
-
-    def label(self) -> str:
-        return f"{self.action} {self.key}" + (f" at {self.tier}" if self.tier else "")
-
-
 @register
-class NftablesAction:
+class NftablesAction(FirewallAction):
     """Refuse and throttle client IPs (and /24, /64 networks) in an nft table we own.
 
     Options (``[actions.nftables]`` in the config):
@@ -173,38 +149,19 @@ class NftablesAction:
             raise ActionError(f"nftables: table must be a plain name (letters, digits, _), "
                               f"not {table!r}")
         self.table = table
-        self.ports = _ports(ports)
-        self.networks = _bool("networks", networks)
-        self.dry_run = _bool("dry_run", dry_run)
-        if throttle_burst is not None and (
-                isinstance(throttle_burst, bool) or not isinstance(throttle_burst, int)
-                or throttle_burst < 1):
-            raise ActionError(f"nftables: throttle_burst must be a whole number >= 1, "
-                              f"not {throttle_burst!r}")
-        self.tiers = _tiers(throttle_tiers, throttle_burst)
+        self._init_common(ports=ports, networks=networks, throttle_burst=throttle_burst,
+                          throttle_tiers=throttle_tiers, dry_run=dry_run,
+                          command_timeout=command_timeout, clock=clock)
         if netns is not None and (not isinstance(netns, str) or not _NETNS.fullmatch(netns)):
             raise ActionError(f"nftables: netns must be a namespace name, not {netns!r}")
         self.netns = netns
         if nft is not None and (not isinstance(nft, str) or not nft):
             raise ActionError(f"nftables: nft must be a path, not {nft!r}")
         self.nft = nft
-        if isinstance(command_timeout, bool) or not isinstance(command_timeout, int | float) \
-                or not command_timeout > 0:
-            raise ActionError(f"nftables: command_timeout must be seconds > 0, "
-                              f"not {command_timeout!r}")
-        self.command_timeout = float(command_timeout)
-        self.clock = clock
         self._argv0: list[str] | None = None
         self._ready = False  # structure verified since the last failure
-        self._lock = threading.RLock()
 
     # -- the Action interface -------------------------------------------------------
-
-    def handles(self, decision: Decision) -> bool:
-        """Refuse and throttle on client IPs (and networks when enabled): the only
-        things a firewall can see."""
-        dims = ("client_ip", "client_net") if self.networks else ("client_ip",)
-        return decision.dimension in dims and decision.action in ("refuse", "throttle")
 
     def apply(self, decision: Decision) -> None:
         """Put the key in its set with a kernel timeout ending at ``until``."""
@@ -263,47 +220,44 @@ class NftablesAction:
                      len(report.added), len(report.removed), len(report.refused))
         return report
 
+    def recorded(self, now: float) -> list[Decision]:
+        """What our sets enforce, as decisions (to rebuild a ledger lost with a corrupt
+        state database); elements without a timeout have no end and are left out, as
+        the ledger would lift them."""
+        if self.dry_run:
+            return []
+        with self._lock:
+            present = self._elements()
+        out = []
+        for (set_name, key), expires in sorted(present.items()):
+            if expires is None:
+                continue
+            dimension = "client_net" if "_net" in set_name else "client_ip"
+            if set_name.startswith("refuse"):
+                action, rate = "refuse", None
+            else:
+                tag = set_name.rsplit("_", 1)[-1]
+                tier = next((t for t in self.tiers if t.tag == tag), None)
+                if tier is None:
+                    continue
+                action, rate = "throttle", tier.per_minute
+            out.append(Decision(time=now, dimension=dimension, key=key, action=action,
+                                until=now + expires, rules=("recovered",), argument=rate))
+        return out
+
     # -- decisions to set elements --------------------------------------------------
-
-    def _resolve(self, decision: Decision) -> Target:
-        """The decision as a target, or KeyRefused (never touches nft)."""
-        return resolve_target("nftables", decision, self.tiers)
-
-    def _target(self, decision: Decision) -> Target | None:
-        return build_or_log("nftables", self.handles, self._resolve, decision)
-
-    def _tier_for(self, decision: Decision) -> Tier:
-        return tier_for("nftables", self.tiers, decision)
 
     def _wanted(self, active: Iterable[Decision], now: float, report: ReconcileReport
                 ) -> dict[tuple[str, str], tuple[int | None, str]]:
         """(set, key) -> (timeout in seconds or None = no end, report label)."""
         wanted: dict[tuple[str, str], tuple[int | None, str]] = {}
-        throttles: dict[tuple[bool, str], tuple[float, Target, float | None]] = {}
-        for decision in active:
-            if not self.handles(decision):
-                continue
-            try:
-                target = self._resolve(decision)
-            except KeyRefused as exc:
-                log.warning("nftables: key refused, not written: %s", exc)
-                report.refused.append(f"{decision.dimension} {decision.key!r}: {exc}")
-                continue
-            if decision.until is not None and decision.until <= now:
-                continue
+        for target, until in self._wanted_targets(active, now, report):
             if target.action == "refuse":
                 slot = (self._refuse_set(target), target.key)
-                old = wanted.get(slot)
-                timeout = _timeout(decision.until, now)
-                if old is None or (old[0] is not None and (timeout is None or timeout > old[0])):
-                    wanted[slot] = (timeout, target.label())
-            else:  # the latest throttle on a key wins, as it would with apply()
-                k = (target.net, target.key)
-                if k not in throttles or decision.time >= throttles[k][0]:
-                    throttles[k] = (decision.time, target, decision.until)
-        for _time, target, until in throttles.values():
-            assert target.tier is not None
-            slot = (self._throttle_set(target.version, target.net, target.tier), target.key)
+            else:
+                assert target.tier is not None
+                slot = (self._throttle_set(target.version, target.net, target.tier),
+                        target.key)
             wanted[slot] = (_timeout(until, now), target.label())
         return wanted
 
@@ -615,51 +569,6 @@ class NftablesAction:
 
 # -- helpers --------------------------------------------------------------------------------
 
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ActionError(f"nftables: {name} must be true or false, not {value!r}")
-    return value
-
-
-def _ports(value: int | Sequence[int]) -> tuple[int, ...]:
-    items = [value] if isinstance(value, int) else list(value) \
-        if isinstance(value, list | tuple) else None
-    if not items or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536
-                            for p in items):
-        raise ActionError(f"nftables: ports must be TCP port numbers, not {value!r}")
-    return tuple(sorted(set(items)))
-
-
-def _tiers(values: Sequence[float], burst: int | None) -> tuple[Tier, ...]:
-    """Validated tiers, smallest first: each a whole number per minute or per hour."""
-    if not isinstance(values, list | tuple) or not values:
-        raise ActionError(f"nftables: throttle_tiers must be a list of rates, not {values!r}")
-    tiers: dict[float, Tier] = {}
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1e6:
-            raise ActionError(f"nftables: throttle tier {v!r} is not a positive rate")
-        per_hour = v * 60
-        if v >= 1 and float(v).is_integer():
-            rate, unit = int(v), "minute"
-        elif abs(per_hour - round(per_hour)) < 1e-9:
-            rate, unit = round(per_hour), "hour"
-        else:
-            raise ActionError(f"nftables: throttle tier {v!r}/minute is not a whole number "
-                              "per minute or per hour")
-        tiers[float(v)] = Tier(float(v), rate, unit,
-                               burst if burst is not None else max(1, math.ceil(v)))
-    return tuple(tiers[k] for k in sorted(tiers))
-
-
-def _timeout(until: float | None, now: float) -> int | None:
-    """Element timeout: whole seconds to ``until``, rounded up (None: no end)."""
-    return None if until is None else max(1, math.ceil(until - now))
-
-
-def _for(timeout: int | None) -> str:
-    return "no end" if timeout is None else f"for {timeout}s"
-
-
 def _close(expires: int | None, timeout: int | None) -> bool:
     if expires is None or timeout is None:
         return expires is None and timeout is None
@@ -704,36 +613,3 @@ def _first_error(stderr: str) -> str:
         if "Error:" in ln:
             return ln.split("Error:", 1)[1].strip()
     return lines[0] if lines else ""
-
-
-def tier_for(name: str, tiers: Sequence[Tier], decision: Decision) -> Tier:
-    """The largest tier not above the decided rate: a firewall never lets through more
-    than was decided (the smallest tier, with a warning, when none fits)."""
-    rate = decision.argument
-    if rate is None or rate <= 0:
-        log.warning("%s: throttle of %r without a rate; using %s", name, decision.key,
-                    tiers[0])
-        return tiers[0]
-    fitting = [t for t in tiers if t.per_minute <= rate + 1e-9]
-    if not fitting:
-        log.warning("%s: throttle rate %g/minute is below the smallest tier; using %s",
-                    name, rate, tiers[0])
-        return tiers[0]
-    return fitting[-1]
-
-
-def resolve_target(name: str, decision: Decision, tiers: Sequence[Tier]) -> Target:
-    """What a firewall decision means: its normalised key, address family, whether it
-    is a /24 or /64 network (the only ones enforced), and the throttle tier. Raises
-    KeyRefused for anything else."""
-    key = normalise_key(decision.dimension, decision.key)
-    net = decision.dimension == "client_net"
-    if net:
-        network = ipaddress.ip_network(key)
-        if network.prefixlen != NET_PREFIX[network.version]:
-            raise KeyRefused(f"{name} enforces networks only as /24 or /64: {key}")
-        version = network.version
-    else:
-        version = ipaddress.ip_address(key).version
-    tier = tier_for(name, tiers, decision) if decision.action == "throttle" else None
-    return Target(decision.action, key, version, net, tier)

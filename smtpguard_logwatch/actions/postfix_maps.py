@@ -45,9 +45,10 @@ The one-second mtime trap. smtpd notices a changed map only between sessions, by
 (``util/dict.c: dict_changed_name``). ``postmap`` rewrites the db in place, so two updates
 within one wall-clock second leave the mtime unchanged and a long-lived smtpd keeps the
 first version (measured: 17 probes over 8 s missed the second update). We never update
-in place: ``postmap`` builds a temporary db next to the live one and ``rename`` replaces
-it, so the inode every running smtpd holds open drops to ``st_nlink == 0`` and the next
-connection is served from the new map, whatever the clock says. This also means Postfix
+in place: ``postmap`` builds a new db in a private 0700 staging directory beside the live
+one (never at a guessable name another user could plant a symlink at) and ``rename``
+replaces it, so the inode every running smtpd holds open drops to ``st_nlink == 0`` and
+the next connection is served from the new map, whatever the clock says. This also means Postfix
 never sees a half-written db. (A hard link to the live db made by some other tool would
 defeat the ``st_nlink`` signal; don't make one.)
 
@@ -61,27 +62,22 @@ can report what it added and removed. Every change is read-modify-write under an
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import ipaddress
-import json
 import logging
 import os
 import re
 import shutil
 import socket
 import subprocess
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..engine.ledger import Decision
 from ..rules.model import ACTION_ORDER
+from . import files, safefs
 from .base import ActionError, ReconcileReport, marked_reply, register
-from .files import build_or_log, delay_seconds
+from .files import Record, build_or_log, delay_seconds
 from .keys import KeyRefused, normalise_key
 
 log = logging.getLogger("smtpguard_logwatch.actions")
@@ -96,7 +92,6 @@ DEFAULT_DELAY = 5
 DEFAULT_MAX_NETWORK_KEYS = 256
 COMMAND_TIMEOUT = 60.0
 LOCK_NAME = ".smtpguard.lock"
-STATE_PREFIX = "# smtpguard: "
 
 #: map name -> (file name, restriction that reads it, dimensions it holds)
 MAPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -117,37 +112,6 @@ _PRINTABLE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 _POSTMAP_NOISE = re.compile(r'record is in "key: value" format')
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One decision as this action records it: the normalised key and what to do."""
-
-    dimension: str
-    key: str
-    action: str
-    seconds: int | None = None  # delay only
-    id: int | None = None
-    until: float | None = None
-
-    @property
-    def label(self) -> str:
-        extra = f" {self.seconds}s" if self.action == "delay" else ""
-        return f"{self.dimension} {self.key} {self.action}{extra}"
-
-    def same_decision(self, other: Entry) -> bool:
-        """Identity for apply/revoke: the ledger id when both have one, else the
-        (dimension, key, action) triple."""
-        if self.id is not None and other.id is not None:
-            return self.id == other.id
-        return (self.dimension, self.key, self.action) == (
-            other.dimension, other.key, other.action)
-
-    def to_json(self) -> str:
-        return json.dumps({"dimension": self.dimension, "key": self.key,
-                           "action": self.action, "seconds": self.seconds, "id": self.id,
-                           "until": self.until}, sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=True)
 
 
 @register
@@ -203,7 +167,7 @@ class PostfixMapsAction:
         self.postconf = _path("postconf", postconf)
         self.command_timeout = float(command_timeout)
         self.clock = clock
-        self._lock = threading.RLock()
+        self._lock = files.DirectoryLock(os.path.join(self.directory, LOCK_NAME))
 
     # -- the Action interface -------------------------------------------------------
 
@@ -248,7 +212,7 @@ class PostfixMapsAction:
         """Rewrite every map to hold exactly the active decisions; recreates deleted map
         files and repairs a map whose db is missing or differs from its source."""
         report = ReconcileReport()
-        wanted: dict[str, list[Entry]] = {name: [] for name in MAPS}
+        wanted: dict[str, list[Record]] = {name: [] for name in MAPS}
         for decision in active:
             if not self.handles(decision) or decision.revoked is not None or (
                     decision.until is not None and decision.until <= now):
@@ -269,11 +233,19 @@ class PostfixMapsAction:
             report.removed.extend(sorted(have - want))
             self._sync(wanted, "reconcile")
             if not self.dry_run:
-                self._remove_stale_temps()
+                files.remove_stale_temps(self._path(n) for n in MAPS)
         if report:
             log.info("postfix: reconciled: %d added, %d removed, %d refused",
                      len(report.added), len(report.removed), len(report.refused))
         return report
+
+    def recorded(self, now: float) -> list[Decision]:
+        """The decisions our files say are in force (records this tool wrote beside its
+        entries), to rebuild a ledger lost with a corrupt state database."""
+        with self._locked():
+            records = [r for records in self._load().values() for r in records]
+        return [r.to_decision() for r in records
+                if r.until is None or r.until > now]
 
     # -- main.cf --------------------------------------------------------------------
 
@@ -321,7 +293,7 @@ class PostfixMapsAction:
 
     # -- decisions to entries and map lines ------------------------------------------
 
-    def _entry(self, decision: Decision) -> Entry:
+    def _entry(self, decision: Decision) -> Record:
         """The decision as an entry, or KeyRefused (touches no file)."""
         key = normalise_key(decision.dimension, decision.key)
         if decision.dimension == "sasl_user":
@@ -329,19 +301,19 @@ class PostfixMapsAction:
             key = key.lower()
         if decision.dimension in ("sender", "sasl_user"):
             _check_text_key(key)
-        entry = Entry(decision.dimension, key, decision.action,
-                      self._seconds(decision) if decision.action == "delay" else None,
-                      decision.id, decision.until)
+        entry = Record(decision.dimension, key, decision.action,
+                       self._seconds(decision) if decision.action == "delay" else None,
+                       decision.id, decision.until)
         self._map_keys(entry)  # refuse networks a map cannot express, before storing
         return entry
 
-    def _entry_or_log(self, decision: Decision) -> Entry | None:
+    def _entry_or_log(self, decision: Decision) -> Record | None:
         return build_or_log("postfix", self.handles, self._entry, decision)
 
     def _seconds(self, decision: Decision) -> int:
         return delay_seconds(decision.argument, self.default_delay, self.max_delay)
 
-    def _map_keys(self, entry: Entry) -> list[tuple[str, Net | None]]:
+    def _map_keys(self, entry: Record) -> list[tuple[str, Net | None]]:
         """The map keys for an entry, each with the network it stands for (client keys)."""
         if entry.dimension == "client_ip":
             addr = ipaddress.ip_address(entry.key)
@@ -350,7 +322,7 @@ class PostfixMapsAction:
             return network_keys(ipaddress.ip_network(entry.key), self.max_network_keys)
         return [(entry.key, None)]
 
-    def _value(self, entry: Entry) -> str:
+    def _value(self, entry: Record) -> str:
         if entry.action == "refuse":
             return self.reject_rhs
         if entry.action == "defer":
@@ -363,15 +335,15 @@ class PostfixMapsAction:
         return {self.reject_rhs, self.defer_rhs, self.hold_rhs} | {
             f"sleep {n}" for n in range(1, self.max_delay + 1)}
 
-    def render(self, name: str, entries: Iterable[Entry]) -> str:
+    def render(self, name: str, entries: Iterable[Record]) -> str:
         """The map source text: our record as comments, then KEY<TAB>VALUE lines.
         Deterministic, so applying the same decisions twice gives the same bytes."""
         entries = sorted(set(entries), key=lambda e: (e.dimension, e.key, e.action,
-                                                      e.to_json()))
+                                                      e.to_line()))
         _file, restriction, _dims = MAPS[name]
         out = [f"# smtpguard-logwatch {restriction} map. Generated: do not edit, every "
                "change is overwritten from the decision ledger.\n"]
-        out.extend(f"{STATE_PREFIX}{e.to_json()}\n" for e in entries)
+        out.extend(e.to_line() for e in entries)
         lines = self._lines(entries)
         fixed = self._fixed_values()
         for key, value in lines:
@@ -383,12 +355,12 @@ class PostfixMapsAction:
             out.append(f"{key}\t{value}\n")
         return "".join(out)
 
-    def _lines(self, entries: list[Entry]) -> list[tuple[str, str]]:
+    def _lines(self, entries: list[Record]) -> list[tuple[str, str]]:
         """(key, value) per map key; the value of the most severe entry covering the key
         (Postfix stops at the first key found, so a host line must not weaken its net)."""
         keyed: dict[str, Net | None] = {}
-        own: dict[str, list[Entry]] = {}
-        by_net: dict[tuple[int, int, int], list[Entry]] = {}
+        own: dict[str, list[Record]] = {}
+        by_net: dict[tuple[int, int, int], list[Record]] = {}
         for e in entries:
             for key, net in self._map_keys(e):
                 keyed[key] = net
@@ -438,53 +410,42 @@ class PostfixMapsAction:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """One writer at a time, across threads and processes (daemon and CLI)."""
-        with self._lock:
-            if self.dry_run:
-                yield
-                return
-            self._ensure_directory()
-            path = os.path.join(self.directory, LOCK_NAME)
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError as exc:
-                raise ActionError(f"postfix: cannot open lock file {path}: "
-                                  f"{exc.strerror}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
-
-    def _ensure_directory(self) -> None:
+        """One writer at a time, across threads and processes (daemon and CLI); dry-run
+        takes no lock and creates nothing."""
+        if self.dry_run:
+            yield
+            return
         try:
-            os.makedirs(self.directory, mode=0o755, exist_ok=True)
+            files.ensure_directory(self.directory)
+        except safefs.UnsafePath as exc:
+            raise ActionError(f"postfix: {exc}") from None
+        except PermissionError:
+            raise ActionError(f"postfix: map directory {self.directory} is not writable "
+                              "(run as root or give the directory to this user)") from None
         except OSError as exc:
             raise ActionError(f"postfix: cannot create map directory {self.directory}: "
                               f"{exc.strerror}") from None
-        if not os.access(self.directory, os.W_OK | os.X_OK):
-            raise ActionError(f"postfix: map directory {self.directory} is not writable "
-                              "(run as root or give the directory to this user)")
+        try:
+            with self._lock.hold():
+                yield
+        except OSError as exc:
+            raise ActionError(f"postfix: cannot write in {self.directory}: {exc.strerror}"
+                              ) from None
 
-    def _load(self) -> dict[str, list[Entry]]:
+    def _load(self) -> dict[str, list[Record]]:
         """What our map sources say is in force; unreadable records are dropped (and so
         disappear from the map at the next write)."""
-        state: dict[str, list[Entry]] = {name: [] for name in MAPS}
+        state: dict[str, list[Record]] = {name: [] for name in MAPS}
         for name in MAPS:
             path = self._path(name)
             try:
-                with open(path, encoding="utf-8", errors="replace") as fh:
-                    lines = fh.read().splitlines()
-            except FileNotFoundError:
-                continue
+                text = files.read_text(path)
             except OSError as exc:
                 raise ActionError(f"postfix: cannot read {path}: {exc.strerror}") from None
-            for number, line in enumerate(lines, 1):
-                if not line.startswith(STATE_PREFIX):
-                    continue
+            for number, line in files.record_lines(text or ""):
                 try:
-                    entry = self._entry_from_json(line[len(STATE_PREFIX):])
-                except (ValueError, KeyError, TypeError, KeyRefused) as exc:
+                    entry = self._from_raw(files.parse_record(line))
+                except (ValueError, KeyRefused) as exc:
                     log.warning("postfix: %s line %d: dropping unreadable record: %s",
                                 path, number, exc)
                     continue
@@ -495,39 +456,28 @@ class PostfixMapsAction:
                 state[name].append(entry)
         return state
 
-    def _entry_from_json(self, text: str) -> Entry:
+    def _from_raw(self, raw: dict[str, Any]) -> Record:
         """Re-validate a stored record exactly like a new decision: the file is ours,
         but it is a file."""
-        raw = json.loads(text)
-        if not isinstance(raw, dict):
-            raise ValueError("not an object")
-        ident = raw.get("id")
-        until = raw.get("until")
-        seconds = raw.get("seconds")
-        if ident is not None and (isinstance(ident, bool) or not isinstance(ident, int)):
-            raise ValueError(f"bad id {ident!r}")
-        if until is not None and (isinstance(until, bool)
-                                  or not isinstance(until, int | float)):
-            raise ValueError(f"bad until {until!r}")
-        if seconds is not None and (isinstance(seconds, bool)
-                                    or not isinstance(seconds, int | float)):
-            raise ValueError(f"bad seconds {seconds!r}")
-        decision = Decision(time=0.0, dimension=str(raw["dimension"]), key=str(raw["key"]),
-                            action=str(raw["action"]), until=until, rules=(),
-                            argument=seconds, id=ident)
+        decision = Decision(time=0.0, dimension=raw["dimension"], key=raw["key"],
+                            action=raw["action"], until=raw.get("until"), rules=(),
+                            argument=raw.get("seconds"), id=raw.get("id"))
         if not self.handles(decision):
             raise ValueError(f"not a postfix decision: {decision.dimension} "
                              f"{decision.action}")
         return self._entry(decision)
 
-    def _sync(self, state: dict[str, list[Entry]], why: str) -> None:
+    def _sync(self, state: dict[str, list[Record]], why: str) -> None:
         """Write the maps whose source text changed or whose db is missing (all three
         must exist: smtpd cannot open a missing map); an unchanged map is left alone,
         so smtpd is not restarted for nothing."""
         for name in MAPS:
             text = self.render(name, state[name])
             source, db = self.map_files()[name]
-            current = _read_or_none(source)
+            try:
+                current = files.read_text(source)
+            except OSError as exc:
+                raise ActionError(f"postfix: cannot read {source}: {exc.strerror}") from None
             if current == text and os.path.exists(db):
                 continue
             if self.dry_run:
@@ -548,41 +498,21 @@ class PostfixMapsAction:
                      line)
 
     def _write_map(self, name: str, text: str) -> None:
-        """Build the db from a temp source with postmap, then rename db and source over
-        the live ones: Postfix sees the old map or the new one, never half of one, and
-        every smtpd holding the old db open sees st_nlink == 0 (the mtime trap)."""
+        """postmap the new source in a private staging directory, then rename db and
+        source over the live ones (:func:`.files.write_built`): Postfix sees the old map
+        or the new one, never half of one, and every smtpd holding the old db open sees
+        st_nlink == 0 (the mtime trap)."""
         source, db = self.map_files()[name]
         suffix = DB_SUFFIX[self.map_type]
-        fd, tmp = tempfile.mkstemp(prefix=f".{MAPS[name][0]}.", suffix=".tmp",
-                                   dir=self.directory)
-        tmp_db = tmp + suffix
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fchmod(fh.fileno(), 0o644)
-                os.fsync(fh.fileno())
+
+        def build(tmp: str) -> str:
             self._postmap(tmp)
-            os.chmod(tmp_db, 0o644)
-            _fsync_path(tmp_db)
-            os.replace(tmp_db, db)
-            os.replace(tmp, source)
-            _fsync_path(self.directory)
+            return tmp + suffix
+
+        try:
+            files.write_built(source, text.encode("utf-8"), db, build, mode=0o644)
         except OSError as exc:
             raise ActionError(f"postfix: cannot write {source}: {exc.strerror}") from None
-        finally:
-            for leftover in (tmp, tmp_db):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(leftover)
-
-    def _remove_stale_temps(self) -> None:
-        """Temp files a killed writer left behind (ours by name, and we hold the lock)."""
-        prefixes = tuple(f".{MAPS[name][0]}." for name in MAPS)
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(self.directory):
-                if entry.name.startswith(prefixes) and ".tmp" in entry.name:
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
 
     # -- Postfix commands -------------------------------------------------------------
 
@@ -778,29 +708,3 @@ def _path(option: str, value: Any) -> str:
         raise ActionError(f"postfix: {option} must be an absolute path without spaces, "
                           f"commas or colons (it goes into main.cf), not {value!r}")
     return value
-
-
-def _read_or_none(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ActionError(f"postfix: cannot read {path}: {exc.strerror}") from None
-
-
-def _fsync_path(path: str) -> None:
-    """Durability for the rename dance; a filesystem that cannot fsync a directory
-    is not an error."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)

@@ -13,8 +13,9 @@ Three files:
   what Sendmail reads.
 
 Why merge instead of a second map: Sendmail has one access map (``Kaccess``), and its
-rulesets look every tag up in it. The merged db is built into a temp file by
-``makemap`` and renamed over the live one. Sendmail opens the map afresh in each SMTP
+rulesets look every tag up in it. The merged db is built by ``makemap`` in a
+private 0700 staging directory (makemap writes ``X.db`` by name) and renamed over the
+live one. Sendmail opens the map afresh in each SMTP
 session, so the next session sees the new db (measured on Sendmail 8.17.1.9: three
 renames within one second, each seen by the next connection) and never a half-built
 one. The admin keeps editing ``/etc/mail/access``; we re-read it on every change and
@@ -67,7 +68,7 @@ from typing import Any, ClassVar
 
 from ..engine.ledger import Decision
 from ..events import OWN_MARK
-from . import files
+from . import files, safefs
 from .base import ActionError, ReconcileReport, marked_reply, register
 from .files import Record, build_or_log, delay_seconds
 from .keys import KeyRefused, normalise_key
@@ -250,6 +251,14 @@ class SendmailAccessAction:
                      len(report.added), len(report.removed), len(report.refused))
         return report
 
+    def recorded(self, now: float) -> list[Decision]:
+        """The decisions our files say are in force (records this tool wrote beside its
+        entries), to rebuild a ledger lost with a corrupt state database."""
+        with self._locked():
+            records = self._load()
+        return [r.to_decision() for r in records
+                if r.until is None or r.until > now]
+
     # -- sendmail.mc ------------------------------------------------------------------
 
     def snippet(self) -> str:
@@ -414,6 +423,8 @@ class SendmailAccessAction:
         for directory in {os.path.dirname(self.access_file), os.path.dirname(self.output)}:
             try:
                 files.ensure_directory(directory)
+            except safefs.UnsafePath as exc:
+                raise ActionError(f"sendmail: {exc}") from None
             except OSError as exc:
                 raise ActionError(f"sendmail: directory {directory} is not usable "
                                   f"({exc.strerror}); run as root or give it to this user"
@@ -496,27 +507,23 @@ class SendmailAccessAction:
                      - len(conflicts))
 
     def _build(self, merged: bytes) -> None:
-        """makemap into a temp db next to the live one, then rename db and source over
-        the live ones: Sendmail sees the old map or the new one, never half of one."""
+        """makemap in a private staging directory (it writes ``X.db`` next to its input,
+        by name), then rename db and source over the live ones
+        (:func:`.files.write_built`): Sendmail sees the old map or the new one, never half
+        of one, and no name another user could plant a link at is ever opened."""
         suffix = DB_SUFFIX[self.map_type]
-        fd, tmp = files.make_temp(self.output)
-        tmp_db = tmp + suffix
         like = self.admin_access + suffix if self.admin_access else None
+
+        def build(tmp: str) -> str:
+            self._makemap(tmp, tmp + suffix)
+            return tmp + suffix
+
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(merged)
-                fh.flush()
-                os.fsync(fh.fileno())
-            self._makemap(tmp, tmp_db)
-            files.install(tmp_db, self.db_path, mode=0o640, like=like)
-            files.install(tmp, self.output, mode=0o640, like=self.admin_access)
+            files.write_built(self.output, merged, self.db_path, build, mode=0o640,
+                              like=self.admin_access, like_db=like)
         except OSError as exc:
             raise ActionError(f"sendmail: cannot build {self.db_path}: {exc.strerror}"
                               ) from None
-        finally:
-            for leftover in (tmp, tmp_db):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(leftover)
 
     def _program(self) -> str:
         """makemap's path; Debian keeps it in /usr/sbin, which a non-root PATH lacks."""

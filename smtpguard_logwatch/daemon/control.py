@@ -22,6 +22,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..actions import safefs
+
 log = logging.getLogger("smtpguard_logwatch.control")
 
 MAX_REQUEST = 64 * 1024
@@ -103,9 +105,8 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(self, path: str, handler: Handler) -> None:
         self.path = path
         self.handler = handler
-        directory = os.path.dirname(path)
-        if directory:
-            os.makedirs(directory, mode=0o750, exist_ok=True)
+        # a directory another user can write would let them swap the socket for a link
+        safefs.make_directory(os.path.dirname(os.path.abspath(path)), 0o750)
         if os.path.exists(path):
             if _answers(path):
                 raise SocketInUse(f"{path}: another smtpguard-logwatch daemon answers there")

@@ -136,6 +136,7 @@ class Daemon:
             if self.journal is not None:
                 self._start_journal()
             with self.lock:
+                self.state.rebuild_from(self.actions)  # after a corrupt database only
                 self._reconcile("start")
             self.scheduler.start()
             log.info("started pid=%d logs=%s watch=%s rules=%s mode=%s socket=%s",

@@ -75,6 +75,9 @@ _AGENT = textwrap.dedent("""
                     rep = act.reconcile(ds, now)
                     results.append({"added": rep.added, "removed": rep.removed,
                                     "refused": rep.refused})
+                elif method == "recorded":
+                    results.append([[d.dimension, d.key, d.action, d.argument, d.until]
+                                    for d in act.recorded(now)])
                 else:
                     d = Decision(**{**arg, "rules": tuple(arg["rules"])})
                     results.append(getattr(act, method)(d))
@@ -122,7 +125,8 @@ class Lab:
              now: float | None = None) -> Reply:
         """Run ``calls`` ((method, decision or list of decisions)) on one new action."""
         opts = {"iptables": LEGACY, **options}
-        wire = [[m, [_wire(d) for d in arg] if m == "reconcile" else _wire(arg),
+        wire = [[m, [_wire(d) for d in arg] if m == "reconcile"
+                 else None if arg is None else _wire(arg),
                  time.time() if now is None else now] for m, arg in calls]
         assert self.agent.stdin is not None and self.agent.stdout is not None
         self.agent.stdin.write(json.dumps({"options": opts, "calls": wire}) + "\n")
@@ -309,6 +313,33 @@ def test_ipv6_and_networks(with_ipset: Lab) -> None:
     assert len(report["refused"]) == 1 and "/24 or /64" in report["refused"][0]
     assert report["removed"] == ["refuse 10.199.0.0/24"]
     assert lab.pair.connect(SERVER4) == "ok"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("mode", ["ipset", "rules"])
+def test_a_lost_ledger_is_rebuilt_from_the_firewall(fresh: Lab, mode: str) -> None:
+    """After a corrupt state database, what the ipsets (or our per-key rules) hold comes
+    back as decisions with their time left; reconcile with them keeps it all."""
+    if mode == "ipset" and IPSET is None:
+        pytest.skip("ipset not found (install ipset; see tests/install-test-deps.sh)")
+    lab = fresh
+    opts = {**(SETS if mode == "ipset" else RULES), "networks": True}
+    now = time.time()
+    lab.ok(opts, ("apply", decision(seconds=600, at=now)),
+           ("apply", decision("10.199.0.0/24", dimension="client_net", seconds=600, at=now)),
+           ("apply", decision(CLIENT6, action="throttle", argument=7, seconds=600, at=now)))
+    got = lab.ok(opts, ("recorded", None), now=now).results[0]
+    assert sorted(row[:4] for row in got) == [
+        ["client_ip", CLIENT4, "refuse", None], ["client_ip", CLIENT6, "throttle", 5.0],
+        ["client_net", "10.199.0.0/24", "refuse", None]]
+    assert all(590 < row[4] - now <= 601 for row in got)
+    before = (lab.elements() if mode == "ipset" else None, lab.rules(4), lab.rules(6))
+    back = [Decision(now, dim, key, act, until, ("recovered",), argument=arg)
+            for dim, key, act, arg, until in got]
+    assert lab.ok(opts, ("reconcile", back), now=now).report["removed"] == []
+    after = (lab.elements() if mode == "ipset" else None, lab.rules(4), lab.rules(6))
+    assert after == before
+    assert lab.pair.connect(SERVER4) == "timeout"
 
 
 @pytest.mark.root

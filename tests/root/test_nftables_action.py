@@ -326,3 +326,32 @@ def test_throttle_rate_rounds_down_to_a_tier() -> None:
     assert str(tier(decision(action="throttle", argument=10))) == "10/minute"
     assert str(tier(decision(action="throttle", argument=1000))) == "10/minute"
     assert str(tier(decision(action="throttle", argument=0.5))) == "1/minute"
+
+
+@pytest.mark.root
+def test_a_ledger_lost_with_a_corrupt_database_is_rebuilt_from_the_sets(fresh: NetPair
+                                                                        ) -> None:
+    """After the state database was moved aside as corrupt, the ledger is empty: the
+    refusals and throttles in the sets come back into it before the first reconcile,
+    which then keeps them (without the rebuild it would remove them all)."""
+    from smtpguard_logwatch import recovery
+    from smtpguard_logwatch.engine.ledger import Ledger
+
+    act = action(fresh, networks=True)
+    act.apply(decision(seconds=600))
+    act.apply(decision("198.51.100.0/24", dimension="client_net", seconds=600))
+    act.apply(decision(CLIENT6, action="throttle", argument=7, seconds=600))
+    now = time.time()
+    got = sorted((d.dimension, d.key, d.action, d.argument) for d in act.recorded(now))
+    assert got == [("client_ip", CLIENT4, "refuse", None),
+                   ("client_ip", CLIENT6, "throttle", 5.0),
+                   ("client_net", "198.51.100.0/24", "refuse", None)]
+    assert all(595 < d.until - now <= 601 for d in act.recorded(now))
+    ledger = Ledger()
+    ledger.conn.execute(recovery._PENDING)
+    ledger.conn.execute("INSERT INTO recovery VALUES (1, 'x.corrupt', 0)")
+    assert recovery.rebuild_ledger(ledger, [act], now) == 3
+    before = elements(fresh)
+    report = act.reconcile(ledger.active(now), now)
+    assert report.removed == [] and elements(fresh) == before
+    assert fresh.connect() == "timeout"
