@@ -368,6 +368,11 @@ class EximParser:
             self.emit(Rejection(t, host, ip, "DATA", None, None, CONTENT, clean_sender,
                                 None, hostinfo.helo if hostinfo else None, mid, "fakereject"))
             return True
+        if hostinfo is None and clean_sender == "<>":
+            # No H=: no SMTP client sent it. A null-sender message Exim wrote itself
+            # (a bounce, a delay warning: P=local, U=<exim user>) is not traffic from
+            # anyone, as Postfix's own bounces are not; its deliveries still join.
+            return True
         rcpts = tuple(r for r in (clean_address(x) for x in recipients) if r)
         self.emit(MessageAccepted(
             t, host, ip, mid, clean_sender, size, len(rcpts), sasl_user,
