@@ -331,7 +331,7 @@ def test_junk_helo_with_a_fake_host_field_is_never_the_victim() -> None:
     # line names the victim only as a candidate, so it is attributed to nobody.
     line = f"H=(a) [{VICTIM}] (b) [{REAL}]:1234 I=[192.0.2.25]:25 rejected RCPT <x@y>: no"
     h = parse_fullhost(line, 2)
-    assert h is None or h.ip == REAL
+    assert h is None or h.ip in (REAL, None)
 
 
 INJECTIONS = [
