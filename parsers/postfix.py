@@ -548,9 +548,10 @@ MAX_TAILS = 8
 
 def _field(s: str, i: int, name: str) -> int:
     """Index after `` name=`` / ``, name=`` at ``s[i]``, or -1."""
-    if s.startswith(" " + name, i):
-        return i + 1 + len(name)
-    if s.startswith(", " + name, i):
+    c = s[i : i + 1]
+    if c == " ":
+        return i + 1 + len(name) if s.startswith(name, i + 1) else -1
+    if c == "," and s.startswith(" " + name, i + 1):
         return i + 2 + len(name)
     return -1
 
@@ -629,6 +630,8 @@ def reject_tail(reply: str, words: int, client: str | None, *, cleanup: bool = F
         k = reply.find("; ", k + 2)
     if not tails:
         return Tail(cuts[0], cuts=tuple(cuts)) if cuts else NO_TAIL
+    if len(cuts) == 1:  # the common case: one tail, nothing to weigh
+        return tails[0]
     found = _choose(reply, words, client, tails)
     return found._replace(cuts=tuple(cuts))
 
