@@ -51,7 +51,7 @@ EXIM = [
     ("exim", MID + " SA: Action: silently tossed message: {X} From <{X}> (host=h [192.0.2.10]) "
                    "for {X}"),
     ("exim", MID + " F=<{X}> H=({X}) [192.0.2.10] rejected by local_scan(): {X}"),
-    ("exim", "no MAIL in SMTP connection from ({X}) [192.0.2.10]:4000 D=1s C={X}"),
+    ("exim", "no MAIL in SMTP connection from ({X}) [192.0.2.10]:4000 D=1s C=EHLO,QUIT"),
     ("exim", "SMTP call from ({X}) [192.0.2.10]:4000 dropped: too many nonmail commands "
              "(last was \"{X}\")"),
     ("exim", "SMTP protocol error in \"{X}\" H=({X}) [192.0.2.10]:4000 AUTH command used when "
