@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .actions.base import build_actions
 from .actions.enforcer import Enforcer
-from .config import Config
+from .config import Config, state_directory
 from .engine.ledger import Decision
 from .follow import FollowWarning, LogCursor
 from .state import State
@@ -46,6 +46,10 @@ class ScanResult:
     lines: int = 0
     decisions: list[Decision] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    stale: set[int] = field(default_factory=set)
+    """Ids of decisions that ended before the scan read their lines: not enforced."""
+    unenforced: list[str] = field(default_factory=list)
+    """One line per new decision no configured action can carry out."""
 
 
 class StateLock:
@@ -56,7 +60,7 @@ class StateLock:
         self.fd: int | None = None
 
     def __enter__(self) -> StateLock:
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o750, exist_ok=True)
+        state_directory(self.path)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -99,9 +103,19 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
     enforcer = Enforcer(actions if actions is not None
                         else build_actions(cfg.actions, dry_run=cfg.dry_run),
                         state.ruleset.allowlist, state.local)
+    now = clock()
     for decision in result.decisions:
+        if decision.stale_at(now):
+            result.stale.add(decision.id)
+            continue
+        if enforcer.allowed(decision) and not enforcer.carriers(decision):
+            names = ", ".join(getattr(a, "name", str(a)) for a in enforcer.actions)
+            result.unenforced.append(
+                f"decision {decision.id}: no configured action can {decision.action} a "
+                f"{decision.dimension} key (configured: {names or 'none'})")
+            continue
         enforcer.apply(decision)
-    enforcer.reconcile(state.ledger.active(clock()), clock())
+    enforcer.reconcile(state.ledger.active(now), now)
     result.errors = enforcer.errors
 
 

@@ -18,14 +18,13 @@ memory and written again after such a rollback, with the same ids.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config
+from .config import Config, state_directory
 from .engine import Engine
 from .engine.breaker import CircuitBreaker
 from .engine.ledger import Decision, Ledger
@@ -50,9 +49,7 @@ def connect(path: str) -> sqlite3.Connection:
     """The state database, created with its directory (root-only) if missing. WAL mode
     lets ``list`` read while the daemon writes; the daemon uses the connection from
     several threads, always under its own lock."""
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, mode=0o750, exist_ok=True)
+    state_directory(path)
     conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint, fast
