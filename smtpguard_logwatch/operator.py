@@ -49,11 +49,12 @@ class OperatorError(Exception):
     """A refused operator request; the message is one line."""
 
 
-# Dotted numbers in any base inet_aton reads (0177.0.0.1, 0x7f.1, 10.1), or hex
-# groups with colons: what an admin (or a typo) means as an address.
-_LOOKS_V4 = re.compile(r"(?:0[xX][0-9a-fA-F]*|\d+)(?:\.(?:0[xX][0-9a-fA-F]*|\d+)){1,3}"
+# Dotted numbers in any base inet_aton reads (0177.0.0.1, 0x7f.1, 10.1, or too many of
+# them), or groups with two colons or more: what an admin (or a typo) means as an
+# address. A SASL user named like that can still be banned with --dimension.
+_LOOKS_V4 = re.compile(r"(?:0[xX][0-9a-fA-F]*|\d+)(?:\.(?:0[xX][0-9a-fA-F]*|\d+))+"
                        r"(?:/\d*)?")
-_LOOKS_V6 = re.compile(r"[0-9a-fA-F]*:[0-9a-fA-F]*:[0-9a-fA-F:.]*(?:%\S*)?(?:/\d*)?")
+_LOOKS_V6 = re.compile(r"[0-9a-zA-Z]*:[0-9a-zA-Z]*:[0-9a-zA-Z:.]*(?:%\S*)?(?:/\d*)?")
 
 
 def looks_like_address(key: str) -> bool:
