@@ -98,7 +98,7 @@ RULE_NUMBER = Range(
 RULE_DURATION = Range(
     "a duration", 0, 3650 * DAY, "seconds",
     "ten years is longer than any history or penalty kept")
-RULE_NESTING = 64
+RULE_NESTING = 20
 """Parentheses nested deeper than this in a rule file are refused (the parser is
 recursive; Python's stack is not a resource a rule file may spend)."""
 RULE_FILE_BYTES = 1024 * 1024
