@@ -114,12 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--dimension", default=None, choices=list(DIMENSIONS),
                          help="with --key: what KEY is (default: guessed from its form)")
     explain.add_argument("--json", action="store_true", help="with --key: print JSON")
-    explain.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+    explain.add_argument("--config", default=None, metavar="FILE",
                          help=f"with --key: config naming the daemon's control socket "
                               f"(default {DEFAULT_CONFIG})")
     _add_input_options(explain)
     def add_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+        p.add_argument("--config", default=None, metavar="FILE",
                        help=f"config file (default {DEFAULT_CONFIG})")
 
     ban = sub.add_parser(
@@ -133,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     ban.add_argument("--action", default="refuse",
                      choices=["notify", "delay", "throttle", "defer", "hold", "refuse"],
                      help="what to do (default refuse)")
-    ban.add_argument("--argument", type=float, default=None, metavar="N",
-                     help="seconds for delay, messages per minute for throttle")
+    ban.add_argument("--argument", default=None, metavar="N",
+                     help="seconds for delay (1-300), messages per minute for throttle")
     ban.add_argument("--dimension", default=None, choices=list(DIMENSIONS),
                      help="what KEY is (default: guessed from its form)")
     ban.add_argument("--reason", default="", help="recorded in the ledger")
@@ -212,11 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_config(args: argparse.Namespace):
+    """The config named with --config (an error if it cannot be read), else the
+    default one if it exists, else the built-in defaults (``path`` None)."""
     from .config import Config, load_config
 
-    if args.config == DEFAULT_CONFIG and not os.path.exists(DEFAULT_CONFIG):
+    if args.config is not None:
+        return load_config(args.config)
+    if not os.path.exists(DEFAULT_CONFIG):
         return Config(path=None)
-    return load_config(args.config)
+    return load_config(DEFAULT_CONFIG)
 
 
 _NO_DAEMON = object()
@@ -237,32 +241,42 @@ def _ask_daemon(cfg, command: str, **request: Any) -> Any:
 
 def _print_decision_rows(rows: list[dict[str, Any]]) -> None:
     for d in rows:
-        print(f"{d['id']:>6}  {d['time']}  {d['until'] or '-':<20}  {d['dimension']:<14} "
+        print(f"{d['id']:>6}  {d['time']}  {d['until'] or 'no end':<20}  {d['dimension']:<14} "
               f"{d['key']:<40} {d['action']:<8} {d['origin']:<7} {', '.join(d['rules'])}"
               f"{'  (simulated)' if d.get('simulated') else ''}")
 
 
 def cmd_ban(args: argparse.Namespace) -> int:
-    from .operator import Operator
+    from .operator import BanRequest, Operator
 
-    try:
-        duration = parse_duration(args.duration)
-    except ValueError as exc:
-        raise UsageError(f"--for: {exc}") from None
+    try:  # the same checks the daemon makes on the socket, before asking it
+        request = BanRequest.parse({
+            "key": args.key, "dimension": args.dimension, "action": args.action,
+            "duration": args.duration, "argument": args.argument, "reason": args.reason})
+    except OperatorError as exc:
+        raise UsageError(str(exc)) from None
     cfg = _load_config(args)
-    answer = _ask_daemon(cfg, "ban", key=args.key, dimension=args.dimension,
-                         action=args.action, duration=duration or None,
-                         argument=args.argument, reason=args.reason)
+    answer = _ask_daemon(cfg, "ban", **request.as_json())
     if answer is not _NO_DAEMON:
-        until = f" until {answer['until']}" if answer["until"] else ""
-        print(f"{answer['action']} {answer['dimension']} {answer['key']}{until} "
-              f"(decision {answer['id']}, by the running daemon)")
-        return 0
-    operator = Operator.from_config(cfg)
-    d = operator.ban(args.key, dimension=args.dimension, action=args.action,
-                     duration=duration or None, argument=args.argument, reason=args.reason)
-    until = f" until {iso(d.until)}" if d.until is not None else ""
-    print(f"{d.action} {d.dimension} {d.key}{until} (decision {d.id})")
+        d = answer
+        until, by, failed = d["until"], d.get("carried_by", []), d.get("failed", [])
+        where = ", by the running daemon"
+    else:
+        banned = Operator.from_config(cfg).ban(request)
+        d = decision_json(banned.decision) | {"id": banned.decision.id}
+        until, by, failed = iso(banned.decision.until), banned.outcome.carried_by, \
+            banned.outcome.failed
+        where = ""
+    until_text = f" until {until}" if until else " with no end"
+    done = f"; carried out by {', '.join(by)}" if by else ""
+    print(f"{d['action']} {d['dimension']} {d['key']}{until_text} (decision {d['id']}"
+          f"{where}{done})")
+    for error in failed:
+        print(f"smtpguard-logwatch: not carried out: {error}", file=sys.stderr)
+    if failed or not by:
+        print(f"smtpguard-logwatch: decision {d['id']} is recorded but NOT fully enforced; "
+              "`reconcile` retries", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -290,7 +304,7 @@ def cmd_unban(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .operator import Operator, decision_rows
+    from .operator import decision_rows
 
     cfg = _load_config(args)
     answer = _ask_daemon(cfg, "list", all=args.all)
@@ -300,8 +314,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         else:
             _print_decision_rows(answer)
         return 0
-    operator = Operator.from_config(cfg)
-    decisions = list(operator.ledger.all()) if args.all else operator.active()
+    from .engine.ledger import Ledger
+    from .operator import open_ledger
+
+    ledger = open_ledger(cfg.state, create=False)  # listing never creates a database
+    if ledger is None:
+        print(f"smtpguard-logwatch: no state database at {cfg.state}: nothing decided yet",
+              file=sys.stderr)
+        ledger = Ledger()
+    decisions = list(ledger.all()) if args.all else ledger.active(time.time())
     if args.json:
         print(json.dumps([decision_json(d) | {"id": d.id, "revoked": iso(d.revoked)}
                           for d in decisions], indent=1))
@@ -315,9 +336,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from .scan import EX_TEMPFAIL, ScanBusy, ScanFailed, run_scan
 
     cfg = _load_config(args)
+    if cfg.path is None:
+        raise UsageError(f"no config file ({DEFAULT_CONFIG} does not exist): scan reads "
+                         "the logs named in [logs] files of one; give --config FILE")
     if not cfg.logs:
-        raise UsageError(f"{cfg.path or DEFAULT_CONFIG}: [logs] files is empty: "
-                         "nothing to scan")
+        raise UsageError(f"{cfg.path}: [logs] files is empty: nothing to scan")
     try:
         result = run_scan(cfg)
     except ScanBusy as exc:
@@ -326,14 +349,19 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except ScanFailed as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return 1
+    stale = f" ({len(result.stale)} stale, not enforced)" if result.stale else ""
     print(f"scan: {result.lines} lines ({result.cut} cut at {MAX_LINE} characters), "
-          f"{len(result.decisions)} decisions")
+          f"{len(result.decisions)} decisions{stale}")
     for d in result.decisions:
         until = f" until {iso(d.until)}" if d.until is not None else ""
+        note = ("  STALE: ended before this scan read it; not enforced"
+                if d.id in result.stale else "")
         print(f"  {iso(d.time)} {d.dimension} {d.key} {d.action}"
               f"{' (simulated)' if d.simulated else ''}{until} "
-              f"[{', '.join(d.rules)}]")
-    return 1 if result.errors else 0
+              f"[{', '.join(d.rules)}]{note}")
+    for line in result.unenforced:
+        print(f"smtpguard-logwatch: {line}", file=sys.stderr)
+    return 1 if result.errors or result.unenforced else 0
 
 
 EX_CONFIG = 78  # sysexits.h: a configuration error; the unit does not restart on it
@@ -453,6 +481,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     answer = _ask_daemon(cfg, "reconcile")  # the daemon's ledger is ahead of the file's
     if answer is not _NO_DAEMON:
         reports, errors = answer["reports"], answer["errors"]
+        unenforced = answer.get("unenforced", [])
         for error in errors:
             print(f"smtpguard-logwatch: {error}", file=sys.stderr)
     else:
@@ -460,6 +489,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         reports = {name: {"added": r.added, "removed": r.removed, "refused": r.refused}
                    for name, r in operator.reconcile().items()}
         errors = operator.enforcer.errors  # logged as they happened
+        unenforced = [f"decision {d.id} ({d.action} {d.dimension} {d.key}): "
+                      f"{operator.nobody_carries_out(d)}"
+                      for d in operator.unenforceable(operator.active())]
+    for line in unenforced:
+        print(f"smtpguard-logwatch: NOT ENFORCED: {line}", file=sys.stderr)
     for name, report in reports.items():
         print(f"{name}: added {len(report['added'])}, removed {len(report['removed'])}, "
               f"refused {len(report['refused'])}")
@@ -467,7 +501,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             print(f"  + {item}")
         for item in report["removed"]:
             print(f"  - {item}")
-    return 1 if errors else 0
+    return 1 if errors or unenforced else 0
 
 
 def cmd_snippet(args: argparse.Namespace) -> int:

@@ -9,11 +9,15 @@ config keeps the old one (the caller decides; this module only raises ConfigErro
 from __future__ import annotations
 
 import logging
+import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .limits import CONFIG_RANGES, DEFAULT_WIDEST_PREFIX, OutOfRange
 
 DEFAULT_PATH = "/etc/smtpguard-logwatch/config.toml"
 DEFAULT_STATE = "/var/lib/smtpguard-logwatch/state.sqlite"
@@ -35,6 +39,8 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"not a duration: {value!r}")
         if value < 0:
             raise ValueError(f"a duration cannot be negative: {value!r}")
         return float(value)
@@ -46,7 +52,10 @@ def parse_duration(value: str | int | float) -> float:
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 10m, 2h, 1d, 1h30m)")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
+    total = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not math.isfinite(total):
+        raise ValueError(f"not a duration: {value!r}")
+    return total
 
 
 @dataclass
@@ -66,6 +75,8 @@ class Config:
     breaker: dict[str, float] = field(
         default_factory=lambda: {"max_refusals": 20, "window": 600.0, "cooldown": 1800.0})
     actions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    widest_prefix: dict[int, int] = field(default_factory=lambda: dict(DEFAULT_WIDEST_PREFIX))
+    """IP version -> the widest prefix a decision may cover ([enforcement])."""
     daemon: DaemonSettings = field(default_factory=lambda: DaemonSettings())
 
     @property
@@ -147,6 +158,10 @@ def _days(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 3650:
         raise ValueError("expected a number of days from 0 to 3650")
     return float(v)
+def _number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError("expected a number")
+    return v
 
 
 def _count(v: Any) -> int:
@@ -155,32 +170,15 @@ def _count(v: Any) -> int:
     return v
 
 
-def _count_within(low: int, high: int):
-    def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-            raise ValueError(f"expected a whole number from {low} to {high}")
-        return v
-    return check
-
-
-def _duration_within(low: float, high: float):
-    def check(v: Any) -> float:
-        seconds = parse_duration(v)
-        if not low <= seconds <= high:  # also refuses nan and inf
-            raise ValueError(f"expected a duration from {low:g}s to {high:g}s, got {v!r}")
-        return seconds
-    return check
-
-
 _SCHEMA: dict[str, dict[str, Any]] = {
     "logs": {"files": _str_list, "parsers": _str_list, "timezone": _string},
     "rules": {"files": _rule_files, "warmup": parse_duration},
     "state": {"database": _string, "control_socket": _string},
     "enforcement": {"mode": _choice("enforce", "simulate"), "simulate_days": _days,
-                    "dry_run": _boolean},
-    "breaker": {"max_refusals": _count_within(1, 1_000_000),
-                "window": _duration_within(60, 8 * 86400),
-                "cooldown": _duration_within(60, 7 * 86400)},
+                    "dry_run": _boolean, "widest_prefix_ipv4": _number,
+                    "widest_prefix_ipv6": _number},
+    "breaker": {"max_refusals": _count, "window": parse_duration,  # ranges: limits.py
+                "cooldown": parse_duration},
     "daemon": {"checkpoint": parse_duration, "expire_every": parse_duration,
                "reconcile": parse_duration, "watch": _choice("auto", "inotify", "poll"),
                "poll_interval": parse_duration,
@@ -188,6 +186,19 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                "keep_decisions": parse_duration, "digest": _clock_time, "journal": _boolean,
                "journal_match": _str_list, "journal_directory": _string},
 }
+
+
+def state_directory(path: str) -> str:
+    """The directory of the state database ``path``, which must exist: a typo in
+    ``[state] database`` must not create a tree of directories as root. Only the
+    package's own default directory is created (0750) when missing."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        if directory != os.path.dirname(DEFAULT_STATE):
+            raise ConfigError(f"[state] database {path}: directory {directory} does not "
+                              "exist (create it, mode 0750, or fix the path)")
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+    return directory
 
 
 def load_config(path: str | Path) -> Config:
@@ -232,6 +243,12 @@ def config_from_dict(raw: dict[str, Any], path: str = "<config>") -> Config:
                 converted = convert(value)
             except ValueError as exc:
                 raise ConfigError(f"{path}: [{table}] {key}: {exc}") from None
+            limit = CONFIG_RANGES.get((table, key))
+            if limit is not None:
+                try:
+                    converted = limit.check(converted, f"[{table}] {key}")
+                except OutOfRange as exc:
+                    raise ConfigError(f"{path}: {exc}") from None
             _assign(cfg, table, key, converted)
     _dry_run_alias(cfg, raw.get("enforcement"), path)
     return cfg
@@ -264,6 +281,8 @@ _ATTRIBUTE = {
 def _assign(cfg: Config, table: str, key: str, value: Any) -> None:
     if table == "breaker":
         cfg.breaker[key] = value
+    elif key.startswith("widest_prefix_ipv"):
+        cfg.widest_prefix[int(key[-1])] = value
     elif table == "daemon":
         setattr(cfg.daemon, key, value)
     elif (table, key) == ("enforcement", "dry_run"):

@@ -44,6 +44,10 @@ class ScanResult:
     cut: int = 0  # lines longer than MAX_LINE characters, parsed from their start
     decisions: list[Decision] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    stale: set[int] = field(default_factory=set)
+    """Ids of decisions that ended before the scan read their lines: not enforced."""
+    unenforced: list[str] = field(default_factory=list)
+    """One line per new decision no configured action can carry out."""
 
 
 def run_scan(cfg: Config, *, clock: Callable[[], float] = time.time,
@@ -75,10 +79,21 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
                         else build_actions(cfg.actions),
                         state.ruleset.allowlist, state.local)
     state.rebuild_from(enforcer.actions)  # after a corrupt state database only
+    now = clock()
     for decision in result.decisions:
-        if decision.revoked is None:  # not revoked by the circuit breaker meanwhile
-            enforcer.apply(decision)
-    enforcer.reconcile(state.ledger.active(clock()), clock())
+        if decision.revoked is not None:  # revoked by the circuit breaker meanwhile
+            continue
+        if decision.stale_at(now):
+            result.stale.add(decision.id)
+            continue
+        if enforcer.allowed(decision) and not enforcer.carriers(decision):
+            names = ", ".join(getattr(a, "name", str(a)) for a in enforcer.actions)
+            result.unenforced.append(
+                f"decision {decision.id}: no configured action can {decision.action} a "
+                f"{decision.dimension} key (configured: {names or 'none'})")
+            continue
+        enforcer.apply(decision)
+    enforcer.reconcile(state.ledger.active(now), now)
     result.errors = enforcer.errors
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import recovery
 from .actions import safefs
-from .config import Config
+from .config import Config, state_directory
 from .engine import Engine
 from .engine.breaker import CircuitBreaker
 from .engine.ledger import Decision, Ledger
@@ -55,6 +55,7 @@ def connect(path: str) -> sqlite3.Connection:
     directory nobody else can write; a corrupt one is moved aside and replaced by an
     empty one (:mod:`.recovery`). WAL mode lets ``list`` read while the daemon writes;
     the daemon uses the connection from several threads, always under its own lock."""
+    state_directory(path)  # a mistyped [state] database makes no directory tree
     return recovery.connect(path, timeout=30)
 
 
@@ -71,6 +72,7 @@ class StateLock:
         self.fd: int | None = None
 
     def __enter__(self) -> StateLock:
+        state_directory(self.path)  # a mistyped path makes no directory tree
         safefs.make_directory(os.path.dirname(os.path.abspath(self.path)), 0o750)
         self.fd = safefs.open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:

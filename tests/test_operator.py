@@ -38,7 +38,7 @@ def operator(tmp_path: Path) -> tuple[Operator, Recorder]:
     rec = Recorder()
     ruleset = load_text("allow network 198.51.100.0/24\nallow sender ceo@example.com\n")
     clock = iter(range(1_000_000, 2_000_000, 10))
-    op = Operator(open_ledger(str(tmp_path / "state" / "s.sqlite")), [rec], ruleset,
+    op = Operator(open_ledger(str(tmp_path / "s.sqlite")), [rec], ruleset,
                   clock=lambda: float(next(clock)))
     return op, rec
 
@@ -53,7 +53,9 @@ def test_guess_dimension() -> None:
 
 def test_ban_records_and_applies_then_unban_revokes(operator) -> None:
     op, rec = operator
-    d = op.ban("203.0.113.9", duration=3600, reason="spam run")
+    banned = op.ban("203.0.113.9", duration=3600, reason="spam run")
+    d = banned.decision
+    assert banned.outcome.carried_by == ["recorder"] and banned.outcome.done
     assert (d.origin, d.rules, d.until - d.time) == ("manual", ("manual",), 3600)
     assert rec.calls == [("apply", "203.0.113.9", "refuse")]
     assert [a.key for a in op.active()] == ["203.0.113.9"]
@@ -64,10 +66,14 @@ def test_ban_records_and_applies_then_unban_revokes(operator) -> None:
     assert op.unban("203.0.113.9") == []
 
 
-def test_actions_that_do_not_handle_a_decision_are_not_called(operator) -> None:
+def test_a_ban_no_configured_action_can_carry_out_is_refused_unrecorded(operator) -> None:
+    """Regression (issue 12 item 3, issue 11 item 10): it was recorded and reported as
+    done although no action handles sender keys."""
     op, rec = operator
-    op.ban("spammer@example.net", action="defer")
-    assert rec.calls == []
+    with pytest.raises(OperatorError, match="no configured action can defer a sender key "
+                                            r"\(configured: recorder\); nothing recorded"):
+        op.ban("spammer@example.net", action="defer")
+    assert rec.calls == [] and list(op.ledger.all()) == []
 
 
 @pytest.mark.parametrize("key", ["198.51.100.7", "198.51.100.0/24", "ceo@example.com",
@@ -90,7 +96,8 @@ def test_hostile_keys_are_refused(operator, key: str) -> None:
 
 def test_cli_ban_list_unban(tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
-    cfg.write_text(f'[state]\ndatabase = "{tmp_path}/state.sqlite"\n')
+    cfg.write_text(f'[state]\ndatabase = "{tmp_path}/state.sqlite"\n'
+                   "[actions.nftables]\nenabled = true\ndry_run = true\n")
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "smtpguard_logwatch", *args,
@@ -100,6 +107,7 @@ def test_cli_ban_list_unban(tmp_path: Path) -> None:
     banned = run("ban", "203.0.113.50", "--for", "10m", "--reason", "test")
     assert banned.returncode == 0, banned.stderr
     assert banned.stdout.startswith("refuse client_ip 203.0.113.50 until ")
+    assert "carried out by nftables" in banned.stdout
     listed = json.loads(run("list", "--json").stdout)
     assert [(d["key"], d["origin"]) for d in listed] == [("203.0.113.50", "manual")]
     assert run("unban", "203.0.113.50").returncode == 0

@@ -170,7 +170,7 @@ def test_manual_ban_is_applied_even_in_simulation(tmp_path: Path) -> None:
         d = op.ban("198.51.100.4")
     finally:
         state.close()
-    assert not d.simulated
+    assert not d.decision.simulated
     assert site.recorder.calls == [("apply", "client_ip", "198.51.100.4")]
 
 
@@ -379,7 +379,7 @@ def test_daemon_status_digest_and_reload(tmp_path: Path) -> None:
     site.cfg.control_socket = str(tmp_path / "control.sock")
     daemon = Daemon(site.cfg, actions=[site.recorder], clock=lambda: site.now)
     try:
-        mode = commands.status(daemon)["mode"]
+        mode = commands.status(daemon, {})["mode"]
         assert mode["mode"] == "enforce" and mode["simulated_ladders"] == ["client_ip"]
         assert describe_mode(mode) == "enforcing; ladders in simulation: client_ip"
         daemon.state.feed_cursored("test", [(line, "c1") for line in
@@ -393,7 +393,7 @@ def test_daemon_status_digest_and_reload(tmp_path: Path) -> None:
                 if "until" in line] == [True, False]
         from smtpguard_logwatch.engine.why import format_explanation
 
-        explained = commands.explain(daemon, ATTACKER)
+        explained = commands.explain(daemon, {"key": ATTACKER})
         text = format_explanation(explained, explained["decisions"])
         assert "penalty: refuse (simulated) until" in text
         assert f"refuse until {explained['decisions'][0]['until']} [guessing] (simulated)" in text

@@ -4,7 +4,9 @@ Whatever the ledger says — a decision recorded before an allowlist entry was a
 a row someone inserted by hand — an allow-listed key, loopback or this host is never
 refused: the Enforcer drops such decisions (and says so) before any action sees them.
 It also keeps one failing action from stopping the others: an ActionError is logged
-and reported, and the next action runs.
+and reported, and the next action runs. And it says what was done: which actions
+carried a decision out, which failed, and when none of the configured ones can (a
+warning mail tells about a refusal, it does not carry it out).
 
 A simulated decision (simulation mode, see ``simulation.py``) reaches only the
 actions that just tell people (``notifies_only``: the warning mail); the firewall and
@@ -26,6 +28,30 @@ from .base import ActionError, ReconcileReport
 log = logging.getLogger("smtpguard_logwatch.actions")
 
 
+def carries_out(action: Any, d: Decision) -> bool:
+    """Whether ``action`` does what ``d`` says: it handles it and, unless ``d`` is a
+    notification, it enforces rather than tells (the mail action handles everything,
+    enforces nothing; a plug-in says so with ``enforces = False``)."""
+    if not action.handles(d):
+        return False
+    return d.action == "notify" or bool(getattr(action, "enforces",
+                                                getattr(action, "name", "") != "mail"))
+
+
+@dataclass
+class Outcome:
+    """What became of one decision at the actions."""
+
+    carried_by: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # one line per failing action
+    skipped: str | None = None  # why it was not enforced at all (allow-listed, local)
+
+    @property
+    def done(self) -> bool:
+        """Carried out by at least one action and failed at none."""
+        return bool(self.carried_by) and not self.failed and self.skipped is None
+
+
 @dataclass
 class Enforcer:
     """Actions behind the allowlist and local-address check."""
@@ -43,15 +69,19 @@ class Enforcer:
             return False
         return not self.allowlist.allows(d.dimension, d.key)
 
-    def apply(self, d: Decision) -> None:
+    def carriers(self, d: Decision) -> list[str]:
+        """The names of the configured actions that would carry ``d`` out."""
+        return [getattr(a, "name", str(a)) for a in self.actions if carries_out(a, d)]
+
+    def apply(self, d: Decision) -> Outcome:
         if not self.allowed(d):
             log.warning("not enforcing %s on %s %s: it is allow-listed or local",
                         d.action, d.dimension, d.key)
-            return
-        self._each(d, "apply")
+            return Outcome(skipped="allow-listed or local")
+        return self._each(d, "apply")
 
-    def revoke(self, d: Decision) -> None:
-        self._each(d, "revoke")  # undoing is always allowed
+    def revoke(self, d: Decision) -> Outcome:
+        return self._each(d, "revoke")  # undoing is always allowed
 
     def reconcile(self, active: Iterable[Decision], now: float) -> dict[str, ReconcileReport]:
         """Make every action match the active, enforceable decisions."""
@@ -69,19 +99,29 @@ class Enforcer:
                 self.errors.append(f"{action.name}: reconcile failed: {exc!r}")
         return reports
 
-    def _each(self, d: Decision, verb: str) -> None:
+    def _each(self, d: Decision, verb: str) -> Outcome:
+        outcome = Outcome()
         for action in self.actions:
             if not action.handles(d) or (d.simulated and not _notifies_only(action)):
                 continue
-            try:
-                getattr(action, verb)(d)
-            except ActionError as exc:
-                self._error(exc)
-            except Exception as exc:  # noqa: BLE001 - a bug in one action must not stop
-                # the others, nor (re-raised on every restart) crash-loop the daemon
-                log.exception("%s: %s failed on %s %s", getattr(action, "name", action), verb,
-                              d.dimension, d.key)
-                self.errors.append(f"{getattr(action, 'name', action)}: {verb} failed: {exc!r}")
+            before = len(self.errors)
+            self._one(action, d, verb)
+            if len(self.errors) > before:
+                outcome.failed.extend(self.errors[before:])
+            elif carries_out(action, d):
+                outcome.carried_by.append(getattr(action, "name", str(action)))
+        return outcome
+
+    def _one(self, action: Any, d: Decision, verb: str) -> None:
+        try:
+            getattr(action, verb)(d)
+        except ActionError as exc:
+            self._error(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug in one action must not stop
+            # the others, nor (re-raised on every restart) crash-loop the daemon
+            log.exception("%s: %s failed on %s %s", getattr(action, "name", action), verb,
+                          d.dimension, d.key)
+            self.errors.append(f"{getattr(action, 'name', action)}: {verb} failed: {exc!r}")
 
     def _error(self, exc: ActionError) -> None:
         log.error("%s", exc)

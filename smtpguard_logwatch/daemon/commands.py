@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..decisions import decision_json
 from ..engine.why import explain_key
-from ..operator import Operator, OperatorError, guess_dimension
+from ..operator import BanRequest, Operator, OperatorError, parse_key_request
 from ..report import iso
 from .control import ControlError
 
@@ -29,9 +29,7 @@ def handle(daemon: Daemon, command: str, args: dict[str, Any]) -> Any:
                            f"(known: {', '.join(sorted([*_COMMANDS, 'reload']))})")
     with daemon.lock:
         try:
-            return handler(daemon, **args)
-        except TypeError as exc:
-            raise ControlError(f"{command}: bad arguments: {exc}") from None
+            return handler(daemon, args)
         except OperatorError as exc:
             raise ControlError(str(exc)) from None
 
@@ -42,10 +40,16 @@ def _operator(daemon: Daemon) -> Operator:
     state = daemon.state
     return Operator(state.ledger, daemon.actions, state.ruleset, state.local,
                     clock=daemon.clock, commit=daemon.checkpoint_or_warn,
-                    enforcer=daemon.enforcer)
+                    enforcer=daemon.enforcer, widest=daemon.cfg.widest_prefix)
 
 
-def status(daemon: Daemon) -> dict[str, Any]:
+def _no_args(command: str, args: dict[str, Any]) -> None:
+    if args:
+        raise ControlError(f"{command}: takes no arguments (got {', '.join(sorted(args))})")
+
+
+def status(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    _no_args("status", args)
     state = daemon.state
     now = daemon.clock()
     active: dict[str, int] = {}
@@ -77,23 +81,27 @@ def status(daemon: Daemon) -> dict[str, Any]:
     }
 
 
-def list_decisions(daemon: Daemon, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002
+def list_decisions(daemon: Daemon, args: dict[str, Any]) -> list[dict[str, Any]]:
+    every = args.get("all", False)
+    if set(args) - {"all"} or not isinstance(every, bool):
+        raise ControlError('list: the only argument is "all": true or false')
     ledger = daemon.state.ledger
-    decisions = list(ledger.all()) if all else ledger.active(daemon.clock())
+    decisions = list(ledger.all()) if every else ledger.active(daemon.clock())
     return [decision_json(d) | {"id": d.id, "revoked": iso(d.revoked)} for d in decisions]
 
 
-def ban(daemon: Daemon, key: str, dimension: str | None = None, action: str = "refuse",
-        duration: float | None = 3600.0, argument: float | None = None,
-        reason: str = "") -> dict[str, Any]:
-    d = _operator(daemon).ban(key, dimension=dimension, action=action, duration=duration,
-                              argument=argument, reason=reason)
+def ban(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """The same request, checked by the same parser, as ``ban`` on the command line;
+    the answer says which actions carried it out and which failed."""
+    banned = _operator(daemon).ban(BanRequest.parse(args))
+    d = banned.decision
     daemon.log_decision(d, "manual")
-    return decision_json(d) | {"id": d.id}
+    return decision_json(d) | {"id": d.id, "carried_by": banned.outcome.carried_by,
+                               "failed": banned.outcome.failed}
 
 
-def unban(daemon: Daemon, key: str, dimension: str | None = None) -> list[dict[str, Any]]:
-    dimension = dimension or guess_dimension(key)
+def unban(daemon: Daemon, args: dict[str, Any]) -> list[dict[str, Any]]:
+    key, dimension = parse_key_request(args, "unban")
     revoked = _operator(daemon).unban(key, dimension=dimension)
     for d in revoked:
         daemon.state.engine.forgive(d.dimension, d.key)
@@ -101,14 +109,9 @@ def unban(daemon: Daemon, key: str, dimension: str | None = None) -> list[dict[s
     return [decision_json(d) | {"id": d.id} for d in revoked]
 
 
-def explain(daemon: Daemon, key: str, dimension: str | None = None) -> dict[str, Any]:
-    from ..actions.keys import KeyRefused, normalise_key
-
-    dimension = dimension or guess_dimension(key)
-    try:
-        key = normalise_key(dimension, key)
-    except KeyRefused as exc:
-        raise ControlError(f"not a valid {dimension} key: {exc}") from None
+def explain(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    key, dimension = parse_key_request(args, "explain")
+    dimension, key = _operator(daemon).resolve(key, dimension)
     engine = daemon.state.engine
     now = max(daemon.clock(), engine.store.clock or 0.0)
     data = explain_key(engine, dimension, key, now)
@@ -117,14 +120,19 @@ def explain(daemon: Daemon, key: str, dimension: str | None = None) -> dict[str,
     return data
 
 
-def reconcile(daemon: Daemon) -> dict[str, Any]:
+def reconcile(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
     """The operator's ``reconcile`` while the daemon runs: against the daemon's ledger,
     which holds decisions a direct reconcile would not see yet (not checkpointed)."""
+    _no_args("reconcile", args)
     errors_before = len(daemon.enforcer.errors)
     reports = daemon._reconcile("operator")
+    operator = _operator(daemon)
     return {"reports": {name: {"added": r.added, "removed": r.removed, "refused": r.refused}
                         for name, r in reports.items()},
-            "errors": daemon.enforcer.errors[errors_before:]}
+            "errors": daemon.enforcer.errors[errors_before:],
+            "unenforced": [f"decision {d.id} ({d.action} {d.dimension} {d.key}): "
+                           f"{operator.nobody_carries_out(d)}"
+                           for d in operator.unenforceable(operator.active())]}
 
 
 _COMMANDS = {"status": status, "list": list_decisions, "ban": ban, "unban": unban,

@@ -365,6 +365,11 @@ class Daemon:
             log.error("reload refused, the old configuration and rules stay in force: %s",
                       exc)
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a bug answers the request, it does not
+            # leave `reload` waiting and the main loop logging "unexpected error"
+            log.exception("reload failed, the old configuration and rules stay in force")
+            self.last_reload_error = f"internal error: {exc!r}"
+            return {"ok": False, "error": f"internal error while reloading: {exc!r}"}
         with self.lock:
             if cfg.state != self.cfg.state or cfg.control_socket != self.cfg.control_socket:
                 log.warning("reload: [state] changes take effect at the next restart")

@@ -31,12 +31,21 @@ CREATE INDEX IF NOT EXISTS decisions_until ON decisions (until);
 """
 
 
+STALE_NOTICE = 300.0
+"""A notification older than this when it is decided (old logs) is not sent."""
+_ACTIVE_FOREVER = "revoked IS NULL AND until IS NULL AND action != 'notify'"
+_ACTIVE = f"revoked IS NULL AND (until > ? OR ({_ACTIVE_FOREVER}))"
+"""SQL for Decision.active_at; the one ``?`` is now."""
+
+
 @dataclass
 class Decision:
-    """One decision. ``until`` None means it has no end (a notification).
-    ``origin``: ``rule`` (the engine), ``manual`` (an operator), ``breaker``,
-    ``unproven`` (the ladder's ``enforce only where`` did not hold: a warning only).
-    ``simulated``: decided in simulation mode — recorded and mailed, never enforced."""
+    """One decision. ``until`` None means it has no end: a notification is a moment
+    (never "in force"), any other action stays in force until revoked (a manual
+    ``ban --for 0``). ``origin``: ``rule`` (the engine), ``manual`` (an operator),
+    ``breaker``, ``unproven`` (the ladder's ``enforce only where`` did not hold: a
+    warning only). ``simulated``: decided in simulation mode — recorded and mailed,
+    never enforced."""
 
     time: float
     dimension: str
@@ -53,7 +62,20 @@ class Decision:
     simulated: bool = False
 
     def active_at(self, now: float) -> bool:
-        return self.revoked is None and self.until is not None and self.until > now
+        """In force at ``now``: not revoked, and not ended (no end counts as not ended,
+        except for a notification, which is over once told)."""
+        if self.revoked is not None:
+            return False
+        if self.until is None:
+            return self.action != "notify"
+        return self.until > now
+
+    def stale_at(self, now: float, notice: float = STALE_NOTICE) -> bool:
+        """Decided from lines read too late to act on: it ended before ``now``, or it
+        is a notification older than ``notice`` seconds (catching up on old logs)."""
+        if self.until is not None:
+            return self.until <= now
+        return self.action == "notify" and self.time < now - notice
 
 
 class Ledger:
@@ -87,7 +109,8 @@ class Ledger:
         yield from self._select("ORDER BY time, id")
 
     def active(self, now: float) -> list[Decision]:
-        return list(self._select("WHERE revoked IS NULL AND until > ? ORDER BY time, id", (now,)))
+        """Decisions in force at ``now`` (see :meth:`Decision.active_at`)."""
+        return list(self._select(f"WHERE {_ACTIVE} ORDER BY time, id", (now,)))
 
     def expiring(self, after: float, until: float) -> list[Decision]:
         """Decisions not revoked whose end falls in ``(after, until]``: what to lift."""
@@ -95,9 +118,11 @@ class Ledger:
                                  " ORDER BY until, id", (after, until)))
 
     def prune(self, before: float) -> int:
-        """Forget decisions that ended (or were revoked) before ``before``."""
+        """Forget decisions that ended (or were revoked) before ``before``; one with no
+        end is kept until it is revoked."""
         cur = self.conn.execute(
-            "DELETE FROM decisions WHERE coalesce(revoked, until, time) < ?", (before,))
+            "DELETE FROM decisions WHERE coalesce(revoked, until, time) < ? AND NOT"
+            f" ({_ACTIVE_FOREVER})", (before,))
         return cur.rowcount
 
     def for_key(self, dimension: str, key: str) -> list[Decision]:

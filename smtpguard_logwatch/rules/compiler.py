@@ -20,7 +20,7 @@ from .conditions import (
     top_level,
 )
 from .errors import RuleError, Source
-from .grammar import RESERVED
+from .grammar import RESERVED, out_of_range
 from .matchers import AddressSet, DomainSet, NameSet, NetworkSet
 from .model import ALWAYS, Allowlist, Ladder, LadderStep, Rule, RuleSet
 from .vocab import (
@@ -175,6 +175,9 @@ class Compiler:
 
     @staticmethod
     def _bad_number(v: S.Num) -> str:
+        too_big = out_of_range(v)
+        if too_big is not None:
+            return too_big
         if re.fullmatch(r"\d+(\.\d+){2,}", v.text):
             return f"'{v.text}' is not a number (networks go in a list or allow)"
         return (f"bad number or duration '{v.text}': write durations like 30s, 10m, 2h, "

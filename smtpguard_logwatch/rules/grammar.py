@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import re
 
 import pyparsing as pp
 
+from ..limits import RULE_DURATION, RULE_NUMBER, Range
 from . import syntax as S
 from .errors import RuleError, Source
 
@@ -61,16 +63,35 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def classify_number(loc: int, text: str) -> S.Num:
-    """Turn a number-like token into a Num: plain, percent, duration or bad."""
+    """Turn a number-like token into a Num: plain, percent, duration or bad (which
+    includes a number outside its range in limits.py; see :func:`out_of_range`)."""
     if _NUMBER_RE.fullmatch(text):
-        return S.Num(loc, text, "number", float(text))
+        value = float(text)
+        return S.Num(loc, text, "number" if _in(value, RULE_NUMBER) else "bad", value)
     m = _PERCENT_RE.fullmatch(text)
     if m:
-        return S.Num(loc, text, "percent", float(m.group(1)) / 100)
+        value = float(m.group(1))
+        return S.Num(loc, text, "percent" if _in(value, RULE_NUMBER) else "bad", value / 100)
     if _DURATION_RE.fullmatch(text):
         seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(text))
-        return S.Num(loc, text, "duration", seconds)
+        return S.Num(loc, text, "duration" if _in(seconds, RULE_DURATION) else "bad", seconds)
     return S.Num(loc, text, "bad", 0.0)
+
+
+def _in(value: float, limit: Range) -> bool:
+    return math.isfinite(value) and limit.low <= value <= limit.high
+
+
+def out_of_range(num: S.Num) -> str | None:
+    """Why a well-formed number token is refused (None: it is not out of range)."""
+    if _DURATION_RE.fullmatch(num.text):
+        limit = RULE_DURATION
+    elif _NUMBER_RE.fullmatch(num.text) or _PERCENT_RE.fullmatch(num.text):
+        limit = RULE_NUMBER
+    else:
+        return None
+    shown = num.text if len(num.text) <= 24 else f"{num.text[:12]}…({len(num.text)} characters)"
+    return f"'{shown}' is out of range: {limit.describe()} ({limit.why})"
 
 
 class _Op:

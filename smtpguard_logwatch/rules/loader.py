@@ -6,14 +6,17 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import re
+import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..limits import RULE_FILE_BYTES, RULE_NESTING
 from . import syntax as S
 from .compiler import compile_statements
 from .errors import RuleError, Source
-from .grammar import parse
+from .grammar import parse as _parse
 from .model import RuleSet
 
 PathLike = str | os.PathLike[str]
@@ -38,13 +41,41 @@ def default_rules_path() -> Path:
     return default_rules_dir() / "default.rules"
 
 
+def _not_readable(st: os.stat_result) -> str | None:
+    """Why a file with this status is not read as rules (None: it is read)."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device"
+                if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket"
+                if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        return f"is {kind}; rule files are regular files"
+    if st.st_size > RULE_FILE_BYTES:
+        return (f"is {st.st_size} bytes; a rule file may have at most {RULE_FILE_BYTES} "
+                "(rule sets are a few kilobytes)")
+    return None
+
+
 def _read(path: str, display: str) -> Source:
+    """The text of one rule file: a regular file of bounded size, opened without
+    blocking (a FIFO must not hang a reload) and read no further than the limit
+    (a file may grow between the check and the read)."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise RuleError(display, 0, 0, f"cannot read rule file: {exc.strerror or exc}") \
             from None
+    try:
+        why = _not_readable(os.fstat(fd))
+        if why is not None:
+            raise RuleError(display, 0, 0, f"'{display}' {why}")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(RULE_FILE_BYTES + 1)
+    except OSError as exc:
+        raise RuleError(display, 0, 0, f"cannot read rule file: {exc.strerror or exc}") \
+            from None
+    finally:
+        os.close(fd)
+    if len(raw) > RULE_FILE_BYTES:
+        raise RuleError(display, 0, 0, f"'{display}' is larger than {RULE_FILE_BYTES} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -52,6 +83,50 @@ def _read(path: str, display: str) -> Source:
         raise RuleError.at(partial, len(partial.text), "this file is not UTF-8 text") \
             from None
     return Source(display, text)
+
+
+def parse(src: Source) -> list[S.Statement]:
+    """The grammar's parse, after refusing what would exhaust its recursion."""
+    _check_nesting(src)
+    try:
+        return _parse(src)
+    except RecursionError:
+        raise RuleError(src.path, 0, 0, "nested too deeply to parse (parentheses or "
+                        "'not' chains)") from None
+
+
+_NOT_RUN = re.compile(rf"(?:\bnot\b(?:\s|#[^\n]*)*){{{RULE_NESTING + 1},}}")
+
+
+def _check_nesting(src: Source) -> None:
+    """Refuse parentheses nested deeper than RULE_NESTING, at the one that is too deep
+    (comments and quoted strings do not count), and as many 'not' in a row."""
+    text = src.text
+    m = _NOT_RUN.search(text)
+    if m is not None:
+        raise RuleError.at(src, m.start(), f"more than {RULE_NESTING} 'not' in a row")
+    if text.count("(") <= RULE_NESTING:
+        return
+    depth, i, n = 0, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        if c == '"':
+            end = text.find('"', i + 1)
+            i = n if end < 0 else end + 1
+            continue
+        if c == "(":
+            depth += 1
+            if depth > RULE_NESTING:
+                raise RuleError.at(src, i, f"parentheses nested deeper than {RULE_NESTING} "
+                                   "levels; split the condition (e.g. into constants or "
+                                   "rules)")
+        elif c == ")":
+            depth = max(0, depth - 1)
+        i += 1
 
 
 class _Loader:
@@ -96,14 +171,22 @@ class _Loader:
                 raise RuleError.at(src, st.path_loc, f"include file not found: '{st.path}' "
                                    f"(looked for {os.path.abspath(target)})")
         for m in matches:
+            try:
+                st_m = os.stat(m)
+            except OSError as exc:
+                raise RuleError.at(src, st.path_loc, f"cannot read '{st.path}': "
+                                   f"{exc.strerror or exc}") from None
             real = os.path.realpath(m)
             shown = os.path.normpath(os.path.join(display_base, os.path.relpath(m, base)))
             if real in stack:
                 cycle = " → ".join(chain + (shown,))
                 raise RuleError.at(src, st.path_loc, f"include cycle: {cycle}")
-            if os.path.isdir(m):
+            if stat.S_ISDIR(st_m.st_mode):
                 raise RuleError.at(src, st.path_loc, f"'{st.path}' is a directory; include "
                                    f"'{st.path.rstrip('/')}/*.rules' instead")
+            why = _not_readable(st_m)
+            if why is not None:
+                raise RuleError.at(src, st.path_loc, f"cannot include '{st.path}': it {why}")
             self.load(m, shown, stack, chain)
 
 

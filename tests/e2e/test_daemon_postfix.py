@@ -160,6 +160,7 @@ class Guard:
         actions = "".join(f'{k} = "{v}"\n' for k, v in map_options(inst).items())
         nft = "" if netns is None else f'[actions.nftables]\nnetns = "{netns}"\n'
         self.config = directory / "config.toml"
+        (directory / "state").mkdir(exist_ok=True)
         self.config.write_text(f"""\
 [logs]
 files = ["{inst.log_file}"]
