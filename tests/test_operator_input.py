@@ -385,3 +385,11 @@ def test_every_ranged_config_number_is_checked(table: str, key: str) -> None:
 
 def test_rule_number_range_is_finite() -> None:
     assert RULE_NUMBER.high < float("inf")
+
+
+def test_the_readme_table_of_ranges_is_limits_py() -> None:
+    from smtpguard_logwatch.limits import ranges_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for what, span, why in ranges_table():
+        assert f"| {what} | {span} | {why} |" in readme, what
