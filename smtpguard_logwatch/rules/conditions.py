@@ -403,7 +403,8 @@ class ConditionCompiler:
         else:
             english = f"{left.english} is {_OP_WORDS[op]} {right.english}"
         metrics = left.metrics | right.metrics
-        cost = 3 if nullable else 2
+        # a distinct count walks a member set: tested after plain window sums in 'and'
+        cost = (3 if nullable else 2) + any(kind == "distinct" for kind, _m, _w in metrics)
         if op in (">", ">="):
             signs = left.signs | _flip(right.signs)
         elif op in ("<", "<="):
