@@ -48,7 +48,7 @@ _RANK = {a: i for i, a in enumerate(ACTION_ORDER)}
 class KeyViewOverStore:
     """The rule language's KeyView for one (dimension, key) at one moment."""
 
-    __slots__ = ("store", "dimension", "key", "now", "authenticated")
+    __slots__ = ("store", "dimension", "key", "now", "authenticated", "_sums")
 
     def __init__(self, store: FrequencyStore, dimension: str, key: str, now: float,
                  authenticated: bool) -> None:
@@ -57,9 +57,15 @@ class KeyViewOverStore:
         self.key = key
         self.now = now
         self.authenticated = authenticated
+        self._sums: dict[tuple[str, float], float] = {}  # rules share windows: ask once
 
     def count(self, metric: str, window: float) -> float:
-        return self.store.count(self.dimension, self.key, metric, window, self.now)
+        sums = self._sums
+        value = sums.get((metric, window))
+        if value is None:
+            value = sums[metric, window] = self.store.count(self.dimension, self.key, metric,
+                                                            window, self.now)
+        return value
 
     def distinct(self, metric: str, window: float) -> int:
         return self.store.distinct(self.dimension, self.key, DISTINCT + metric, window,
@@ -125,6 +131,7 @@ class Engine:
         self._last_fired: dict[tuple[str, str], float] = {}
         self._next_housekeeping: float | None = None
         self._next_store_expiry = -math.inf
+        self._bucket = self.store.bucket_seconds
         self.set_rules(ruleset)
 
     # -- configuration -------------------------------------------------------------
@@ -199,7 +206,9 @@ class Engine:
             wanted = needed.get(d)
             if wanted is not None and metric in wanted:
                 before = store.add_member(d, k, metric, member, now)
-                touched.setdefault((d, k), []).append(metric)
+                if before is None or before < now - now % self._bucket:
+                    # seen again in the same bucket: no distinct count has changed
+                    touched.setdefault((d, k), []).append(metric)
                 periods = self._distinct_history.get((d, metric))
                 if periods:
                     for series, period in periods:

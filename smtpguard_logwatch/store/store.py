@@ -123,6 +123,11 @@ class FrequencyStore:
 
     # ------------------------------------------------------------------ configuration
     @property
+    def bucket_seconds(self) -> float:
+        """Width of the finest buckets: sightings within one count as one moment."""
+        return self._w0
+
+    @property
     def resolutions(self) -> tuple[Resolution, ...]:
         return self._geo.res
 
