@@ -17,6 +17,7 @@ candidate is parsed strictly and the line is attributed only if all candidates a
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from smtpguard_logwatch.events import (
     AUTH_REQUIRED,
@@ -97,6 +98,9 @@ _DURING = " (during SMTP connection from "
 # Where client text may imitate a host field, at most this many candidates are
 # weighed; a line with more is left unattributed (and costs no quadratic time).
 MAX_CANDIDATES = 8
+# "[IPv6:" + the longest IPv6 text + "]": no bracketed address is longer, so looking
+# further for the "]" would only make hostile lines quadratic.
+_MAX_IP_LITERAL = 64
 
 
 class _Host:
@@ -104,7 +108,7 @@ class _Host:
 
     __slots__ = ("name", "helo", "ip", "end")
 
-    def __init__(self, name: str | None, helo: str | None, ip: str, end: int) -> None:
+    def __init__(self, name: str | None, helo: str | None, ip: str | None, end: int) -> None:
         self.name = name
         self.helo = helo
         self.ip = ip
@@ -113,7 +117,7 @@ class _Host:
 
 def _ip_at(s: str, i: int, stop: str = " :") -> tuple[str, int] | None:
     """``[ip]`` or ``[ip]:port`` at ``s[i]``, followed by one of ``stop`` or the end."""
-    j = s.find("]", i)
+    j = s.find("]", i, i + _MAX_IP_LITERAL)
     if j < 0:
         return None
     ip = normalize_ip(s[i + 1 : j])
@@ -128,53 +132,107 @@ def _ip_at(s: str, i: int, stop: str = " :") -> tuple[str, int] | None:
     return ip, end
 
 
-def parse_fullhost(s: str, i: int) -> _Host | None:
+# What may follow a host field, per line type: ``cont(s, end)`` with ``end`` just after
+# ``[ip][:port]``. A HELO is the client's text and may itself hold ``) [ip]:port``; a
+# candidate end counts only if Exim's own text follows it.
+Cont = Callable[[str, int], bool]
+_FIELD_START = re.compile(r" [A-Za-z][A-Za-z0-9]{0,5}=")
+
+
+def field_or_end(s: str, end: int) -> bool:
+    """``[ip]`` is followed by `` KEY=…`` fields or ends the line."""
+    return end == len(s) or _FIELD_START.match(s, end) is not None
+
+
+def any_end(s: str, end: int) -> bool:
+    return True
+
+
+def then(*words: str, fields: bool = True) -> Cont:
+    """After the host (and, if ``fields``, its `` KEY=value`` run) comes one of ``words``
+    ("" allows the end of the line)."""
+    def cont(s: str, end: int) -> bool:
+        k = _fields_end(s, end) if fields else end
+        if k == len(s):
+            return "" in words
+        return s.startswith(tuple(w for w in words if w), k)
+    return cont
+
+
+def colon_after_fields(s: str, end: int) -> bool:
+    """``[ip][:port][ KEY=value…]: `` — Exim's own colon ends the host part."""
+    k = _FIELD_RUN.match(s, end).end()  # type: ignore[union-attr]  # always matches
+    return s.startswith(": ", k) or (k > end and s[k - 1] == ":" and s.startswith(" ", k))
+
+
+def parse_fullhost(s: str, i: int, cont: Cont = any_end, *,
+                   exim_tail: bool = False) -> _Host | None:
     """Exim's ``[name ][(helo) ]\\[ip\\][:port]`` starting at ``s[i]``, or None.
 
-    Strict by design: the name is one token (DNS-verified by Exim), the HELO one
-    parenthesised token. A HELO with spaces (only with helo_accept_junk_hosts) is
-    accepted only when exactly one ``) [ip]`` in the rest of the line could end it."""
+    The name is one token (DNS-verified by Exim). The HELO is the client's word: with
+    helo_accept_junk_hosts it may hold spaces, brackets and a whole fake ``) [ip]:port``
+    followed by Exim's own separator. Exim writes the real ``[ip]`` *after* the HELO,
+    so the host field is read from the right: every ``) [ip]`` that ``cont`` accepts is
+    a candidate end. If nothing the client wrote comes after the host field
+    (``exim_tail``), the last candidate is the real one. Otherwise a fake could also
+    sit in the client text after it, so the line is attributed only when every
+    candidate names the same IP (it is then the real one), and to nobody otherwise."""
+    return _fullhost(s, i, cont, exim_tail)[0]
+
+
+def _fullhost(s: str, i: int, cont: Cont, exim_tail: bool) -> tuple[_Host | None, bool]:
+    """(host, ambiguous) — see :func:`parse_fullhost`."""
     name = None
     if s.startswith("[", i):
         got = _ip_at(s, i)
-        return _Host(None, None, got[0], got[1]) if got else None
+        return (_Host(None, None, got[0], got[1]) if got else None), False
     if not s.startswith("(", i):
         sp = s.find(" ", i)
         if sp <= i:
-            return None
+            return None, False
         name = s[i:sp]
         if "[" in name or "(" in name:
-            return None
+            return None, False
         i = sp + 1
         if s.startswith("[", i):
             got = _ip_at(s, i)
-            return _Host(name, None, got[0], got[1]) if got else None
+            return (_Host(name, None, got[0], got[1]) if got else None), False
         if not s.startswith("(", i):
-            return None
-    sp = s.find(" ", i)
-    if sp > i + 1 and s[sp - 1] == ")" and s.startswith("[", sp + 1):
-        got = _ip_at(s, sp + 1)
-        # "(a) [x] (b) [y]" is a HELO of "a) [x] (b": the final [ip] is the real one.
-        if got is not None and not s.startswith((" (", " ["), got[1]):
-            return _Host(name, s[i + 1 : sp - 1], got[0], got[1])
-    return _junk_helo(s, i, name)
+            return None, False
+    return _helo_host(s, i, name, cont, exim_tail)
 
 
-def _junk_helo(s: str, i: int, name: str | None) -> _Host | None:
-    """HELO text with spaces: attribute only if every possible end gives one IP."""
+def _helo_host(s: str, i: int, name: str | None, cont: Cont, exim_tail: bool
+               ) -> tuple[_Host | None, bool]:
+    """(host, ambiguous). When candidates disagree (or are too many to weigh) the host
+    has ip None and ends where the first candidate does, so the rest of the line is
+    still read and the event still counted, for nobody."""
     found: _Host | None = None
+    seen = 0
     k = s.find(") [", i)
-    for _ in range(MAX_CANDIDATES):
-        if k < 0:
-            return found
+    while k >= 0:
         got = _ip_at(s, k + 2)
-        if got is not None:
-            if found is not None and found.ip != got[0]:
-                return None
-            if found is None:
+        if got is not None and cont(s, got[1]):
+            seen += 1
+            if found is not None and not exim_tail and (
+                    seen > MAX_CANDIDATES or found.ip != got[0]):
+                found.ip = None
+                return found, True
+            if found is None or exim_tail:
                 found = _Host(name, s[i + 1 : k], got[0], got[1])
-        k = s.find(") [", k + 1)
-    return found if k < 0 else None
+        k = s.find(") [", k + 2)
+    return found, False
+
+
+# (":" — "H=<remote> [ip]: SMTP error" of our own delivery — never has a HELO.)
+_HOST_FIRST = then("rejected ", "temporarily rejected ", "sender verify ", "dropped by ",
+                   "Warning:", "incomplete transaction", "Connection ", "TLS ",
+                   "Remote host")
+_LOCAL_SCAN = then("rejected by local_scan()", "temporarily rejected by local_scan()",
+                   "Warning:", "incomplete transaction")
+_CONNECTION = then("", "(TCP/IP connection count", "(via inetd)", "closed", "lost",
+                   "refused", "TLS")
+_LOST = then("", "(")
 
 
 def _fields_end(s: str, pos: int) -> int:
@@ -368,6 +426,11 @@ class EximParser:
             self.emit(Rejection(t, host, ip, "DATA", None, None, CONTENT, clean_sender,
                                 None, hostinfo.helo if hostinfo else None, mid, "fakereject"))
             return True
+        if hostinfo is None and clean_sender == "<>":
+            # No H=: no SMTP client sent it. A null-sender message Exim wrote itself
+            # (a bounce, a delay warning: P=local, U=<exim user>) is not traffic from
+            # anyone, as Postfix's own bounces are not; its deliveries still join.
+            return True
         rcpts = tuple(r for r in (clean_address(x) for x in recipients) if r)
         self.emit(MessageAccepted(
             t, host, ip, mid, clean_sender, size, len(rcpts), sasl_user,
@@ -392,7 +455,7 @@ class EximParser:
         k = rest.find(" H=", pos)
         if k >= 0:
             remote = parse_fullhost(rest, k + 3)
-            if remote is not None:
+            if remote is not None and remote.ip is not None:
                 relay = f"{remote.name or ''}[{remote.ip}]"
         if relay is None:
             k = rest.find(" T=", pos)
@@ -423,7 +486,7 @@ class EximParser:
     def _host_first(self, t: float, host: str, msg: str, mid: str | None) -> bool:
         """``H=<fullhost> [I=… X=… F=<s> …] [temporarily ]rejected <what>: <why>`` and
         ``H=<fullhost> sender verify fail for <addr>: <why>``."""
-        h = parse_fullhost(msg, 2)
+        h = parse_fullhost(msg, 2, _HOST_FIRST)
         if h is None:
             return False
         k = _fields_end(msg, h.end)
@@ -489,7 +552,7 @@ class EximParser:
         sender, pos = _token(rest, 2)
         if not rest.startswith(" H=", pos):
             return False
-        h = parse_fullhost(rest, pos + 3)
+        h = parse_fullhost(rest, pos + 3, _LOCAL_SCAN)
         if h is None:
             return False
         k = _fields_end(rest, h.end)
@@ -545,7 +608,7 @@ class EximParser:
     # -- session-level lines --------------------------------------------------------------
 
     def _connection(self, t: float, host: str, msg: str, at: int) -> bool:
-        h = parse_fullhost(msg, at)
+        h = parse_fullhost(msg, at, _CONNECTION, exim_tail=True)
         if h is None:
             return False
         k = _fields_end(msg, h.end)
@@ -568,7 +631,7 @@ class EximParser:
     def _refused(self, t: float, host: str, msg: str) -> bool:
         """``Connection from [ip]:port refused: too many connections from that IP
         address`` (per-host limit) — other refusals are about the server's load."""
-        h = parse_fullhost(msg, 16)
+        h = parse_fullhost(msg, 16, then(" refused: ", fields=False), exim_tail=True)
         if h is None:
             return False
         k = msg.find(" refused: ", h.end)
@@ -581,7 +644,7 @@ class EximParser:
 
     def _dropped(self, t: float, host: str, msg: str) -> bool:
         """``SMTP call from <fullhost> dropped: too many … (last … "<cmd>")``."""
-        h = parse_fullhost(msg, 15)
+        h = parse_fullhost(msg, 15, then("dropped: "))
         if h is None:
             return False
         k = _fields_end(msg, h.end)
@@ -605,7 +668,7 @@ class EximParser:
             k = msg.find("): rejected connection from H=", 36)
             if k < 0:
                 return False
-            h = parse_fullhost(msg, k + 30)
+            h = parse_fullhost(msg, k + 30, field_or_end)
             if h is None:
                 return False
             self.emit(ProtocolViolation(t, host, h.ip, PREGREET, "CONNECT", None))
@@ -631,7 +694,7 @@ class EximParser:
         return True
 
     def _no_mail(self, t: float, host: str, msg: str) -> bool:
-        h = parse_fullhost(msg, len(_NO_MAIL))
+        h = parse_fullhost(msg, len(_NO_MAIL), field_or_end, exim_tail=True)
         if h is None:
             return False
         commands = _field_values(msg, h.end, _fields_end(msg, h.end)).get("C")
@@ -641,8 +704,9 @@ class EximParser:
 
     def _lost_at(self, t: float, host: str, msg: str, at: int, after: str | None,
                  detail: str) -> bool:
-        """The client went away (or went quiet) without QUIT; host field at ``at``."""
-        h = parse_fullhost(msg, at)
+        """The client went away (or went quiet) without QUIT; host field at ``at``.
+        Only the data timeout has client text after it (``F=<sender>``)."""
+        h = parse_fullhost(msg, at, _LOST, exim_tail=after != "DATA")
         if h is None:
             return False
         self.emit(ConnectionLost(t, host, h.ip, after, detail))
@@ -659,14 +723,14 @@ class EximParser:
         if sp < 0 or not msg.startswith(_DURING, sp):
             return True  # e.g. while verifying a sender domain: not about the client
         inner = msg[:-1] if msg.endswith(")") else msg  # "… [ip]:port I=[…]:25)"
-        h = parse_fullhost(inner, sp + len(_DURING))
+        h = parse_fullhost(inner, sp + len(_DURING), field_or_end, exim_tail=True)
         self.emit(ClientNote(t, host, h.ip if h else None, DNS_MISMATCH,
                              msg[len(_NO_A) : sp]))
         return True
 
     def _bad_helo(self, t: float, host: str, msg: str) -> bool:
         """``rejected EHLO from <fullhost>: syntactically invalid argument(s): <helo>``."""
-        h = parse_fullhost(msg, 19)
+        h = parse_fullhost(msg, 19, colon_after_fields)
         if h is None:
             return False
         colon = msg.find(": ", h.end)
@@ -681,7 +745,7 @@ class EximParser:
 
     def _auth_failed(self, t: float, host: str, msg: str, k: int) -> bool:
         """``<authenticator> authenticator failed for <fullhost>: 535 … (set_id=<user>)``."""
-        h = parse_fullhost(msg, k + len(_AUTH_FAILED))
+        h = parse_fullhost(msg, k + len(_AUTH_FAILED), colon_after_fields)
         if h is None:
             return False
         colon = msg.find(": ", h.end)
@@ -709,7 +773,7 @@ def _arrival_fields(rest: str, pos: int) -> _Arrival:
     recipients: list[str] = []
     while pos < n and rest[pos] == " ":
         if hostinfo is None and rest.startswith(" H=", pos):
-            hostinfo = parse_fullhost(rest, pos + 3)
+            hostinfo = parse_fullhost(rest, pos + 3, field_or_end)
             if hostinfo is None:
                 break
             pos = hostinfo.end
@@ -737,7 +801,7 @@ def _arrival_fields_plain(rest: str, pos: int) -> _Arrival:
     before P=, A= between P= and S=, recipients after S=."""
     p = rest.find(" P=", pos)
     k = rest.find(" H=", pos, p if p >= 0 else len(rest))
-    hostinfo = parse_fullhost(rest, k + 3) if k >= 0 else None
+    hostinfo = parse_fullhost(rest, k + 3, field_or_end) if k >= 0 else None
     size = sasl_user = None
     recipients: list[str] = []
     s = rest.find(" S=", p if p >= 0 else pos)
@@ -760,22 +824,20 @@ def _unique_host(msg: str, start: int, tails: tuple[str, ...] | None) -> tuple[s
     before the first such candidate. ``tails``: what must follow the host fields."""
     ip: str | None = None
     cmd = ""
+    cont = then(*tails) if tails is not None else any_end
     k = msg.find('" H=', start)
     for _ in range(MAX_CANDIDATES):
         if k < 0:
             return ip, cmd
-        h = parse_fullhost(msg, k + 4)
+        h, ambiguous = _fullhost(msg, k + 4, cont, False)
+        if ambiguous:
+            return None, msg[start:k]  # a HELO that could end at two different IPs
         if h is not None:
-            ok = True
-            if tails is not None:
-                j = _fields_end(msg, h.end)
-                ok = msg.startswith(tails, j)
-            if ok:
-                if ip is None:
-                    ip = h.ip
-                    cmd = msg[start:k]
-                elif ip != h.ip:
-                    return None, msg[start:k]
+            if ip is None:
+                ip = h.ip
+                cmd = msg[start:k]
+            elif ip != h.ip:
+                return None, msg[start:k]
         k = msg.find('" H=', k + 1)
     return (ip, cmd) if k < 0 else (None, cmd)
 

@@ -111,6 +111,38 @@ def slot(text: str) -> tuple[str | None, str | None] | None:
     return m.group(1), normalize_ip(m.group(2))
 
 
+_ESCAPE = re.compile(r"\\(?:([0-3][0-7][0-7])|(.))", re.S)
+_SIMPLE_ESCAPES = {"\\": b"\\", "t": b"\t", "n": b"\n", "r": b"\r"}
+
+
+def unescape(text: str) -> str:
+    """Undo Sendmail's ``str2prt``: ``\\\\`` is a backslash, ``\\t``/``\\n``/``\\r`` the
+    control characters, ``\\ooo`` one byte (``j\\303\\266rg`` is UTF-8 ``jörg``).
+
+    One left-to-right pass, so a client's literal ``\\303`` (logged ``\\\\303``) stays
+    text. Bytes that are not UTF-8 become U+FFFD, as the log reader does for Postfix and
+    Exim lines, so the same address is one key whichever MTA logged it."""
+    if "\\" not in text:
+        return text
+    out = bytearray()
+    pos = 0
+    for m in _ESCAPE.finditer(text):
+        out += text[pos : m.start()].encode("utf-8", "surrogatepass")
+        octal, other = m.groups()
+        if octal is not None:
+            out.append(int(octal, 8))
+        else:
+            out += _SIMPLE_ESCAPES.get(other) or ("\\" + other).encode("utf-8", "surrogatepass")
+        pos = m.end()
+    out += text[pos:].encode("utf-8", "surrogatepass")
+    return out.decode("utf-8", "replace")
+
+
+def address(text: str | None) -> str | None:
+    """A Sendmail-logged envelope address -> the key Postfix and Exim give it."""
+    return clean_address(unescape(text)) if text is not None else None
+
+
 def classify(text: str) -> str:
     """Sendmail's own wording first, then the shared classifier."""
     t = text.lower()
@@ -167,6 +199,8 @@ class SendmailParser:
         self.messages = JoinTable(opts.queue_ttl, opts.max_entries, on_evict=self._evicted)
         self.finished = JoinTable(opts.session_ttl, opts.max_entries)
         self.sessions = JoinTable(opts.session_ttl, opts.max_entries)
+        # (host, pid) -> client IP of a connection whose AUTH failures were logged
+        self.auth_failed = JoinTable(opts.session_ttl, opts.max_entries)
 
     def handler_for(self, program: str) -> Handler | None:
         if program == "sendmail" or program.startswith("sm-"):
@@ -177,14 +211,17 @@ class SendmailParser:
         self.messages.expire(now)
         self.finished.expire(now)
         self.sessions.expire(now)
+        self.auth_failed.expire(now)
 
     def flush(self) -> None:
         self.messages.clear()
         self.finished.clear()
         self.sessions.clear()
+        self.auth_failed.clear()
 
     def state_size(self) -> int:
-        return len(self.messages) + len(self.finished) + len(self.sessions)
+        return (len(self.messages) + len(self.finished) + len(self.sessions)
+                + len(self.auth_failed))
 
     def _evicted(self, key: tuple[str, str], record: _Message) -> None:
         """A record forgotten before its from= line: its rejections still count."""
@@ -232,14 +269,14 @@ class SendmailParser:
         if body.startswith("<"):
             return qid is not None and self._rcpt_error(t, host, qid, body)
         if body.startswith("AUTH failure ("):
-            return self._auth_failure(t, host, body)
+            return self._auth_failure(t, host, pid, body)
         if body.startswith("AUTH=server, relay="):
             return self._auth_ok(t, host, pid, body)
         if body.startswith("Milter: "):
             return self._milter(t, host, qid, body)
         if body.startswith("stat=") and qid is not None:
             return self._short_stat(t, host, qid, body)
-        return self._client_line(t, host, body)
+        return self._client_line(t, host, pid, body)
 
     # -- envelopes and deliveries -------------------------------------------------------
 
@@ -252,7 +289,7 @@ class SendmailParser:
             env = _ENVELOPE.match(body, k) if k > 0 else None
             if env is None:
                 return False
-        sender = clean_address(body[5 : env.start()]) or "<>"
+        sender = address(body[5 : env.start()]) or "<>"
         size = int(env.group(1))
         nrcpts = int(env.group(2))
         rest = env.group("rest")
@@ -372,9 +409,9 @@ class SendmailParser:
         stage = _STAGES.get(ruleset, ruleset.upper()[:16])
         sender = recipient = None
         if stage == "RCPT":
-            recipient = clean_address(arg1)
+            recipient = address(arg1)
         elif stage == "MAIL":
-            sender = clean_address(arg1)
+            sender = address(arg1)
         reason = ENFORCED if is_own_refusal(text, body) else classify(text)
         self.emit(Rejection(t, host, ip, stage, code, enhanced, reason, sender,
                             recipient, None, qid, text))
@@ -391,7 +428,7 @@ class SendmailParser:
         if record.enveloped:
             return True  # after the envelope: a delivery error; its to= line says it
         record.pending = (record.pending or []) + [
-            (t, "RCPT", clean_address(body[:end]), None, body[end + 4 :])]
+            (t, "RCPT", address(body[:end]), None, body[end + 4 :])]
         return True
 
     def _milter(self, t: float, host: str, qid: str | None, body: str) -> bool:
@@ -411,9 +448,9 @@ class SendmailParser:
             return True
         stage, recipient, sender = "DATA", None, None
         if what.startswith("to="):
-            stage, recipient = "RCPT", clean_address(what[3:])
+            stage, recipient = "RCPT", address(what[3:])
         elif what.startswith("from="):
-            stage, sender = "MAIL", clean_address(what[5:])
+            stage, sender = "MAIL", address(what[5:])
         elif what.startswith("connect"):
             stage = "CONNECT"
         text = body[k + 9 :]
@@ -428,7 +465,7 @@ class SendmailParser:
             record.pending = (record.pending or []) + [(t, stage, recipient, sender, text)]
         return True
 
-    def _auth_failure(self, t: float, host: str, body: str) -> bool:
+    def _auth_failure(self, t: float, host: str, pid: str | None, body: str) -> bool:
         """``AUTH failure (MECH): <sasl text>[, user=U], relay=R`` — user= is the
         client's word and comes before relay=, which is always last."""
         r = body.rfind(", relay=")
@@ -440,7 +477,9 @@ class SendmailParser:
         user = None
         u = body.rfind(", user=", 0, r)
         if u >= 0:
-            user = body[u + 7 : r] or None
+            user = unescape(body[u + 7 : r]) or None
+        if pid is not None:
+            self.auth_failed.put((host, pid), ip, t)
         self.emit(AuthFailure(t, host, ip, mechanism, user))
         return True
 
@@ -451,20 +490,25 @@ class SendmailParser:
             return True
         _name, ip = client_ip(body[19:a])
         m = body.rfind(", mech=")
-        authid = body[a + 9 : m if m > a else len(body)] or None
+        authid = unescape(body[a + 9 : m if m > a else len(body)]) or None
         self.sessions.put((host, pid), (ip, authid), t)
         return True
 
     # -- client-slot lines -------------------------------------------------------------
 
-    def _client_line(self, t: float, host: str, body: str) -> bool:
+    def _client_line(self, t: float, host: str, pid: str | None, body: str) -> bool:
         """Lines that start with (or name at a fixed place) Sendmail's client slot."""
         k = body.find(": possible SMTP attack: command=")
         client = slot(body[:k]) if k > 0 else None
         if client is not None:
             command = body[k + 32 :].split(",", 1)[0].upper()
             if command == "AUTH":
-                self.emit(AuthFailure(t, host, client[1], None, None))
+                # Sendmail logs this once per connection when its AUTH commands reach
+                # the limit. With LogLevel > 9 every failure was logged ("AUTH failure")
+                # and counted already: the notice adds nothing. Below that it is the
+                # only trace, and counts as one failure.
+                if pid is None or self.auth_failed.get((host, pid)) != client[1]:
+                    self.emit(AuthFailure(t, host, client[1], None, None))
             else:
                 self.emit(ProtocolViolation(t, host, client[1], COMMAND_LIMIT, command[:16],
                                             body[k + 2 :]))
@@ -560,7 +604,7 @@ def _addresses(text: str) -> list[str]:
     for item in items:
         item = item.strip()
         if item and item != "[more]":
-            addr = clean_address(item)
+            addr = address(item)
             if addr:
                 out.append(addr)
     return out

@@ -112,7 +112,27 @@ def test_local_submission_and_bounce_have_no_client_ip() -> None:
               "S=1900"),
     )
     accepted = of_kind(events, MessageAccepted)
-    assert [(a.ip, a.sender) for a in accepted] == [(None, "root@mx.example"), (None, "<>")]
+    assert [(a.ip, a.sender) for a in accepted] == [(None, "root@mx.example")]
+
+
+def test_messages_exim_generates_itself_are_not_from_the_null_sender() -> None:
+    """Issue 10: a bounce or delay warning (P=local, sender <>) is Exim's own message,
+    as Postfix's bounces are Postfix's: no MessageAccepted, but its deliveries join."""
+    bounce = "1uA2fL-000000003Bb-7g8H"
+    events = exim(
+        at(1, f"{bounce} <= <> R=1uA2eK-000000003Aa-5e6F U=Debian-exim P=local S=1900"),
+        at(2, f"{bounce} => a@far.example R=dnslookup T=remote_smtp H=mx.far.example "
+              "[198.51.100.7]"),
+        at(3, f"{bounce} Completed"),
+        at(4, f"{MID} <= <> U=Debian-exim P=local S=1200 T=\"Warning: message delayed\""),
+        # A null sender from a client is counted as always:
+        at(5, "1uA2gM-000000004Cc-8h9I <= <> H=mx.other.example [192.0.2.5] P=esmtp S=900"),
+    )
+    assert [(a.ip, a.sender) for a in of_kind(events, MessageAccepted)] == [
+        ("192.0.2.5", "<>")]
+    outcomes = of_kind(events, RecipientOutcome)
+    assert [(o.recipient, o.sender, o.first) for o in outcomes] == [
+        ("a@far.example", "<>", True)]
 
 
 def test_delivery_without_arrival_still_counts_a_recipient_once() -> None:
@@ -311,7 +331,7 @@ def test_junk_helo_with_a_fake_host_field_is_never_the_victim() -> None:
     # line names the victim only as a candidate, so it is attributed to nobody.
     line = f"H=(a) [{VICTIM}] (b) [{REAL}]:1234 I=[192.0.2.25]:25 rejected RCPT <x@y>: no"
     h = parse_fullhost(line, 2)
-    assert h is None or h.ip == REAL
+    assert h is None or h.ip in (REAL, None)
 
 
 INJECTIONS = [

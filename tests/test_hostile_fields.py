@@ -4,6 +4,8 @@ be tricked into banning arbitrary hosts."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -115,3 +117,120 @@ def test_hostile_sender_stays_a_sender() -> None:
     events, _ = feed(session("helo.example", sender, "r@example.com", "u", "QUIT"))
     ips = {ev.ip for ev in events}
     assert ips == {REAL_IP}
+
+
+# -- Exim: every line type, every field the client writes ---------------------------------
+
+EXIM_MID = "1uA2dT-000000002ZZ-3c4D"
+EXIM_INJECTIONS = [
+    f"[{VICTIM}]", f"x) [{VICTIM}] y", f"x) [{VICTIM}]:25: 535 y", f"x) [{VICTIM}]:25",
+    f"x) [{VICTIM}] I=[192.0.2.25]:25 rejected RCPT <a@b>: no",
+    f"x) [{VICTIM}] (TCP/IP connection count = 1) y", f"x) [{VICTIM}] dropped: too many",
+    f"x) [{VICTIM}] refused: too many connections from that IP address y",
+    f'x) [{VICTIM}] next input="', f"x) [{VICTIM}] P=esmtp S=1 y",
+    f"H=h [{VICTIM}] F=<x@y> rejected", f'" H=(x) [{VICTIM}] AUTH command used',
+    f"(host=h [{VICTIM}]) for", "A" * 3000 + f") [{VICTIM}]:1: ",
+]
+exim_text = st.one_of(
+    st.sampled_from(EXIM_INJECTIONS),
+    st.text(alphabet=st.sampled_from(list(f"<>[]()=:\"' @.\\H{VICTIM}ax")), max_size=60),
+)
+# A HELO is one token unless the host is in helo_accept_junk_hosts: then anything
+# printable, spaces and brackets included.
+exim_helo = st.one_of(
+    st.text(alphabet=st.sampled_from(list(f"[]._-{VICTIM}abc")), min_size=1, max_size=30),
+    exim_text.filter(bool),
+)
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def exim_lines(helo: str, sender: str, rcpt: str, user: str, cmd: str
+               ) -> list[tuple[str, bool]]:
+    """(line, exim_tail): every Exim line type that names a client, with the client's
+    words in every field it writes. ``exim_tail``: nothing the client wrote follows
+    the host field, so the line must name the client whatever the HELO holds."""
+    stamp = "2026-03-02 08:00:{:02d} [2130] {}"
+    hp = f"({helo}) [{REAL_IP}]:4000"
+    hf = f"H={hp} I=[192.0.2.25]:25"
+    qs = _q(sender) + "@evil.example"
+    qr = _q(rcpt) + "@corp.example"
+    body = [
+        (f"SMTP connection from {hp} I=[192.0.2.25]:25 (TCP/IP connection count = 1)", True),
+        (f"SMTP connection from {hp} I=[192.0.2.25]:25 closed by DROP in ACL", True),
+        (f"SMTP connection from {hp} lost while reading message data", True),
+        (f"login authenticator failed for {hp} I=[192.0.2.25]:25: 535 Incorrect "
+         f"authentication data (set_id={user})", False),
+        (f"{hf} F=<{qs}> rejected RCPT <{qr}>: {cmd}", False),
+        (f"{hf} F=<{qs}> temporarily rejected RCPT <{qr}>: {cmd}", False),
+        (f"{hf} rejected MAIL <{qs}>: {cmd}", False),
+        (f"{hf} rejected EHLO {helo}: {cmd}", False),
+        (f"{hf} rejected connection in \"connect\" ACL: {cmd}", False),
+        (f"{hf} sender verify fail for <{qs}>: {cmd}", False),
+        (f"{hf} F=<{qs}> dropped by ACL: {cmd}", False),
+        (f"{EXIM_MID} {hf} F=<{qs}> rejected after DATA: {cmd}", False),
+        (f"{EXIM_MID} <= {qs} {hf} P=esmtp S=10 id={_q(cmd)} T={_q(cmd)} for {qr}", False),
+        (f"{EXIM_MID} (= {qs} {hf} P=esmtp S=10 T={_q(cmd)}", False),
+        (f"{EXIM_MID} F=<{qs}> H={hp} I=[192.0.2.25]:25 rejected by local_scan(): {cmd}",
+         False),
+        (f"no MAIL in SMTP connection from {hp} I=[192.0.2.25]:25 D=1s C=EHLO,QUIT", True),
+        (f"SMTP call from {hp} I=[192.0.2.25]:25 dropped: too many unrecognized commands "
+         f"(last was {_q(cmd)})", False),
+        (f"SMTP command timeout on connection from {hp} I=[192.0.2.25]:25", True),
+        (f"SMTP data timeout (message abandoned) on connection from {hp} F=<{qs}>", False),
+        (f"unexpected disconnection while reading SMTP command from {hp} I=[192.0.2.25]:25 "
+         "D=1s", True),
+        (f"Connection from {hp} refused: too many connections from that IP address", True),
+        (f"rejected EHLO from {hp} I=[192.0.2.25]:25: syntactically invalid argument(s): "
+         f"{helo}", False),
+        ("SMTP protocol synchronization error (input sent without waiting for greeting): "
+         f"rejected connection from H={hp} input={_q(cmd)}", False),
+        (f"no IP address found for host h.example (during SMTP connection from {hp} "
+         "I=[192.0.2.25]:25)", True),
+    ]
+    return [(stamp.format(i, text), tail) for i, (text, tail) in enumerate(body)]
+
+
+def _check_exim(helo: str, sender: str, rcpt: str, user: str, cmd: str) -> None:
+    """No line gives an event for the victim. Nothing the client wrote after
+    the host field (an Exim-only tail): always for the client, whatever the HELO. Client
+    text on both sides of the host field that imitates one can make the line readable
+    two ways: then it counts for nobody (or, if that reading is not a failure, not at
+    all). No imitation: every line gives its event, for the client."""
+    lines = exim_lines(helo, sender, rcpt, user, cmd)
+    base = dt.datetime(2026, 3, 2, 8, 0, 0, tzinfo=dt.UTC).timestamp()
+    events, stats = feed([ln for ln, _ in lines], parsers=["exim"])
+    assert stats.unparsed == 0, stats.unparsed_samples
+    benign = all(")" not in f and "[" not in f for f in (helo, sender, rcpt, user, cmd))
+    by_line: dict[int, list] = {}
+    for ev in events:
+        by_line.setdefault(int(ev.time - base), []).append(ev)
+    for i, (line, exim_tail) in enumerate(lines):
+        sure = exim_tail or benign
+        assert by_line.get(i) or not sure, ("no event", line)
+        for ev in by_line.get(i, []):
+            assert ev.ip in ((REAL_IP,) if sure else (REAL_IP, None)), (line, ev)
+
+
+def test_exim_known_injections_never_move_the_ip() -> None:
+    for text in EXIM_INJECTIONS:
+        _check_exim(text, text, text, text, text)
+        _check_exim("mx.example", text, text, text, text)
+        _check_exim(text, "s@x.example", "r@y.example", "user", "QUIT")
+
+
+def test_exim_issue_11_junk_helo_attack() -> None:
+    """``authenticator failed for (x) [victim] y) [real]: …`` counted the victim."""
+    line = (f"2026-03-02 08:00:01 dovecot_plain authenticator failed for (x) [{VICTIM}] y) "
+            f"[{REAL_IP}]:4444: 535 Incorrect authentication data (set_id=admin)")
+    events, _ = feed([line], parsers=["exim"])
+    assert [(type(e).__name__, e.ip) for e in events] == [("AuthFailure", REAL_IP)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(helo=exim_helo, sender=exim_text, rcpt=exim_text, user=exim_text, cmd=exim_text)
+def test_exim_random_hostile_fields_never_move_the_ip(helo: str, sender: str, rcpt: str,
+                                                      user: str, cmd: str) -> None:
+    _check_exim(helo, sender, rcpt, user, cmd)

@@ -38,6 +38,7 @@ from smtpguard_logwatch.actions.base import ActionError, build_actions
 from smtpguard_logwatch.actions.sendmail_access import SendmailAccessAction
 from smtpguard_logwatch.engine.ledger import Decision
 from smtpguard_logwatch.events import Rejection
+from smtpguard_logwatch.parsers.sendmail import address as sendmail_address
 
 from feed import feed
 
@@ -385,8 +386,9 @@ HOSTILE = [
     ("sender", "x@example.org\nConnect:127.0.0.1\tRELAY"), ("sender", " lead@example.org"),
     ("sender", "\tlead@example.org"), ("sender", ".dot@example.org"),
     ("sender", "10.0.0.0/8"), ("sender", "192.0.2.7"), ("sender", "x" * 300 + "@ex.org"),
-    ("sender", "a:b@example.org"), ("sender", "\u00fc@example.org"),
-    ("sender", "a\u00a0b@example.org"), ("sender", "x@example.org\r"), ("sender", "<>"),
+    ("sender", "a:b@example.org"), ("sender", "\u00fc\u2028@example.org"),
+    ("sender", "a\u00a0b@example.org"), ("sender", "a\u0085b@example.org"),
+    ("sender", "x@example.org\r"), ("sender", "<>"),
     ("sender", "x@example.org\tOK"), ("sender", "$x@example.org"), ("sender", ""),
     ("client_ip", "192.0.2.7 "), ("client_ip", "192.0.2.7\tOK"), ("client_ip", "OK"),
     ("client_ip", "192.0.2.0/24"), ("client_ip", "192.0.2.7:25"), ("client_ip", "fe80::1%eth0"),
@@ -394,8 +396,8 @@ HOSTILE = [
     ("client_net", "192.0.2.7/24"), ("client_net", "0.0.0.0/0"), ("client_net", "::/0"),
     ("client_net", "192.0.2.0/24\n10.0.0.0/8"), ("client_net", "192.0.2"),
 ]
-_LINE = re.compile(r"(?P<key>Connect:(?:[0-9.]+|IPv6:[0-9a-f:]+)|From:[!$-9;-\[\]-~]+)"
-                   r"\t(?P<value>.*)")
+_LINE = re.compile(r"(?P<key>Connect:(?:[0-9.]+|IPv6:[0-9a-f:]+)"
+                   r"|From:(?:[!$-9;-\[\]-~]|[^\x00-\x7f])+)\t(?P<value>.*)")
 
 
 def assert_only_valid_lines(action: SendmailAccessAction) -> None:
@@ -404,7 +406,8 @@ def assert_only_valid_lines(action: SendmailAccessAction) -> None:
     merged = Path(action.output).read_bytes().decode("latin-1")
     own = merged.split("# --- smtpguard-logwatch entries", 1)[1].split("\n", 1)[1]
     for text in (Path(action.access_file).read_text(), own):
-        assert text.isascii() and "\r" not in text and (not text or text.endswith("\n"))
+        assert all(c.isprintable() or c in "\t\n" for c in text) and "\r" not in text
+        assert not text or text.endswith("\n")
         for line in text.split("\n")[:-1]:
             if line.startswith("# smtpguard: "):
                 json.loads(line[len("# smtpguard: "):])
@@ -444,6 +447,18 @@ def test_a_sender_key_sendmail_would_truncate_is_refused(tmp_path: Path, fake_ma
                                decision("sender", too_long, "refuse")], NOW)
     assert list(fake_db(action)) == [f"from:{fits}"]
     assert len(report.refused) == 1 and "Sendmail can look up" in report.refused[0]
+
+
+def test_an_8bit_sender_key_is_written_as_the_bytes_sendmail_looks_up(
+        tmp_path: Path, fake_makemap: Path) -> None:
+    """Issue 10: Sendmail logs j\\303\\266rg; the parser decodes it to the address the
+    client sent (jörg, as Postfix and Exim count it) and the access key holds its
+    UTF-8 bytes, which is what Sendmail looks up (not the escaped log text)."""
+    action = make(tmp_path, fake_makemap)
+    report = action.reconcile([decision("sender", "J\u00f6rg@Example.org", "refuse")], NOW)
+    assert not report.refused
+    assert ours(action) == [f"From:j\u00f6rg@example.org\t{REFUSE}"]
+    assert b"From:j\xc3\xb6rg@example.org\t" in Path(action.output).read_bytes()
 
 
 # -- dry run, errors, options, snippet ------------------------------------------------------
@@ -599,7 +614,11 @@ _PROBE = textwrap.dedent("""
                           timeout=60) as s:
             out["banner_seconds"] = time.monotonic() - t0
             s.ehlo("probe.example.org")
-            out["mail"] = list(s.mail(a["sender"]))
+            if a["sender"].isascii():
+                out["mail"] = list(s.mail(a["sender"]))
+            else:  # an 8-bit MAIL FROM, as old clients send it (no SMTPUTF8)
+                s.send(b"MAIL FROM:<" + a["sender"].encode() + b">\\r\\n")
+                out["mail"] = list(s.getreply())
             out["rcpt"] = list(s.rcpt(a["rcpt"]))
     except Exception as exc:
         out["error"] = repr(exc)
@@ -772,6 +791,7 @@ def test_real_sendmail_enforces_on_the_next_connection(
                 "rcpt": "postmaster@mx.guard.test"}  # no "smtpguard" in the line
         proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _PROBE,
                                json.dumps(args)], capture_output=True, text=True, timeout=120)
+        assert proc.stdout, proc.stderr
         out = json.loads(proc.stdout)
         assert "error" not in out, out
         return out
@@ -794,6 +814,12 @@ def test_real_sendmail_enforces_on_the_next_connection(
     assert rcpt("127.0.0.60")[0] == 250
     action.apply(d("sender", "spammer@bad.example", "refuse"))
     assert rcpt("127.0.0.45", sender="Spammer@BAD.example")[0] == 550
+    # Issue 10: an 8-bit sender (logged j\\303\\266rg, counted as jörg): the key the
+    # action writes is the one Sendmail looks up.
+    assert rcpt("127.0.0.48", sender="j\u00f6rg@bad.example")[0] == 250
+    action.apply(d("sender", "j\u00f6rg@bad.example", "refuse"))
+    assert rcpt("127.0.0.48", sender="j\u00f6rg@bad.example")[0] == 550
+    assert rcpt("127.0.0.48", sender="jorg@bad.example")[0] == 250
 
     action.apply(d("client_ip", "2001:db8:1:2::5", "refuse"))  # full IPv6 form
     assert rcpt("2001:db8:1:2::5")[0] == 550
@@ -831,6 +857,13 @@ def test_real_sendmail_enforces_on_the_next_connection(
     found = rejections()
     assert {ip: r for ip, r in found.items() if ip != "127.0.0.47"} == {
         ip: {"enforced"} for ip in ("127.0.0.43", "127.0.0.44", "127.0.1.9", "127.0.0.45",
+                                    "127.0.0.48",
                                     "2001:db8:1:2::5", "2001:db8:0:3::7")}, (
         found, "".join(syslog.lines[-20:]))
     assert found["127.0.0.47"] and "enforced" not in found["127.0.0.47"], found
+    # Sendmail logged the 8-bit sender escaped; the parser gives back the key refused.
+    logged = {m for ln in syslog.lines if "relay=[127.0.0.48]" in ln
+              for m in re.findall(r"from=(<[^>]*>)", ln)}
+    assert "<j\\303\\266rg@bad.example>" in logged, logged
+    assert {sendmail_address(m) for m in logged} == {"j\u00f6rg@bad.example",
+                                                     "jorg@bad.example"}

@@ -243,7 +243,7 @@ def test_client_lines() -> None:
                "x@nowhere.invalid does not exist"),
     )
     assert [(a.ip, a.mechanism, a.user) for a in of_kind(events, AuthFailure)] == [
-        ("203.0.113.80", "LOGIN", "admin"), ("203.0.113.80", None, None)]
+        ("203.0.113.80", "LOGIN", "admin")]  # the attack notice is no second failure
     assert [(v.ip, v.kind, v.after) for v in of_kind(events, ProtocolViolation)] == [
         ("203.0.113.81", "command_limit", "VRFY"),
         ("203.0.113.90", "no_mail", None),
@@ -399,3 +399,72 @@ def test_programs() -> None:
         assert parser.handler_for(program) is not None
     for program in ("postfix/sendmail", "exim", "smtpd"):
         assert parser.handler_for(program) is None
+
+
+# -- issue 10: counts on real Sendmail logs ------------------------------------------------
+
+
+def test_auth_attack_notice_is_not_counted_on_top_of_the_failures() -> None:
+    """``possible SMTP attack: command=AUTH, count=N`` (once per connection) summarises
+    the AUTH failure lines of that connection (sm-mta pid)."""
+    lines = [at(i % 60, f"{QID}: AUTH failure (LOGIN): authentication failure (-13) "
+                        f"SASL(-13): authentication failure: checkpass failed, user=u{i}, "
+                        "relay=h.example [203.0.113.80] (may be forged)") for i in range(25)]
+    lines.append(at(59, f"{QID}: h.example [203.0.113.80] (may be forged): possible SMTP "
+                        "attack: command=AUTH, count=25"))
+    # Below LogLevel 10 the failures are not logged: the notice is the only trace.
+    lines.append(at(59, "6229031B3031: [203.0.113.82]: possible SMTP attack: command=AUTH, "
+                        "count=25", prog="sm-mta[3002]"))
+    failures = of_kind(sm(*lines), AuthFailure)
+    assert [f.ip for f in failures] == ["203.0.113.80"] * 25 + ["203.0.113.82"]
+
+
+def test_envelope_without_recipients_is_not_a_message() -> None:
+    """nrcpts=0: MAIL FROM refused for its declared SIZE (size= is the declared one), or
+    a transaction that never got a recipient; the next transaction of the session may
+    reuse the queue id and is counted once."""
+    events = sm(
+        at(1, f"{QID}: from=<big@far.example>, size=52428800, class=0, nrcpts=0, "
+              "proto=ESMTP, daemon=MTA-v4, relay=h.far.example [198.51.100.9]"),
+        at(2, f"{QID}: from=<big@far.example>, size=1200, class=0, nrcpts=1, "
+              "msgid=<m@far.example>, proto=ESMTP, daemon=MTA-v4, "
+              "relay=h.far.example [198.51.100.9]"),
+        at(3, "6229099A3099: from=<norcpt@far.example>, size=300, class=0, nrcpts=0, "
+              "proto=ESMTP, daemon=MTA-v4, relay=[198.51.100.10]"),
+    )
+    assert [(a.sender, a.size, a.nrcpt) for a in of_kind(events, MessageAccepted)] == [
+        ("big@far.example", 1200, 1)]
+
+
+def test_escaped_addresses_are_decoded_to_the_key_other_mtas_use() -> None:
+    """Sendmail logs ``\\\\`` for a backslash and ``\\ooo`` for a non-ASCII byte: the
+    key is the address the client sent, as Postfix and Exim log it."""
+    events = sm(
+        at(1, f"{QID}: from=<J\\303\\266rg@Example.org>, size=900, class=0, nrcpts=2, "
+              "proto=ESMTP, daemon=MTA-v4, relay=[198.51.100.20]"),
+        at(2, f"{QID}: to=<\"a\\\\b\"@corp.example>,<m\\303\\274ller@corp.example>, "
+              "delay=00:00:01, xdelay=00:00:01, mailer=local, pri=1, dsn=2.0.0, stat=Sent"),
+        at(3, "6229070A3070: ruleset=check_rcpt, arg1=<s\\303\\270ren@corp.example>, "
+              "relay=[198.51.100.21], reject=550 5.1.1 <s\\303\\270ren@corp.example>... "
+              "User unknown"),
+        # A client's literal backslash-digits stay text: "\\303" is "\" then "303".
+        at(4, "6229071A3071: ruleset=check_mail, arg1=<x\\\\303@far.example>, "
+              "relay=[198.51.100.22], reject=553 5.1.8 Domain of sender address does not "
+              "exist"),
+        at(5, "6229072A3072: AUTH failure (PLAIN): authentication failure (-13) SASL(-13): "
+              "authentication failure: checkpass failed, user=j\\303\\266rg, "
+              "relay=[198.51.100.23]"),
+    )
+    [acc] = of_kind(events, MessageAccepted)
+    assert acc.sender == "jörg@example.org"
+    assert [o.recipient for o in of_kind(events, RecipientOutcome)] == [
+        '"a\\b"@corp.example', "müller@corp.example"]
+    rejects = of_kind(events, Rejection)
+    assert [(r.recipient, r.sender) for r in rejects] == [
+        ("søren@corp.example", None), (None, "x\\303@far.example")]
+    assert [a.user for a in of_kind(events, AuthFailure)] == ["jörg"]
+    # Same key as the Postfix parser gives the same client's address:
+    events, _ = feed(["Mar  2 09:00:01 mx postfix/smtpd[5]: ABCDEF12: client=h[192.0.2.1]",
+                      "Mar  2 09:00:02 mx postfix/qmgr[6]: ABCDEF12: from=<J\u00f6rg@Example.org>,"
+                      " size=900, nrcpt=1 (queue active)"], parsers=["postfix"])
+    assert of_kind(events, MessageAccepted)[0].sender == acc.sender

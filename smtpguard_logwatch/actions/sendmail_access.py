@@ -97,11 +97,22 @@ _SBIN = ("/usr/sbin", "/usr/libexec/sendmail", "/usr/lib/sm.bin", "/usr/local/sb
 # comments, quotes and <>@: are address syntax, $ is a macro): words, spaces, - and _.
 _TEXT = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 _-]*[A-Za-z0-9])?")
 _PATH = re.compile(r"/[A-Za-z0-9._/+-]*[A-Za-z0-9_+-]")
-_TAGGED = re.compile(r"(?:Connect|From|GreetPause):[!$-\[\]-~]+")
+# A sender may hold non-ASCII letters (an 8-bit or SMTPUTF8 address): Sendmail looks
+# up the bytes the client sent, so the key is written as UTF-8, the same bytes (the
+# parser decodes Sendmail's logged \\ooo escapes back to them). No separator, space or
+# control character of any script gets through.
+_TAGGED = re.compile(r"(?:Connect|From|GreetPause):(?:[!$-\[\]-~]|[^\x00-\x7f])+")
 # makemap: the key runs to the first ASCII space, the value starts after the spaces.
 _MAKEMAP_LINE = re.compile(rb"([^ \t\n\r\f\v]*)[ \t\n\r\f\v]*(.*)", re.DOTALL)
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _lookup_key(key: str) -> bool:
+    """A tagged key Sendmail can look up: plain characters, printable (in any script),
+    and no longer in bytes than Sendmail's lookup buffer."""
+    return (_TAGGED.fullmatch(key) is not None and key.isprintable()
+            and len(key.encode("utf-8", "surrogatepass")) <= MAX_LOOKUP_KEY)
 
 
 @dataclass(frozen=True)
@@ -291,7 +302,7 @@ class SendmailAccessAction:
         record = Record(decision.dimension, key, decision.action, seconds, decision.id,
                         decision.until)
         for line_key, _net in self._keys(record):  # refuse what a map cannot hold, now
-            if len(line_key) > MAX_LOOKUP_KEY or not _TAGGED.fullmatch(line_key):
+            if not _lookup_key(line_key):
                 raise KeyRefused(f"not a key Sendmail can look up: {line_key!r}")
         return record
 
@@ -361,7 +372,7 @@ class SendmailAccessAction:
         ok_value = line.value in fixed if not line.key.startswith("GreetPause:") else (
             line.value.isdigit() and line.value.isascii()
             and 1000 <= int(line.value) <= 1000 * self.max_delay)
-        if not (_TAGGED.fullmatch(line.key) and len(line.key) <= MAX_LOOKUP_KEY and ok_value):
+        if not (_lookup_key(line.key) and ok_value):
             raise ActionError(f"sendmail: internal error: refusing to write line "
                               f"{line.key!r} {line.value!r}")
 
