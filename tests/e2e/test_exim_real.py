@@ -44,12 +44,9 @@ SCENARIO = scenario("jörg.müller@bücher.example", smtputf8=True)
 EXPECTED = expected_counts(SCENARIO, declared_size_is_logged=True)
 # Defects this test found that are not fixed on this branch yet: strict xfails, so the mark
 # must go once the parser counts right.
-BOUNCES = ("Exim's own bounces (<= <> R=... P=local) are counted as messages from <> "
-           "(issue 10)")
 TOO_BIG = ("Exim's 'message too big' refusals ('rejected from <s> H=...: message too big' "
            "after DATA, 'rejected MAIL FROM:<s> H=...' for SIZE=) are not parsed: no reject")
 KNOWN_DEFECTS: dict[tuple[str, str], str] = {
-    ("sender", "<>"): BOUNCES,
     ("client_ip", "127.0.0.5"): TOO_BIG,
     ("sender", "big@example.net"): TOO_BIG,
     ("sender", "huge@example.net"): TOO_BIG,
@@ -92,7 +89,6 @@ def test_exim_key_counted_as_sent(replayed: tuple[dict[str, Any], Path], dimensi
     assert not problems, f"log {log_file}:\n" + "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason=BOUNCES)
 def test_exim_nothing_counted_that_no_client_sent(replayed: tuple[dict[str, Any], Path]
                                                   ) -> None:
     """Exim's own bounces (``<= <> R=… U=Debian-exim P=local``) are no client's message."""

@@ -48,10 +48,6 @@ DIMENSIONS = {"client_ip": PER_MESSAGE_METRICS, "sender": PER_MESSAGE_METRICS,
 EXPECTED = expected_counts(SCENARIO, declared_size_is_logged=False)
 # Defects this test found that are not fixed on this branch yet: strict xfails, so the mark
 # must go once the parser counts right.
-ESCAPES = ("Sendmail logs addresses with escapes (\\\\ for a backslash, \\ooo octal for 8-bit "
-           "bytes) and they are counted under the escaped form (issue 10)")
-AUTH_ATTACK = ("Sendmail's 'possible SMTP attack: command=AUTH, count=N' is counted as an "
-               "auth failure on top of the AUTH failure lines it summarises (issue 10)")
 REFUSED_AFTER_DATA = (
     "Sendmail logs a message refused after DATA (over MaxMessageSize: 'message size (N) "
     "exceeds maximum'; a header check's reject=) as 'from=... nrcpts=N' too: it is counted as "
@@ -60,9 +56,6 @@ RCPT_REJECT_SENDER = (
     "Sendmail's 'ruleset=check_rcpt, arg1=<r>, relay=..., reject=' lines (Relaying denied) "
     "are not joined to their envelope's from= line: the sender gets no reject")
 KNOWN_DEFECTS: dict[tuple[str, str], str] = {
-    ("sender", '"back\\\\slash"@example.org'): ESCAPES,
-    ("sender", "jörg.müller@bücher.example"): ESCAPES,
-    ("client_ip", "127.0.0.8"): AUTH_ATTACK,
     ("client_ip", "127.0.0.5"): REFUSED_AFTER_DATA,
     ("sender", "big@example.net"): REFUSED_AFTER_DATA,
     ("sender", "spam@example.net"): REFUSED_AFTER_DATA,
@@ -116,7 +109,7 @@ def test_sendmail_key_counted_as_sent(replayed: tuple[dict[str, Any], Path], dim
     assert not problems, f"log {log_file}:\n" + "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason=f"{ESCAPES}; {REFUSED_AFTER_DATA}")
+@pytest.mark.xfail(strict=True, reason=REFUSED_AFTER_DATA)
 def test_sendmail_nothing_counted_that_no_client_sent(replayed: tuple[dict[str, Any], Path]
                                                       ) -> None:
     """Sendmail's own bounces and envelopes that never got a recipient are no message."""
