@@ -119,8 +119,8 @@ host_lookup =
 rfc1413_hosts =
 exim_path = {self.exe}
 keep_environment = LD_LIBRARY_PATH
-# The log_selector the README recommends to Exim admins (without +received_recipients
-# the <= line does not list the recipients).
+# The log_selector the README names (Tests): without +received_recipients the <= line
+# lists no recipients.
 log_selector = +smtp_connection +smtp_no_mail +received_recipients +incoming_port +pid
 message_size_limit = {SIZE_LIMIT}
 smtputf8_advertise_hosts = *
