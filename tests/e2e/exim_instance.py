@@ -32,6 +32,9 @@ from .postfix_instance import free_port, wait_until
 
 MTA_ROOT = os.environ.get("SMTPGUARD_MTA_ROOT", "/")
 EXIM_USER = "Debian-exim"
+# The log_selector the README names (Tests): without +received_recipients the <= line
+# lists no recipients. "" is Exim's (and Debian's) default.
+RECOMMENDED_SELECTOR = "+smtp_connection +smtp_no_mail +received_recipients +incoming_port +pid"
 
 
 def exim_binary() -> str | None:
@@ -63,8 +66,9 @@ def _free_id() -> int:
 class EximInstance:
     """One daemon under ``root``; ``start`` / ``stop``; the log is ``main_log``."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, log_selector: str = RECOMMENDED_SELECTOR) -> None:
         self.binary = binary
+        self.log_selector = log_selector
         self.root = Path(tempfile.mkdtemp(prefix="sg-exim-real-", dir="/tmp"))
         self.root.chmod(0o755)  # the Exim user must reach spool, log and mailboxes
         self.host = "127.0.0.1"
@@ -119,9 +123,7 @@ host_lookup =
 rfc1413_hosts =
 exim_path = {self.exe}
 keep_environment = LD_LIBRARY_PATH
-# The log_selector the README names (Tests): without +received_recipients the <= line
-# lists no recipients.
-log_selector = +smtp_connection +smtp_no_mail +received_recipients +incoming_port +pid
+log_selector = {self.log_selector}
 message_size_limit = {SIZE_LIMIT}
 smtputf8_advertise_hosts = *
 auth_advertise_hosts = *
