@@ -23,6 +23,7 @@ The client IP is only ever read from the fixed ``… from name[ip]`` / ``client=
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from smtpguard_logwatch.events import (
     BOUNCED,
@@ -66,16 +67,9 @@ QUIET_PROGRAMS = frozenset(
     }
 )
 
-# "; from=<s> to=<r> proto=P helo=<h>" at the end of a reject line (smtpd_check.c);
-# postscreen writes the same with commas.
-_REJECT_TAIL = re.compile(
-    r"from=<(?P<from>[^>]*)>,? (?:to=<(?P<to>[^>]*)>,? )?(?:proto=(?P<proto>\S+?),? )?"
-    r"(?:helo=<(?P<helo>.*)>)?\s*$"
-)
 _REJECT_HEAD = re.compile(
     r"(?P<stage>[A-Z-]+) from (?P<client>[^\[\s]*\[[^\]]*\])(?::\d+)?: (?P<reply>.*)", re.S
 )
-_HELO_ONLY = re.compile(r"proto=\S+ helo=<(?P<helo>.*)>\s*$")
 _COUNTER = re.compile(r"(\w+)=(\d+)(?:/(\d+))?")
 _RATE_WARNING = re.compile(
     r"(?P<what>[A-Za-z ]+) (?:rate|count|concurrency) limit exceeded: \d+ from "
@@ -96,6 +90,7 @@ class _Session:
 class _Message:
     __slots__ = (
         "ip", "name", "sasl_user", "sender", "accepted", "reinjected", "local", "seen", "helo",
+        "forwarded",
     )
 
     def __init__(self, ip: str | None, name: str | None, sasl_user: str | None) -> None:
@@ -105,6 +100,7 @@ class _Message:
         self.sender: str | None = None
         self.accepted = False
         self.reinjected = False
+        self.forwarded = False  # a content filter re-injected this message already
         self.local = False
         self.seen: set[str] | None = None
         self.helo: str | None = None
@@ -195,24 +191,45 @@ class PostfixParser:
         return self._smtpd_other(t, host, msg)
 
     def _client(self, t: float, host: str, pid: str | None, qid: str, rest: str) -> bool:
-        # client=name[ip][, sasl_method=M][, sasl_username=U][, sasl_sender=S]
-        #        [, orig_queue_id=Q][, orig_client=name[ip]]
-        fields = rest.split(", ")
-        name, ip = split_client(fields[0][7:])
+        """``client=name[ip][, sasl_method=M][, sasl_username=U][, sasl_sender=S]
+        [, orig_queue_id=Q][, orig_client=name[ip]]`` — always in this order (smtpd.c).
+
+        U and S are the client's words, and may hold ``, orig_client=x[ip]``. So the
+        fields are read at their places: the client slot first, the mechanism (a
+        token), the user up to the next field Postfix writes. The XFORWARD fields at
+        the end (only an authorised content filter sends them) are believed when no
+        client text comes before them, or when they name a message in flight from the
+        same client that was not re-injected yet; otherwise they are part of U or S."""
+        c = rest.find("]", 7, 7 + 320)
+        if c < 0:
+            return False
+        name, ip = split_client(rest[7 : c + 1])
+        i = c + 1
+        p = _PORT.match(rest, i)
+        if p is not None:
+            i = p.end()
+        m = _METHOD.match(rest, i)
+        if m is not None:
+            i = m.end()
+        orig_at, orig_qid, orig_name, orig_ip = _xforward_tail(rest, i)
+        client_text = rest.startswith((", sasl_username=", ", sasl_sender="), i)
+        if orig_at >= 0 and client_text:
+            origin = self.messages.get((host, orig_qid)) if orig_qid else None
+            if origin is None or origin.forwarded or (orig_ip is not None
+                                                      and origin.ip != orig_ip):
+                orig_at = -1  # "orig_…" is the client's own text
+        end = orig_at if orig_at >= 0 else len(rest)
         sasl_user = None
-        orig_ip = orig_name = None
-        reinjected = False
-        for field in fields[1:]:
-            if field.startswith("sasl_username="):
-                sasl_user = field[14:] or None
-            elif field.startswith("orig_client="):
-                orig_name, orig_ip = split_client(field[12:])
-                reinjected = True
-            elif field.startswith("orig_queue_id="):
-                reinjected = True
+        if rest.startswith(", sasl_username=", i):
+            s = rest.find(", sasl_sender=", i + 16, end)
+            sasl_user = rest[i + 16 : s if s >= 0 else end] or None
         record = _Message(ip, name, sasl_user)
-        if reinjected:
+        if orig_at >= 0:
             record.reinjected = True
+            if orig_qid:
+                origin = self.messages.get((host, orig_qid))
+                if origin is not None:
+                    origin.forwarded = True
             if orig_ip is not None:
                 record.ip, record.name = orig_ip, orig_name
         self.messages.put((host, qid), record, t)
@@ -265,25 +282,18 @@ class PostfixParser:
             return False
         stage = m.group("stage")
         _name, ip = split_client(m.group("client"))
-        reply = m.group("reply")
+        reply = m.group("reply").rstrip()
         code, enhanced = split_dsn(reply)
-        sender, recipient, helo, cut = _reject_tail(reply)
-        if cut >= 0:
-            text = reply[:cut]
-        else:
-            cut = reply.rfind("; proto=")
-            if cut >= 0:
-                h = _HELO_ONLY.match(reply, cut + 2)
-                helo = h.group("helo") if h else None
-                text = reply[:cut]
-            else:
-                text = reply
+        tail = reject_tail(reply, _words_start(reply), m.group("client"))
+        text = reply[: tail.start] if tail.start >= 0 else reply
         if action == "milter-reject":
             reason = CONTENT
         elif is_own_refusal(text, reply):
             reason = ENFORCED
         else:
-            reason = _reason(reply, text)
+            reason = _reason(reply, tail)
+        sender, recipient, helo = (clean_address(tail.sender), clean_address(tail.recipient),
+                                   tail.helo)
         if ip is None and qid is not None:
             record = self.messages.get((host, qid))
             if record is not None:
@@ -412,8 +422,10 @@ class PostfixParser:
             record = self.messages.get((host, qid))
             ip = record.ip if record is not None else None
             stage, _s, detail = body.partition(" ")
-            code, enhanced = split_dsn(detail.split(" from ", 1)[-1].split(": ", 1)[-1])
-            sender, recipient, helo, _cut = _reject_tail(body)
+            tail = reject_tail(body, 0, None, cleanup=True)
+            code, enhanced = split_dsn(body[tail.end + 2 :] if tail.end >= 0 else "")
+            sender, recipient, helo = (clean_address(tail.sender), clean_address(tail.recipient),
+                                   tail.helo)
             if record is not None:
                 record.accepted = True  # rejected at end of data: never a queued message
             self.emit(Rejection(t, host, ip, "DATA", code, enhanced, "content", sender,
@@ -483,47 +495,181 @@ class PostfixParser:
         return True
 
 
-def _reason(reply: str, text: str) -> str:
-    """The reason class of a reject, read from Postfix's own words only.
+def _classify_words(text: str, end: int | None = None) -> str:
+    """The reason class of a reject, read from Postfix's own words only: what follows
+    the last ``>: `` (the end of the address Postfix echoes) of the reply text before
+    the tail (``text[:end]``). The client chose that address, so a recipient like
+    ``"blocked using"@x`` cannot turn a dictionary attack's unknown-user rejects into
+    DNSBL ones."""
+    end = len(text) if end is None else end
+    k = text.rfind(">: ", 0, end)
+    return classify_reason(text[k + 3 if k >= 0 else 0 : end])
 
-    The client chose the address Postfix echoes (``<addr>: ``) and the tail's fields: the
-    words are what follows the last ``>: `` of the reply text, so a recipient like
-    ``"blocked using"@x`` cannot turn a dictionary attack's unknown-user rejects into DNSBL
-    ones. A sender, recipient or HELO holding a second tail start (``; from=<``,
-    ``; proto=``) makes the reply's end ambiguous: every reading is classified and the
-    first class in REASON_CLASSES wins, so a client can add a class to its rejects but
-    never hide one listed before it (unknown_user, relay_denied, dnsbl come first)."""
-    cuts = [k for mark in ("; from=<", "; proto=") for k in _positions(reply, mark)]
+
+def _reason(reply: str, tail: Tail) -> str:
+    """Classify the words before every place a tail could start (one, unless the
+    client made the line ambiguous); the first class in REASON_CLASSES wins, so a client
+    can add a class to its rejects but never hide one listed before it (unknown_user,
+    relay_denied, dnsbl come first). At most MAX_TAILS + 1 readings: linear."""
+    cuts = tail.cuts or ((tail.start,) if tail.start >= 0 else ())
     if len(cuts) <= 1:
-        return _classify_words(text)
-    return min((_classify_words(reply[:k]) for k in cuts), key=REASON_CLASSES.index)
+        return _classify_words(reply, cuts[0] if cuts else None)
+    return min((_classify_words(reply, k) for k in cuts), key=REASON_CLASSES.index)
 
 
-def _positions(text: str, sub: str) -> list[int]:
-    found = []
-    k = text.find(sub)
+class Tail(NamedTuple):
+    """The ``; from=<s> to=<r> proto=P helo=<h>`` Postfix appends to a reject line:
+    where it starts (``; ``, -1 if none) and ends (after ``helo=<h>``'s ``>`` on a
+    cleanup line), and its fields (None when absent or when the line can be read two
+    ways)."""
+
+    start: int
+    sender: str | None = None
+    recipient: str | None = None
+    helo: str | None = None
+    end: int = -1
+    cuts: tuple[int, ...] = ()  # every place a tail could start (at most MAX_TAILS + 1)
+
+
+NO_TAIL = Tail(-1)
+# Postfix writes addresses in external form: a local part with spaces, <>, ; … is
+# quoted (with \-escapes), so an unquoted ">" ends the address. One pass, no nesting.
+_EXT_ADDR = re.compile(r'(?:[^">]|"(?:[^"\\]|\\.)*")*')
+_PROTO = re.compile(r"[A-Z]{2,8}")
+# Tail starts weighed per line; a line with more is read as having no trustworthy
+# sender/recipient (and costs no more than MAX_TAILS linear passes).
+MAX_TAILS = 8
+
+
+def _field(s: str, i: int, name: str) -> int:
+    """Index after `` name=`` / ``, name=`` at ``s[i]``, or -1."""
+    if s.startswith(" " + name, i):
+        return i + 1 + len(name)
+    if s.startswith(", " + name, i):
+        return i + 2 + len(name)
+    return -1
+
+
+def _parse_tail(s: str, c: int, cleanup: bool) -> Tail | None:
+    """The tail starting at ``s[c] == ";"``, read strictly left to right, or None."""
+    i = c + 2
+    sender = recipient = helo = None
+    if s.startswith("from=<", i):
+        e = _EXT_ADDR.match(s, i + 6).end()  # type: ignore[union-attr]  # always matches
+        if not s.startswith(">", e):
+            return None
+        sender, i = s[i + 6 : e], e + 1
+        k = _field(s, i, "to=<")
+        if k >= 0:
+            e = _EXT_ADDR.match(s, k).end()  # type: ignore[union-attr]
+            if not s.startswith(">", e):
+                return None
+            recipient, i = s[k:e], e + 1
+        k = _field(s, i, "proto=")
+    elif s.startswith("proto=", i):
+        k = i + 6
+    else:
+        return None
+    if k >= 0:
+        p = _PROTO.match(s, k)
+        if p is None:
+            return None
+        i = p.end()
+    k = _field(s, i, "helo=<")
+    end = -1
+    if k >= 0:  # the HELO is the client's text, last: it runs to the line's last ">"
+        stop = s.rfind(">: ", k) if cleanup else len(s) - 1
+        if stop < k or s[stop] != ">":
+            return None
+        helo, i, end = s[k:stop], stop + 1, stop + 1
+    if cleanup:
+        return Tail(c, sender, recipient, helo, end if end >= 0 else i)
+    return Tail(c, sender, recipient, helo) if i == len(s) else None
+
+
+def _words_start(reply: str) -> int:
+    """Where Postfix's words begin in a reply: after ``NNN`` and ``X.Y.Z``."""
+    i = 0
+    for _ in range(2):
+        sp = reply.find(" ", i, i + 12)
+        if sp < 0 or not (reply[i:sp].isdigit() or reply[i:sp].replace(".", "").isdigit()):
+            break
+        i = sp + 1
+    return i
+
+
+def reject_tail(reply: str, words: int, client: str | None, *, cleanup: bool = False
+                ) -> Tail:
+    """The tail Postfix wrote, found by the line's structure, never by the last (or
+    first) ``; from=<`` alone: the client's HELO, sender, recipient and the address
+    echoed at the start of the reply may each hold a whole fake tail.
+
+    Every ``; from=<`` / ``; proto=`` is read strictly (external-form addresses, an
+    upper-case protocol, the HELO to the end). If all readings name the same sender
+    and recipient, that is the tail. Otherwise only readings whose fields include the
+    address the reply echoes (``<x>: …``) count; if those still disagree, the line
+    names no sender or recipient (never one the client chose for someone else)."""
+    tails: list[Tail] = []
+    cuts: list[int] = []
+    k = reply.find("; ", words)
     while k >= 0:
-        found.append(k)
-        k = text.find(sub, k + 1)
-    return found
+        if reply.startswith(("from=<", "proto="), k + 2):
+            if len(cuts) >= MAX_TAILS:  # too many to weigh: no fields, the last cut too
+                last = max(reply.rfind("; from=<"), reply.rfind("; proto="))
+                return Tail(cuts[0], cuts=(*cuts, last))
+            cuts.append(k)
+            got = _parse_tail(reply, k, cleanup)
+            if got is not None:
+                tails.append(got)
+        k = reply.find("; ", k + 2)
+    if not tails:
+        return Tail(cuts[0], cuts=tuple(cuts)) if cuts else NO_TAIL
+    found = _choose(reply, words, client, tails)
+    return found._replace(cuts=tuple(cuts))
 
 
-def _classify_words(text: str) -> str:
-    k = text.rfind(">: ")
-    return classify_reason(text[k + 3 :] if k >= 0 else text)
+def _choose(reply: str, words: int, client: str | None, tails: list[Tail]) -> Tail:
+    if not reply.startswith("<", words):
+        return tails[0]  # nothing the client wrote comes before Postfix's own tail
+    # An echoed address in external form ends at its first unquoted ">": the tail is
+    # after it. (A raw HELO echo may not parse that way; it is matched below.)
+    e = _EXT_ADDR.match(reply, words + 1).end()  # type: ignore[union-attr]
+    if reply.startswith(">: ", e):
+        after = [t for t in tails if t.start > e]
+        if after and len({(t.sender, t.recipient) for t in after}) == 1:
+            return after[0]
+        tails = after or tails
+    echoed = [t for t in tails if any(
+        x is not None and reply.startswith(f"<{x}>: ", words)
+        for x in (t.sender, t.recipient, t.helo, client))]
+    if echoed and len({(t.sender, t.recipient) for t in echoed}) == 1:
+        return echoed[0]
+    return Tail(tails[0].start)
 
 
-def _reject_tail(text: str) -> tuple[str | None, str | None, str | None, int]:
-    """(sender, recipient, helo, where the tail starts or -1) from the
-    ``; from=<s> to=<r> proto=P helo=<h>`` that Postfix appends to a reject line."""
-    cut = text.rfind("; from=<")
-    if cut < 0:
-        return None, None, None, -1
-    tail = _REJECT_TAIL.match(text, cut + 2)
-    if tail is None:
-        return None, None, None, cut
-    return (clean_address(tail.group("from")), clean_address(tail.group("to")),
-            tail.group("helo"), cut)
+_PORT = re.compile(r":\d{1,5}")
+_METHOD = re.compile(r", sasl_method=[A-Za-z0-9_-]{1,40}")
+_ORIG_CLIENT = re.compile(r"[^\s,\[\]]*\[[^\]\s]{1,64}\]")
+_ORIG_QID = re.compile(r"[A-Za-z0-9]{5,32}")
+
+
+def _xforward_tail(rest: str, start: int) -> tuple[int, str | None, str | None, str | None]:
+    """The ``, orig_queue_id=Q, orig_client=name[ip]`` fields Postfix writes last:
+    (where they start or -1, Q, name, ip), read from the end of the line."""
+    at = -1
+    qid = name = ip = None
+    end = len(rest)
+    o = rest.rfind(", orig_client=", start)
+    if o >= 0 and _ORIG_CLIENT.fullmatch(rest, o + 14, end):
+        name, ip = split_client(rest[o + 14 : end])
+        at = end = o
+    q = rest.rfind(", orig_queue_id=", start, end)
+    if q >= 0 and _ORIG_QID.fullmatch(rest, q + 16, end):
+        qid = rest[q + 16 : end]
+        at = q
+    if at < 0:
+        return -1, None, None, None
+    return at, qid, name, ip
 
 
 def _int(text: str) -> int | None:

@@ -9,7 +9,14 @@ import datetime as dt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtpguard_logwatch.events import DNSBL, HELO, REASON_CLASSES, UNKNOWN_USER, Rejection
+from smtpguard_logwatch.events import (
+    DNSBL,
+    HELO,
+    REASON_CLASSES,
+    UNKNOWN_USER,
+    MessageAccepted,
+    Rejection,
+)
 
 from feed import feed
 
@@ -234,3 +241,84 @@ def test_exim_issue_11_junk_helo_attack() -> None:
 def test_exim_random_hostile_fields_never_move_the_ip(helo: str, sender: str, rcpt: str,
                                                       user: str, cmd: str) -> None:
     _check_exim(helo, sender, rcpt, user, cmd)
+
+
+# -- Postfix: every field at the place Postfix writes it (issue 11, item 5) ---------------
+
+BANK = "victim@bank.example"
+
+
+def _pf(sec: int, prog: str, text: str) -> str:
+    return f"Jun 18 07:24:{sec:02d} mx postfix/{prog}: {text}"
+
+
+def _rejects(helo: str, sender: str, rcpt: str, echo: str | None = None) -> list[Rejection]:
+    echo = rcpt if echo is None else echo
+    line = _pf(1, "smtpd[42]", f"NOQUEUE: reject: RCPT from h.example[{REAL_IP}]: 550 5.1.1 "
+                               f"<{echo}>: Recipient address rejected: User unknown in local "
+                               f"recipient table; from=<{sender}> to=<{rcpt}> proto=ESMTP "
+                               f"helo=<{helo}>")
+    events, _ = feed([line])
+    return [e for e in events if type(e) is Rejection]
+
+
+def test_postfix_helo_holding_a_tail_does_not_name_the_sender() -> None:
+    fake = f"x; from=<{BANK}> to=<ceo@bank.example> proto=ESMTP helo=<y"
+    [r] = _rejects(fake, "spam@evil.example", "nobody@corp.example")
+    assert (r.sender, r.recipient, r.reason) == ("spam@evil.example", "nobody@corp.example",
+                                                 UNKNOWN_USER)
+    assert r.helo == fake
+    # The fake also echoes the recipient: the line names no sender, never the victim.
+    fake = f"x; from=<{BANK}> to=<nobody@corp.example> proto=ESMTP helo=<y"
+    [r] = _rejects(fake, "spam@evil.example", "nobody@corp.example")
+    assert r.sender in ("spam@evil.example", None) and r.reason == UNKNOWN_USER
+
+
+def test_postfix_quoted_recipient_holding_a_tail_does_not_name_the_sender() -> None:
+    rcpt = f'"a; from=<{BANK}> to=<x@bank.example> proto=ESMTP helo=<h"@corp.example'
+    [r] = _rejects("mx.evil.example", "spam@evil.example", rcpt)
+    assert r.sender == "spam@evil.example" and r.recipient == rcpt.lower()
+    assert r.reason == UNKNOWN_USER
+    # The same text in the sender:
+    [r] = _rejects("mx.evil.example", rcpt, "nobody@corp.example")
+    assert r.sender == rcpt.lower() and r.recipient == "nobody@corp.example"
+
+
+def test_postfix_sasl_username_cannot_fake_a_reinjection() -> None:
+    """A SASL user ``u, orig_client=x[victim]`` made the message a re-injected copy of
+    the victim's (not counted, the victim's IP in its outcomes)."""
+    user = f"u, orig_client=x[{VICTIM}]"
+    for extra in ("", ", orig_queue_id=AAAAA11111"):
+        events, _ = feed([
+            _pf(1, "smtpd[42]", f"ABCDEF1234: client=h.example[{REAL_IP}], sasl_method=PLAIN, "
+                                f"sasl_username={user}{extra}"),
+            _pf(2, "qmgr[7]", "ABCDEF1234: from=<s@corp.example>, size=10, nrcpt=1 (queue "
+                              "active)"),
+            _pf(3, "smtp[8]", "ABCDEF1234: to=<r@far.example>, relay=mx.far.example"
+                              "[198.51.100.1]:25, delay=1, delays=0/0/0/1, dsn=2.0.0, "
+                              "status=sent (250 ok)"),
+        ])
+        [acc] = [e for e in events if type(e) is MessageAccepted]
+        assert (acc.ip, acc.sasl_user) == (REAL_IP, user + extra)
+        assert {e.ip for e in events} == {REAL_IP}
+
+
+def test_postfix_real_reinjection_is_still_one_message() -> None:
+    events, _ = feed([
+        _pf(1, "smtpd[42]", f"AAAAA11111: client=h.example[{REAL_IP}], sasl_method=PLAIN, "
+                            "sasl_username=alice"),
+        _pf(2, "qmgr[7]", "AAAAA11111: from=<alice@corp.example>, size=10, nrcpt=1 (queue "
+                          "active)"),
+        _pf(3, "smtpd[50]", "BBBBB22222: client=localhost[127.0.0.1], orig_queue_id=AAAAA11111, "
+                            f"orig_client=h.example[{REAL_IP}]"),
+        _pf(4, "qmgr[7]", "BBBBB22222: from=<alice@corp.example>, size=12, nrcpt=1 (queue "
+                          "active)"),
+        # A second "re-injection" of the same message by a SASL user's text: not believed.
+        _pf(5, "smtpd[42]", f"CCCCC33333: client=h.example[{REAL_IP}], sasl_method=PLAIN, "
+                            f"sasl_username=alice, orig_queue_id=AAAAA11111, "
+                            f"orig_client=h.example[{REAL_IP}]"),
+        _pf(6, "qmgr[7]", "CCCCC33333: from=<alice@corp.example>, size=10, nrcpt=1 (queue "
+                          "active)"),
+    ])
+    assert [(e.queue_id, e.ip) for e in events if type(e) is MessageAccepted] == [
+        ("AAAAA11111", REAL_IP), ("CCCCC33333", REAL_IP)]
