@@ -819,27 +819,40 @@ def _arrival_fields_plain(rest: str, pos: int) -> _Arrival:
 
 
 def _unique_host(msg: str, start: int, tails: tuple[str, ...] | None) -> tuple[str | None, str]:
-    """For ``"<client text>" H=<fullhost> …``: the IP every parsable ``" H=`` after
+    """For ``"<client text>" H=<fullhost> …``: the IP every possible host field after
     ``start`` agrees on (None if they disagree or none parses), and the client text
-    before the first such candidate. ``tails``: what must follow the host fields."""
-    ip: str | None = None
-    cmd = ""
+    before the first ``" H=``. ``tails``: what must follow the host fields.
+
+    One pass: every ``) [ip]`` the tail accepts (any HELO, junk or not, ends at one)
+    and every plain ``" H=[ip]`` / ``" H=name [ip]`` is a candidate; at most
+    MAX_CANDIDATES of them are weighed, so the cost is linear in the line."""
     cont = then(*tails) if tails is not None else any_end
-    k = msg.find('" H=', start)
-    for _ in range(MAX_CANDIDATES):
-        if k < 0:
-            return ip, cmd
-        h, ambiguous = _fullhost(msg, k + 4, cont, False)
-        if ambiguous:
-            return None, msg[start:k]  # a HELO that could end at two different IPs
-        if h is not None:
-            if ip is None:
-                ip = h.ip
-                cmd = msg[start:k]
-            elif ip != h.ip:
-                return None, msg[start:k]
-        k = msg.find('" H=', k + 1)
-    return (ip, cmd) if k < 0 else (None, cmd)
+    first = msg.find('" H=', start)
+    if first < 0:
+        return None, ""
+    cmd = msg[start:first]
+    ips: set[str | None] = set()
+    count = 0
+    k = first
+    while k >= 0:  # plain host fields (no HELO): one slot each
+        if not msg.startswith("(", k + 4):
+            h = parse_fullhost(msg, k + 4)
+            if h is not None and cont(msg, h.end):
+                ips.add(h.ip)
+                count += 1
+        if count > MAX_CANDIDATES:
+            return None, cmd
+        k = msg.find('" H=', k + 4)
+    k = msg.find(") [", first)
+    while k >= 0:  # every place a HELO could end
+        got = _ip_at(msg, k + 2)
+        if got is not None and cont(msg, got[1]):
+            ips.add(got[0])
+            count += 1
+            if count > MAX_CANDIDATES or len(ips) > 1:
+                return None, cmd
+        k = msg.find(") [", k + 2)
+    return (ips.pop() if len(ips) == 1 else None), cmd
 
 
 def _int(text: str) -> int | None:

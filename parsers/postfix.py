@@ -534,7 +534,12 @@ class Tail(NamedTuple):
 NO_TAIL = Tail(-1)
 # Postfix writes addresses in external form: a local part with spaces, <>, ; … is
 # quoted (with \-escapes), so an unquoted ">" ends the address. One pass, no nesting.
-_EXT_ADDR = re.compile(r'(?:[^">]|"(?:[^"\\]|\\.)*")*')
+# Possessive quantifiers: nothing is ever given back, so an unclosed quote costs one
+# pass, not a search over every way to split the run.
+_EXT_ADDR = re.compile(r'(?:[^">]++|"(?:[^"\\]++|\\.)*+")*+')
+# Longest address read (Postfix's own line_length_limit is 2048): a longer "address"
+# is not one, and reading it at every tail start would cost MAX_TAILS passes.
+MAX_ADDRESS = 4096
 _PROTO = re.compile(r"[A-Z]{2,8}")
 # Tail starts weighed per line; a line with more is read as having no trustworthy
 # sender/recipient (and costs no more than MAX_TAILS linear passes).
@@ -543,9 +548,10 @@ MAX_TAILS = 8
 
 def _field(s: str, i: int, name: str) -> int:
     """Index after `` name=`` / ``, name=`` at ``s[i]``, or -1."""
-    if s.startswith(" " + name, i):
-        return i + 1 + len(name)
-    if s.startswith(", " + name, i):
+    c = s[i : i + 1]
+    if c == " ":
+        return i + 1 + len(name) if s.startswith(name, i + 1) else -1
+    if c == "," and s.startswith(" " + name, i + 1):
         return i + 2 + len(name)
     return -1
 
@@ -555,13 +561,13 @@ def _parse_tail(s: str, c: int, cleanup: bool) -> Tail | None:
     i = c + 2
     sender = recipient = helo = None
     if s.startswith("from=<", i):
-        e = _EXT_ADDR.match(s, i + 6).end()  # type: ignore[union-attr]  # always matches
+        e = _EXT_ADDR.match(s, i + 6, i + 6 + MAX_ADDRESS).end()  # type: ignore[union-attr]
         if not s.startswith(">", e):
             return None
         sender, i = s[i + 6 : e], e + 1
         k = _field(s, i, "to=<")
         if k >= 0:
-            e = _EXT_ADDR.match(s, k).end()  # type: ignore[union-attr]
+            e = _EXT_ADDR.match(s, k, k + MAX_ADDRESS).end()  # type: ignore[union-attr]
             if not s.startswith(">", e):
                 return None
             recipient, i = s[k:e], e + 1
@@ -624,6 +630,8 @@ def reject_tail(reply: str, words: int, client: str | None, *, cleanup: bool = F
         k = reply.find("; ", k + 2)
     if not tails:
         return Tail(cuts[0], cuts=tuple(cuts)) if cuts else NO_TAIL
+    if len(cuts) == 1:  # the common case: one tail, nothing to weigh
+        return tails[0]
     found = _choose(reply, words, client, tails)
     return found._replace(cuts=tuple(cuts))
 
@@ -633,7 +641,7 @@ def _choose(reply: str, words: int, client: str | None, tails: list[Tail]) -> Ta
         return tails[0]  # nothing the client wrote comes before Postfix's own tail
     # An echoed address in external form ends at its first unquoted ">": the tail is
     # after it. (A raw HELO echo may not parse that way; it is matched below.)
-    e = _EXT_ADDR.match(reply, words + 1).end()  # type: ignore[union-attr]
+    e = _EXT_ADDR.match(reply, words + 1, words + 1 + MAX_ADDRESS).end()  # type: ignore[union-attr]
     if reply.startswith(">: ", e):
         after = [t for t in tails if t.start > e]
         if after and len({(t.sender, t.recipient) for t in after}) == 1:

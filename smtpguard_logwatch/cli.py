@@ -20,6 +20,7 @@ from .counting import DIMENSIONS, Counts, write_summary_json
 from .decisions import compare, decision_json, write_compare, write_timeline
 from .envelope import Clock, zone_from_name
 from .events import Event
+from .follow.segment import MAX_LINE
 from .operator import OperatorError
 from .parsers import load_parser_classes
 from .parsers.base import ParserOptions
@@ -323,7 +324,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except ScanFailed as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return 1
-    print(f"scan: {result.lines} lines, {len(result.decisions)} decisions")
+    print(f"scan: {result.lines} lines ({result.cut} cut at {MAX_LINE} characters), "
+          f"{len(result.decisions)} decisions")
     for d in result.decisions:
         until = f" until {iso(d.until)}" if d.until is not None else ""
         print(f"  {iso(d.time)} {d.dimension} {d.key} {d.action}{until} "
@@ -397,7 +399,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"    systemd journal ({'running' if answer['journal']['alive'] else 'DOWN'})")
     print(f"  lines {lines['read']} read, {lines['parsed']} understood, {lines['unparsed']} "
           f"not understood, {lines['skipped']} other programs, {lines['bad_time']} bad "
-          f"time, {lines['internal_errors']} internal errors")
+          f"time, {lines.get('cut', 0)} cut at {MAX_LINE} characters, "
+          f"{lines['internal_errors']} internal errors")
     print(f"  events {answer['events']}; decided "
           f"{_counts(answer['decided'])}; in force {_counts(answer['active'])}")
     if answer["breaker"]["tripped_until"]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .envelope import Clock, split_line, split_tag
 from .events import Event
+from .follow.segment import MAX_LINE
 from .parsers import load_parser_classes
 from .parsers.base import Handler, JoinTable, ParserOptions
 
@@ -25,13 +26,15 @@ _TAG_CACHE_MAX = 65536
 @dataclass
 class LineStats:
     """What happened to the lines read. ``skipped``: not a syslog line or not an MTA
-    program; ``unparsed``: an MTA line no parser understood (a gap worth reporting)."""
+    program; ``unparsed``: an MTA line no parser understood (a gap worth reporting);
+    ``cut``: lines longer than MAX_LINE characters, parsed from their first MAX_LINE."""
 
     read: int = 0
     parsed: int = 0
     skipped: int = 0
     unparsed: int = 0
     bad_time: int = 0
+    cut: int = 0
     unparsed_samples: list[str] = field(default_factory=list)
     first_time: float | None = None
     last_time: float | None = None
@@ -43,6 +46,7 @@ class LineStats:
             "skipped": self.skipped,
             "unparsed": self.unparsed,
             "bad_time": self.bad_time,
+            "cut": self.cut,
             "unparsed_samples": list(self.unparsed_samples),
         }
 
@@ -98,7 +102,8 @@ class Pipeline:
         resolve_tag = self._resolve_tag
         resolve_time = clock.resolve
         split = split_line
-        read = parsed = skipped = unparsed = bad_time = 0
+        read = parsed = skipped = unparsed = bad_time = cut = 0
+        max_line = MAX_LINE
         t = None
         first = stats.first_time
         try:
@@ -111,6 +116,9 @@ class Pipeline:
                         stats.read += read
                         read = 0
                         progress(stats)
+                if len(line) > max_line and len(line.rstrip("\n")) > max_line:
+                    line = line[:max_line]  # one documented cap for every mode
+                    cut += 1
                 # Inlined fast path of split_line for RFC 3164 / maillog_file
                 # stamps, the commonest format: saves a call per line.
                 parts = None
@@ -152,6 +160,7 @@ class Pipeline:
             stats.skipped += skipped
             stats.unparsed += unparsed
             stats.bad_time += bad_time
+            stats.cut += cut
             stats.first_time = first
             if t is not None and (stats.last_time is None or t > stats.last_time):
                 stats.last_time = t  # files may overlap: the span ends at the latest line

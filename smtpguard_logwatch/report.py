@@ -6,6 +6,7 @@ import datetime as _dt
 from typing import TextIO
 
 from .counting import DIMENSIONS, METRICS, Counts
+from .follow.segment import MAX_LINE
 from .pipeline import LineStats
 
 
@@ -27,7 +28,8 @@ def write_summary(out: TextIO, stats: LineStats, counts: Counts, *, top: int = 5
     w("\nLines\n")
     for label, value in (("read", stats.read), ("parsed", stats.parsed),
                          ("skipped (not mail)", stats.skipped), ("unparsed", stats.unparsed),
-                         ("bad timestamp", stats.bad_time)):
+                         ("bad timestamp", stats.bad_time),
+                         (f"cut at {MAX_LINE} chars", stats.cut)):
         w(f"  {label:<20} {value:>12,}\n")
     if stats.unparsed_samples:
         w("  first unparsed MTA lines:\n")

@@ -44,6 +44,7 @@ class ScanFailed(Exception):
 @dataclass
 class ScanResult:
     lines: int = 0
+    cut: int = 0  # lines longer than MAX_LINE characters, parsed from their start
     decisions: list[Decision] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -94,6 +95,7 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
         finally:
             cursor.close()
     result.lines = state.pipeline.stats.read
+    result.cut = state.pipeline.stats.cut
     if not state.checkpoint():  # positions, counts, points, joins and decisions
         raise ScanFailed(f"could not save the state: {state.checkpoints.last_error}")
     enforcer = Enforcer(actions if actions is not None

@@ -106,13 +106,28 @@ def test_invalid_utf8_is_replaced_not_fatal(log: Path) -> None:
     assert read(LogCursor(str(log))) == ["helo=\ufffd\ufffd bad", fmt(1)]
 
 
-def test_long_line_without_newline_is_bounded(log: Path) -> None:
-    from smtpguard_logwatch.follow.segment import MAX_LINE
+def test_long_line_is_cut_and_its_rest_never_becomes_a_line(log: Path) -> None:
+    """Issue 11 items 6/9: a long line is kept up to MAX_LINE_BYTES, the rest dropped —
+    before, its rest came back as lines of their own, so a client could start one
+    with a whole forged log line."""
+    from smtpguard_logwatch.follow.segment import MAX_LINE_BYTES
 
-    log.write_bytes(b"x" * (MAX_LINE + 10) + b"\n")
-    got = read(LogCursor(str(log)))
-    assert "".join(got) == "x" * (MAX_LINE + 10)
-    assert len(got) == 2
+    forged = fmt(9).encode()
+    log.write_bytes(b"x" * (MAX_LINE_BYTES - 3) + b"abc" + forged + b"\n" + fmt(1).encode()
+                    + b"\n")
+    got = read(LogCursor(str(log)))  # (the pipeline cuts the first to MAX_LINE)
+    assert len(got) == 2 and got[0].startswith("x" * (MAX_LINE_BYTES - 3) + "abc")
+    assert got[1] == fmt(1)
+    # Live: the writer is still inside the long line, then finishes it.
+    log.write_bytes(b"")
+    cur = LogCursor(str(log))
+    append_raw = log.open("ab")
+    append_raw.write(b"y" * (MAX_LINE_BYTES + 5))
+    append_raw.flush()
+    assert read(cur) == ["y" * MAX_LINE_BYTES]
+    append_raw.write(forged + b"\n" + fmt(2).encode() + b"\n")
+    append_raw.close()
+    assert read(cur) == [fmt(2)]
 
 
 # -- disappearing files -----------------------------------------------------------------

@@ -21,9 +21,33 @@ from typing import BinaryIO
 from .position import FP_BYTES, Position, fingerprint, fp_length, fp_matches
 
 CHUNK = 64 * 1024
-MAX_LINE = 1 << 20
-"""A line longer than this is handed out in pieces rather than buffered without
-bound (syslog daemons cap messages far below this)."""
+MAX_LINE = 16 * 1024
+"""The longest line (in characters) any mode hands to the parsers; the pipeline cuts
+longer ones there and counts them. Postfix's own line_length_limit is 2048, rsyslog's
+default maxMessageSize 8 KiB; a mail log line beyond 16 KiB is no line an MTA wrote
+whole, and the parsers' cost must stay small per line (they are linear, but a daemon
+follows many lines)."""
+MAX_LINE_BYTES = 4 * (MAX_LINE + 1)
+"""The most bytes a reader keeps of one line (each character is at most four UTF-8
+bytes, so what is kept still decodes to more than MAX_LINE characters and is counted
+as cut). The rest of the line, up to its newline, is read and dropped, never kept:
+memory stays bounded whatever the input (a file of NULs, /dev/zero)."""
+
+
+def capped_lines(stream: BinaryIO) -> Iterator[bytes]:
+    """The lines of a binary stream, each at most MAX_LINE_BYTES (plus its ``\n``);
+    the rest of a longer line is skipped, so it never comes back as lines of its own."""
+    readline = stream.readline
+    limit = MAX_LINE_BYTES
+    while True:
+        line = readline(limit)
+        if not line:
+            return
+        if len(line) == limit and line[-1:] != b"\n":
+            rest = readline(limit)
+            while rest and rest[-1:] != b"\n":
+                rest = readline(limit)
+        yield line
 
 
 _new = tuple.__new__  # Position(...) without the Python-level __new__: one per line
@@ -124,6 +148,7 @@ class PlainSegment(Segment):
         self.fd = fd
         self.size = st.st_size
         self._last_byte = self._pread(1, offset - 1) if offset else b""
+        self._skipping = False  # inside a line already cut at MAX_LINE_BYTES
         super().__init__(name, st, offset, fingerprint(self._pread(min(st.st_size, FP_BYTES), 0)))
 
     @classmethod
@@ -201,19 +226,27 @@ class PlainSegment(Segment):
                 if buf and final:
                     self.offset += len(buf)
                     self._last_byte = buf[-1:]
-                    yield buf
+                    if not self._skipping:
+                        yield buf
+                    self._skipping = False
                 return
             buf += data
             *complete, buf = buf.split(b"\n")
             if complete:
                 self._last_byte = b"\n"
+                if self._skipping:  # the end of a line already cut: not a line
+                    self._skipping = False
+                    self.offset += len(complete[0]) + 1
+                    complete = complete[1:]
                 for line in complete:
                     self.offset += len(line) + 1
                     yield line
-            if len(buf) >= MAX_LINE:
+            if len(buf) >= MAX_LINE_BYTES:  # keep a prefix, drop the rest of the line
                 self.offset += len(buf)
                 self._last_byte = buf[-1:]
-                yield buf
+                if not self._skipping:
+                    self._skipping = True
+                    yield buf[:MAX_LINE_BYTES]
                 buf = b""
 
     def close(self) -> None:
@@ -266,14 +299,22 @@ class CompressedSegment(Segment):
     def lines(self, final: bool) -> Iterator[bytes]:
         if self._stream is None:
             return
+        readline = self._stream.readline
+        limit = MAX_LINE_BYTES
         while True:
             try:
-                line = self._stream.readline(MAX_LINE)
+                line = readline(limit)
+                self.offset += len(line)
+                if len(line) == limit and line[-1:] != b"\n":  # cut: drop the rest
+                    rest = readline(limit)
+                    self.offset += len(rest)
+                    while rest and rest[-1:] != b"\n":
+                        rest = readline(limit)
+                        self.offset += len(rest)
             except DECOMPRESS_ERRORS as exc:
                 raise SegmentCorrupt(f"{self.name}: {exc}") from exc
             if not line:
                 return
-            self.offset += len(line)
             yield line[:-1] if line[-1:] == b"\n" else line
 
     def close(self) -> None:
