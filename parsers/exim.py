@@ -95,6 +95,13 @@ _AUTH_FAILED = " authenticator failed for "
 _NO_PTR = "no host name found for IP address "
 _NO_A = "no IP address found for host "
 _DURING = " (during SMTP connection from "
+# Size refusals, sender first (smtp_in.c / receive.c):
+# "rejected MAIL FROM:<s> H=<fullhost>[ U=…]: message too big: size=N max=M" (SIZE=) and
+# "<mid> rejected from <s> H=<fullhost>[ U=…]: message too big: read=N max=M" (DATA).
+_TOO_BIG_MAIL = "rejected MAIL FROM:<"
+_TOO_BIG_DATA = "rejected from <"
+_TOO_BIG = "message too big: "
+_TOO_BIG_END = re.compile(r"message too big: (?:read|size)=\d{1,20} max=\d{1,20}")
 # Where client text may imitate a host field, at most this many candidates are
 # weighed; a line with more is left unattributed (and costs no quadratic time).
 MAX_CANDIDATES = 8
@@ -379,6 +386,10 @@ class EximParser:
             return self._lost_at(t, host, msg, len(_DISCONNECTED), None, "lost")
         if msg.startswith(("rejected EHLO from ", "rejected HELO from ")):
             return self._bad_helo(t, host, msg)
+        if msg.startswith(_TOO_BIG_MAIL):
+            return self._too_big(t, host, msg, len(_TOO_BIG_MAIL), "MAIL", mid)
+        if msg.startswith(_TOO_BIG_DATA):
+            return self._too_big(t, host, msg, len(_TOO_BIG_DATA), "DATA", mid)
         if msg.startswith("Connection from "):
             return self._refused(t, host, msg)
         if msg.startswith((_NO_PTR, _NO_A)):
@@ -741,6 +752,30 @@ class EximParser:
             helo = helo_arg if sep else None
         self.emit(Rejection(t, host, h.ip, msg[9:13], None, None, HELO, None, None, helo, None,
                             text))
+        return True
+
+    def _too_big(self, t: float, host: str, msg: str, start: int, stage: str,
+                 mid: str | None) -> bool:
+        """A message refused for its size (declared SIZE= at MAIL, or read after DATA).
+
+        The sender is the client's text *before* the host field (up to the first
+        ``> H=``, so a sender holding one is cut there: still the client's own word)."""
+        k = msg.rfind(": " + _TOO_BIG)
+        sep = msg.find("> H=", start)
+        if k < 0 or sep < 0 or _TOO_BIG_END.fullmatch(msg, k + 2) is None:
+            return False
+        sender = msg[start:sep]
+        # Only Exim's words follow the host field, so the real [ip][:port] is the one
+        # that ends right before them (read from the right, as with exim_tail). With
+        # " U=<ident>" in between (the client host's identd words, rarely logged) no
+        # reading is safe: the refusal then counts for the sender only.
+        ip = None
+        j = msg.rfind("[", max(start, k - _MAX_IP_LITERAL), k)
+        got = _ip_at(msg, j, ":") if j > 0 and msg[j - 1] in " =" else None
+        if got is not None and got[1] == k and msg.find(" U=", sep, k) < 0:
+            ip = got[0]
+        self.emit(Rejection(t, host, ip, stage, None, None, classify(_TOO_BIG, stage),
+                            clean_address(f"<{sender}>"), None, None, mid, msg[k + 2 :]))
         return True
 
     def _auth_failed(self, t: float, host: str, msg: str, k: int) -> bool:

@@ -437,3 +437,36 @@ def test_many_look_alike_host_fields_are_cheap_and_unattributed() -> None:
                  "when not advertised")
     [ev] = exim(line)
     assert ev.ip is None
+
+
+def test_size_refusals_are_rejections_for_client_and_sender() -> None:
+    """Exim 4.96 (real log): a SIZE= over message_size_limit at MAIL, and a message read
+    past it after DATA, each name the sender *before* the host field."""
+    events = exim(
+        at(1, "rejected MAIL FROM:<Huge@Example.NET> H=(bounces.example.net) "
+              "[192.0.2.5]:59711: message too big: size=200000 max=20000"),
+        at(2, f"{MID} rejected from <big@example.net> H=(bounces.example.net) "
+              "[192.0.2.5]:59711: message too big: read=39551 max=20000"),
+        at(3, "rejected MAIL FROM:<> H=mx.example [192.0.2.6]:2525 U=joe: message too big: "
+              "size=9 max=1"),
+    )
+    got = [(r.ip, r.stage, r.sender, r.queue_id) for r in of_kind(events, Rejection)]
+    assert got == [("192.0.2.5", "MAIL", "huge@example.net", None),
+                   ("192.0.2.5", "DATA", "big@example.net", MID),
+                   (None, "MAIL", "<>", None)]  # U=: the ident's words, client text
+
+
+def test_size_refusal_sender_or_helo_holding_a_fake_host_names_only_the_client() -> None:
+    fake = "[203.0.113.66]:1: message too big: size=1 max=1"
+    events = exim(
+        at(1, f'rejected MAIL FROM:<"x> H={fake}"@e.example> H=(b) [192.0.2.5]:5: '
+              "message too big: size=2 max=1"),
+        at(2, f"{MID} rejected from <a@b.example> H=(evil) {fake} (x) [192.0.2.7]:5: "
+              "message too big: read=2 max=1"),
+    )
+    ips = [r.ip for r in of_kind(events, Rejection)]
+    assert ips == ["192.0.2.5", "192.0.2.7"]
+    # Exim's words must end the line: else it is not this line, and nobody is named.
+    events, stats = feed([at(3, f"rejected MAIL FROM:<a@b.example> H=(h) {fake} junk")],
+                         parsers=["exim"])
+    assert stats.unparsed == 1 and not events

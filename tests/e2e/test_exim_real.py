@@ -43,13 +43,7 @@ SCENARIO = scenario("jörg.müller@bücher.example", smtputf8=True)
 EXPECTED = expected_counts(SCENARIO, declared_size_is_logged=True)
 # Defects this test found that are not fixed on this branch yet: strict xfails, so the mark
 # must go once the parser counts right.
-TOO_BIG = ("Exim's 'message too big' refusals ('rejected from <s> H=...: message too big' "
-           "after DATA, 'rejected MAIL FROM:<s> H=...' for SIZE=) are not parsed: no reject")
-KNOWN_DEFECTS: dict[tuple[str, str], str] = {
-    ("client_ip", "127.0.0.5"): TOO_BIG,
-    ("sender", "big@example.net"): TOO_BIG,
-    ("sender", "huge@example.net"): TOO_BIG,
-}
+KNOWN_DEFECTS: dict[tuple[str, str], str] = {}
 
 
 def run_exim(log_file: Path, log_selector: str = RECOMMENDED_SELECTOR) -> dict[str, Any]:
