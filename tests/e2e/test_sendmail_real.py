@@ -50,21 +50,7 @@ DIMENSIONS = {"client_ip": PER_MESSAGE_METRICS, "sender": PER_MESSAGE_METRICS,
 EXPECTED = expected_counts(SCENARIO, declared_size_is_logged=False)
 # Defects this test found that are not fixed on this branch yet: strict xfails, so the mark
 # must go once the parser counts right.
-REFUSED_AFTER_DATA = (
-    "Sendmail logs a message refused after DATA (over MaxMessageSize: 'message size (N) "
-    "exceeds maximum'; a header check's reject=) as 'from=... nrcpts=N' too: it is counted as "
-    "accepted, and its sender gets no reject")
-RCPT_REJECT_SENDER = (
-    "Sendmail's 'ruleset=check_rcpt, arg1=<r>, relay=..., reject=' lines (Relaying denied) "
-    "are not joined to their envelope's from= line: the sender gets no reject")
-KNOWN_DEFECTS: dict[tuple[str, str], str] = {
-    ("client_ip", "127.0.0.5"): REFUSED_AFTER_DATA,
-    ("sender", "big@example.net"): REFUSED_AFTER_DATA,
-    ("sender", "spam@example.net"): REFUSED_AFTER_DATA,
-    ("sender", "spammer@example.net"): RCPT_REJECT_SENDER,
-    ("sender", '"john doe"@example.org'): RCPT_REJECT_SENDER,
-    ("sender", "admin@example.org"): RCPT_REJECT_SENDER,
-}
+KNOWN_DEFECTS: dict[tuple[str, str], str] = {}
 
 
 def deliveries() -> int:
@@ -111,7 +97,6 @@ def test_sendmail_key_counted_as_sent(replayed: tuple[dict[str, Any], Path], dim
     assert not problems, f"log {log_file}:\n" + "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason=REFUSED_AFTER_DATA)
 def test_sendmail_nothing_counted_that_no_client_sent(replayed: tuple[dict[str, Any], Path]
                                                       ) -> None:
     """Sendmail's own bounces and envelopes that never got a recipient are no message."""
