@@ -372,7 +372,7 @@ class SendmailParser:
             self._hold_over(key, held_qid)
         if qid is None:
             return
-        record = self._record(host, qid, t, create=False)
+        record = self.messages.get((host, qid))
         if record is None or record.held is None:
             return
         if _TOO_BIG.fullmatch(body) is not None:
