@@ -313,6 +313,12 @@ class _Message:
         # an arrival without its recipients, emitted once its deliveries name them
         self.held: MessageAccepted | None = None
 
+    def __setstate__(self, state: tuple[object, dict[str, object]]) -> None:
+        """Join state saved by an older version (``scan``) lacks newer slots."""
+        self.__init__(None, None, None)  # type: ignore[misc]
+        for name, value in (state[1] or {}).items():
+            setattr(self, name, value)
+
 
 def is_message_id(tok: str) -> bool:
     """Exim ids: ``16ZCW1-0005MB-00`` (before 4.97) or ``16VDhn-000000001bo-D342``."""

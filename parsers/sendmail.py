@@ -214,6 +214,12 @@ class _Message:
         self.holder: tuple[str, str | None] | None = None  # its key in ``holding``
         self.refused = False  # refused after DATA: no message, no deliveries
 
+    def __setstate__(self, state: tuple[object, dict[str, object]]) -> None:
+        """Join state saved by an older version (``scan``) lacks newer slots."""
+        self.__init__()  # type: ignore[misc]
+        for name, value in (state[1] or {}).items():
+            setattr(self, name, value)
+
 
 class SendmailParser:
     """State machine over Sendmail log lines."""

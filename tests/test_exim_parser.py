@@ -526,3 +526,19 @@ def test_held_arrival_waits_for_its_deliveries_then_a_quiet_spell() -> None:
     handler(9001.0, "mx", "exim4", None, f"{OLD} <= e@b.example H=h [192.0.2.1] P=esmtp S=10")
     parser.flush()  # end of input: what is known is emitted
     assert [a.nrcpt for a in of_kind(out, MessageAccepted)] == [1, 0]
+
+
+def test_join_state_of_an_older_version_still_loads() -> None:
+    """``scan`` pickles half-joined records between runs; one saved before a slot was
+    added must load with that slot's default, not fail on first use."""
+    import pickle
+
+    from smtpguard_logwatch.parsers.exim import _Message
+
+    record = _Message("192.0.2.1", "a@b.example", None)
+    restored = pickle.loads(pickle.dumps(record))
+    assert (restored.ip, restored.sender, restored.held) == ("192.0.2.1", "a@b.example", None)
+    old = _Message.__new__(_Message)
+    old.__setstate__((None, {"ip": "192.0.2.1", "sender": "s", "sasl_user": None,
+                             "seen": None}))
+    assert old.held is None and old.ip == "192.0.2.1"

@@ -549,3 +549,16 @@ def test_check_rcpt_reject_is_joined_to_its_envelope_sender() -> None:
                    (None, "spammer@example.net", None),
                    ("192.0.2.8", None, "t@foreign.example")]
     assert not of_kind(events, MessageAccepted)
+
+
+def test_join_state_of_an_older_version_still_loads() -> None:
+    import pickle
+
+    from smtpguard_logwatch.parsers.sendmail import _Message
+
+    record = _Message()
+    record.sender = "a@b.example"
+    assert pickle.loads(pickle.dumps(record)).sender == "a@b.example"
+    old = _Message.__new__(_Message)
+    old.__setstate__((None, {"ip": "192.0.2.1", "enveloped": True, "nrcpts": 1}))
+    assert (old.held, old.holder, old.refused, old.ip) == (None, None, False, "192.0.2.1")
