@@ -5,6 +5,13 @@ message: ``<=`` (arrival: client, sender, size, SASL id) is kept by (MTA host,
 message id) until ``Completed``, and every ``=> -> >> *> ** ==`` line for that id
 becomes a RecipientOutcome carrying the arrival's IP and sender.
 
+With ``+received_recipients`` the ``<=`` line ends ``for <r1> <r2> …`` and is the
+MessageAccepted at once. Exim's default log_selector lists no recipients there, so
+the MessageAccepted is held and its recipients are the distinct (original) addresses
+of the message's delivery lines: it is emitted at ``Completed``, or when no delivery
+line has come for HOLD_TTL after the last one (a deferred recipient), or when the
+message is forgotten. Either way each recipient counts once, as Postfix's ``nrcpt``.
+
 The client IP is read only from Exim's ``sender_fullhost`` slot —
 ``[name ][(helo) ][ip][:port]``, optionally after ``H=`` — at the fixed place each
 line format puts it, and only its final ``[ip]`` counts (Exim spec, "Log files").
@@ -95,6 +102,16 @@ _AUTH_FAILED = " authenticator failed for "
 _NO_PTR = "no host name found for IP address "
 _NO_A = "no IP address found for host "
 _DURING = " (during SMTP connection from "
+# Log seconds a held arrival (no "for" list) waits after its last delivery line for
+# more (Exim's connect timeout is 5 minutes: a deferral can take that long to log).
+HOLD_TTL = 600.0
+# Size refusals, sender first (smtp_in.c / receive.c):
+# "rejected MAIL FROM:<s> H=<fullhost>[ U=…]: message too big: size=N max=M" (SIZE=) and
+# "<mid> rejected from <s> H=<fullhost>[ U=…]: message too big: read=N max=M" (DATA).
+_TOO_BIG_MAIL = "rejected MAIL FROM:<"
+_TOO_BIG_DATA = "rejected from <"
+_TOO_BIG = "message too big: "
+_TOO_BIG_END = re.compile(r"message too big: (?:read|size)=\d{1,20} max=\d{1,20}")
 # Where client text may imitate a host field, at most this many candidates are
 # weighed; a line with more is left unattributed (and costs no quadratic time).
 MAX_CANDIDATES = 8
@@ -286,13 +303,21 @@ def classify(text: str, stage: str) -> str:
 
 
 class _Message:
-    __slots__ = ("ip", "sender", "sasl_user", "seen")
+    __slots__ = ("ip", "sender", "sasl_user", "seen", "held")
 
     def __init__(self, ip: str | None, sender: str | None, sasl_user: str | None) -> None:
         self.ip = ip
         self.sender = sender
         self.sasl_user = sasl_user
-        self.seen: set[str] | None = None
+        self.seen: dict[str, None] | None = None  # recipients with an outcome, in order
+        # an arrival without its recipients, emitted once its deliveries name them
+        self.held: MessageAccepted | None = None
+
+    def __setstate__(self, state: tuple[object, dict[str, object]]) -> None:
+        """Join state saved by an older version (``scan``) lacks newer slots."""
+        self.__init__(None, None, None)  # type: ignore[misc]
+        for name, value in (state[1] or {}).items():
+            setattr(self, name, value)
 
 
 def is_message_id(tok: str) -> bool:
@@ -313,19 +338,42 @@ class EximParser:
     def __init__(self, emit: Emit, *, options: ParserOptions | None = None) -> None:
         self.emit = emit
         opts = options or ParserOptions()
-        self.messages = JoinTable(opts.queue_ttl, opts.max_entries)
+        self.messages = JoinTable(opts.queue_ttl, opts.max_entries, on_evict=self._evicted)
+        # (host, message id) of held arrivals, by time of their last delivery line
+        self.holding = JoinTable(HOLD_TTL, opts.max_entries, on_evict=self._hold_over)
 
     def handler_for(self, program: str) -> Handler | None:
         return self._handle if program in PROGRAMS else None
 
     def expire(self, now: float) -> None:
+        self.holding.expire(now)
         self.messages.expire(now)
 
     def flush(self) -> None:
+        self.holding.clear()
         self.messages.clear()
 
     def state_size(self) -> int:
-        return len(self.messages)
+        return len(self.messages)  # (``holding`` only indexes records of ``messages``)
+
+    def _release(self, record: _Message) -> None:
+        """Emit a held arrival with the recipients its delivery lines named."""
+        held = record.held
+        if held is not None:
+            record.held = None
+            rcpts = tuple(record.seen or ())
+            self.emit(held._replace(nrcpt=len(rcpts), recipients=rcpts))
+
+    def _evicted(self, key: tuple[str, str], record: _Message) -> None:
+        self.holding.pop(key)
+        self._release(record)
+
+    def _hold_over(self, key: tuple[str, str], _mark: bool) -> None:
+        """No delivery line for HOLD_TTL: release, unless none has come at all yet
+        (queued for a later run: the first delivery line starts the wait again)."""
+        record = self.messages.get(key)
+        if record is not None and record.seen:
+            self._release(record)
 
     # -- dispatch -------------------------------------------------------------------
 
@@ -360,7 +408,10 @@ class EximParser:
             if status is not None:
                 return self._outcome(t, host, mid, rest, status)
         if rest.startswith("Completed"):
-            self.messages.pop((host, mid))
+            record = self.messages.pop((host, mid))
+            if record is not None:
+                self.holding.pop((host, mid))
+                self._release(record)
             return True
         if rest.startswith("SA: "):
             return self._sa_exim(t, host, mid, rest)
@@ -379,6 +430,10 @@ class EximParser:
             return self._lost_at(t, host, msg, len(_DISCONNECTED), None, "lost")
         if msg.startswith(("rejected EHLO from ", "rejected HELO from ")):
             return self._bad_helo(t, host, msg)
+        if msg.startswith(_TOO_BIG_MAIL):
+            return self._too_big(t, host, msg, len(_TOO_BIG_MAIL), "MAIL", mid)
+        if msg.startswith(_TOO_BIG_DATA):
+            return self._too_big(t, host, msg, len(_TOO_BIG_DATA), "DATA", mid)
         if msg.startswith("Connection from "):
             return self._refused(t, host, msg)
         if msg.startswith((_NO_PTR, _NO_A)):
@@ -432,9 +487,15 @@ class EximParser:
             # anyone, as Postfix's own bounces are not; its deliveries still join.
             return True
         rcpts = tuple(r for r in (clean_address(x) for x in recipients) if r)
-        self.emit(MessageAccepted(
+        accepted = MessageAccepted(
             t, host, ip, mid, clean_sender, size, len(rcpts), sasl_user,
-            hostinfo.name if hostinfo else None, hostinfo.helo if hostinfo else None, rcpts))
+            hostinfo.name if hostinfo else None, hostinfo.helo if hostinfo else None, rcpts)
+        if rcpts:
+            self.emit(accepted)
+        else:  # default log_selector: the delivery lines will name the recipients
+            record = self.messages.get((host, mid))
+            record.held = accepted
+            self.holding.put((host, mid), True, t)
         return True
 
     def _outcome(self, t: float, host: str, mid: str, rest: str, status: str) -> bool:
@@ -473,10 +534,12 @@ class EximParser:
             self.messages.touch(key, t)
         seen = record.seen
         if seen is None:
-            seen = record.seen = set()
+            seen = record.seen = {}
         first = recipient not in seen
         if first:
-            seen.add(recipient)
+            seen[recipient] = None
+        if record.held is not None:
+            self.holding.put(key, True, t)
         self.emit(RecipientOutcome(t, host, record.ip, mid, recipient, status, dsn,
                                    record.sender, record.sasl_user, relay, first, False))
         return True
@@ -741,6 +804,30 @@ class EximParser:
             helo = helo_arg if sep else None
         self.emit(Rejection(t, host, h.ip, msg[9:13], None, None, HELO, None, None, helo, None,
                             text))
+        return True
+
+    def _too_big(self, t: float, host: str, msg: str, start: int, stage: str,
+                 mid: str | None) -> bool:
+        """A message refused for its size (declared SIZE= at MAIL, or read after DATA).
+
+        The sender is the client's text *before* the host field (up to the first
+        ``> H=``, so a sender holding one is cut there: still the client's own word)."""
+        k = msg.rfind(": " + _TOO_BIG)
+        sep = msg.find("> H=", start)
+        if k < 0 or sep < 0 or _TOO_BIG_END.fullmatch(msg, k + 2) is None:
+            return False
+        sender = msg[start:sep]
+        # Only Exim's words follow the host field, so the real [ip][:port] is the one
+        # that ends right before them (read from the right, as with exim_tail). With
+        # " U=<ident>" in between (the client host's identd words, rarely logged) no
+        # reading is safe: the refusal then counts for the sender only.
+        ip = None
+        j = msg.rfind("[", max(start, k - _MAX_IP_LITERAL), k)
+        got = _ip_at(msg, j, ":") if j > 0 and msg[j - 1] in " =" else None
+        if got is not None and got[1] == k and msg.find(" U=", sep, k) < 0:
+            ip = got[0]
+        self.emit(Rejection(t, host, ip, stage, None, None, classify(_TOO_BIG, stage),
+                            clean_address(f"<{sender}>"), None, None, mid, msg[k + 2 :]))
         return True
 
     def _auth_failed(self, t: float, host: str, msg: str, k: int) -> bool:

@@ -11,8 +11,17 @@ How the join works (shared/notes §2.4):
   a RecipientOutcome per address, with the client IP and sender of the from= line.
 * Rejections that do not carry the client (``QID: <rcpt>... User unknown``,
   ``Milter: to=…, reject=…``) come *before* the from= line of their envelope: they
-  wait in the message record and are emitted when the from= line supplies the IP
-  (or with ip=None if it never comes).
+  wait in the message record and are emitted when the from= line supplies the IP and
+  sender (or with ip=None if it never comes). Those that carry the client but not the
+  sender (``QID: ruleset=check_rcpt, arg1=<r>, relay=…, reject=…``, header checks)
+  count for the client at once; the from= line adds the sender's share (a Rejection
+  with the sender only), so a relay attempt counts for the sender that made it.
+* A message refused after DATA is logged with a from= line too (``nrcpts=N``): a
+  header check's or milter's reject before it, or ``QID: message size (N) exceeds
+  maximum (M)`` right after it. So a from= line's MessageAccepted is held until the
+  next line of its queue id or of its sendmail process (or a short timeout), and
+  dropped if that line says the message was refused; a refused message gets a
+  Rejection for its client and sender, and no delivery outcomes.
 * A session is keyed by (MTA host, pid) — one sendmail child per SMTP connection —
   and only carries the SASL identity of ``AUTH=server, …, authid=`` to the from=
   lines of that connection.
@@ -170,9 +179,22 @@ def _status(dsn: str | None, stat: str) -> str | None:
     return BOUNCED
 
 
+# ``QID: message size (N) exceeds maximum (M)`` (collect.c): refused after DATA.
+_TOO_BIG = re.compile(r"message size \(\d{1,20}\) exceeds maximum \(\d{1,20}\)")
+# How long (log seconds) a from= line's MessageAccepted waits for a line saying the
+# message was refused after all; Sendmail writes that line at once, in the same process.
+HOLD_TTL = 60.0
+
+
+def refuses_message(ruleset: str, stage: str) -> bool:
+    """A reject at this stage refuses the whole message after its data: DATA-stage
+    rulesets and milters, and header checks (rulesets Sendmail does not name)."""
+    return stage == "DATA" or ruleset not in _STAGES
+
+
 class _Message:
     __slots__ = ("ip", "name", "sender", "sasl_user", "enveloped", "nrcpts", "final",
-                 "seen", "pending", "more")
+                 "seen", "pending", "more", "held", "holder", "refused")
 
     def __init__(self) -> None:
         self.ip: str | None = None
@@ -183,9 +205,20 @@ class _Message:
         self.nrcpts = 0
         self.final = 0  # recipients with a final (not deferred) outcome
         self.seen: dict[str, bool] | None = None  # recipient -> had a final outcome
-        # (time, stage, recipient, sender, text) waiting for the from= line
-        self.pending: list[tuple[float, str, str | None, str | None, str]] | None = None
+        # (rejection, refuses the message, sender's share) waiting for the from= line;
+        # a rejection without an IP or sender gets the from= line's, a share only its
+        # sender (its client was counted when it was logged)
+        self.pending: list[tuple[Rejection, bool, bool]] | None = None
         self.more: list[str] | None = None
+        self.held: MessageAccepted | None = None  # not emitted until confirmed
+        self.holder: tuple[str, str | None] | None = None  # its key in ``holding``
+        self.refused = False  # refused after DATA: no message, no deliveries
+
+    def __setstate__(self, state: tuple[object, dict[str, object]]) -> None:
+        """Join state saved by an older version (``scan``) lacks newer slots."""
+        self.__init__()  # type: ignore[misc]
+        for name, value in (state[1] or {}).items():
+            setattr(self, name, value)
 
 
 class SendmailParser:
@@ -201,6 +234,8 @@ class SendmailParser:
         self.sessions = JoinTable(opts.session_ttl, opts.max_entries)
         # (host, pid) -> client IP of a connection whose AUTH failures were logged
         self.auth_failed = JoinTable(opts.session_ttl, opts.max_entries)
+        # (host, pid) -> queue id whose from= line's MessageAccepted is held
+        self.holding = JoinTable(HOLD_TTL, opts.max_entries, on_evict=self._hold_over)
 
     def handler_for(self, program: str) -> Handler | None:
         if program == "sendmail" or program.startswith("sm-"):
@@ -208,33 +243,83 @@ class SendmailParser:
         return None
 
     def expire(self, now: float) -> None:
+        self.holding.expire(now)
         self.messages.expire(now)
         self.finished.expire(now)
         self.sessions.expire(now)
         self.auth_failed.expire(now)
 
     def flush(self) -> None:
+        self.holding.clear()
         self.messages.clear()
         self.finished.clear()
         self.sessions.clear()
         self.auth_failed.clear()
 
     def state_size(self) -> int:
+        # (``holding`` only indexes records of ``messages``, and dies with them.)
         return (len(self.messages) + len(self.finished) + len(self.sessions)
                 + len(self.auth_failed))
 
     def _evicted(self, key: tuple[str, str], record: _Message) -> None:
         """A record forgotten before its from= line: its rejections still count."""
+        self._release(record)
         if record.pending and not record.enveloped:
-            self._emit_pending(key[0], key[1], record, None)
+            self._emit_pending(record, None)
 
-    def _emit_pending(self, host: str, qid: str, record: _Message, ip: str | None) -> None:
-        for t, stage, recipient, sender, text in record.pending or ():
-            code, enhanced = split_dsn(text)
-            reason = CONTENT if stage == "DATA" else classify(text)
-            self.emit(Rejection(t, host, ip, stage, code, enhanced, reason,
-                                sender or record.sender, recipient, None, qid, text))
+    def _emit_pending(self, record: _Message, ip: str | None) -> None:
+        for ev, _refuses, share in record.pending or ():
+            if not share:
+                self.emit(ev._replace(ip=ev.ip or ip, sender=ev.sender or record.sender))
+            elif record.sender is not None:
+                self.emit(ev._replace(sender=record.sender))
         record.pending = None
+
+    def _release(self, record: _Message) -> None:
+        """Emit a held MessageAccepted: nothing said the message was refused."""
+        if record.holder is not None:
+            self.holding.pop(record.holder)
+        if record.held is not None:
+            self.emit(record.held)
+        record.held = record.holder = None
+
+    def _hold_over(self, key: tuple[str, str | None], qid: str) -> None:
+        """No refusal followed the from= line in time (or the input ended)."""
+        record = self.messages.get((key[0], qid)) or self.finished.get((key[0], qid))
+        if record is not None:
+            self._release(record)
+
+    def _refuse(self, t: float, host: str, qid: str, stage: str, text: str,
+                reason: str, refuses: bool, ev: Rejection | None = None) -> None:
+        """A reject for message ``qid`` that carries neither client nor sender (or not
+        both): joined with the from= line, before or after it.
+
+        Before it, a reject that names its client counts for the client at once (as
+        it happens: the from= line may come only when the session ends) and its
+        sender's share waits: a second Rejection with the sender only (no IP, no
+        recipient), so nothing is counted twice for one key."""
+        record = self._record(host, qid, t)
+        assert record is not None
+        if ev is None:
+            code, enhanced = split_dsn(text)
+            ev = Rejection(t, host, None, stage, code, enhanced, reason, None, None, None,
+                           qid, text)
+        if not record.enveloped:
+            if ev.ip is None or ev.sender is not None:
+                record.pending = (record.pending or []) + [(ev, refuses, False)]
+                return
+            self.emit(ev)
+            share = ev._replace(ip=None, recipient=None)
+            record.pending = (record.pending or []) + [(share, refuses, True)]
+            return
+        if refuses:
+            if record.holder is not None:
+                self.holding.pop(record.holder)
+            record.held = record.holder = None
+            record.refused = True
+            if self.messages.pop((host, qid)) is not None:  # only refused lines to come
+                self.finished.put((host, qid), record, t)
+        self.emit(ev._replace(ip=ev.ip or record.ip, sender=ev.sender or record.sender))
 
     def _record(self, host: str, qid: str, t: float, create: bool = True) -> _Message | None:
         key = (host, qid)
@@ -260,6 +345,8 @@ class SendmailParser:
             body = msg[i + 2 :]
             if qid == "NOQUEUE":  # before MAIL FROM: nothing to join by
                 qid = None
+        if self.holding:
+            self._confirm(t, host, pid, qid, body)
         if body.startswith("from="):
             return qid is not None and self._from(t, host, pid, qid, body)
         if body.startswith("to="):
@@ -268,6 +355,8 @@ class SendmailParser:
             return self._ruleset(t, host, qid, body)
         if body.startswith("<"):
             return qid is not None and self._rcpt_error(t, host, qid, body)
+        if qid is not None and _TOO_BIG.fullmatch(body) is not None:
+            return self._too_big(t, host, qid, body)
         if body.startswith("AUTH failure ("):
             return self._auth_failure(t, host, pid, body)
         if body.startswith("AUTH=server, relay="):
@@ -277,6 +366,31 @@ class SendmailParser:
         if body.startswith("stat=") and qid is not None:
             return self._short_stat(t, host, qid, body)
         return self._client_line(t, host, pid, body)
+
+    def _confirm(self, t: float, host: str, pid: str | None, qid: str | None,
+                 body: str) -> None:
+        """A line after a held from= line: unless it is the refusal of that message,
+        the message was accepted."""
+        key = (host, pid)
+        held_qid = self.holding.get(key)
+        if held_qid is not None and held_qid != qid:
+            self.holding.pop(key)
+            self._hold_over(key, held_qid)
+        if qid is None:
+            return
+        record = self.messages.get((host, qid))
+        if record is None or record.held is None:
+            return
+        if _TOO_BIG.fullmatch(body) is not None:
+            return  # _too_big refuses it
+        if body.startswith(("ruleset=", "Milter: ")):
+            return  # a reject there refuses it; anything else leaves it held
+        self._release(record)
+
+    def _too_big(self, t: float, host: str, qid: str, body: str) -> bool:
+        """``QID: message size (N) exceeds maximum (M)``: refused after DATA (552)."""
+        self._refuse(t, host, qid, "DATA", body, classify(body), True)
+        return True
 
     # -- envelopes and deliveries -------------------------------------------------------
 
@@ -308,9 +422,22 @@ class SendmailParser:
         record.ip, record.name, record.sender, record.sasl_user = ip, name, sender, sasl_user
         record.nrcpts = nrcpts
         if record.pending:
-            self._emit_pending(host, qid, record, ip)
-        if nrcpts > 0 and size > 0:
-            self.emit(MessageAccepted(t, host, ip, qid, sender, size, nrcpts, sasl_user, name))
+            record.refused = any(refuses for _ev, refuses, _share in record.pending)
+            self._emit_pending(record, ip)
+        if nrcpts > 0 and size > 0 and not record.refused:
+            record.held = MessageAccepted(t, host, ip, qid, sender, size, nrcpts, sasl_user,
+                                          name)
+            key = (host, pid)
+            held_qid = self.holding.pop(key)
+            if held_qid is not None:
+                self._hold_over(key, held_qid)
+            self.holding.put(key, qid, t)
+            record.holder = key
+        elif record.refused:
+            # its recipients' "stat=content refused" lines are still to come: keep the
+            # record a little while so they are known as no deliveries
+            if self.messages.pop((host, qid)) is not None:
+                self.finished.put((host, qid), record, t)
         elif not record.seen:
             self.messages.pop((host, qid))  # nothing was queued: no deliveries will follow
         return True
@@ -353,6 +480,8 @@ class SendmailParser:
                   dsn: str | None, relay: str | None) -> None:
         record = self._record(host, qid, t)
         assert record is not None
+        if record.refused:
+            return  # "stat=content refused" etc.: the client was told at DATA
         if record.more:
             addresses, record.more = record.more + addresses, None
         seen = record.seen
@@ -413,8 +542,14 @@ class SendmailParser:
         elif stage == "MAIL":
             sender = address(arg1)
         reason = ENFORCED if is_own_refusal(text, body) else classify(text)
-        self.emit(Rejection(t, host, ip, stage, code, enhanced, reason, sender,
-                            recipient, None, qid, text))
+        ev = Rejection(t, host, ip, stage, code, enhanced, reason, sender, recipient, None,
+                       qid, text)
+        if qid is not None and sender is None and stage != "CONNECT":
+            # check_rcpt, header checks …: the sender is on the envelope's from= line
+            self._refuse(t, host, qid, stage, text, reason, refuses_message(ruleset, stage),
+                         ev)
+        else:
+            self.emit(ev)
         return True
 
     def _rcpt_error(self, t: float, host: str, qid: str, body: str) -> bool:
@@ -427,8 +562,11 @@ class SendmailParser:
         assert record is not None
         if record.enveloped:
             return True  # after the envelope: a delivery error; its to= line says it
-        record.pending = (record.pending or []) + [
-            (t, "RCPT", address(body[:end]), None, body[end + 4 :])]
+        text = body[end + 4 :]
+        code, enhanced = split_dsn(text)
+        record.pending = (record.pending or []) + [(Rejection(
+            t, host, None, "RCPT", code, enhanced, classify(text), None,
+            address(body[:end]), None, qid, text), False, False)]
         return True
 
     def _milter(self, t: float, host: str, qid: str | None, body: str) -> bool:
@@ -454,15 +592,10 @@ class SendmailParser:
         elif what.startswith("connect"):
             stage = "CONNECT"
         text = body[k + 9 :]
-        record = self._record(host, qid, t)
-        assert record is not None
-        if record.enveloped:
-            code, enhanced = split_dsn(text)
-            reason = CONTENT if stage == "DATA" else classify(text)
-            self.emit(Rejection(t, host, record.ip, stage, code, enhanced, reason,
-                                sender or record.sender, recipient, None, qid, text))
-        else:
-            record.pending = (record.pending or []) + [(t, stage, recipient, sender, text)]
+        code, enhanced = split_dsn(text)
+        reason = CONTENT if stage == "DATA" else classify(text)
+        self._refuse(t, host, qid, stage, text, reason, stage == "DATA", Rejection(
+            t, host, None, stage, code, enhanced, reason, sender, recipient, None, qid, text))
         return True
 
     def _auth_failure(self, t: float, host: str, pid: str | None, body: str) -> bool:

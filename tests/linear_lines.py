@@ -65,9 +65,13 @@ EXIM = [
     ("exim", "Connection from ({X}) [192.0.2.10]:4000 refused: too many connections from that "
              "IP address"),
     ("exim", "unexpected disconnection while reading SMTP command from ({X}) [192.0.2.10]:4000"),
+    ("exim", "rejected MAIL FROM:<{X}> H=(h) [192.0.2.10]:4000: message too big: size=9 max=1"),
+    ("exim", MID + " rejected from <a@b> H=({X}) [192.0.2.10]:4000 U={X}: message too big: "
+             "read=9 max=1"),
 ]
 EXIM_FILL = [") [203.0.113.9] ", ") [203.0.113.9]:1: ", '" H=(x) [203.0.113.9] ', " H=", "(",
-             "[", '"', " (host=h [203.0.113.9]) for ", " A=b", "=\"", ") [", " From <"]
+             "[", '"', " (host=h [203.0.113.9]) for ", " A=b", "=\"", ") [", " From <",
+             "> H=(x) [203.0.113.9]:1: message too big: size=1 max=1 "]
 
 SENDMAIL = [
     ("sm-mta", QID + ": from=<{X}>, size=10, class=0, nrcpts=1, msgid=<{X}>, proto=ESMTP, "

@@ -94,8 +94,10 @@ def test_old_ids_local_deliveries_and_bounces() -> None:
         f"2002-10-31 09:00:12 {OLD} Completed",
     )
     [acc] = of_kind(events, MessageAccepted)
-    assert (acc.ip, acc.sender, acc.client_name, acc.helo, acc.recipients) == (
-        "192.168.123.123", "kryten@dwarf.fict.example", "mailer.fict.example", None, ())
+    # Default log_selector: no "for" list; the delivery lines name the recipients.
+    assert (acc.ip, acc.sender, acc.client_name, acc.helo, acc.nrcpt, acc.recipients) == (
+        "192.168.123.123", "kryten@dwarf.fict.example", "mailer.fict.example", None, 3,
+        ("marv@hitch.fict.example", "monk@holistic.fict.example", "ace400@pb.example"))
     outcomes = of_kind(events, RecipientOutcome)
     assert [(o.recipient, o.status, o.dsn, o.relay) for o in outcomes] == [
         ("marv@hitch.fict.example", "delivered", None, "local_delivery"),
@@ -437,3 +439,106 @@ def test_many_look_alike_host_fields_are_cheap_and_unattributed() -> None:
                  "when not advertised")
     [ev] = exim(line)
     assert ev.ip is None
+
+
+def test_size_refusals_are_rejections_for_client_and_sender() -> None:
+    """Exim 4.96 (real log): a SIZE= over message_size_limit at MAIL, and a message read
+    past it after DATA, each name the sender *before* the host field."""
+    events = exim(
+        at(1, "rejected MAIL FROM:<Huge@Example.NET> H=(bounces.example.net) "
+              "[192.0.2.5]:59711: message too big: size=200000 max=20000"),
+        at(2, f"{MID} rejected from <big@example.net> H=(bounces.example.net) "
+              "[192.0.2.5]:59711: message too big: read=39551 max=20000"),
+        at(3, "rejected MAIL FROM:<> H=mx.example [192.0.2.6]:2525 U=joe: message too big: "
+              "size=9 max=1"),
+    )
+    got = [(r.ip, r.stage, r.sender, r.queue_id) for r in of_kind(events, Rejection)]
+    assert got == [("192.0.2.5", "MAIL", "huge@example.net", None),
+                   ("192.0.2.5", "DATA", "big@example.net", MID),
+                   (None, "MAIL", "<>", None)]  # U=: the ident's words, client text
+
+
+def test_size_refusal_sender_or_helo_holding_a_fake_host_names_only_the_client() -> None:
+    fake = "[203.0.113.66]:1: message too big: size=1 max=1"
+    events = exim(
+        at(1, f'rejected MAIL FROM:<"x> H={fake}"@e.example> H=(b) [192.0.2.5]:5: '
+              "message too big: size=2 max=1"),
+        at(2, f"{MID} rejected from <a@b.example> H=(evil) {fake} (x) [192.0.2.7]:5: "
+              "message too big: read=2 max=1"),
+    )
+    ips = [r.ip for r in of_kind(events, Rejection)]
+    assert ips == ["192.0.2.5", "192.0.2.7"]
+    # Exim's words must end the line: else it is not this line, and nobody is named.
+    events, stats = feed([at(3, f"rejected MAIL FROM:<a@b.example> H=(h) {fake} junk")],
+                         parsers=["exim"])
+    assert stats.unparsed == 1 and not events
+
+
+def test_default_log_selector_counts_each_recipient_of_the_delivery_lines_once() -> None:
+    """Exim 4.96 with its default log_selector (real log): '<=' lists no recipients.
+    Each original address counts once: an alias fanned out to two mailboxes, a
+    deferred-then-delivered recipient, '->' batch lines; with +received_recipients
+    the 'for' list counts and the delivery lines add nothing."""
+    events = exim(
+        at(1, f"{MID} <= carol@example.org H=(relay.example.test) [192.0.2.1] P=esmtp S=344 "
+              "id=1@client.example"),
+        at(2, f"{MID} => alice <alice@example.test> R=mailbox T=mailbox_file"),
+        at(2, f"{MID} => bob <staff@example.test> R=mailbox T=mailbox_file"),
+        at(2, f"{MID} => eve <staff@example.test> R=mailbox T=mailbox_file"),
+        at(3, f"{MID} == x@far.example R=dnslookup T=remote_smtp defer (111): refused"),
+        at(4, f"{MID} => x@far.example R=dnslookup T=remote_smtp H=mx.far.example "
+              "[198.51.100.7]"),
+        at(4, f"{MID} -> y@far.example R=dnslookup T=remote_smtp H=mx.far.example "
+              "[198.51.100.7]"),
+        at(5, f"{MID} ** Gone@Example.Test R=gone: mailbox closed"),
+        at(6, f"{MID} Completed"),
+        at(7, f"{OLD} <= dave@example.org H=(h) [192.0.2.2] P=esmtp S=9 for a@example.test "
+              "b@example.test"),
+        at(8, f"{OLD} => a <a@example.test> R=mailbox T=mailbox_file"),
+        at(8, f"{OLD} => b <b@example.test> R=mailbox T=mailbox_file"),
+        at(8, f"{OLD} Completed"),
+    )
+    got = [(a.sender, a.nrcpt, a.recipients, a.time) for a in of_kind(events, MessageAccepted)]
+    t0 = of_kind(events, RecipientOutcome)[0].time - 1
+    assert got == [
+        ("carol@example.org", 5, ("alice@example.test", "staff@example.test", "x@far.example",
+                                  "y@far.example", "gone@example.test"), t0),  # arrival time
+        ("dave@example.org", 2, ("a@example.test", "b@example.test"), t0 + 6)]
+
+
+def test_held_arrival_waits_for_its_deliveries_then_a_quiet_spell() -> None:
+    out: list = []
+    parser = EximParser(out.append)
+    handler = parser.handler_for("exim4")
+    assert handler is not None
+    handler(0.0, "mx", "exim4", None, f"{MID} <= a@b.example H=h [192.0.2.1] P=esmtp S=10")
+    parser.expire(5000.0)  # queued, no delivery yet: keeps waiting (queue_ttl is a day)
+    assert not out
+    handler(5001.0, "mx", "exim4", None, f"{MID} == c@d.example R=r T=t defer (-1): x")
+    parser.expire(5500.0)
+    assert not of_kind(out, MessageAccepted)
+    parser.expire(5700.0)  # HOLD_TTL after the last delivery line
+    [acc] = of_kind(out, MessageAccepted)
+    assert (acc.nrcpt, acc.time) == (1, 0.0)
+    handler(9000.0, "mx", "exim4", None, f"{MID} => c@d.example R=r T=t")
+    handler(9000.0, "mx", "exim4", None, f"{MID} Completed")
+    assert len(of_kind(out, MessageAccepted)) == 1
+    handler(9001.0, "mx", "exim4", None, f"{OLD} <= e@b.example H=h [192.0.2.1] P=esmtp S=10")
+    parser.flush()  # end of input: what is known is emitted
+    assert [a.nrcpt for a in of_kind(out, MessageAccepted)] == [1, 0]
+
+
+def test_join_state_of_an_older_version_still_loads() -> None:
+    """``scan`` pickles half-joined records between runs; one saved before a slot was
+    added must load with that slot's default, not fail on first use."""
+    import pickle
+
+    from smtpguard_logwatch.parsers.exim import _Message
+
+    record = _Message("192.0.2.1", "a@b.example", None)
+    restored = pickle.loads(pickle.dumps(record))
+    assert (restored.ip, restored.sender, restored.held) == ("192.0.2.1", "a@b.example", None)
+    old = _Message.__new__(_Message)
+    old.__setstate__((None, {"ip": "192.0.2.1", "sender": "s", "sasl_user": None,
+                             "seen": None}))
+    assert old.held is None and old.ip == "192.0.2.1"

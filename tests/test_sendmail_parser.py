@@ -342,8 +342,13 @@ def session_lines(sender: str, rcpt: str, user: str, msgid: str, *, quote: bool 
 def _check(sender: str, rcpt: str, user: str, msgid: str) -> None:
     events, _stats = feed(session_lines(sender, rcpt, user, msgid), parsers=["sendmail"])
     assert len(events) >= 5
+    shares = [ev for ev in events if isinstance(ev, Rejection) and ev.ip is None]
     for ev in events:
-        assert ev.ip == REAL, (ev, sender, rcpt, user, msgid)
+        assert ev.ip == REAL or ev in shares, (ev, sender, rcpt, user, msgid)
+    # The check_rcpt reject's share for the envelope's sender: no IP, no recipient.
+    [acc] = of_kind(events, MessageAccepted)
+    assert [(ev.sender, ev.recipient, ev.stage) for ev in shares] == [
+        (acc.sender, None, "RCPT")]
     # The same text unquoted (Sendmail would refuse most of it): the line layout may
     # then be unreadable, and a ruleset line may be left unattributed, but no event
     # may name the victim. Unquoted, "<" and ">" cannot occur inside an address:
@@ -468,3 +473,92 @@ def test_escaped_addresses_are_decoded_to_the_key_other_mtas_use() -> None:
                       "Mar  2 09:00:02 mx postfix/qmgr[6]: ABCDEF12: from=<J\u00f6rg@Example.org>,"
                       " size=900, nrcpt=1 (queue active)"], parsers=["postfix"])
     assert of_kind(events, MessageAccepted)[0].sender == acc.sender
+
+
+def test_message_refused_after_data_is_no_message_but_a_reject_for_client_and_sender() -> None:
+    """Real Sendmail 8.17 logs: a message over MaxMessageSize ('message size … exceeds
+    maximum' right after its from= line) and one refused by a header check (its
+    reject= before the from= line) both get a from= line with nrcpts>0."""
+    events = sm(
+        at(1, "6B56CJHp003132: from=<big@example.net>, size=39551, class=0, nrcpts=2, "
+              "msgid=<1@client.example>, proto=ESMTP, daemon=MTA-v4, relay=[192.0.2.5]"),
+        at(1, "6B56CJHp003132: message size (39551) exceeds maximum (20000)"),
+        at(1, "6B56CJHp003132: to=<alice@example.test>, delay=00:00:00, pri=99551, "
+              "stat=Message exceeds maximum fixed size (20000)"),
+        at(2, "6B56CJHq003132: ruleset=check_subject, arg1= refuseme, relay=[192.0.2.5], "
+              "reject=550 5.7.1 content refused"),
+        at(2, "6B56CJHq003132: from=<spam@example.net>, size=147, class=0, nrcpts=1, "
+              "msgid=<2@client.example>, proto=ESMTP, daemon=MTA-v4, relay=[192.0.2.5]"),
+        at(2, "6B56CJHq003132: to=<bob@example.test>, delay=00:00:00, pri=30147, "
+              "stat=content refused"),
+        at(3, "6B56CJHr003132: from=<ok@example.net>, size=147, class=0, nrcpts=1, "
+              "msgid=<3@client.example>, proto=ESMTP, daemon=MTA-v4, relay=[192.0.2.5]"),
+    )
+    assert [(a.sender, a.ip) for a in of_kind(events, MessageAccepted)] == [
+        ("ok@example.net", "192.0.2.5")]
+    assert not of_kind(events, RecipientOutcome)
+    assert [(r.ip, r.sender, r.stage) for r in of_kind(events, Rejection)] == [
+        ("192.0.2.5", "big@example.net", "DATA"),
+        ("192.0.2.5", None, "CHECK_SUBJECT"),  # counted for the client when logged
+        (None, "spam@example.net", "CHECK_SUBJECT")]  # and its sender's share
+
+
+def test_held_acceptance_is_released_by_the_next_line_or_its_timeout() -> None:
+    """The from= line's MessageAccepted waits only for the refusal Sendmail would log
+    next: any other line of that message or process, or HOLD_TTL, confirms it."""
+    out: list = []
+    parser = SendmailParser(out.append)
+    handler = parser.handler_for("sm-mta")
+    assert handler is not None
+    handler(0.0, "mx", "sm-mta", "7", f"{QID}: from=<a@b.example>, size=9, class=0, "
+            "nrcpts=1, proto=ESMTP, daemon=MTA, relay=[192.0.2.1]")
+    assert not out
+    parser.expire(30.0)
+    assert not out
+    parser.expire(61.0)
+    assert [type(e) for e in out] == [MessageAccepted]
+    out.clear()
+    handler(100.0, "mx", "sm-mta", "7", "6229001A3002: from=<c@b.example>, size=9, class=0, "
+            "nrcpts=1, proto=ESMTP, daemon=MTA, relay=[192.0.2.1]")
+    handler(100.5, "mx", "sm-mta", "8", "6229001A3002: to=<d@b.example>, delay=00:00:00, "
+            "mailer=local, pri=1, dsn=2.0.0, stat=Sent")
+    assert [type(e) for e in out] == [MessageAccepted, RecipientOutcome]
+    assert not len(parser.holding)
+
+
+def test_check_rcpt_reject_is_joined_to_its_envelope_sender() -> None:
+    """'ruleset=check_rcpt … reject=' comes before the envelope's from= line (same
+    queue id): the sender trying to relay gets the reject too."""
+    events = sm(
+        at(1, "6B56CJhA003116: ruleset=check_rcpt, arg1=<v1@foreign.example>, "
+              "relay=[192.0.2.3], reject=550 5.7.1 <v1@foreign.example>... Relaying denied"),
+        at(1, "6B56CJhA003116: ruleset=check_rcpt, arg1=<v2@another.example>, "
+              "relay=[192.0.2.3], reject=550 5.7.1 <v2@another.example>... Relaying denied"),
+        at(2, "6B56CJhA003116: from=<Spammer@Example.net>, size=0, class=0, nrcpts=0, "
+              "proto=ESMTP, daemon=MTA-v4, relay=[192.0.2.3]"),
+        # no from= line ever: still counted, for the client
+        at(3, "6B56CJJx003146: ruleset=check_rcpt, arg1=<t@foreign.example>, "
+              "relay=[192.0.2.8], reject=550 5.7.1 <t@foreign.example>... Relaying denied"),
+    )
+    # Each counts for its client when logged; the from= line adds the sender's share
+    # (sender only: the client and the recipient domain are not counted twice).
+    got = [(r.ip, r.sender, r.recipient) for r in of_kind(events, Rejection)]
+    assert got == [("192.0.2.3", None, "v1@foreign.example"),
+                   ("192.0.2.3", None, "v2@another.example"),
+                   (None, "spammer@example.net", None),
+                   (None, "spammer@example.net", None),
+                   ("192.0.2.8", None, "t@foreign.example")]
+    assert not of_kind(events, MessageAccepted)
+
+
+def test_join_state_of_an_older_version_still_loads() -> None:
+    import pickle
+
+    from smtpguard_logwatch.parsers.sendmail import _Message
+
+    record = _Message()
+    record.sender = "a@b.example"
+    assert pickle.loads(pickle.dumps(record)).sender == "a@b.example"
+    old = _Message.__new__(_Message)
+    old.__setstate__((None, {"ip": "192.0.2.1", "enveloped": True, "nrcpts": 1}))
+    assert (old.held, old.holder, old.refused, old.ip) == (None, None, False, "192.0.2.1")
