@@ -264,3 +264,21 @@ def test_usual_distinct_ips_is_the_accounts_own_spread() -> None:
     decisions = run(engine, stolen)
     assert [(d.key, d.action) for d in decisions] == [("roamer", "notify")]
     assert decisions[0].time < late + 30 * 60
+
+
+def test_a_rule_is_asked_when_its_evidence_grows_not_its_comparison() -> None:
+    """``auth_failures > 2 * messages``: a message can only make it less true, so a busy
+    server's messages cost no evaluation of it; a failed login does."""
+    rules = load_text("""
+rule guess for client_ip:
+    when auth_failures in 10m > 2 * messages in 10m
+    add 60 points
+ladder client_ip:
+    at 50 points notify
+""")
+    assert rules.rules[0].evidence == frozenset({("sum", "auth_failures")})
+    engine = Engine(rules)
+    run(engine, [msg(T0 + i) for i in range(50)])
+    assert engine.stats.evaluations == 0
+    run(engine, [AuthFailure(T0 + 60, "mx", "192.0.2.7", "PLAIN", "u")])
+    assert engine.stats.evaluations == 1

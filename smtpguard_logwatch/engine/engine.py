@@ -2,10 +2,11 @@
 
 Per event: turn it into metric updates (``observe``), keep only the series the rules
 read, update the frequency store, then evaluate only the rules of the touched
-(dimension, key) pairs that read a touched metric — so the cost of an event does not
-depend on how many keys the store holds. A rule that fires adds points (at most once
-per its ``every`` for one key); points decay; when a key's points reach a step of its
-dimension's ladder, a decision is recorded in the ledger.
+(dimension, key) pairs whose evidence grew (a rule is asked when a count that can make
+it hold grows, not when the count it is compared with does: ``Rule.evidence``), so the
+cost of an event does not depend on how many keys the store holds. A rule that fires
+adds points (at most once per its ``every`` for one key); points decay; when a key's
+points reach a step of its dimension's ladder, a decision is recorded in the ledger.
 
 Warm-up: with no history at all (a replay's first lines, a daemon's first start),
 every key looks new. Rules that read a key's past (``usual``, or a long window compared
@@ -154,9 +155,12 @@ class Engine:
                     history.setdefault((rule.dimension, DISTINCT + name), []).append(
                         (metric, period))
                     needed.setdefault(rule.dimension, set()).add(DISTINCT + name)
+                asked = not rule.evidence or (kind, metric) in rule.evidence
                 if kind == "distinct":
                     metric = DISTINCT + metric
                 needed.setdefault(rule.dimension, set()).add(metric)
+                if not asked:  # only the other side of a comparison: see Rule.evidence
+                    continue
                 bucket = rules_for.setdefault((rule.dimension, metric), [])
                 if rule not in bucket:
                     bucket.append(rule)

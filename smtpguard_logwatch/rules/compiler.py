@@ -14,6 +14,7 @@ from .conditions import (
     Cond,
     ConditionCompiler,
     combine,
+    evidence_metrics,
     fmt_duration,
     negate,
     reads_the_past,
@@ -506,7 +507,7 @@ class Compiler:
             metrics=cond.metrics, source_text=src.text[st.loc:st.end].rstrip(),
             explain=explain, baseline_min_history=ctx.baseline_min_history,
             baseline_floor=ctx.baseline_floor, description=english,
-            history=reads_the_past(cond), cap_action=cap,
+            history=reads_the_past(cond), cap_action=cap, evidence=evidence_metrics(cond),
         )
 
     def action(self, src: Source, a: S.Action,

@@ -35,6 +35,7 @@ from .vocab import (
 )
 
 Terms = list[tuple[str, float | None]]
+Sign = tuple[int, float, str, str]  # (polarity, window, kind, metric)
 
 
 @dataclass
@@ -51,8 +52,9 @@ class Arith:
     metric: tuple[str, str, float] | None = None  # a bare (kind, metric, window) term
     metrics: frozenset[tuple[str, str, float]] = frozenset()
     has_usual: bool = False
-    # (sign, window) of every count in it: +1 when a larger count makes the value larger
-    signs: frozenset[tuple[int, float]] = frozenset()
+    # (sign, window, kind, metric) of every count in it: +1 when a larger count makes the
+    # value larger
+    signs: frozenset[Sign] = frozenset()
 
 
 @dataclass
@@ -69,9 +71,10 @@ class Cond:
     cost: int = 1
     has_usual: bool = False
     atoms: tuple[str, ...] = field(default=())
-    # (polarity, window) of every count: +1 when a larger count makes the condition more
-    # likely to hold (evidence), -1 when less likely (the past it is compared with)
-    signs: frozenset[tuple[int, float]] = frozenset()
+    # (polarity, window, kind, metric) of every count: +1 when a larger count makes the
+    # condition more likely to hold (evidence), -1 when less likely (the past it is
+    # compared with)
+    signs: frozenset[Sign] = frozenset()
 
 
 class Context(Protocol):
@@ -257,7 +260,7 @@ class ConditionCompiler:
 
         key = (kind, m, w)
         return Arith(fn=fn, ex=ex, text=text, english=metric_english(kind, m, w),
-                     metric=key, metrics=frozenset({key}), signs=frozenset({(1, w)}))
+                     metric=key, metrics=frozenset({key}), signs=frozenset({(1, w, kind, m)}))
 
     def _usual(self, node: S.Usual, other: S.Expr | None) -> Arith:
         ctx = self.ctx
@@ -448,11 +451,11 @@ class ConditionCompiler:
 # ---------------------------------------------------------------- sign analysis
 
 
-def _flip(signs: frozenset[tuple[int, float]]) -> frozenset[tuple[int, float]]:
-    return frozenset((-sign, w) for sign, w in signs)
+def _flip(signs: frozenset[Sign]) -> frozenset[Sign]:
+    return frozenset((-sign, *rest) for sign, *rest in signs)
 
 
-def _binop_signs(op: str, a: Arith, b: Arith) -> frozenset[tuple[int, float]]:
+def _binop_signs(op: str, a: Arith, b: Arith) -> frozenset[Sign]:
     """How each count moves ``a op b`` (counts are never negative)."""
     if op == "+":
         return a.signs | b.signs
@@ -467,6 +470,15 @@ def _binop_signs(op: str, a: Arith, b: Arith) -> frozenset[tuple[int, float]]:
     return both | _flip(both)
 
 
+def evidence_metrics(cond: Cond) -> frozenset[tuple[str, str]]:
+    """(kind, metric) of the counts whose growth can make the condition hold. A rule need
+    not be asked again when only a count on the other side grew (the messages a guesser
+    is compared with): it is asked when its evidence next grows. A condition without
+    such counts (``messages in 1h < 5``) is asked on every count it reads."""
+    pro = frozenset((kind, metric) for sign, _w, kind, metric in cond.signs if sign > 0)
+    return pro or frozenset((kind, metric) for _s, _w, kind, metric in cond.signs)
+
+
 def reads_the_past(cond: Cond) -> str | None:
     """Why a condition needs history before it can be trusted, or None.
 
@@ -477,8 +489,8 @@ def reads_the_past(cond: Cond) -> str | None:
     the first time looks like it just woke up. ``usual`` always reads the past."""
     if cond.has_usual:
         return "it compares with 'usual'"
-    evidence = max((w for sign, w in cond.signs if sign > 0), default=0.0)
-    past = max((w for sign, w in cond.signs if sign < 0), default=0.0)
+    evidence = max((w for sign, w, *_ in cond.signs if sign > 0), default=0.0)
+    past = max((w for sign, w, *_ in cond.signs if sign < 0), default=0.0)
     if past > evidence:
         return (f"it compares {fmt_duration(evidence)} with the last {fmt_duration(past)}, "
                 f"which is short until that much has been watched")

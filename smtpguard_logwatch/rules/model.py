@@ -128,6 +128,9 @@ class Rule:
     description: str = ""  # plain English, for describe()
     # why the rule waits for the warm-up (it reads the key's past), None: acts at once
     history: str | None = None
+    # (kind, metric) whose growth can make the condition hold: the engine asks the rule
+    # when one of these grows (empty: whenever any metric it reads does)
+    evidence: frozenset[tuple[str, str]] = frozenset()
     # "up to ACTION": this rule's points never lift a key above the ladder's last step
     # with this action (suspicion, not proof); None: no cap
     cap_action: str | None = None
