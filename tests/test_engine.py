@@ -282,3 +282,20 @@ ladder client_ip:
     assert engine.stats.evaluations == 0
     run(engine, [AuthFailure(T0 + 60, "mx", "192.0.2.7", "PLAIN", "u")])
     assert engine.stats.evaluations == 1
+
+
+def test_a_rule_reading_the_past_acts_once_it_has_settled_within_the_warmup() -> None:
+    """'messages in 1d < 2 * messages in 10m' holds for every steady source during its
+    first 20 minutes and never after: the rule acts after 20 minutes of watching even
+    with a one-hour warm-up (a spam run starting in the first hour was flagged only when
+    the warm-up ended)."""
+    rules = load_text(WOKE)
+    woke = next(r for r in rules.rules if r.name == "woke")
+    assert woke.settles == 1200
+    engine = Engine(rules, warmup=3600)
+    busy = [msg(T0 + i * 10, ip="198.51.100.1") for i in range(6 * 40)]
+    early = [msg(T0 + 300 + i, ip="192.0.2.8") for i in range(5)]  # 5 min in: too soon
+    late = [msg(T0 + 1500 + i, ip="192.0.2.9") for i in range(5)]  # 25 min in
+    decisions = run(engine, sorted(busy + early + late, key=lambda e: e.time))
+    woke_keys = [d.key for d in decisions if "woke" in d.rules]
+    assert woke_keys == ["192.0.2.9"]

@@ -11,7 +11,9 @@ points reach a step of its dimension's ladder, a decision is recorded in the led
 Warm-up: with no history at all (a replay's first lines, a daemon's first start),
 every key looks new. Rules that read a key's past (``usual``, or a long window compared
 with a short one: ``Rule.history``) only build history for ``warmup`` seconds of log
-time, so a busy server seen for the first time is not mistaken for a sudden burst.
+time (or, when ``Rule.settles`` says so, until they are sound for a steady source: 20
+minutes for a day against ten minutes), so a busy server seen for the first time is not
+mistaken for a sudden burst.
 Every other rule (absolute limits such as password guessing) acts from the first line:
 replay, scan and a freshly started daemon alike.
 
@@ -22,6 +24,7 @@ the circuit breaker holds back a rule that refuses too many sources in good stan
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -177,7 +180,10 @@ class Engine:
         self._distinct_history = {k: sorted(set(v)) for k, v in history.items()}
         self._rules_for = rules_for
         self._candidate_cache: dict[tuple[str, ...], tuple[Rule, ...]] = {}
-        self._warm_cache: dict[tuple[str, ...], tuple[Rule, ...]] = {}
+        self._warm_cache: dict[tuple, tuple[Rule, ...]] = {}
+        # when rules that read the past have settled (seconds of watching), ascending
+        self._settle_times = sorted({r.settles for r in ruleset.rules
+                                     if r.history is not None and r.settles is not None})
         # dimension -> seconds, for ladders that extend penalties on activity
         self._extending = {d: ladder.extend_on_activity
                            for d, ladder in ruleset.ladders.items() if ladder.extend_on_activity}
@@ -223,33 +229,42 @@ class Engine:
         if touched:
             authenticated = bool(getattr(ev, "sasl_user", None))
             warm = now >= self._scoring_from
+            phase = -1 if warm else bisect.bisect_right(
+                self._settle_times, now - (self._scoring_from - self.warmup))
             for (d, k), metrics in touched.items():
-                self._evaluate(d, k, metrics, now, authenticated, warm)
+                self._evaluate(d, k, metrics, now, authenticated, phase)
 
     def warming_up(self, now: float) -> bool:
         """True while rules that read the past are held back."""
         return self._scoring_from is None or now < self._scoring_from
 
     def _candidates(self, dimension: str, metrics: list[str],
-                    warm: bool = True) -> tuple[Rule, ...]:
+                    phase: int = -1) -> tuple[Rule, ...]:
         """The rules that read any of these metrics of this dimension (cached: an event
-        type always touches the same metrics); during the warm-up only those that need
-        no history."""
+        type always touches the same metrics). During the warm-up (``phase`` >= 0: how
+        many of the rules' settling times have passed) only those that need no history,
+        and those that have settled (``Rule.settles``)."""
         cache_key = (dimension, *metrics)
-        cache = self._candidate_cache if warm else self._warm_cache
+        cache = self._candidate_cache if phase < 0 else self._warm_cache
+        if phase >= 0:
+            cache_key = (phase, *cache_key)
         rules = cache.get(cache_key)
         if rules is None:
+            settled = self._settle_times[phase - 1] if phase > 0 else -1.0
             found: list[Rule] = []
             for metric in metrics:
                 for rule in self._rules_for.get((dimension, metric), ()):
-                    if rule not in found and (warm or rule.history is None):
+                    if rule in found:
+                        continue
+                    if phase < 0 or rule.history is None or (
+                            rule.settles is not None and rule.settles <= settled):
                         found.append(rule)
             rules = cache[cache_key] = tuple(found)
         return rules
 
     def _evaluate(self, dimension: str, key: str, metrics: list[str], now: float,
-                  authenticated: bool, warm: bool = True) -> None:
-        candidates = self._candidates(dimension, metrics, warm)
+                  authenticated: bool, phase: int = -1) -> None:
+        candidates = self._candidates(dimension, metrics, phase)
         if not candidates:
             return
         if self.is_allowlisted(dimension, key):

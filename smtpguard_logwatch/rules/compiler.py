@@ -18,6 +18,7 @@ from .conditions import (
     fmt_duration,
     negate,
     reads_the_past,
+    settles_after,
     top_level,
 )
 from .errors import RuleError, Source
@@ -508,6 +509,7 @@ class Compiler:
             explain=explain, baseline_min_history=ctx.baseline_min_history,
             baseline_floor=ctx.baseline_floor, description=english,
             history=reads_the_past(cond), cap_action=cap, evidence=evidence_metrics(cond),
+            settles=settles_after(cond) if reads_the_past(cond) else None,
         )
 
     def action(self, src: Source, a: S.Action,

@@ -71,6 +71,7 @@ class Cond:
     cost: int = 1
     has_usual: bool = False
     atoms: tuple[str, ...] = field(default=())
+    pure: bool = True  # counts only: no key test, no "authenticated"
     # (polarity, window, kind, metric) of every count: +1 when a larger count makes the
     # condition more likely to hold (evidence), -1 when less likely (the past it is
     # compared with)
@@ -365,7 +366,7 @@ class ConditionCompiler:
                 out.append(Evidence("authenticated", None, r))
                 return r
             return Cond(fn=auth, ex=auth_ex, text="authenticated",
-                        english="the event was authenticated (SASL)", cost=0)
+                        english="the event was authenticated (SASL)", cost=0, pure=False)
         if isinstance(node, S.Not):
             inner = self.cond(node.item)
             return negate(inner, ctx.text(node.loc, node.end))
@@ -445,7 +446,8 @@ class ConditionCompiler:
             out.append(Evidence(text, None, r))
             return r
 
-        return Cond(fn=fn, ex=ex, text=text, english=english, key_fn=key_fn, cost=0)
+        return Cond(fn=fn, ex=ex, text=text, english=english, key_fn=key_fn, cost=0,
+                    pure=False)
 
 
 # ---------------------------------------------------------------- sign analysis
@@ -479,6 +481,46 @@ def evidence_metrics(cond: Cond) -> frozenset[tuple[str, str]]:
     return pro or frozenset((kind, metric) for _s, _w, kind, metric in cond.signs)
 
 
+class _Steady:
+    """A KeyView of a source sending at one huge steady rate since ``watched`` seconds
+    ago: every count over ``w`` is ``RATE * min(w, watched)``; no baseline."""
+
+    RATE = 1e6
+    authenticated = False
+    key = ""
+
+    def __init__(self, watched: float) -> None:
+        self.watched = watched
+
+    def count(self, metric: str, window: float) -> float:
+        return self.RATE * min(window, self.watched)
+
+    def distinct(self, metric: str, window: float) -> float:
+        return self.RATE * min(window, self.watched)
+
+    def baseline(self, metric: str, window: float, min_history: float | None = None) -> None:
+        return None
+
+
+def settles_after(cond: Cond, step: float = 60.0) -> float | None:
+    """How long a source must have been watched before this condition stops holding for
+    a steady one: ``messages in 1d < 2 * messages in 10m`` holds for every busy server
+    during its first 20 minutes and never after. None when it cannot be told (``usual``,
+    key tests) or when it holds for steady traffic however long it is watched."""
+    if cond.has_usual or not cond.pure or not cond.signs:
+        return None
+    horizon = max(w for _s, w, *_ in cond.signs)
+    fn = cond.fn
+    settled = None
+    t = horizon
+    while t >= step:  # from the longest window down: the last moment it still holds
+        if fn(_Steady(t)) is not False:
+            break
+        settled = t
+        t -= step
+    return settled
+
+
 def reads_the_past(cond: Cond) -> str | None:
     """Why a condition needs history before it can be trusted, or None.
 
@@ -492,8 +534,11 @@ def reads_the_past(cond: Cond) -> str | None:
     evidence = max((w for sign, w, *_ in cond.signs if sign > 0), default=0.0)
     past = max((w for sign, w, *_ in cond.signs if sign < 0), default=0.0)
     if past > evidence:
+        after = settles_after(cond)
+        sound = (f"; for a steady source it stops holding after {fmt_duration(after)} of "
+                 f"watching, so it waits that long at most" if after is not None else "")
         return (f"it compares {fmt_duration(evidence)} with the last {fmt_duration(past)}, "
-                f"which is short until that much has been watched")
+                f"which is short until that much has been watched{sound}")
     return None
 
 
@@ -597,7 +642,8 @@ def negate(inner: Cond, text: str) -> Cond:
                else f"not {inner.english}")
     return Cond(fn=fn, ex=ex, text=text, english=english,
                 nullable=inner.nullable, metrics=inner.metrics, key_fn=key_fn,
-                cost=inner.cost, has_usual=inner.has_usual, signs=_flip(inner.signs))
+                cost=inner.cost, has_usual=inner.has_usual, signs=_flip(inner.signs),
+                pure=inner.pure)
 
 
 def combine(op: str, parts: list[Cond], text: str) -> Cond:
@@ -650,7 +696,8 @@ def combine(op: str, parts: list[Cond], text: str) -> Cond:
     return Cond(fn=fn, ex=ex, text=text, english=english, nullable=nullable, metrics=metrics,
                 key_fn=key_fn, cost=max(p.cost for p in flat),
                 has_usual=any(p.has_usual for p in flat),
-                signs=frozenset().union(*(p.signs for p in flat)))
+                signs=frozenset().union(*(p.signs for p in flat)),
+                pure=all(p.pure for p in flat))
 
 
 def _kleene(fns: tuple[Callable[[KeyView], bool | None], ...],

@@ -128,6 +128,9 @@ class Rule:
     description: str = ""  # plain English, for describe()
     # why the rule waits for the warm-up (it reads the key's past), None: acts at once
     history: str | None = None
+    # for such a rule: seconds of watching after which it is sound (it acts then, even
+    # if the warm-up is longer); None: it waits for the whole warm-up
+    settles: float | None = None
     # (kind, metric) whose growth can make the condition hold: the engine asks the rule
     # when one of these grows (empty: whenever any metric it reads does)
     evidence: frozenset[tuple[str, str]] = frozenset()
