@@ -20,7 +20,6 @@ minute.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -28,23 +27,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_modules import load_bench
+
 # other seeds: SMTPGUARD_ACCEPTANCE_SEEDS=3,4,5 (the defaults were not chosen)
 SEEDS = tuple(int(x) for x in os.environ.get("SMTPGUARD_ACCEPTANCE_SEEDS", "1,2").split(","))
 MAX_DELAY = 120.0
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"bench/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)
-    spec.loader.exec_module(module)
-    return module
 
-
-detection = _load("detection")
-generate_log = _load("generate_log")
-traffic_isp = _load("traffic_isp")
+detection = load_bench("detection")
+generate_log = load_bench("generate_log")
+traffic_isp = load_bench("traffic_isp")
 
 def _replay(log: Path) -> dict:
     proc = subprocess.run(

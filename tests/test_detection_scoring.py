@@ -11,23 +11,14 @@ model A's truth is read with the same meaning as score().
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_modules import load_bench
+
 T0 = dt.datetime(2026, 5, 11, 10, 0, tzinfo=dt.UTC).timestamp()
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"bench/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)
-    spec.loader.exec_module(module)
-    return module
 
-
-detection = _load("detection")
+detection = load_bench("detection")
 
 
 def _iso(t: float) -> str:

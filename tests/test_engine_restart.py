@@ -5,11 +5,11 @@ uninterrupted run."""
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import io
 import sqlite3
-import sys
 from pathlib import Path
+
+from bench_modules import load_bench
 
 from smtpguard_logwatch.engine import Engine, Ledger
 from smtpguard_logwatch.engine.persist import load_engine, save_engine
@@ -18,14 +18,9 @@ from smtpguard_logwatch.pipeline import Pipeline
 from smtpguard_logwatch.rules import default_rules_path, load_rules
 from smtpguard_logwatch.store import FrequencyStore
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def _events() -> list:
-    spec = importlib.util.spec_from_file_location("generate_log", ROOT / "bench/generate_log.py")
-    gen = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("generate_log", gen)
-    spec.loader.exec_module(gen)
+    gen = load_bench("generate_log")
     buf = io.StringIO()
     gen.generate(gen.Config(lines=60_000, seed=5, anomalies=True), buf)
     events: list = []

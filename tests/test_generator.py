@@ -8,25 +8,17 @@ deliberately naive counter that knows nothing of the generator's internals.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import io
 import re
-import sys
-from pathlib import Path
 
 import pytest
+from bench_modules import load_bench
 
 from smtpguard_logwatch.envelope import Clock, split_line, split_tag
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def _load_generator():
-    spec = importlib.util.spec_from_file_location("generate_log", ROOT / "bench/generate_log.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("generate_log", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("generate_log")
 
 
 gen = _load_generator()

@@ -10,34 +10,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from bench_modules import load_bench
 
-ROOT = Path(__file__).resolve().parent.parent
 LINES = 200_000
 MAX_DELAY = 120.0
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"bench/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)
-    spec.loader.exec_module(module)
-    return module
 
-
-detection = _load("detection")
+detection = load_bench("detection")
 
 
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
-    gen = _load("generate_log")
+    gen = load_bench("generate_log")
     out = tmp_path_factory.mktemp("truth")
     log = out / "mail.log"
     with log.open("w") as fh:

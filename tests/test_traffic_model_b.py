@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -21,6 +20,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from bench_modules import load_bench
 
 from smtpguard_logwatch.counting import Counts
 from smtpguard_logwatch.envelope import Clock
@@ -38,15 +38,8 @@ HOUR = 3600.0
 SEED = int(os.environ.get("SMTPGUARD_MODEL_B_SEED", "5"))  # try others by hand
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"bench/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)
-    spec.loader.exec_module(module)
-    return module
 
-
-isp = _load("traffic_isp")
+isp = load_bench("traffic_isp")
 
 LEGIT_KINDS = {"home_customer", "inbound_server", "roaming_user", "carrier_nat",
                "webmail_frontend", "mailing_list_inbound", "customer_list_server",

@@ -4,11 +4,10 @@ one uninterrupted pass over it counts, to compare with what scan/run saved."""
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import io
 import sqlite3
-import sys
-from pathlib import Path
+
+from bench_modules import load_bench
 
 from smtpguard_logwatch.counting import Counts
 from smtpguard_logwatch.engine import Engine
@@ -18,16 +17,12 @@ from smtpguard_logwatch.pipeline import Pipeline
 from smtpguard_logwatch.rules import default_rules_path, load_rules
 from smtpguard_logwatch.store import FrequencyStore
 
-ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2026, 3, 4, tzinfo=dt.UTC).timestamp()  # after the generated log
 
 
 def log_lines(lines: int = 30_000, seed: int = 3) -> list[str]:
     """A generated Postfix log (with anomalies), as lines with their newlines."""
-    spec = importlib.util.spec_from_file_location("generate_log", ROOT / "bench/generate_log.py")
-    gen = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("generate_log", gen)
-    spec.loader.exec_module(gen)
+    gen = load_bench("generate_log")
     buf = io.StringIO()
     gen.generate(gen.Config(lines=lines, seed=seed, anomalies=True), buf)
     return buf.getvalue().splitlines(keepends=True)
