@@ -97,6 +97,12 @@ class Record:
         return f"{RECORD_PREFIX}{body}\n"
 
 
+def in_force(records: Iterable[Record], now: float) -> list[Decision]:
+    """The decisions records still enforce at ``now`` (no end, or an end after it): what a
+    map action reads back to rebuild a ledger lost with a corrupt state database."""
+    return [r.to_decision() for r in records if r.until is None or r.until > now]
+
+
 def parse_record(line: str) -> dict[str, Any]:
     """The raw fields of a record line (ValueError if malformed). The caller re-validates
     them as a decision: the file is ours, but it is a file."""

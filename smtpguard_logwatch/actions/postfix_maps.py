@@ -243,9 +243,7 @@ class PostfixMapsAction:
         """The decisions our files say are in force (records this tool wrote beside its
         entries), to rebuild a ledger lost with a corrupt state database."""
         with self._locked():
-            records = [r for records in self._load().values() for r in records]
-        return [r.to_decision() for r in records
-                if r.until is None or r.until > now]
+            return files.in_force((r for rs in self._load().values() for r in rs), now)
 
     # -- main.cf --------------------------------------------------------------------
 

@@ -266,9 +266,7 @@ class SendmailAccessAction:
         """The decisions our files say are in force (records this tool wrote beside its
         entries), to rebuild a ledger lost with a corrupt state database."""
         with self._locked():
-            records = self._load()
-        return [r.to_decision() for r in records
-                if r.until is None or r.until > now]
+            return files.in_force(self._load(), now)
 
     # -- sendmail.mc ------------------------------------------------------------------
 
