@@ -18,7 +18,6 @@ from .conditions import (
     fmt_duration,
     negate,
     reads_the_past,
-    settles_after,
     top_level,
 )
 from .errors import RuleError, Source
@@ -500,6 +499,7 @@ class Compiler:
         every = self.duration(src, add.every, "'every'") if add.every is not None else longest
 
         condition, explain = top_level(cond)
+        history, settles = reads_the_past(cond)
         english = cond.english if not english_filters else \
             f"{when.english}, {', '.join(english_filters)}"
         return Rule(
@@ -508,8 +508,8 @@ class Compiler:
             metrics=cond.metrics, source_text=src.text[st.loc:st.end].rstrip(),
             explain=explain, baseline_min_history=ctx.baseline_min_history,
             baseline_floor=ctx.baseline_floor, description=english,
-            history=reads_the_past(cond), cap_action=cap, evidence=evidence_metrics(cond),
-            settles=settles_after(cond) if reads_the_past(cond) else None,
+            history=history, settles=settles, cap_action=cap,
+            evidence=evidence_metrics(cond),
         )
 
     def action(self, src: Source, a: S.Action,

@@ -521,8 +521,10 @@ def settles_after(cond: Cond, step: float = 60.0) -> float | None:
     return settled
 
 
-def reads_the_past(cond: Cond) -> str | None:
-    """Why a condition needs history before it can be trusted, or None.
+def reads_the_past(cond: Cond) -> tuple[str | None, float | None]:
+    """Why a condition needs history before it can be trusted (None: it does not), and
+    after how much watching it is sound anyway (:func:`settles_after`; None: only once
+    the warm-up is over).
 
     With no history every count is short. A count that makes the condition hold when it
     is *large* (evidence) can only be late, never wrong. A count that makes it hold when
@@ -530,7 +532,7 @@ def reads_the_past(cond: Cond) -> str | None:
     than the evidence itself (``messages in 1d < 2 * messages in 10m``), a key seen for
     the first time looks like it just woke up. ``usual`` always reads the past."""
     if cond.has_usual:
-        return "it compares with 'usual'"
+        return "it compares with 'usual'", None
     evidence = max((w for sign, w, *_ in cond.signs if sign > 0), default=0.0)
     past = max((w for sign, w, *_ in cond.signs if sign < 0), default=0.0)
     if past > evidence:
@@ -538,8 +540,8 @@ def reads_the_past(cond: Cond) -> str | None:
         sound = (f"; for a steady source it stops holding after {fmt_duration(after)} of "
                  f"watching, so it waits that long at most" if after is not None else "")
         return (f"it compares {fmt_duration(evidence)} with the last {fmt_duration(past)}, "
-                f"which is short until that much has been watched{sound}")
-    return None
+                f"which is short until that much has been watched{sound}", after)
+    return None, None
 
 
 # ---------------------------------------------------------------- closure builders
