@@ -19,7 +19,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from e2e.postfix_instance import stop_group
 
 from smtpguard_logwatch.actions.base import ActionError, build_actions
 from smtpguard_logwatch.actions.exim_files import FILES, EximFilesAction
@@ -620,13 +620,7 @@ def exim_daemon() -> Iterator[tuple[EximFilesAction, Netns, int]]:
                                  f"{panic.read_text() if panic.exists() else ''}") from None
         yield action, ns, port
     finally:
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)
         ns.delete()
         shutil.rmtree(base, ignore_errors=True)
 

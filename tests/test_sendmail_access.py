@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from e2e.postfix_instance import stop_group
 
 from smtpguard_logwatch.actions.base import ActionError, build_actions
 from smtpguard_logwatch.actions.sendmail_access import SendmailAccessAction
@@ -737,13 +737,7 @@ def sendmail_daemon(monkeypatch: pytest.MonkeyPatch
     finally:
         if syslog is not None:
             syslog.close()
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 

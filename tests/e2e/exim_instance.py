@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from .mta_scenario import LOCAL_DOMAIN, MAILBOXES, REFUSE_SUBJECT, SASL_USERS, SIZE_LIMIT
-from .postfix_instance import free_port, wait_until
+from .postfix_instance import free_port, stop_group, wait_until
 
 MTA_ROOT = os.environ.get("SMTPGUARD_MTA_ROOT", "/")
 EXIM_USER = "Debian-exim"
@@ -225,13 +224,7 @@ login:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
 
     def cleanup(self) -> None:
         self.stop()

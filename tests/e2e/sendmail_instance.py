@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -32,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from .mta_scenario import LOCAL_DOMAIN, MAILBOXES, REFUSE_SUBJECT, SASL_USERS, SIZE_LIMIT
-from .postfix_instance import free_port, wait_until
+from .postfix_instance import free_port, stop_group, wait_until
 
 MTA_ROOT = os.environ.get("SMTPGUARD_MTA_ROOT", "/")
 SASLPASSWD2 = "/usr/sbin/saslpasswd2"
@@ -269,13 +268,7 @@ R$* {REFUSE_SUBJECT} $*\t$#error $@ 5.7.1 $: "550 content refused"
         time.sleep(0.3)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
         time.sleep(0.2)  # the last datagrams
         if self.syslog is not None:
             self.syslog.close()
