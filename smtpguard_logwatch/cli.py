@@ -243,7 +243,8 @@ def _print_decision_rows(rows: list[dict[str, Any]]) -> None:
     for d in rows:
         print(f"{d['id']:>6}  {d['time']}  {d['until'] or 'no end':<20}  {d['dimension']:<14} "
               f"{d['key']:<40} {d['action']:<8} {d['origin']:<7} {', '.join(d['rules'])}"
-              f"{'  (simulated)' if d.get('simulated') else ''}")
+              f"{'  (simulated)' if d.get('simulated') else ''}"
+              + (f"  [from {d['host']}]" if d.get("host") else ""))
 
 
 def cmd_ban(args: argparse.Namespace) -> int:
@@ -446,6 +447,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  store keys {answer['store_keys']}; reloads {answer['reloads']}"
           + (f"; LAST RELOAD REFUSED: {answer['last_reload_error']}"
              if answer["last_reload_error"] else ""))
+    fleet = answer.get("fleet")
+    if fleet is not None:
+        print(f"  fleet: {fleet['host']} on {fleet['redis']}: {fleet['state'].upper()} since "
+              f"{fleet['since']}; {fleet['published']} sent, {fleet['owed']} owed, "
+              f"{fleet['applied']} applied from others, {fleet['lifted']} lifted, "
+              f"{fleet['malformed']} malformed"
+              + (f"; last error: {fleet['last_error']}" if fleet["last_error"] else ""))
     return 0
 
 

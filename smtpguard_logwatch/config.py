@@ -78,6 +78,8 @@ class Config:
     widest_prefix: dict[int, int] = field(default_factory=lambda: dict(DEFAULT_WIDEST_PREFIX))
     """IP version -> the widest prefix a decision may cover ([enforcement])."""
     daemon: DaemonSettings = field(default_factory=lambda: DaemonSettings())
+    fleet: FleetSettings | None = None
+    """``[fleet]``: share decisions with other hosts through Redis (None: this host alone)."""
 
     @property
     def dry_run(self) -> bool:
@@ -107,6 +109,33 @@ class DaemonSettings:
         "SYSLOG_IDENTIFIER=postfix/virtual", "SYSLOG_IDENTIFIER=postfix/submission/smtpd",
         "SYSLOG_IDENTIFIER=postfix/smtps/smtpd", "SYSLOG_IDENTIFIER=postfix/postscreen",
         "SYSLOG_IDENTIFIER=exim", "SYSLOG_IDENTIFIER=sendmail", "SYSLOG_IDENTIFIER=sm-mta"])
+
+
+@dataclass
+class FleetSettings:
+    """``[fleet]``: the Redis that hosts of one fleet share (see smtpguard_logwatch/fleet)."""
+
+    redis: str = ""  # redis://, rediss:// (TLS) or unix:// URL; user and password allowed
+    host: str = ""  # this host's name on the bus (default: the hostname)
+    prefix: str = "smtpguard"  # key prefix: several fleets may share one Redis
+    timeout: float = 0.3  # seconds per round trip before Redis counts as down
+    stream_length: int = 100_000  # decisions kept on the stream (approximate MAXLEN)
+    password_file: str | None = None  # read the password from here instead of the URL
+    tls_ca: str | None = None  # rediss://: the CA that signed the server's certificate
+    tls_cert: str | None = None  # rediss:// client certificate (when Redis asks for one)
+    tls_key: str | None = None
+
+
+def _redis_url(v: Any) -> str:
+    if not isinstance(v, str) or not re.match(r"(redis|rediss|unix)://", v):
+        raise ValueError('expected a redis://, rediss:// or unix:// URL')
+    return v
+
+
+def _bus_name(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", v):
+        raise ValueError("expected letters, digits, '.', '_' or '-' (at most 63)")
+    return v
 
 
 # table -> {key: (type check, converter)}
@@ -185,6 +214,9 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                "first_start": _choice("beginning", "end"), "on_stop": _choice("keep", "remove"),
                "keep_decisions": parse_duration, "digest": _clock_time, "journal": _boolean,
                "journal_match": _str_list, "journal_directory": _string},
+    "fleet": {"redis": _redis_url, "host": _bus_name, "prefix": _bus_name,
+              "timeout": parse_duration, "stream_length": _count, "password_file": _string,
+              "tls_ca": _string, "tls_cert": _string, "tls_key": _string},
 }
 
 
@@ -251,6 +283,8 @@ def config_from_dict(raw: dict[str, Any], path: str = "<config>") -> Config:
                     raise ConfigError(f"{path}: {exc}") from None
             _assign(cfg, table, key, converted)
     _dry_run_alias(cfg, raw.get("enforcement"), path)
+    if cfg.fleet is not None and not cfg.fleet.redis:
+        raise ConfigError(f"{path}: [fleet] redis: missing (the URL of the fleet's Redis)")
     return cfg
 
 
@@ -285,6 +319,9 @@ def _assign(cfg: Config, table: str, key: str, value: Any) -> None:
         cfg.widest_prefix[int(key[-1])] = value
     elif table == "daemon":
         setattr(cfg.daemon, key, value)
+    elif table == "fleet":
+        cfg.fleet = cfg.fleet or FleetSettings()
+        setattr(cfg.fleet, key, value)
     elif (table, key) == ("enforcement", "dry_run"):
         pass  # see _dry_run_alias
     else:

@@ -128,6 +128,12 @@ CONFIG_RANGES: dict[tuple[str, str], Range] = {
     ("daemon", "keep_decisions"): Range("keep_decisions", 60, 3650 * DAY, "seconds",
                                         "ended decisions kept for repeat offenders and "
                                         "reports"),
+    ("fleet", "timeout"): Range("timeout", 0.05, 5, "seconds",
+                                "a Redis slower than this counts as down; the log loop "
+                                "never waits for it"),
+    ("fleet", "stream_length"): Range("stream_length", 100, 10_000_000, "decisions",
+                                      "decisions a returning host can catch up on",
+                                      integer=True),
     ("enforcement", "widest_prefix_ipv4"): WIDEST_PREFIX_IPV4,
     ("enforcement", "widest_prefix_ipv6"): WIDEST_PREFIX_IPV6,
 }

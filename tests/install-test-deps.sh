@@ -14,6 +14,9 @@
 #   iproute2          - network namespace / address helpers for tests.
 #   systemd           - systemd-analyze, to verify samples/smtpguard-logwatch.service
 #                       (tests/test_operating_files.py); nothing is started.
+#   redis-server      - fleet mode tests (tests/test_fleet.py) start their own private
+#                       redis-server on a unix socket in a temp dir; Debian's system
+#                       instance is stopped and disabled.
 #   systemd-journal-remote - writes real journal files from the export format, which
 #                       tests/test_journal.py follows with journalctl (no journald needed;
 #                       the package's services ship disabled and are not started).
@@ -26,6 +29,8 @@ set -euo pipefail
 
 PACKAGES=(postfix libsasl2-modules sasl2-bin nftables iproute2 iptables ipset systemd
           systemd-journal-remote)
+# Fleet mode: the tests run their own redis-server; the system one is quiesced below.
+PACKAGES+=(redis-server)
 
 say() { printf 'install-test-deps: %s\n' "$*"; }
 die() { printf 'install-test-deps: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -51,6 +56,8 @@ postfix_was_installed=yes
 is_installed postfix || postfix_was_installed=no
 saslbin_was_installed=yes
 is_installed sasl2-bin || saslbin_was_installed=no
+redis_was_installed=yes
+is_installed redis-server || redis_was_installed=no
 
 if ((${#missing[@]} == 0)); then
     say "all packages present; skipping apt-get"
@@ -100,6 +107,9 @@ quiesce_service() {
 if [[ $saslbin_was_installed == no ]]; then
     quiesce_service saslauthd
 fi
+if [[ $redis_was_installed == no ]]; then
+    quiesce_service redis-server
+fi
 
 if [[ $postfix_was_installed == no ]]; then
     # A fresh install with "No configuration" normally starts nothing; other preseeds or an
@@ -121,6 +131,7 @@ $(ipset version 2>/dev/null | awk '{sub(/,$/, "", $2); print "ipset", $2}' || ec
 $(ip -V 2>/dev/null | grep -o 'iproute2-[^ ,]*' || echo 'iproute2 ?')"
 command -v nft >/dev/null 2>&1 || die "nft not found after installing nftables"
 command -v ip >/dev/null 2>&1 || die "ip not found after installing iproute2"
+command -v redis-server >/dev/null 2>&1 || die "redis-server not found after installing it"
 command -v systemd-analyze >/dev/null 2>&1 || die "systemd-analyze not found after installing systemd"
 command -v journalctl >/dev/null 2>&1 || die "journalctl not found after installing systemd"
 [[ -x /lib/systemd/systemd-journal-remote ]] \

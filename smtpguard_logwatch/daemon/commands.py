@@ -78,7 +78,23 @@ def status(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
         "last_action_error": daemon.enforcer.errors[-1] if daemon.enforcer.errors else None,
         "actions": [a.name for a in daemon.actions],
         "reloads": daemon.reloads, "last_reload_error": daemon.last_reload_error,
+        "fleet": _fleet_status(daemon),
     }
+
+
+def _fleet_status(daemon: Daemon) -> dict[str, Any] | None:
+    if daemon.fleet is None:
+        return None
+    status = daemon.fleet.status()
+    return status | {"since": iso(status["since"])}
+
+
+def _host(daemon: Daemon, d: Any) -> str:
+    """Where a decision was made (fleet mode): this host, or the one it came from."""
+    from ..fleet.wire import origin_of
+
+    origin = origin_of(d)
+    return origin[1] if origin is not None else daemon.fleet.host
 
 
 def list_decisions(daemon: Daemon, args: dict[str, Any]) -> list[dict[str, Any]]:
@@ -87,7 +103,9 @@ def list_decisions(daemon: Daemon, args: dict[str, Any]) -> list[dict[str, Any]]
         raise ControlError('list: the only argument is "all": true or false')
     ledger = daemon.state.ledger
     decisions = list(ledger.all()) if every else ledger.active(daemon.clock())
-    return [decision_json(d) | {"id": d.id, "revoked": iso(d.revoked)} for d in decisions]
+    fleet = daemon.fleet is not None
+    return [decision_json(d) | {"id": d.id, "revoked": iso(d.revoked)}
+            | ({"host": _host(daemon, d)} if fleet else {}) for d in decisions]
 
 
 def ban(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
@@ -96,16 +114,22 @@ def ban(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
     banned = _operator(daemon).ban(BanRequest.parse(args))
     d = banned.decision
     daemon.log_decision(d, "manual")
+    if daemon.fleet is not None:
+        daemon.fleet.publish(d)
     return decision_json(d) | {"id": d.id, "carried_by": banned.outcome.carried_by,
                                "failed": banned.outcome.failed}
 
 
 def unban(daemon: Daemon, args: dict[str, Any]) -> list[dict[str, Any]]:
     key, dimension = parse_key_request(args, "unban")
-    revoked = _operator(daemon).unban(key, dimension=dimension)
+    operator = _operator(daemon)
+    revoked = operator.unban(key, dimension=dimension)
     for d in revoked:
         daemon.state.engine.forgive(d.dimension, d.key)
         daemon.log_decision(d, "lifted")
+    if daemon.fleet is not None:  # lifted on every host, whether this one had it or not
+        dimension, key = operator.resolve(key, dimension)
+        daemon.fleet.publish_unban(dimension, key, daemon.clock())
     return [decision_json(d) | {"id": d.id} for d in revoked]
 
 

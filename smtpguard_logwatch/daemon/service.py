@@ -96,6 +96,7 @@ class Daemon:
             self._journal_backoff = 5.0
             self.scheduler = build_scheduler(self)
             self.control: ControlServer | None = None
+            self.fleet = self._fleet(cfg)
         except BaseException:
             self._state_lock.__exit__()
             raise
@@ -118,6 +119,14 @@ class Daemon:
                              on_ready=lambda: self.follower.wake(),
                              directory=cfg.daemon.journal_directory)
 
+    def _fleet(self, cfg: Config):
+        if cfg.fleet is None:
+            return None
+        from ..fleet import Link
+
+        return Link(cfg.fleet, cfg.fleet.host or self.hostname, lambda: self.follower.wake(),
+                    widest=cfg.widest_prefix)
+
     def journal_status(self) -> dict[str, Any] | None:
         if self.journal is None:
             return None
@@ -138,6 +147,8 @@ class Daemon:
             with self.lock:
                 self.state.rebuild_from(self.actions)  # after a corrupt database only
                 self._reconcile("start")
+                if self.fleet is not None:
+                    self.fleet.start(self.state.ledger)
             self.scheduler.start()
             log.info("started pid=%d logs=%s watch=%s rules=%s mode=%s socket=%s",
                      os.getpid(), ",".join(self.cfg.logs) or "-", self.follower.backend,
@@ -160,6 +171,9 @@ class Daemon:
         if batch or journal:
             with self.lock:
                 self.process(batch, journal)
+        if self.fleet is not None:
+            with self.lock:
+                self._apply_fleet()
         if self._reload_wanted.is_set():
             self._reload_wanted.clear()
             self._answer_reload(self.reload())
@@ -171,6 +185,14 @@ class Daemon:
         if journal:
             self._feed_journal(journal)
         self._enforce_new()
+
+    def _apply_fleet(self) -> None:
+        """Enforce what other hosts decided (and send mails this host won). Caller holds
+        the lock."""
+        engine = self.state.engine
+        self.fleet.apply_inbox(self.state.ledger, self.enforcer, self.clock(),
+                               engine.breaker.tripped_rules, engine.forgive,
+                               self.log_decision)
 
     def _feed(self, path: str, lines: list) -> None:
         remaining = iter(lines)
@@ -199,12 +221,18 @@ class Daemon:
                 d.until is None and d.time < now - STALE_NOTICE)
             self.log_decision(d, "stale" if stale else "decision")
             if not stale and d.revoked is None:
-                self.enforcer.apply(d)
+                if self.fleet is None:
+                    self.enforcer.apply(d)
+                else:
+                    self.fleet.enforce_local(self.enforcer, d)
+                    self.fleet.publish(d)
         fresh_ids = {d.id for d in fresh}
         for d in revoked:
             self.log_decision(d, "revoked by the circuit breaker")
             if d.id not in fresh_ids:
                 self.enforcer.revoke(d)
+            if self.fleet is not None:
+                self.fleet.publish_revoke(d, now)
         # another decision still in force may share a map entry just removed
         for dimension, key in {(d.dimension, d.key) for d in revoked}:
             for d in self.state.ledger.for_key(dimension, key):
@@ -213,6 +241,8 @@ class Daemon:
         for d in extended:
             if d.until is not None and d.until > now and d.revoked is None:
                 self.enforcer.apply(d)  # a fresh kernel timeout / map entry to the new end
+                if self.fleet is not None:
+                    self.fleet.publish(d)  # the others extend it too
 
     def log_decision(self, d: Decision, what: str) -> None:
         """One greppable line per decision, lift and manual ban."""
@@ -431,6 +461,8 @@ class Daemon:
             self.control.close()
         if self.journal is not None:
             self.journal.stop()
+        if self.fleet is not None:
+            self.fleet.close()
         with self.lock:
             saved = self.state.checkpoint()
             if self.cfg.daemon.on_stop == "remove":

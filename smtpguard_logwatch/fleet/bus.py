@@ -1,0 +1,252 @@
+"""The connection to the fleet's Redis, on its own thread, so the log loop never waits
+for the network.
+
+The main thread hands entries to publish (and warning-mail claims) to an outbox and
+takes what arrived from an inbox; both are plain deques, and :meth:`Bus.drain` never
+blocks. The thread publishes with XADD (approximate MAXLEN), reads with XREAD from
+its own last id (every host sees every entry: no consumer group), and claims a
+warning mail with SET NX. Every round trip has a timeout of a few hundred
+milliseconds; any failure marks Redis down (one log line), keeps what is owed in the
+outbox, and retries with a doubling backoff. On (re)connecting it sends what it owes,
+reads everything it missed, then tells the main thread ``synced`` so that it can
+publish its own active decisions again (Redis may have come back empty).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..config import FleetSettings
+
+log = logging.getLogger("smtpguard_logwatch.fleet")
+
+BLOCK_MS = 100
+"""How long one XREAD waits for news; the outbox is flushed at least this often."""
+READ_COUNT = 1000
+MAX_OWED = 100_000
+"""Entries kept for a Redis that is down; beyond this the oldest are dropped (and
+counted): a host that comes back republishes its active decisions anyway."""
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and ``status``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def stream_key(prefix: str) -> str:
+    """The decision stream. One key, so Redis Cluster keeps it in one slot."""
+    return f"{prefix}:{{decisions}}"
+
+
+def claim_key(prefix: str, dimension: str, key: str, action: str) -> str:
+    """The warning-mail claim for one key and action (SET NX; it expires with the
+    decision)."""
+    return f"{prefix}:mailed:{{{dimension}:{key}}}:{action}"
+
+
+class Bus:
+    """A thread that talks to Redis; see the module docstring."""
+
+    def __init__(self, settings: FleetSettings, host: str, wake: Callable[[], None]) -> None:
+        self.settings = settings
+        self.host = host
+        self.wake = wake
+        self.stream = stream_key(settings.prefix)
+        self.state = "connecting"
+        self.since = time.time()
+        self.last_error: str | None = None
+        self.published = 0
+        self.received = 0
+        self.dropped = 0
+        self.last_id = "0-0"
+        self._outbox: deque[tuple[str, Any]] = deque()
+        self._inbox: deque[tuple[str, Any]] = deque()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._client: Any = None
+        self._backoff = BACKOFF_FIRST
+        self._thread = threading.Thread(target=self._run, name="fleet-bus", daemon=True)
+
+    # -- the main thread's side (never blocks) ---------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the thread after one last attempt to send what is owed."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def send(self, fields: dict[str, str]) -> None:
+        """Publish ``fields`` on the stream as soon as Redis answers."""
+        with self._lock:
+            if len(self._outbox) >= MAX_OWED:
+                self._outbox.popleft()
+                self.dropped += 1
+            self._outbox.append(("xadd", fields))
+
+    def claim(self, token: int, key: str, ttl: int) -> None:
+        """Ask whether this host is the first to mail about ``key``; the answer comes
+        back through :meth:`drain` as ``("claimed", (token, bool))``. With Redis down
+        the answer is True at once: better a mail per host than none."""
+        with self._lock:
+            if self.state != "up":
+                self._inbox.append(("claimed", (token, True)))
+            else:
+                self._outbox.append(("claim", (token, key, ttl)))
+        if self.state != "up":
+            self.wake()
+
+    def drain(self) -> list[tuple[str, Any]]:
+        """What arrived: ``("entries", [(stream id, fields), …])``, ``("synced", None)``,
+        ``("claimed", (token, bool))``."""
+        with self._lock:
+            items = list(self._inbox)
+            self._inbox.clear()
+        return items
+
+    def status(self) -> dict[str, Any]:
+        return {"redis": redacted(self.settings.redis), "host": self.host,
+                "state": self.state, "since": self.since, "last_error": self.last_error,
+                "owed": len(self._outbox), "dropped": self.dropped,
+                "published": self.published, "received": self.received,
+                "last_id": self.last_id}
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._client is None and not self._connect():
+                self._stop.wait(self._backoff)
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                continue
+            try:
+                self._flush()
+                entries = self._read(BLOCK_MS)
+                if entries:
+                    self._put("entries", entries)
+            except Exception as exc:  # noqa: BLE001 - redis errors, and OSError under them
+                self._down(exc)
+        if self._client is not None:
+            with contextlib.suppress(Exception):  # stopping: the owed are republished
+                self._flush()
+            self._client.close()
+
+    def _connect(self) -> bool:
+        import redis
+
+        missed: list[tuple[str, Any]] = []
+        try:
+            client = redis.Redis.from_url(self.settings.redis, **self._options())
+            client.ping()
+            self._client = client
+            self._flush()
+            while batch := self._read(None):  # catch up on everything missed, at once
+                missed += batch
+        except Exception as exc:  # noqa: BLE001
+            if missed:  # read (the last id moved past them): delivered, not lost
+                self._put("entries", missed)
+            self._down(exc)
+            return False
+        if missed:  # one batch, so a ban lifted later is never applied for a moment
+            self._put("entries", missed)
+        self._backoff = BACKOFF_FIRST
+        was = self.state
+        self.state, self.since, self.last_error = "up", time.time(), None
+        log.info("fleet: %s Redis %s as %s (last id %s)",
+                 "connected to" if was == "connecting" else "reconnected to",
+                 redacted(self.settings.redis), self.host, self.last_id)
+        self._put("synced", None)
+        return True
+
+    def _options(self) -> dict[str, Any]:
+        s = self.settings
+        options: dict[str, Any] = {"socket_timeout": s.timeout + BLOCK_MS / 1000,
+                                   "socket_connect_timeout": s.timeout,
+                                   "health_check_interval": 0}
+        if not s.redis.startswith("unix://"):
+            options["socket_keepalive"] = True
+        if s.password_file:
+            with open(s.password_file, encoding="utf-8") as fh:
+                options["password"] = fh.readline().rstrip("\n")
+        if s.redis.startswith("rediss://"):
+            options |= {"ssl_ca_certs": s.tls_ca, "ssl_certfile": s.tls_cert,
+                        "ssl_keyfile": s.tls_key}
+        return options
+
+    def _down(self, exc: BaseException) -> None:
+        """Redis failed: one log line per outage; pending mail claims say "send it"."""
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        if self.state != "down":
+            log.warning("fleet: Redis %s unreachable (%s); going on with local counts and "
+                        "decisions, retrying with backoff", redacted(self.settings.redis),
+                        error)
+            self.state, self.since = "down", time.time()
+        self.last_error = error
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+        with self._lock:
+            claims = [item for item in self._outbox if item[0] == "claim"]
+            for item in claims:
+                self._outbox.remove(item)
+                self._inbox.append(("claimed", (item[1][0], True)))
+        if claims:
+            self.wake()
+
+    def _flush(self) -> None:
+        """Send the outbox in one pipeline; on failure it stays owed."""
+        with self._lock:
+            items = list(self._outbox)
+        if not items:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for kind, value in items:
+            if kind == "xadd":
+                pipe.xadd(self.stream, value, maxlen=self.settings.stream_length,
+                          approximate=True)
+            else:
+                _token, key, ttl = value
+                pipe.set(key, self.host, nx=True, ex=max(1, int(ttl)))
+        results = pipe.execute()
+        with self._lock:
+            for _ in items:
+                self._outbox.popleft()
+            for (kind, value), result in zip(items, results, strict=True):
+                if kind == "xadd":
+                    self.published += 1
+                else:
+                    self._inbox.append(("claimed", (value[0], bool(result))))
+        if any(kind == "claim" for kind, _ in items):
+            self.wake()
+
+    def _read(self, block: int | None) -> list[tuple[str, Any]]:
+        """One XREAD from the last id: the entries that arrived, as (id, fields)."""
+        answer = self._client.xread({self.stream: self.last_id}, count=READ_COUNT,
+                                    block=block)
+        entries = []
+        for _stream, items in answer or ():
+            for entry_id, fields in items:
+                self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                entries.append((self.last_id, fields))
+        self.received += len(entries)
+        return entries
+
+    def _put(self, kind: str, value: Any) -> None:
+        with self._lock:
+            self._inbox.append((kind, value))
+        self.wake()

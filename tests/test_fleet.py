@@ -1,0 +1,319 @@
+"""Fleet mode: daemons that share one real redis-server (started by the test on a
+private unix socket) enforce each other's decisions within a second, lift them
+everywhere on one ``unban``, mail a warning once per fleet, skip hostile stream
+entries, and go on alone, without waiting, while Redis is down or paused."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from redis_server import RedisServer, needs_redis
+from test_daemon import Recorder, config, reject, wait_for
+from test_daemon import running as running  # the fixture
+
+from smtpguard_logwatch.config import ConfigError, FleetSettings, config_from_dict
+from smtpguard_logwatch.daemon.control import request
+from smtpguard_logwatch.engine.ledger import Decision
+from smtpguard_logwatch.fleet import wire
+from smtpguard_logwatch.fleet.bus import redacted, stream_key
+
+NOW = 1_765_000_000.0
+
+
+class Teller(Recorder):
+    """A warning-mail stand-in: only tells people, so it sees every decision."""
+
+    name = "teller"
+    notifies_only = True
+
+    def handles(self, decision: Decision) -> bool:
+        return True
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+def host(tmp_path: Path, name: str, url: str, *, rules: str | None = None,
+         duration: str = "1h"):
+    directory = tmp_path / name
+    directory.mkdir()
+    cfg = config(directory, duration=duration, rules=rules)
+    cfg.fleet = FleetSettings(redis=url, host=name, timeout=0.3)
+    return cfg
+
+
+def keys_of(rec: Recorder) -> list[str]:
+    return [d.key for _, d in rec.applied]
+
+
+# -- what travels, and the checks on what comes back -------------------------------------
+
+def decision(**kw) -> Decision:
+    d = Decision(time=NOW, dimension="client_ip", key="192.0.2.7", action="refuse",
+                 until=NOW + 3600, rules=("burst",), origin="rule", id=12)
+    for k, v in kw.items():
+        setattr(d, k, v)
+    return d
+
+
+def test_a_decision_survives_the_wire() -> None:
+    d = decision(action="throttle", argument=1 / 60)
+    entry = wire.decode(wire.encode_decision("mx1", d), NOW)
+    got = entry.decision
+    assert (entry.kind, entry.host, entry.fleet_id) == ("decision", "mx1", f"mx1:12:{int(NOW)}")
+    assert (got.dimension, got.key, got.action, got.until, got.rules, got.origin) == (
+        "client_ip", "192.0.2.7", "throttle", NOW + 3600, ("burst",), "rule")
+    assert abs(got.argument - 1 / 60) < 1e-5 and got.id is None
+    assert wire.origin_of(got) == (f"mx1:12:{int(NOW)}", "mx1")
+    unban = wire.decode(wire.encode_unban("mx2", "client_net", "198.51.100.0/24", NOW), NOW)
+    assert (unban.kind, unban.dimension, unban.key) == ("unban", "client_net", "198.51.100.0/24")
+
+
+def _fields(**changes: str) -> dict[str, str]:
+    fields = wire.encode_decision("mx1", decision())
+    fields.update(changes)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+@pytest.mark.parametrize(("changes", "why"), [
+    ({"key": "192.0.2.7; nft flush ruleset"}, "key"),
+    ({"key": "0177.0.0.1"}, "key"),
+    ({"key": "::ffff:192.0.2.7"}, "canonical"),
+    ({"dimension": "client_net", "key": "0.0.0.0/0"}, "every"),
+    ({"dimension": "client_net", "key": "10.0.0.0/8"}, "wider than"),
+    ({"dimension": "sender", "key": "a b@example.org"}, "key"),
+    ({"dimension": "nobody"}, "dimension"),
+    ({"action": "shell"}, "action"),
+    ({"action": "notify"}, "action"),
+    ({"until": f"{NOW + 3651 * 86400:.6f}"}, "out of range"),
+    ({"until": f"{NOW - 10:.6f}"}, "out of range"),
+    ({"until": "1e308"}, "until"),
+    ({"until": "nan"}, "until"),
+    ({"time": f"{NOW + 3600:.6f}"}, "future"),
+    ({"argument": "5"}, "takes none"),
+    ({"action": "delay", "argument": "301"}, "out of range"),
+    ({"rules": "burst,$(reboot)"}, "rules"),
+    ({"origin": "root"}, "origin"),
+    ({"host": "mx1\nfake"}, "host"),
+    ({"host": "mx2"}, "does not belong"),
+    ({"reason": "a\nb"}, "reason"),
+    ({"v": "2"}, "version"),
+    ({"kind": "exec"}, "kind"),
+    ({"key": "x" * 5000}, "longer than"),
+])
+def test_a_hostile_entry_is_refused_with_one_line(changes: dict[str, str], why: str) -> None:
+    with pytest.raises(wire.Malformed, match=why) as info:
+        wire.decode(_fields(**changes), NOW)
+    assert "\n" not in str(info.value)
+
+
+def test_a_non_utf8_entry_is_malformed() -> None:
+    raw = {k.encode(): v.encode() for k, v in _fields().items()} | {b"key": b"\xff\xfe"}
+    with pytest.raises(wire.Malformed, match="UTF-8"):
+        wire.decode(raw, NOW)
+
+
+def test_config_section_and_password_redaction() -> None:
+    cfg = config_from_dict({"fleet": {"redis": "rediss://smtpguard:s3cret@redis.example:6380",
+                                      "host": "mx1", "timeout": "250ms"
+                                      if False else 0.25}})
+    assert cfg.fleet.host == "mx1" and cfg.fleet.timeout == 0.25
+    assert redacted(cfg.fleet.redis) == "rediss://smtpguard:***@redis.example:6380"
+    assert config_from_dict({}).fleet is None
+    with pytest.raises(ConfigError, match="redis: missing"):
+        config_from_dict({"fleet": {"host": "mx1"}})
+    with pytest.raises(ConfigError, match="URL"):
+        config_from_dict({"fleet": {"redis": "http://x"}})
+    with pytest.raises(ConfigError, match="timeout"):
+        config_from_dict({"fleet": {"redis": "redis://x", "timeout": 30}})
+
+
+# -- a fleet on a real redis-server -------------------------------------------------------
+
+def test_ban_anywhere_is_enforced_everywhere_and_unban_lifts_everywhere(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    recs = [Recorder(), Recorder(), Recorder()]
+    cfgs = [host(tmp_path, f"mx{i + 1}", redis_server.url) for i in range(3)]
+    for cfg, rec in zip(cfgs, recs, strict=True):
+        running(cfg, [rec])
+    for cfg in cfgs:
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
+                 5, "the fleet connection")
+    delays = []
+    for n in range(10):
+        ip = f"203.0.113.{n + 1}"
+        request(cfgs[0].control_socket, "ban", key=ip, duration=600, reason="seen elsewhere")
+        sent = time.monotonic()
+        for rec in recs[1:]:
+            wait_for(lambda r=rec, ip=ip: ip in keys_of(r), 5, f"{ip} on the other hosts")
+            delays.append(next(at for at, d in rec.applied if d.key == ip) - sent)
+    assert max(delays) < 1.0, f"slowest: {max(delays):.3f}s"
+    listed = request(cfgs[2].control_socket, "list")
+    assert {(d["key"], d["host"], d["origin"]) for d in listed} == {
+        (f"203.0.113.{n + 1}", "mx1", "manual") for n in range(10)}
+    assert {d["host"] for d in request(cfgs[0].control_socket, "list")} == {"mx1"}
+
+    request(cfgs[1].control_socket, "unban", key="203.0.113.1")  # on another host
+    for rec in (recs[0], recs[2]):
+        wait_for(lambda r=rec: "203.0.113.1" in [d.key for _, d in r.revoked], 5,
+                 "the unban everywhere")
+    for cfg in cfgs:
+        wait_for(lambda c=cfg: "203.0.113.1" not in
+                 {d["key"] for d in request(c.control_socket, "list")}, 5, "the lifted ban")
+    status = request(cfgs[2].control_socket, "status")["fleet"]
+    assert status["applied"] == 10 and status["lifted"] == 1 and status["malformed"] == 0
+
+
+def test_a_host_that_starts_later_reads_the_active_decisions(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    first, late = Recorder(), Recorder()
+    a = host(tmp_path, "mx1", redis_server.url)
+    running(a, [first])
+    wait_for(lambda: request(a.control_socket, "status")["fleet"]["state"] == "up", 5, "up")
+    for ip in ("198.51.100.1", "198.51.100.2"):
+        request(a.control_socket, "ban", key=ip, duration=600)
+    request(a.control_socket, "ban", key="198.51.100.3", duration=1)  # over before mx2 starts
+    request(a.control_socket, "unban", key="198.51.100.1")
+    time.sleep(1.2)
+    b = host(tmp_path, "mx2", redis_server.url)
+    running(b, [late])
+    wait_for(lambda: "198.51.100.2" in keys_of(late), 5, "the catch-up")
+    time.sleep(0.3)
+    assert keys_of(late) == ["198.51.100.2"]
+
+
+def test_hostile_stream_entries_are_skipped_and_allowlists_hold(
+        tmp_path: Path, redis_server: RedisServer, running, caplog) -> None:
+    rules = ("allow network 198.51.100.0/24\n"
+             "rule burst for client_ip:\n    when rejects in 1m > 5\n    add 100 points\n"
+             "ladder client_ip:\n    at 100 points refuse for 1h\n")
+    rec = Recorder()
+    b = host(tmp_path, "mx2", redis_server.url, rules=rules)
+    running(b, [rec])
+    wait_for(lambda: request(b.control_socket, "status")["fleet"]["state"] == "up", 5, "up")
+    r = redis_server.client()
+    stream = stream_key("smtpguard")
+    now = time.time()
+    good = wire.encode_decision("mx9", decision(time=now, until=now + 600,
+                                                key="203.0.113.50"))
+    with caplog.at_level(logging.WARNING, logger="smtpguard_logwatch"):
+        r.xadd(stream, good | {"key": "203.0.113.50 ; nft flush ruleset"})
+        r.xadd(stream, good | {"dimension": "client_net", "key": "0.0.0.0/0"})
+        r.xadd(stream, good | {"until": f"{now + 1e10:.6f}"})
+        r.xadd(stream, {"kind": "decision"})
+        r.xadd(stream, wire.encode_decision("mx9", decision(
+            id=13, time=now, until=now + 600, key="198.51.100.10")))  # allow-listed on mx2
+        r.xadd(stream, wire.encode_decision("mx9", decision(
+            id=14, time=now, until=now + 600, key="127.0.0.1")))  # loopback
+        r.xadd(stream, good)
+        wait_for(lambda: keys_of(rec), 5, "the good entry")
+        time.sleep(0.3)
+    assert keys_of(rec) == ["203.0.113.50"]
+    status = request(b.control_socket, "status")["fleet"]
+    assert status["malformed"] == 4
+    skipped = [m for m in caplog.messages if "skipped" in m]
+    assert len(skipped) == 4 and all("\n" not in m for m in skipped)
+    assert sum("allow-listed or local" in m for m in caplog.messages) == 2
+
+
+def test_the_warning_mail_goes_out_once_per_fleet(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    hosts = [(host(tmp_path, f"mx{i}", redis_server.url), Recorder(), Teller())
+             for i in (1, 2, 3)]
+    for cfg, rec, teller in hosts:
+        running(cfg, [rec, teller])
+    for cfg, _, _ in hosts:
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
+                 5, "up")
+    for cfg, _, _ in hosts:  # every host sees the same attack and decides on its own
+        with open(cfg.logs[0], "a") as fh:
+            fh.writelines(reject("203.0.113.99") for _ in range(6))
+    for _, rec, _ in hosts:
+        wait_for(lambda r=rec: "203.0.113.99" in keys_of(r), 5, "the refusal on each host")
+    time.sleep(1.0)
+    mailed = [d for _, _, teller in hosts for _, d in teller.applied]
+    assert len(mailed) == 1 and mailed[0].key == "203.0.113.99"
+
+
+def test_redis_down_is_not_an_outage(tmp_path: Path, running, caplog) -> None:
+    needs_redis()
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    url = f"unix://{redis_dir / 'redis.sock'}?db=0"
+    a_rec, a_teller, b_rec = Recorder(), Teller(), Recorder()
+    a = host(tmp_path, "mx1", url, duration="10m")
+    with caplog.at_level(logging.INFO, logger="smtpguard_logwatch"):
+        running(a, [a_rec, a_teller])
+        wait_for(lambda: request(a.control_socket, "status")["fleet"]["state"] == "down", 5,
+                 "the outage in status")
+        for n in range(3):  # three refusals while Redis is away: enforced and mailed here
+            with open(a.logs[0], "a") as fh:
+                fh.writelines(reject(f"203.0.113.{n + 1}") for _ in range(6))
+            written = time.monotonic()
+            wait_for(lambda n=n: f"203.0.113.{n + 1}" in keys_of(a_rec), 5, "local refusal")
+            assert a_rec.applied[-1][0] - written < 1.0
+        wait_for(lambda: len(a_teller.applied) == 3, 5, "the mails, sent locally")
+        status = request(a.control_socket, "status")["fleet"]
+        assert status["owed"] == 3 and status["last_error"]
+        server = RedisServer(redis_dir)
+        try:
+            wait_for(lambda: request(a.control_socket, "status")["fleet"]["state"] == "up",
+                     10, "the reconnection")
+            b = host(tmp_path, "mx2", url)
+            running(b, [b_rec])
+            wait_for(lambda: len(b_rec.applied) == 3, 5, "what mx1 owed, on mx2")
+            outage = [m for m in caplog.messages if "unreachable" in m]
+            assert len(outage) == 1, outage  # one line for the outage, not one per retry
+            wait_for(lambda: request(a.control_socket, "status")["fleet"]["owed"] == 0, 5,
+                     "nothing owed")
+        finally:
+            server.stop()
+
+
+def test_redis_killed_and_paused_mid_run(tmp_path: Path, redis_server: RedisServer,
+                                         running) -> None:
+    a_rec, b_rec = Recorder(), Recorder()
+    a = host(tmp_path, "mx1", redis_server.url)
+    b = host(tmp_path, "mx2", redis_server.url)
+    running(a, [a_rec])
+    running(b, [b_rec])
+    for cfg in (a, b):
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
+                 5, "up")
+
+    def attack(ip: str) -> float:
+        with open(a.logs[0], "a") as fh:
+            fh.writelines(reject(ip) for _ in range(6))
+        written = time.monotonic()
+        wait_for(lambda: ip in keys_of(a_rec), 5, f"{ip} refused on mx1")
+        return next(at for at, d in a_rec.applied if d.key == ip) - written
+
+    assert attack("203.0.113.1") < 1.0
+    wait_for(lambda: "203.0.113.1" in keys_of(b_rec), 2, "192.0.2.1 on mx2")
+
+    redis_server.kill()  # gone, and it comes back empty (no persistence)
+    assert attack("203.0.113.2") < 1.0
+    wait_for(lambda: request(a.control_socket, "status")["fleet"]["state"] == "down", 5,
+             "down")
+    redis_server.start()
+    wait_for(lambda: "203.0.113.2" in keys_of(b_rec), 40, "the owed decision on mx2")
+
+    redis_server.pause()  # SIGSTOP: connections hang, nothing answers
+    try:
+        assert attack("203.0.113.3") < 1.0
+        request(a.control_socket, "ban", key="198.51.100.77", duration=600)
+        wait_for(lambda: request(a.control_socket, "status")["fleet"]["state"] == "down", 5,
+                 "the paused Redis seen as down")
+        assert "203.0.113.3" not in keys_of(b_rec)
+    finally:
+        redis_server.resume()
+    wait_for(lambda: {"203.0.113.3", "198.51.100.77"} <= set(keys_of(b_rec)), 40,
+             "the decisions made during the pause, on mx2")
+    assert sorted(keys_of(b_rec)) == sorted(set(keys_of(b_rec)))  # each applied once
