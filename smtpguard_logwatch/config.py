@@ -124,12 +124,26 @@ class FleetSettings:
     tls_ca: str | None = None  # rediss://: the CA that signed the server's certificate
     tls_cert: str | None = None  # rediss:// client certificate (when Redis asks for one)
     tls_key: str | None = None
+    dimensions: list[str] = field(default_factory=lambda: [
+        "client_ip", "client_net", "sender", "sender_domain", "sasl_user"])
+    """Counted fleet-wide ([] : share decisions only)."""
 
 
 def _redis_url(v: Any) -> str:
     if not isinstance(v, str) or not re.match(r"(redis|rediss|unix)://", v):
         raise ValueError('expected a redis://, rediss:// or unix:// URL')
     return v
+
+
+def _dimensions(v: Any) -> list[str]:
+    from .counting import DIMENSIONS
+
+    names = _str_list(v)
+    unknown = [n for n in names if n not in DIMENSIONS]
+    if unknown:
+        raise ValueError(f"unknown dimension(s) {', '.join(unknown)} (known: "
+                         f"{', '.join(DIMENSIONS)})")
+    return names
 
 
 def _bus_name(v: Any) -> str:
@@ -216,7 +230,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                "journal_match": _str_list, "journal_directory": _string},
     "fleet": {"redis": _redis_url, "host": _bus_name, "prefix": _bus_name,
               "timeout": parse_duration, "stream_length": _count, "password_file": _string,
-              "tls_ca": _string, "tls_cert": _string, "tls_key": _string},
+              "tls_ca": _string, "tls_cert": _string, "tls_key": _string,
+              "dimensions": _dimensions},
 }
 
 

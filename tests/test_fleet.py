@@ -317,3 +317,63 @@ def test_redis_killed_and_paused_mid_run(tmp_path: Path, redis_server: RedisServ
     wait_for(lambda: {"203.0.113.3", "198.51.100.77"} <= set(keys_of(b_rec)), 40,
              "the decisions made during the pause, on mx2")
     assert sorted(keys_of(b_rec)) == sorted(set(keys_of(b_rec)))  # each applied once
+
+
+# -- shared counters ------------------------------------------------------------------------
+
+SPREAD_RULES = """\
+rule fleet_burst for client_ip:
+    when rejects in 1m > 10
+    add 100 points
+ladder client_ip:
+    at 100 points refuse for 1h
+"""
+
+
+def _spread_attack(cfgs: list, ip: str, per_host: int) -> float:
+    """``per_host`` rejects of ``ip`` on each host, round robin; returns when the line
+    that took the fleet over the threshold was written."""
+    crossed = 0.0
+    n = 0
+    for _ in range(per_host):
+        for cfg in cfgs:
+            with open(cfg.logs[0], "a") as fh:
+                fh.write(reject(ip))
+            n += 1
+            if n == 11:
+                crossed = time.monotonic()
+            time.sleep(0.05)
+    return crossed
+
+
+def test_a_botnet_spread_over_the_fleet_is_refused_everywhere_and_missed_alone(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    fleet = [(host(tmp_path, f"mx{i}", redis_server.url, rules=SPREAD_RULES), Recorder())
+             for i in (1, 2, 3)]
+    for cfg, rec in fleet:
+        running(cfg, [rec])
+    for cfg, _ in fleet:
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
+                 5, "up")
+    crossed = _spread_attack([cfg for cfg, _ in fleet], "203.0.113.77", per_host=4)
+    for cfg, rec in fleet:
+        wait_for(lambda r=rec: "203.0.113.77" in keys_of(r), 5, f"the refusal on {cfg.fleet.host}")
+        at = next(at for at, d in rec.applied if d.key == "203.0.113.77")
+        assert at - crossed < 2.0, f"{cfg.fleet.host}: {at - crossed:.2f}s after the crossing"
+    merged = [request(cfg.control_socket, "status")["fleet"]["merged_from_others"]
+              for cfg, _ in fleet]
+    assert max(merged) >= 7  # the host that decided had at most 4 of the 11 itself
+
+    alone = []  # the same log, the same rules, no [fleet]
+    for i in (1, 2, 3):
+        cfg = host(tmp_path, f"alone{i}", redis_server.url, rules=SPREAD_RULES)
+        cfg.fleet = None
+        rec = Recorder()
+        running(cfg, [rec])
+        alone.append((cfg, rec))
+    _spread_attack([cfg for cfg, _ in alone], "203.0.113.77", per_host=4)
+    for cfg, _ in alone:
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["lines"]["read"] == 4, 5,
+                 "the lines read")
+    time.sleep(1.5)
+    assert all(not rec.applied for _, rec in alone)

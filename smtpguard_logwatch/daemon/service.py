@@ -123,9 +123,18 @@ class Daemon:
         if cfg.fleet is None:
             return None
         from ..fleet import Link
+        from ..fleet.counters import FleetStore
 
-        return Link(cfg.fleet, cfg.fleet.host or self.hostname, lambda: self.follower.wake(),
+        link = Link(cfg.fleet, cfg.fleet.host or self.hostname, lambda: self.follower.wake(),
                     widest=cfg.widest_prefix)
+        if cfg.fleet.dimensions:
+            engine = self.state.engine
+            link.store = engine.store = FleetStore(engine.store, prefix=cfg.fleet.prefix,
+                                                   dimensions=cfg.fleet.dimensions,
+                                                   clock=self.clock)
+            link.reevaluate = lambda d, k, metrics: engine.reevaluate(d, k, metrics,
+                                                                      self.clock())
+        return link
 
     def journal_status(self) -> dict[str, Any] | None:
         if self.journal is None:
@@ -190,9 +199,13 @@ class Daemon:
         """Enforce what other hosts decided (and send mails this host won). Caller holds
         the lock."""
         engine = self.state.engine
-        self.fleet.apply_inbox(self.state.ledger, self.enforcer, self.clock(),
+        now = self.clock()
+        self.fleet.send_counts(now)
+        self.fleet.apply_inbox(self.state.ledger, self.enforcer, now,
                                engine.breaker.tripped_rules, engine.forgive,
                                self.log_decision)
+        if self._fresh or self._extended or self._revoked:
+            self._enforce_new()  # decided on the fleet's counts just merged
 
     def _feed(self, path: str, lines: list) -> None:
         remaining = iter(lines)

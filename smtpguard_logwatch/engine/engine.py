@@ -234,6 +234,17 @@ class Engine:
             for (d, k), metrics in touched.items():
                 self._evaluate(d, k, metrics, now, authenticated, phase)
 
+    def reevaluate(self, dimension: str, key: str, metrics: list[str], now: float) -> None:
+        """Run the rules reading ``metrics`` on a key whose counts changed without an
+        event here (fleet mode: other hosts' counts were merged into the store), as
+        after an unauthenticated event."""
+        if self._scoring_from is None:
+            return  # nothing seen yet: no rule may act before the first event
+        warm = now >= self._scoring_from
+        phase = -1 if warm else bisect.bisect_right(
+            self._settle_times, now - (self._scoring_from - self.warmup))
+        self._evaluate(dimension, key, metrics, now, False, phase)
+
     def warming_up(self, now: float) -> bool:
         """True while rules that read the past are held back."""
         return self._scoring_from is None or now < self._scoring_from

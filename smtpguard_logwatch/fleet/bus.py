@@ -36,6 +36,16 @@ counted): a host that comes back republishes its active decisions anyway."""
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 
 
+def _number(value: Any) -> float:
+    """A counter's value from Redis; anything that is not a finite number (someone
+    wrote to the tool's keys) counts as nothing."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if 0.0 <= number < 1e15 else 0.0
+
+
 def redacted(url: str) -> str:
     """The URL without its password, for logs and ``status``."""
     parts = urlsplit(url)
@@ -73,6 +83,9 @@ class Bus:
         self.dropped = 0
         self.last_id = "0-0"
         self._outbox: deque[tuple[str, Any]] = deque()
+        self._counts: dict[str, Any] | None = None  # counters owed (one merged batch)
+        self._expiring: dict[str, int] = {}  # counter keys given an EXPIRE, by bucket
+        self.commands = 0  # Redis commands sent (for the benchmark)
         self._inbox: deque[tuple[str, Any]] = deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -98,6 +111,23 @@ class Bus:
                 self.dropped += 1
             self._outbox.append(("xadd", fields))
 
+    def send_counts(self, batch: dict[str, Any]) -> None:
+        """Counter increments, distinct members and what to read back (see
+        counters.FleetStore.take_batch); merged with a batch still owed."""
+        with self._lock:
+            owed = self._counts
+            if owed is None:
+                self._counts = batch
+                return
+            for k, n in batch["incr"].items():
+                if k not in owed["incr"] and len(owed["incr"]) >= MAX_OWED:
+                    self.dropped += 1  # a long outage under hostile cardinality
+                    continue
+                owed["incr"][k] = owed["incr"].get(k, 0.0) + n
+            for k, members in batch["members"].items():
+                owed["members"][k] = sorted(set(owed["members"].get(k, ())) | set(members))
+            owed.update({k: batch[k] for k in ("reads", "lo", "hi", "ttl", "width")})
+
     def claim(self, token: int, key: str, ttl: int) -> None:
         """Ask whether this host is the first to mail about ``key``; the answer comes
         back through :meth:`drain` as ``("claimed", (token, bool))``. With Redis down
@@ -112,6 +142,7 @@ class Bus:
 
     def drain(self) -> list[tuple[str, Any]]:
         """What arrived: ``("entries", [(stream id, fields), …])``, ``("synced", None)``,
+        ``("counts", answer)``,
         ``("claimed", (token, bool))``."""
         with self._lock:
             items = list(self._inbox)
@@ -122,6 +153,8 @@ class Bus:
         return {"redis": redacted(self.settings.redis), "host": self.host,
                 "state": self.state, "since": self.since, "last_error": self.last_error,
                 "owed": len(self._outbox), "dropped": self.dropped,
+                "counters_owed": len(self._counts["incr"]) if self._counts else 0,
+                "commands": self.commands,
                 "published": self.published, "received": self.received,
                 "last_id": self.last_id}
 
@@ -210,6 +243,7 @@ class Bus:
 
     def _flush(self) -> None:
         """Send the outbox in one pipeline; on failure it stays owed."""
+        self._flush_counts()
         with self._lock:
             items = list(self._outbox)
         if not items:
@@ -223,6 +257,7 @@ class Bus:
                 _token, key, ttl = value
                 pipe.set(key, self.host, nx=True, ex=max(1, int(ttl)))
         results = pipe.execute()
+        self.commands += len(items)
         with self._lock:
             for _ in items:
                 self._outbox.popleft()
@@ -233,6 +268,80 @@ class Bus:
                     self._inbox.append(("claimed", (value[0], bool(result))))
         if any(kind == "claim" for kind, _ in items):
             self.wake()
+
+    def _flush_counts(self) -> None:
+        """INCRBY/PFADD what this host counted (EXPIRE once per bucket key), then read
+        back the fleet's buckets of the keys this host saw: one pipeline, one round trip.
+        On failure the increments stay owed (merged with the next batch)."""
+        with self._lock:
+            batch, self._counts = self._counts, None
+        if batch is None:
+            return
+        try:
+            answer = self._count_round_trip(batch)
+        except Exception:
+            with self._lock:  # owed again, under what came in meanwhile
+                newer, self._counts = self._counts, batch
+            if newer is not None:
+                self.send_counts(newer)
+            raise
+        if answer["counts"] or answer["distinct"]:
+            self._put("counts", answer)
+
+    def _count_round_trip(self, batch: dict[str, Any]) -> dict[str, Any]:
+        pipe = self._client.pipeline(transaction=False)
+        n = 0
+        ttl, lo, hi, width = batch["ttl"], batch["lo"], batch["hi"], batch["width"]
+        new: list[str] = []
+        for key, amount in batch["incr"].items():
+            if float(amount).is_integer():
+                pipe.incrby(key, int(amount))
+            else:
+                pipe.incrbyfloat(key, amount)
+            n += 1
+            if key not in self._expiring:
+                new.append(key)
+        for key, members in batch["members"].items():
+            pipe.pfadd(key, *members)
+            n += 1
+            if key not in self._expiring:
+                new.append(key)
+        for key in new:
+            pipe.expire(key, ttl)
+            n += 1
+        reads = []
+        for read in batch["reads"]:
+            d, k, raw = read["dimension"], read["key"], read["raw_key"]
+            names = [(m, b) for m in read["counts"] for b in range(lo, hi + 1)]
+            if names:
+                pipe.mget([f"{self.settings.prefix}:c:{{{d}:{k}}}:{m}:{b}" for m, b in names])
+                reads.append(("counts", d, raw, names))
+                n += 1
+            for metric, window in read["distinct"]:
+                first = int((hi * width - window) // width) + 1
+                keys = [f"{self.settings.prefix}:c:{{{d}:{k}}}:{metric}:{b}"
+                        for b in range(max(first, hi - 1000), hi + 1)]
+                pipe.pfcount(*keys)
+                reads.append(("distinct", d, raw, (metric, window)))
+                n += 1
+        if not n:
+            return {"counts": {}, "distinct": {}}
+        results = pipe.execute()
+        self.commands += n
+        for key in new:
+            self._expiring[key] = hi
+        for key in [k for k, b in self._expiring.items() if b < hi - ttl // width - 2]:
+            del self._expiring[key]
+        answer: dict[str, Any] = {"counts": {}, "distinct": {}}
+        for (kind, d, raw, what), result in zip(reads, results[-len(reads):] if reads
+                                                 else (), strict=True):
+            if kind == "counts":
+                for (metric, b), value in zip(what, result, strict=True):
+                    if value is not None:
+                        answer["counts"][(d, raw, metric, b)] = _number(value)
+            else:
+                answer["distinct"][(d, raw, *what)] = int(result)
+        return answer
 
     def _read(self, block: int | None) -> list[tuple[str, Any]]:
         """One XREAD from the last id: the entries that arrived, as (id, fields)."""

@@ -29,6 +29,9 @@ from .bus import Bus, claim_key
 
 log = logging.getLogger("smtpguard_logwatch.fleet")
 
+COUNT_EVERY = 1.0
+"""Counts are sent (and read back) this often: one INCRBY per key, metric and bucket
+per second at most."""
 MAIL_CLAIM_NO_END = 86400
 """How long a claim on a warning mail lasts when the decision has no end."""
 
@@ -57,6 +60,9 @@ class Link:
         self.known: dict[str, int] = {}  # fleet id -> id in this host's ledger
         self._mail: dict[int, Decision] = {}
         self._tokens = itertools.count(1)
+        self.store: Any = None  # counters.FleetStore when counts are shared
+        self.reevaluate: Callable[[str, str, list[str]], None] | None = None
+        self._batch_at = 0.0
 
     def start(self, ledger: Ledger) -> None:
         """Remember which fleet decisions the ledger already holds, then connect."""
@@ -71,11 +77,23 @@ class Link:
 
     def status(self) -> dict[str, Any]:
         c = self.counters
-        return self.bus.status() | {"applied": c.applied, "lifted": c.lifted,
+        counts = {} if self.store is None else {
+            "shared_dimensions": sorted(self.store.dimensions),
+            "merged_from_others": self.store.merged_total}
+        return self.bus.status() | counts | {"applied": c.applied, "lifted": c.lifted,
                                     "malformed": c.skipped, "not_enforced": c.refused,
                                     "last_malformed": c.last_skip}
 
     # -- what this host tells the others ------------------------------------------------------
+
+    def send_counts(self, now: float) -> None:
+        """Once a second: this host's counts out, the fleet's to read back."""
+        if self.store is None or now - self._batch_at < COUNT_EVERY:
+            return
+        self._batch_at = now
+        batch = self.store.take_batch()
+        if batch is not None:
+            self.bus.send_counts(batch)
 
     def publish(self, d: Decision) -> None:
         """A decision this host made (rules, breaker or operator) goes to the stream;
@@ -119,6 +137,12 @@ class Link:
                 self._claimed(enforcer, *value)
             elif kind == "synced":
                 self._republish(ledger, now)
+            elif kind == "counts":
+                if self.store is not None:
+                    changed = self.store.merge(value)
+                    if self.reevaluate is not None:
+                        for (dimension, key), metrics in changed.items():
+                            self.reevaluate(dimension, key, metrics)
             else:
                 self._entries(ledger, enforcer, now, value, held_back, forgive, on_decision)
         return len(items)

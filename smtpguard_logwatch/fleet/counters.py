@@ -1,0 +1,183 @@
+"""Fleet-wide counts: this host's counts go to Redis, the other hosts' come back into
+the local store, so the rules (windows and "N x usual" baselines alike) read what the
+whole fleet saw.
+
+:class:`FleetStore` stands in front of the engine's FrequencyStore (the engine and
+the store are not changed: it delegates everything and only watches ``add`` and
+``add_member``, and answers ``distinct`` from the fleet's HyperLogLogs).
+
+* Pushing. Counts are batched per (key, metric, bucket) in memory and handed to the
+  Redis thread once a second: one INCRBY per key, metric and bucket per second however
+  many events there were (plus one EXPIRE the first time a bucket key is written), all
+  in one pipeline. Distinct members go the same way as PFADD to a HyperLogLog per key,
+  metric and bucket. Buckets are the store's finest (one minute by default), so a
+  fleet bucket maps onto exactly one local bucket.
+* Reading. For the keys this host saw in the last seconds, the Redis thread reads the
+  bucket totals of the last ``span`` (MGET, one per key) and the HyperLogLog union of
+  each distinct window a rule asked about (PFCOUNT over the window's buckets). Back on
+  the main thread, what the other hosts added (the total minus what this host sent,
+  minus what was already merged) is added to the local store at the bucket's start, and
+  the key's rules run again (:meth:`Engine.reevaluate`), so a threshold crossed by the
+  fleet is seen within about a second even if this host's share is quiet.
+* Never twice. Merged amounts only grow: a total that went down (Redis restarted empty)
+  adds nothing until it passes what was merged; buckets older than the daemon's start
+  are not merged (they may already be in the saved store).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..store.store import MAX_KEY_CHARS, bounded_key
+
+DEFAULT_DIMENSIONS = ("client_ip", "client_net", "sender", "sender_domain", "sasl_user")
+DEFAULT_SPAN = 600.0
+"""How far back a key's fleet buckets are read when this host sees it (Redis keeps
+them ``span`` + 2 buckets)."""
+HOT_FOR = 10.0
+"""A key is read back from Redis while this host saw it within this many seconds."""
+MAX_MEMBERS = 10_000
+"""Distinct members held for one PFADD batch; beyond that they are not sent (the
+HyperLogLog is an estimate anyway, and the local count stays exact)."""
+MAX_READS = 5000
+"""Keys read back per second at most (the most recently seen first)."""
+HLL_ERROR = 0.0081
+"""Redis HyperLogLog standard error (documented by Redis: 0.81 %)."""
+
+
+def bucket_key(prefix: str, dimension: str, key: str, metric: str, bucket: int) -> str:
+    """``PREFIX:c:{DIMENSION:KEY}:METRIC:BUCKET``: the hash tag keeps every bucket of one
+    key in one Redis Cluster slot, so MGET and PFCOUNT over them work on a Cluster."""
+    if len(key) > MAX_KEY_CHARS:
+        key = bounded_key(key)
+    return f"{prefix}:c:{{{dimension}:{key}}}:{metric}:{bucket}"
+
+
+class FleetStore:
+    """The engine's store, with fleet-wide counts; see the module docstring."""
+
+    def __init__(self, local: Any, *, prefix: str, dimensions: Iterable[str],
+                 span: float = DEFAULT_SPAN, clock: Callable[[], float] = time.time) -> None:
+        self.local = local
+        self.prefix = prefix
+        self.dimensions = frozenset(dimensions)
+        self.width = float(local.bucket_seconds)
+        self.span_buckets = max(1, int(span // self.width))
+        self.clock = clock
+        self.start_bucket = int(clock() // self.width)
+        self._incr: dict[tuple[str, str, str, int], float] = {}
+        self._members: dict[tuple[str, str, str, int], set[str]] = {}
+        self._hot: dict[tuple[str, str], tuple[float, set[str]]] = {}
+        self._sent: dict[tuple[str, str, str, int], float] = {}  # this host's, per bucket
+        self._merged: dict[tuple[str, str, str, int], float] = {}  # others', merged
+        self._distinct_windows: dict[tuple[str, str], set[float]] = {}  # (dim, metric)
+        self._fleet_distinct: dict[tuple[str, str, str, float], int] = {}
+        self.merged_total = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.local, name)
+
+    # -- the engine's side (hot path) -------------------------------------------------------
+
+    def add(self, dimension: str, key: str, metric: str, t: float, n: float = 1.0) -> None:
+        self.local.add(dimension, key, metric, t, n)
+        if dimension in self.dimensions:
+            k = (dimension, key, metric, int(t // self.width))
+            self._incr[k] = self._incr.get(k, 0.0) + n
+            self._touch(dimension, key, metric)
+
+    def add_member(self, dimension: str, key: str, metric: str, member: str,
+                   t: float) -> float | None:
+        before = self.local.add_member(dimension, key, metric, member, t)
+        if dimension in self.dimensions and (before is None or before < t - t % self.width):
+            members = self._members.setdefault((dimension, key, metric,
+                                                int(t // self.width)), set())
+            if len(members) < MAX_MEMBERS:
+                members.add(member if len(member) <= MAX_KEY_CHARS else bounded_key(member))
+            self._touch(dimension, key, metric)
+        return before
+
+    def _touch(self, dimension: str, key: str, metric: str) -> None:
+        hot = self._hot.get((dimension, key))
+        if hot is None:
+            self._hot[(dimension, key)] = (self.clock(), {metric})
+        else:
+            hot[1].add(metric)
+            self._hot[(dimension, key)] = (self.clock(), hot[1])
+
+    def distinct(self, dimension: str, key: str, metric: str, window: float,
+                 now: float) -> int:
+        """The larger of this host's exact count and the fleet's HyperLogLog estimate
+        (read back within about a second)."""
+        local = self.local.distinct(dimension, key, metric, window, now)
+        if dimension not in self.dimensions:
+            return local
+        self._distinct_windows.setdefault((dimension, metric), set()).add(window)
+        fleet = self._fleet_distinct.get((dimension, key, metric, window))
+        return local if fleet is None or fleet < local else fleet
+
+    # -- once a second, on the main thread ----------------------------------------------------
+
+    def take_batch(self) -> dict[str, Any] | None:
+        """What to send (INCRBY, PFADD) and what to read back, for the Redis thread."""
+        now = self.clock()
+        for dk in [dk for dk, (seen, _) in self._hot.items() if seen < now - HOT_FOR]:
+            del self._hot[dk]
+        incr = {bucket_key(self.prefix, *k): n for k, n in self._incr.items()}
+        for k, n in self._incr.items():
+            self._sent[k] = self._sent.get(k, 0.0) + n
+        members = {bucket_key(self.prefix, *k): sorted(m) for k, m in self._members.items()
+                   if m}
+        self._incr, self._members = {}, {}
+        self._forget_old(int(now // self.width))
+        if not incr and not members and not self._hot:
+            return None
+        hi = int(now // self.width)
+        lo = max(hi - self.span_buckets + 1, self.start_bucket)
+        reads = []
+        hottest = sorted(self._hot.items(), key=lambda item: -item[1][0])[:MAX_READS]
+        for (d, k), (_, metrics) in hottest:
+            counts = sorted(m for m in metrics if not m.startswith("#"))
+            distinct = [(m, w) for m in sorted(metrics) if m.startswith("#")
+                        for w in sorted(self._distinct_windows.get((d, m), ()))]
+            reads.append({"dimension": d, "key": key_text(k), "raw_key": k,
+                          "counts": counts, "distinct": distinct})
+        return {"incr": incr, "members": members, "ttl": int((self.span_buckets + 2)
+                                                              * self.width),
+                "reads": reads, "lo": lo, "hi": hi, "width": self.width}
+
+    def merge(self, answer: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
+        """Fold the other hosts' counts into the local store; returns the keys (and
+        metrics) whose fleet counts changed, for the engine to look at again."""
+        changed: dict[tuple[str, str], list[str]] = {}
+        for (d, k, metric, b), total in answer.get("counts", {}).items():
+            if b < self.start_bucket:
+                continue
+            index = (d, k, metric, b)
+            others = total - self._sent.get(index, 0.0)
+            delta = others - self._merged.get(index, 0.0)
+            if delta > 0:
+                self._merged[index] = others
+                self.local.add(d, k, metric, b * self.width, delta)
+                self.merged_total += delta
+                changed.setdefault((d, k), []).append(metric)
+        for (d, k, metric, window), n in answer.get("distinct", {}).items():
+            index = (d, k, metric, window)
+            if n > self._fleet_distinct.get(index, 0):
+                changed.setdefault((d, k), []).append(metric)
+            self._fleet_distinct[index] = n
+        return {dk: sorted(set(ms)) for dk, ms in changed.items()}
+
+    def _forget_old(self, hi: int) -> None:
+        oldest = hi - self.span_buckets - 2
+        for table in (self._sent, self._merged):
+            for index in [i for i in table if i[3] < oldest]:
+                del table[index]
+        for index in [i for i in self._fleet_distinct if (i[0], i[1]) not in self._hot]:
+            del self._fleet_distinct[index]
+
+
+def key_text(key: str) -> str:
+    return key if len(key) <= MAX_KEY_CHARS else bounded_key(key)
