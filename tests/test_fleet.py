@@ -377,3 +377,42 @@ def test_a_botnet_spread_over_the_fleet_is_refused_everywhere_and_missed_alone(
                  "the lines read")
     time.sleep(1.5)
     assert all(not rec.applied for _, rec in alone)
+
+
+def test_the_documented_acl_is_enough_and_a_refusing_redis_is_down(
+        tmp_path: Path, running) -> None:
+    """The README's ACL line, verbatim, on a real redis-server with a password file;
+    a user without the rights is a Redis that refuses commands: the host goes on alone."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    acl = next(line for line in readme.splitlines() if line.startswith("ACL SETUSER"))
+    server = RedisServer(tmp_path / "redis", tcp=True)
+    try:
+        admin = server.client()
+        admin.execute_command(*acl.replace("smtpguard-mx1", "mx").replace(
+            ">PASSWORD", ">s3cret").split())
+        admin.execute_command("ACL", "SETUSER", "reader", "on", ">s3cret", "~*", "+ping",
+                              "+xread")
+        admin.execute_command("ACL", "SETUSER", "default", "off")
+        (tmp_path / "password").write_text("s3cret\n")
+        url = f"redis://mx@127.0.0.1:{server.port}/0"
+        a = host(tmp_path, "mx1", url, rules=SPREAD_RULES)
+        a.fleet.password_file = str(tmp_path / "password")
+        b = host(tmp_path, "mx2", url.replace("mx@", "mx:s3cret@"), rules=SPREAD_RULES)
+        c = host(tmp_path, "mx3", url.replace("mx@", "reader:s3cret@"), rules=SPREAD_RULES)
+        recs = [Recorder(), Recorder(), Recorder()]
+        for cfg, rec in zip((a, b, c), recs, strict=True):
+            running(cfg, [rec])
+        for cfg in (a, b):
+            wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"]
+                     == "up", 5, "up with the ACL user")
+        _spread_attack([a, b], "203.0.113.88", per_host=6)  # 12 > 10 only fleet-wide
+        for rec in recs[:2]:
+            wait_for(lambda r=rec: "203.0.113.88" in keys_of(r), 5, "the fleet refusal")
+        request(c.control_socket, "ban", key="198.51.100.99", duration=600)
+        assert "198.51.100.99" in keys_of(recs[2])  # enforced locally all the same
+        status = wait_for(lambda: (s := request(c.control_socket, "status")["fleet"])["state"]
+                          == "down" and s, 5, "the refused XADD seen as down")
+        assert "NOPERM" in status["last_error"] or "permission" in status["last_error"]
+        assert "s3cret" not in status["redis"] and "s3cret" not in str(status)
+    finally:
+        server.stop()
