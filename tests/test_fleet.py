@@ -323,7 +323,7 @@ def test_redis_killed_and_paused_mid_run(tmp_path: Path, redis_server: RedisServ
 
 SPREAD_RULES = """\
 rule fleet_burst for client_ip:
-    when rejects in 1m > 10
+    when rejects in 2m > 10   # two one-minute buckets: an attack may straddle a minute
     add 100 points
 ladder client_ip:
     at 100 points refuse for 1h

@@ -36,6 +36,38 @@ counted): a host that comes back republishes its active decisions anyway."""
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 
 
+COUNT_SCRIPT = """
+-- One key's counts: INCRBY (or INCRBYFLOAT) and PFADD, EXPIRE on each, then the
+-- bucket totals and the HyperLogLog unions asked for. KEYS all share one hash tag.
+local ttl = tonumber(ARGV[1])
+local a, k = 2, 1
+local n = tonumber(ARGV[a]); a = a + 1
+for _ = 1, n do
+  local by = ARGV[a]; a = a + 1
+  if string.find(by, '[.eE]') then redis.call('INCRBYFLOAT', KEYS[k], by)
+  else redis.call('INCRBY', KEYS[k], by) end
+  redis.call('EXPIRE', KEYS[k], ttl); k = k + 1
+end
+n = tonumber(ARGV[a]); a = a + 1
+for _ = 1, n do
+  local m = tonumber(ARGV[a]); a = a + 1
+  redis.call('PFADD', KEYS[k], unpack(ARGV, a, a + m - 1)); a = a + m
+  redis.call('EXPIRE', KEYS[k], ttl); k = k + 1
+end
+local out = {}
+n = tonumber(ARGV[a]); a = a + 1
+for _ = 1, n do
+  out[#out + 1] = redis.call('GET', KEYS[k]) or false; k = k + 1
+end
+n = tonumber(ARGV[a]); a = a + 1
+for _ = 1, n do
+  local g = tonumber(ARGV[a]); a = a + 1
+  out[#out + 1] = redis.call('PFCOUNT', unpack(KEYS, k, k + g - 1)); k = k + g
+end
+return out
+"""
+
+
 def _number(value: Any) -> float:
     """A counter's value from Redis; anything that is not a finite number (someone
     wrote to the tool's keys) counts as nothing."""
@@ -84,7 +116,7 @@ class Bus:
         self.last_id = "0-0"
         self._outbox: deque[tuple[str, Any]] = deque()
         self._counts: dict[str, Any] | None = None  # counters owed (one merged batch)
-        self._expiring: dict[str, int] = {}  # counter keys given an EXPIRE, by bucket
+        self._script: Any = None  # COUNT_SCRIPT, registered on first use
         self.commands = 0  # Redis commands sent (for the benchmark)
         self._inbox: deque[tuple[str, Any]] = deque()
         self._lock = threading.Lock()
@@ -119,14 +151,21 @@ class Bus:
             if owed is None:
                 self._counts = batch
                 return
-            for k, n in batch["incr"].items():
-                if k not in owed["incr"] and len(owed["incr"]) >= MAX_OWED:
-                    self.dropped += 1  # a long outage under hostile cardinality
+            for dk, group in batch["keys"].items():
+                old = owed["keys"].get(dk)
+                if old is None:
+                    if len(owed["keys"]) >= MAX_OWED:
+                        self.dropped += 1  # a long outage under hostile cardinality
+                        continue
+                    owed["keys"][dk] = group
                     continue
-                owed["incr"][k] = owed["incr"].get(k, 0.0) + n
-            for k, members in batch["members"].items():
-                owed["members"][k] = sorted(set(owed["members"].get(k, ())) | set(members))
-            owed.update({k: batch[k] for k in ("reads", "lo", "hi", "ttl", "width")})
+                for index, n in group["incr"].items():
+                    old["incr"][index] = old["incr"].get(index, 0.0) + n
+                for index, members in group["members"].items():
+                    old["members"][index] = sorted(set(old["members"].get(index, ()))
+                                                   | set(members))
+                old["read"] = group["read"] or old["read"]
+            owed.update({k: batch[k] for k in ("lo", "hi", "ttl", "width")})
 
     def claim(self, token: int, key: str, ttl: int) -> None:
         """Ask whether this host is the first to mail about ``key``; the answer comes
@@ -153,7 +192,7 @@ class Bus:
         return {"redis": redacted(self.settings.redis), "host": self.host,
                 "state": self.state, "since": self.since, "last_error": self.last_error,
                 "owed": len(self._outbox), "dropped": self.dropped,
-                "counters_owed": len(self._counts["incr"]) if self._counts else 0,
+                "counters_owed": len(self._counts["keys"]) if self._counts else 0,
                 "commands": self.commands,
                 "published": self.published, "received": self.received,
                 "last_id": self.last_id}
@@ -289,58 +328,46 @@ class Bus:
             self._put("counts", answer)
 
     def _count_round_trip(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """One script call per key (see COUNT_SCRIPT), all in one pipeline."""
+        if self._script is None:
+            self._script = self._client.register_script(COUNT_SCRIPT)
         pipe = self._client.pipeline(transaction=False)
-        n = 0
         ttl, lo, hi, width = batch["ttl"], batch["lo"], batch["hi"], batch["width"]
-        new: list[str] = []
-        for key, amount in batch["incr"].items():
-            if float(amount).is_integer():
-                pipe.incrby(key, int(amount))
-            else:
-                pipe.incrbyfloat(key, amount)
-            n += 1
-            if key not in self._expiring:
-                new.append(key)
-        for key, members in batch["members"].items():
-            pipe.pfadd(key, *members)
-            n += 1
-            if key not in self._expiring:
-                new.append(key)
-        for key in new:
-            pipe.expire(key, ttl)
-            n += 1
-        reads = []
-        for read in batch["reads"]:
-            d, k, raw = read["dimension"], read["key"], read["raw_key"]
+        calls = []
+        for (d, raw), group in batch["keys"].items():
+            tag = group["tag"]
+            keys: list[str] = []
+            args: list[Any] = [ttl, len(group["incr"])]
+            for (metric, b), n in group["incr"].items():
+                keys.append(f"{tag}{metric}:{b}")
+                args.append(int(n) if float(n).is_integer() else n)
+            args.append(len(group["members"]))
+            for (metric, b), members in group["members"].items():
+                keys.append(f"{tag}{metric}:{b}")
+                args += [len(members), *members]
+            read = group["read"] or {"counts": [], "distinct": []}
             names = [(m, b) for m in read["counts"] for b in range(lo, hi + 1)]
-            if names:
-                pipe.mget([f"{self.settings.prefix}:c:{{{d}:{k}}}:{m}:{b}" for m, b in names])
-                reads.append(("counts", d, raw, names))
-                n += 1
+            args.append(len(names))
+            keys += [f"{tag}{m}:{b}" for m, b in names]
+            args.append(len(read["distinct"]))
             for metric, window in read["distinct"]:
-                first = int((hi * width - window) // width) + 1
-                keys = [f"{self.settings.prefix}:c:{{{d}:{k}}}:{metric}:{b}"
-                        for b in range(max(first, hi - 1000), hi + 1)]
-                pipe.pfcount(*keys)
-                reads.append(("distinct", d, raw, (metric, window)))
-                n += 1
-        if not n:
+                first = max(int((hi * width - window) // width) + 1, hi - 1000)
+                args.append(hi - first + 1)
+                keys += [f"{tag}{metric}:{b}" for b in range(first, hi + 1)]
+            self._script(keys=keys, args=args, client=pipe)
+            calls.append((d, raw, names, read["distinct"]))
+        if not calls:
             return {"counts": {}, "distinct": {}}
         results = pipe.execute()
-        self.commands += n
-        for key in new:
-            self._expiring[key] = hi
-        for key in [k for k, b in self._expiring.items() if b < hi - ttl // width - 2]:
-            del self._expiring[key]
+        self.commands += len(calls)
         answer: dict[str, Any] = {"counts": {}, "distinct": {}}
-        for (kind, d, raw, what), result in zip(reads, results[-len(reads):] if reads
-                                                 else (), strict=True):
-            if kind == "counts":
-                for (metric, b), value in zip(what, result, strict=True):
-                    if value is not None:
-                        answer["counts"][(d, raw, metric, b)] = _number(value)
-            else:
-                answer["distinct"][(d, raw, *what)] = int(result)
+        for (d, raw, names, distinct), result in zip(calls, results, strict=True):
+            values = list(result or [])
+            for (metric, b), value in zip(names, values[:len(names)], strict=False):
+                if value is not None:
+                    answer["counts"][(d, raw, metric, b)] = _number(value)
+            for (metric, window), value in zip(distinct, values[len(names):], strict=False):
+                answer["distinct"][(d, raw, metric, window)] = int(_number(value))
         return answer
 
     def _read(self, block: int | None) -> list[tuple[str, Any]]:

@@ -7,12 +7,14 @@ the store are not changed: it delegates everything and only watches ``add`` and
 ``add_member``, and answers ``distinct`` from the fleet's HyperLogLogs).
 
 * Pushing. Counts are batched per (key, metric, bucket) in memory and handed to the
-  Redis thread once a second: one INCRBY per key, metric and bucket per second however
-  many events there were (plus one EXPIRE the first time a bucket key is written), all
-  in one pipeline. Distinct members go the same way as PFADD to a HyperLogLog per key,
-  metric and bucket. Buckets are the store's finest (one minute by default), so a
+  Redis thread once a second. Per key it sends ONE command (EVALSHA of a short Lua
+  script over that key's bucket keys, all in one hash-tag slot): INCRBY for each
+  metric and bucket however many events there were, PFADD of the distinct members to
+  a HyperLogLog per metric and bucket, EXPIRE on each, and the read-back below; all
+  keys in one pipeline. Buckets are the store's finest (one minute by default), so a
   fleet bucket maps onto exactly one local bucket.
-* Reading. For the keys this host saw in the last seconds, the Redis thread reads the
+* Reading. For the keys this host saw since the last batch (and, for 10 s after, those
+  that other hosts count too), the Redis thread reads the
   bucket totals of the last ``span`` (MGET, one per key) and the HyperLogLog union of
   each distinct window a rule asked about (PFCOUNT over the window's buckets). Back on
   the main thread, what the other hosts added (the total minus what this host sent,
@@ -38,21 +40,28 @@ DEFAULT_SPAN = 600.0
 them ``span`` + 2 buckets)."""
 HOT_FOR = 10.0
 """A key is read back from Redis while this host saw it within this many seconds."""
-MAX_MEMBERS = 10_000
-"""Distinct members held for one PFADD batch; beyond that they are not sent (the
-HyperLogLog is an estimate anyway, and the local count stays exact)."""
+MAX_MEMBERS = 1000
+"""Distinct members sent per key, metric and bucket in one batch (one Lua unpack);
+beyond that they are not sent: the local count stays exact, and the rules' distinct
+thresholds are far below this."""
 MAX_READS = 5000
 """Keys read back per second at most (the most recently seen first)."""
 HLL_ERROR = 0.0081
 """Redis HyperLogLog standard error (documented by Redis: 0.81 %)."""
 
 
-def bucket_key(prefix: str, dimension: str, key: str, metric: str, bucket: int) -> str:
-    """``PREFIX:c:{DIMENSION:KEY}:METRIC:BUCKET``: the hash tag keeps every bucket of one
-    key in one Redis Cluster slot, so MGET and PFCOUNT over them work on a Cluster."""
+def tag_prefix(prefix: str, dimension: str, key: str) -> str:
+    """``PREFIX:c:{DIMENSION:KEY}:``, which ``METRIC:BUCKET`` completes: the hash tag
+    keeps every bucket of one key in one Redis Cluster slot, so one script call (or
+    MGET, PFCOUNT) over them works on a Cluster."""
     if len(key) > MAX_KEY_CHARS:
         key = bounded_key(key)
-    return f"{prefix}:c:{{{dimension}:{key}}}:{metric}:{bucket}"
+    return f"{prefix}:c:{{{dimension}:{key}}}:"
+
+
+def bucket_key(prefix: str, dimension: str, key: str, metric: str, bucket: int) -> str:
+    """``PREFIX:c:{DIMENSION:KEY}:METRIC:BUCKET``."""
+    return f"{tag_prefix(prefix, dimension, key)}{metric}:{bucket}"
 
 
 class FleetStore:
@@ -70,6 +79,8 @@ class FleetStore:
         self._incr: dict[tuple[str, str, str, int], float] = {}
         self._members: dict[tuple[str, str, str, int], set[str]] = {}
         self._hot: dict[tuple[str, str], tuple[float, set[str]]] = {}
+        self._fresh: set[tuple[str, str]] = set()  # touched since the last batch
+        self._shared: dict[tuple[str, str], float] = {}  # others counted it: when seen
         self._sent: dict[tuple[str, str, str, int], float] = {}  # this host's, per bucket
         self._merged: dict[tuple[str, str, str, int], float] = {}  # others', merged
         self._distinct_windows: dict[tuple[str, str], set[float]] = {}  # (dim, metric)
@@ -105,7 +116,7 @@ class FleetStore:
             self._hot[(dimension, key)] = (self.clock(), {metric})
         else:
             hot[1].add(metric)
-            self._hot[(dimension, key)] = (self.clock(), hot[1])
+        self._fresh.add((dimension, key))
 
     def distinct(self, dimension: str, key: str, metric: str, window: float,
                  now: float) -> int:
@@ -123,30 +134,48 @@ class FleetStore:
     def take_batch(self) -> dict[str, Any] | None:
         """What to send (INCRBY, PFADD) and what to read back, for the Redis thread."""
         now = self.clock()
+        for dk in self._fresh:
+            self._hot[dk] = (now, self._hot[dk][1])
         for dk in [dk for dk, (seen, _) in self._hot.items() if seen < now - HOT_FOR]:
             del self._hot[dk]
-        incr = {bucket_key(self.prefix, *k): n for k, n in self._incr.items()}
-        for k, n in self._incr.items():
-            self._sent[k] = self._sent.get(k, 0.0) + n
-        members = {bucket_key(self.prefix, *k): sorted(m) for k, m in self._members.items()
-                   if m}
+            self._shared.pop(dk, None)
+        groups: dict[tuple[str, str], dict[str, Any]] = {}
+
+        def group(d: str, k: str) -> dict[str, Any]:
+            g = groups.get((d, k))
+            if g is None:
+                g = groups[(d, k)] = {"tag": tag_prefix(self.prefix, d, k), "incr": {},
+                                      "members": {}, "read": None}
+            return g
+
+        for (d, k, metric, b), n in self._incr.items():
+            group(d, k)["incr"][(metric, b)] = n
+            index = (d, k, metric, b)
+            self._sent[index] = self._sent.get(index, 0.0) + n
+        for (d, k, metric, b), members in self._members.items():
+            if members:
+                group(d, k)["members"][(metric, b)] = sorted(members)
         self._incr, self._members = {}, {}
         self._forget_old(int(now // self.width))
-        if not incr and not members and not self._hot:
+        # read back: the keys seen since the last batch, and for HOT_FOR seconds after
+        # that the ones other hosts count too (their share may cross a threshold while
+        # this host's is quiet); a key only this host sees costs no read when idle
+        wanted = self._fresh | {dk for dk in self._shared if dk in self._hot}
+        self._fresh = set()
+        if len(wanted) > MAX_READS:
+            wanted = set(sorted(wanted, key=lambda dk: -self._hot[dk][0])[:MAX_READS])
+        for d, k in wanted:
+            metrics = self._hot[(d, k)][1]
+            group(d, k)["read"] = {
+                "counts": sorted(m for m in metrics if not m.startswith("#")),
+                "distinct": [(m, w) for m in sorted(metrics) if m.startswith("#")
+                             for w in sorted(self._distinct_windows.get((d, m), ()))]}
+        if not groups:
             return None
         hi = int(now // self.width)
         lo = max(hi - self.span_buckets + 1, self.start_bucket)
-        reads = []
-        hottest = sorted(self._hot.items(), key=lambda item: -item[1][0])[:MAX_READS]
-        for (d, k), (_, metrics) in hottest:
-            counts = sorted(m for m in metrics if not m.startswith("#"))
-            distinct = [(m, w) for m in sorted(metrics) if m.startswith("#")
-                        for w in sorted(self._distinct_windows.get((d, m), ()))]
-            reads.append({"dimension": d, "key": key_text(k), "raw_key": k,
-                          "counts": counts, "distinct": distinct})
-        return {"incr": incr, "members": members, "ttl": int((self.span_buckets + 2)
-                                                              * self.width),
-                "reads": reads, "lo": lo, "hi": hi, "width": self.width}
+        return {"keys": groups, "ttl": int((self.span_buckets + 2) * self.width),
+                "lo": lo, "hi": hi, "width": self.width}
 
     def merge(self, answer: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
         """Fold the other hosts' counts into the local store; returns the keys (and
@@ -158,6 +187,8 @@ class FleetStore:
             index = (d, k, metric, b)
             others = total - self._sent.get(index, 0.0)
             delta = others - self._merged.get(index, 0.0)
+            if others > 0:
+                self._shared[(d, k)] = total
             if delta > 0:
                 self._merged[index] = others
                 self.local.add(d, k, metric, b * self.width, delta)
@@ -167,6 +198,8 @@ class FleetStore:
             index = (d, k, metric, window)
             if n > self._fleet_distinct.get(index, 0):
                 changed.setdefault((d, k), []).append(metric)
+            if n > self.local.distinct(d, k, metric, window, self.clock()):
+                self._shared[(d, k)] = n
             self._fleet_distinct[index] = n
         return {dk: sorted(set(ms)) for dk, ms in changed.items()}
 
