@@ -416,3 +416,100 @@ def test_the_documented_acl_is_enough_and_a_refusing_redis_is_down(
         assert "s3cret" not in status["redis"] and "s3cret" not in str(status)
     finally:
         server.stop()
+
+
+SPREAD_ACCOUNT_RULES = """\
+rule account_spread for sasl_user:
+    when distinct client_ips in 10m > 6
+    add 100 points
+ladder sasl_user:
+    at 100 points refuse for 1h
+"""
+
+
+def submission(ip: str, user: str, n: int) -> str:
+    """One authenticated submission through Postfix from ``ip`` as ``user``."""
+    st = time.strftime("%b %e %H:%M:%S", time.gmtime())
+    pid, qid = 300 + n, f"4B{n:08X}"
+    smtpd = f"{st} sub postfix/submission/smtpd[{pid}]"
+    return "".join(line + "\n" for line in (
+        f"{smtpd}: connect from unknown[{ip}]",
+        f"{smtpd}: {qid}: client=unknown[{ip}], sasl_method=PLAIN, sasl_username={user}",
+        f"{st} sub postfix/cleanup[77]: {qid}: message-id=<{n}@example.net>",
+        f"{st} sub postfix/qmgr[78]: {qid}: from=<{user}>, size=900, nrcpt=1 (queue active)",
+        f"{st} sub postfix/smtp[79]: {qid}: to=<r{n}@example.org>, relay=mx.example.org"
+        f"[198.51.100.1]:25, delay=0.1, delays=0/0/0/0, dsn=2.0.0, status=sent (250 ok)",
+        f"{st} sub postfix/qmgr[78]: {qid}: removed",
+        f"{smtpd}: disconnect from unknown[{ip}] ehlo=1 auth=1 mail=1 rcpt=1 data=1 quit=1"
+        " commands=6"))
+
+
+def test_an_account_spread_over_the_fleet_is_flagged_on_its_fleet_wide_ip_spread(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    user = "alice@example.net"
+
+    def sessions(cfgs: list) -> None:  # nine addresses, each host sees three
+        for n in range(9):
+            with open(cfgs[n % 3].logs[0], "a") as fh:
+                fh.write(submission(f"203.0.113.{n + 20}", user, n))
+            time.sleep(0.05)
+
+    fleet = [(host(tmp_path, f"sub{i}", redis_server.url, rules=SPREAD_ACCOUNT_RULES),
+              Recorder()) for i in (1, 2, 3)]
+    for cfg, rec in fleet:
+        running(cfg, [rec])
+    for cfg, _ in fleet:
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
+                 5, "up")
+    sessions([cfg for cfg, _ in fleet])
+    for _, rec in fleet:
+        wait_for(lambda r=rec: user in keys_of(r), 5, "the account refused on every host")
+    assert {d.dimension for _, rec in fleet for _, d in rec.applied} == {"sasl_user"}
+
+    alone = []
+    for i in (1, 2, 3):
+        cfg = host(tmp_path, f"alone{i}", redis_server.url, rules=SPREAD_ACCOUNT_RULES)
+        cfg.fleet = None
+        rec = Recorder()
+        running(cfg, [rec])
+        alone.append((cfg, rec))
+    sessions([cfg for cfg, _ in alone])
+    for cfg, _ in alone:
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["lines"]["read"] == 21, 5,
+                 "the lines read")
+    time.sleep(1.5)
+    assert all(not rec.applied for _, rec in alone)
+
+
+def test_merged_counts_are_never_counted_twice() -> None:
+    """What the other hosts added is the bucket total minus what this host sent minus
+    what was merged before; a total that went down (Redis restarted empty) adds
+    nothing, and buckets from before the start are not merged at all."""
+    from smtpguard_logwatch.fleet.counters import FleetStore
+    from smtpguard_logwatch.store import FrequencyStore
+
+    clock = [NOW]
+    store = FleetStore(FrequencyStore(), prefix="t", dimensions=["client_ip"],
+                       clock=lambda: clock[0])
+    b = int(NOW // 60)
+    for _ in range(3):
+        store.add("client_ip", "203.0.113.5", "rejects", NOW, 1.0)
+    batch = store.take_batch()
+    [group] = batch["keys"].values()
+    assert group["incr"] == {("rejects", b): 3.0} and group["read"]["counts"] == ["rejects"]
+
+    def total(n: float) -> dict:
+        return {"counts": {("client_ip", "203.0.113.5", "rejects", b): n}, "distinct": {}}
+
+    def count() -> float:
+        return store.count("client_ip", "203.0.113.5", "rejects", 60, NOW)
+
+    assert store.merge(total(3.0)) == {} and count() == 3  # only this host's own
+    assert store.merge(total(10.0)) == {("client_ip", "203.0.113.5"): ["rejects"]}
+    assert count() == 10
+    assert store.merge(total(10.0)) == {} and count() == 10  # the same total again
+    assert store.merge(total(2.0)) == {} and count() == 10  # Redis came back empty
+    assert store.merge(total(12.0)) != {} and count() == 12  # past what was merged
+    old = {"counts": {("client_ip", "203.0.113.5", "rejects", store.start_bucket - 1): 50.0},
+           "distinct": {}}
+    assert store.merge(old) == {} and store.merged_total == 9
