@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "that need no history act from the first line)")
     replay.add_argument("--max-decisions", type=int, default=50, metavar="N",
                         help="decisions shown in the text timeline (default 50; --json has all)")
+    replay.add_argument("--fleet", action="store_true",
+                        help="the files are several hosts' logs (or a central syslog file "
+                             "with many hosts): count them as one fleet, each host's "
+                             "sessions joined on their own, all lines in time order")
     _add_input_options(replay)
 
     check = sub.add_parser(
@@ -597,12 +601,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
         for sink in sinks:
             sink(ev)
 
-    pipeline = Pipeline(fan_out if sinks else counts.consume, parsers=_parser_names(args),
+    def new_pipeline() -> Pipeline:
+        return Pipeline(fan_out if sinks else counts.consume, parsers=_parser_names(args),
                         options=_options(args))
+
     show = _progress_printer(not args.no_progress and sys.stderr.isatty())
-    for source in ordered:
-        pipeline.feed(iter_lines(source), make_clock(source), progress=show)
-    pipeline.finish()
+    if args.fleet:
+        from .fleet.replay import feed_fleet
+
+        line_stats = feed_fleet(ordered, make_clock, new_pipeline, progress=show)
+    else:
+        pipeline = new_pipeline()
+        for source in ordered:
+            pipeline.feed(iter_lines(source), make_clock(source), progress=show)
+        pipeline.finish()
+        line_stats = pipeline.stats
     if show is not None:
         sys.stderr.write("\n")
     decisions = list(engine.decisions()) if engine is not None else []
@@ -614,9 +627,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             tail["compare"] = {"rules": args.compare,
                                "decisions": [decision_json(d) for d in other_decisions],
                                **compare(decisions, other_decisions)}
-        write_summary_json(sys.stdout, counts, {"lines": pipeline.stats.as_dict()}, tail)
+        write_summary_json(sys.stdout, counts, {"lines": line_stats.as_dict()}, tail)
     else:
-        write_summary(sys.stdout, pipeline.stats, counts, top=args.top,
+        write_summary(sys.stdout, line_stats, counts, top=args.top,
                       files=[s.name for s in ordered])
         if engine is not None:
             sys.stdout.write(f"\nRules: {', '.join(rules)}\n")

@@ -513,3 +513,41 @@ def test_merged_counts_are_never_counted_twice() -> None:
     old = {"counts": {("client_ip", "203.0.113.5", "rejects", store.start_bucket - 1): 50.0},
            "distinct": {}}
     assert store.merge(old) == {} and store.merged_total == 9
+
+
+# -- replay --fleet ---------------------------------------------------------------------------
+
+def _reject_at(t: float, ip: str, host: str) -> str:
+    return reject(ip, t).replace(" mx postfix/", f" {host} postfix/")
+
+
+def test_replay_fleet_reads_several_hosts_logs_in_time_order(tmp_path: Path) -> None:
+    """mx1 and mx2 share an attack at 10:00 (5 + 6 rejects, over the fleet threshold
+    only together) and mx1 alone sees another at 12:00. Replayed file after file, the
+    12:00 refusal comes first and the rule then (time going back) does not fire on
+    mx2's 10:00 lines; with --fleet the lines are merged in time order, as the shared
+    counters would have seen them live: refused at 10:00 and again at 12:00."""
+    import json
+    import subprocess
+    import sys
+
+    t0 = 1_764_928_800.0  # 2025-12-05 10:00 UTC
+    a, b = tmp_path / "mx1.log", tmp_path / "mx2.log"
+    a.write_text("".join(_reject_at(t0 + i, "203.0.113.77", "mx1") for i in range(5))
+                 + "".join(_reject_at(t0 + 7200 + i, "203.0.113.77", "mx1")
+                           for i in range(11)))
+    b.write_text("".join(_reject_at(t0 + 30 + i, "203.0.113.77", "mx2") for i in range(6)))
+    rules = tmp_path / "spread.rules"
+    rules.write_text(SPREAD_RULES)
+
+    def replay(*extra: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-m", "smtpguard_logwatch", "replay", "--json", "--timezone",
+             "UTC", "--year", "2025", "--warmup", "0", "--rules", str(rules), *extra,
+             str(a), str(b)], capture_output=True, text=True, timeout=60, check=True)
+        doc = json.loads(out.stdout)
+        assert doc["lines"]["read"] == 22
+        return [d["time"] for d in doc["decisions"]]
+
+    assert replay() == ["2025-12-05T12:00:10Z"]
+    assert replay("--fleet") == ["2025-12-05T10:00:35Z", "2025-12-05T12:00:10Z"]
