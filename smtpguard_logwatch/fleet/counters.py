@@ -196,11 +196,13 @@ class FleetStore:
                 changed.setdefault((d, k), []).append(metric)
         for (d, k, metric, window), n in answer.get("distinct", {}).items():
             index = (d, k, metric, window)
-            if n > self._fleet_distinct.get(index, 0):
-                changed.setdefault((d, k), []).append(metric)
-            if n > self.local.distinct(d, k, metric, window, self.clock()):
-                self._shared[(d, k)] = n
+            before = self._fleet_distinct.get(index, 0)
             self._fleet_distinct[index] = n
+            # the rules need another look only when other hosts add to what this one
+            # counted itself (and then only when the estimate grew)
+            if n > before and n > self.local.distinct(d, k, metric, window, self.clock()):
+                self._shared[(d, k)] = n
+                changed.setdefault((d, k), []).append(metric)
         return {dk: sorted(set(ms)) for dk, ms in changed.items()}
 
     def _forget_old(self, hi: int) -> None:
