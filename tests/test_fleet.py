@@ -551,3 +551,30 @@ def test_replay_fleet_reads_several_hosts_logs_in_time_order(tmp_path: Path) -> 
 
     assert replay() == ["2025-12-05T12:00:10Z"]
     assert replay("--fleet") == ["2025-12-05T10:00:35Z", "2025-12-05T12:00:10Z"]
+
+
+def test_decisions_travel_over_tls(tmp_path: Path, running) -> None:
+    """rediss:// with the CA in tls_ca: verified TLS to a real redis-server; a host that
+    does not trust the server's CA does not connect (and goes on alone)."""
+    needs_redis()
+    certs = RedisServer.make_certificates(tmp_path / "certs")
+    server = RedisServer(tmp_path / "redis", tls=certs)
+    try:
+        recs = [Recorder(), Recorder(), Recorder()]
+        cfgs = [host(tmp_path, f"mx{i}", server.url) for i in (1, 2, 3)]
+        cfgs[0].fleet.tls_ca = cfgs[1].fleet.tls_ca = str(certs / "ca.pem")
+        cfgs[2].fleet.tls_ca = str(RedisServer.make_certificates(tmp_path / "other")
+                                   / "ca.pem")
+        for cfg, rec in zip(cfgs, recs, strict=True):
+            running(cfg, [rec])
+        for cfg in cfgs[:2]:
+            wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"]
+                     == "up", 10, "up over TLS")
+        request(cfgs[0].control_socket, "ban", key="203.0.113.44", duration=600)
+        wait_for(lambda: "203.0.113.44" in keys_of(recs[1]), 5, "the ban over TLS")
+        status = wait_for(lambda: (s := request(cfgs[2].control_socket, "status")["fleet"])
+                          ["state"] == "down" and s, 10, "the untrusted server refused")
+        assert "certificate" in status["last_error"].lower()
+        assert not recs[2].applied
+    finally:
+        server.stop()
