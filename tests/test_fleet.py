@@ -578,3 +578,21 @@ def test_decisions_travel_over_tls(tmp_path: Path, running) -> None:
         assert not recs[2].applied
     finally:
         server.stop()
+
+
+def test_a_simulating_host_simulates_what_the_fleet_decides(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    a_rec, b_rec = Recorder(), Recorder()
+    a = host(tmp_path, "mx1", redis_server.url)
+    b = host(tmp_path, "mx2", redis_server.url)
+    b.mode = "simulate"
+    running(a, [a_rec])
+    running(b, [b_rec])
+    for cfg in (a, b):
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
+                 5, "up")
+    request(a.control_socket, "ban", key="203.0.113.61", duration=600)
+    listed = wait_for(lambda: request(b.control_socket, "list"), 5, "the ban listed on mx2")
+    assert [(d["key"], d["simulated"], d["host"]) for d in listed] == [
+        ("203.0.113.61", True, "mx1")]
+    assert keys_of(a_rec) == ["203.0.113.61"] and not b_rec.applied

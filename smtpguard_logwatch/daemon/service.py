@@ -122,6 +122,11 @@ class Daemon:
     def _fleet(self, cfg: Config):
         if cfg.fleet is None:
             return None
+        try:
+            import redis  # noqa: F401 - only to say at start-up that it is missing
+        except ImportError:
+            raise ConfigError(f"{cfg.path}: [fleet] needs the redis client (apt install "
+                              "python3-redis, or pip install redis)") from None
         from ..fleet import Link
         from ..fleet.counters import FleetStore
 
@@ -201,9 +206,11 @@ class Daemon:
         engine = self.state.engine
         now = self.clock()
         self.fleet.send_counts(now)
+        simulation = self.state.simulation
         self.fleet.apply_inbox(self.state.ledger, self.enforcer, now,
                                engine.breaker.tripped_rules, engine.forgive,
-                               self.log_decision)
+                               self.log_decision,
+                               lambda t: simulation.mode_at(t).simulating)
         if self._fresh or self._extended or self._revoked:
             self._enforce_new()  # decided on the fleet's counts just merged
 

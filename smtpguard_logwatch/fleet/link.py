@@ -63,6 +63,7 @@ class Link:
         self.store: Any = None  # counters.FleetStore when counts are shared
         self.reevaluate: Callable[[str, str, list[str]], None] | None = None
         self._batch_at = 0.0
+        self._simulating: Callable[[float], bool] = lambda _now: False
 
     def start(self, ledger: Ledger) -> None:
         """Remember which fleet decisions the ledger already holds, then connect."""
@@ -129,8 +130,12 @@ class Link:
     def apply_inbox(self, ledger: Ledger, enforcer: Enforcer, now: float,
                     held_back: Callable[[float], Mapping[str, float]],
                     forgive: Callable[[str, str], None],
-                    on_decision: Callable[[Decision, str], None]) -> int:
-        """Apply everything the bus brought; returns how many items there were."""
+                    on_decision: Callable[[Decision, str], None],
+                    simulating: Callable[[float], bool] = lambda _now: False) -> int:
+        """Apply everything the bus brought; returns how many items there were.
+        ``simulating``: whether this host is in simulation mode (then what the fleet
+        decides is recorded as simulated here, an operator's ban on another host too)."""
+        self._simulating = simulating
         items = self.bus.drain()
         for kind, value in items:
             if kind == "claimed":
@@ -225,6 +230,9 @@ class Link:
         held = sorted(set(d.rules) & set(held_back(now)))
         ledger.record(d)
         self.known[entry.fleet_id] = d.id
+        if not d.simulated and self._simulating(now):
+            d.simulated = True  # (a journaled rewrite after a rollback records it so)
+            ledger.conn.execute("UPDATE decisions SET simulated = 1 WHERE id = ?", (d.id,))
         if held:
             self.counters.refused += 1
             log.warning("fleet: not enforcing %s %s %s from %s: rule(s) %s held back by this "
