@@ -345,8 +345,9 @@ class Bus:
             for (metric, b), members in group["members"].items():
                 keys.append(f"{tag}{metric}:{b}")
                 args += [len(members), *members]
-            read = group["read"] or {"counts": [], "distinct": []}
-            names = [(m, b) for m in read["counts"] for b in range(lo, hi + 1)]
+            read = group["read"] or {"from": hi, "counts": [], "distinct": []}
+            names = [(m, b) for m in read["counts"]
+                     for b in range(max(lo, read.get("from", lo)), hi + 1)]
             args.append(len(names))
             keys += [f"{tag}{m}:{b}" for m, b in names]
             args.append(len(read["distinct"]))

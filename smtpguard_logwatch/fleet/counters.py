@@ -74,12 +74,14 @@ class FleetStore:
         self.dimensions = frozenset(dimensions)
         self.width = float(local.bucket_seconds)
         self.span_buckets = max(1, int(span // self.width))
+        self.span = self.span_buckets * self.width
         self.clock = clock
         self.start_bucket = int(clock() // self.width)
         self._incr: dict[tuple[str, str, str, int], float] = {}
         self._members: dict[tuple[str, str, str, int], set[str]] = {}
         self._hot: dict[tuple[str, str], tuple[float, set[str]]] = {}
         self._fresh: set[tuple[str, str]] = set()  # touched since the last batch
+        self._read_to: dict[tuple[str, str], int] = {}  # newest bucket read back, per key
         self._shared: dict[tuple[str, str], float] = {}  # others counted it: when seen
         self._sent: dict[tuple[str, str, str, int], float] = {}  # this host's, per bucket
         self._merged: dict[tuple[str, str, str, int], float] = {}  # others', merged
@@ -121,7 +123,9 @@ class FleetStore:
     def distinct(self, dimension: str, key: str, metric: str, window: float,
                  now: float) -> int:
         """The larger of this host's exact count and the fleet's HyperLogLog estimate
-        (read back within about a second)."""
+        (read back within about a second) for windows up to ``span``; a longer window
+        is this host's own count (a union over more one-minute HyperLogLogs per key and
+        second costs Redis more than the rules gain)."""
         local = self.local.distinct(dimension, key, metric, window, now)
         if dimension not in self.dimensions:
             return local
@@ -139,6 +143,7 @@ class FleetStore:
         for dk in [dk for dk, (seen, _) in self._hot.items() if seen < now - HOT_FOR]:
             del self._hot[dk]
             self._shared.pop(dk, None)
+            self._read_to.pop(dk, None)
         groups: dict[tuple[str, str], dict[str, Any]] = {}
 
         def group(d: str, k: str) -> dict[str, Any]:
@@ -164,16 +169,22 @@ class FleetStore:
         self._fresh = set()
         if len(wanted) > MAX_READS:
             wanted = set(sorted(wanted, key=lambda dk: -self._hot[dk][0])[:MAX_READS])
-        for d, k in wanted:
-            metrics = self._hot[(d, k)][1]
-            group(d, k)["read"] = {
-                "counts": sorted(m for m in metrics if not m.startswith("#")),
-                "distinct": [(m, w) for m in sorted(metrics) if m.startswith("#")
-                             for w in sorted(self._distinct_windows.get((d, m), ()))]}
-        if not groups:
-            return None
         hi = int(now // self.width)
         lo = max(hi - self.span_buckets + 1, self.start_bucket)
+        for d, k in wanted:
+            metrics = self._hot[(d, k)][1]
+            # the whole span the first time, then from the bucket before the last read
+            # (what other hosts add lands in the current bucket, or just before it)
+            last = self._read_to.get((d, k))
+            self._read_to[(d, k)] = hi
+            group(d, k)["read"] = {
+                "from": lo if last is None else max(lo, min(last, hi) - 1),
+                "counts": sorted(m for m in metrics if not m.startswith("#")),
+                "distinct": [(m, w) for m in sorted(metrics) if m.startswith("#")
+                             for w in sorted(self._distinct_windows.get((d, m), ()))
+                             if w <= self.span]}
+        if not groups:
+            return None
         return {"keys": groups, "ttl": int((self.span_buckets + 2) * self.width),
                 "lo": lo, "hi": hi, "width": self.width}
 
