@@ -29,3 +29,30 @@ def test_unknown_parser_lists_the_known_ones() -> None:
     known = line.split("known:", 1)[1]
     for name in ("postfix", "exim", "sendmail"):
         assert name in known
+
+
+def _config(tmp_path: Path, actions: str) -> Path:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[state]\ndatabase = "{tmp_path}/state.sqlite"\n{actions}')
+    return cfg
+
+
+def test_unknown_action_lists_every_known_action(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, "[actions.nftable]\nports = 25\n")
+    proc = cli("reconcile", "--config", str(cfg))
+    assert proc.returncode == 1
+    [line] = proc.stderr.splitlines()
+    assert f"{cfg}: [actions.nftable]" in line
+    for name in ("nftables", "iptables", "postfix", "exim", "sendmail", "mail"):
+        assert name in line.split("known:", 1)[1]
+
+
+def test_a_bad_action_option_names_the_config_file_and_its_table(tmp_path: Path) -> None:
+    for body, what in (('[actions.nftables]\nports = "abc"\n', "ports"),
+                       ("[actions.nftables]\nportz = 25\n", "portz")):
+        cfg = _config(tmp_path, body)
+        proc = cli("reconcile", "--config", str(cfg))
+        assert proc.returncode == 1
+        [line] = proc.stderr.splitlines()
+        assert line.startswith(f"smtpguard-logwatch: {cfg}: [actions.nftables]: "), line
+        assert what in line
