@@ -56,3 +56,13 @@ def test_a_bad_action_option_names_the_config_file_and_its_table(tmp_path: Path)
         [line] = proc.stderr.splitlines()
         assert line.startswith(f"smtpguard-logwatch: {cfg}: [actions.nftables]: "), line
         assert what in line
+
+
+def test_check_prints_each_warning_once_on_stderr(tmp_path: Path) -> None:
+    rules = tmp_path / "w.rules"
+    rules.write_text("rule x for client_ip:\n  when messages in 1h > 5\n  add 1 points\n")
+    proc = cli("check", str(rules))
+    assert proc.returncode == 0, proc.stderr
+    assert "Rule x" in proc.stdout
+    assert "no 'ladder client_ip:'" not in proc.stdout
+    assert proc.stderr.count("no 'ladder client_ip:'") == 1
