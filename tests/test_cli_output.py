@@ -66,3 +66,24 @@ def test_check_prints_each_warning_once_on_stderr(tmp_path: Path) -> None:
     assert "Rule x" in proc.stdout
     assert "no 'ladder client_ip:'" not in proc.stdout
     assert proc.stderr.count("no 'ladder client_ip:'") == 1
+
+
+def test_compare_lists_candidate_only_decisions_by_time_with_their_argument(
+        tmp_path: Path) -> None:
+    base = tmp_path / "notify.rules"
+    base.write_text("rule auth for client_ip:\n  when auth_failures in 1h > 3\n"
+                    "  add 100 points\nladder client_ip:\n  at 50 points notify\n")
+    candidate = tmp_path / "slow.rules"
+    candidate.write_text("rule auth for client_ip:\n  when auth_failures in 1h > 3\n"
+                         "  add 100 points\nladder client_ip:\n"
+                         "  at 50 points delay 20s for 1h\n")
+    proc = cli("replay", "--warmup", "0", "--rules", str(base), "--compare", str(candidate),
+               str(SAMPLES / "postfix-mx1.log.gz"))
+    assert proc.returncode == 0, proc.stderr
+    section = proc.stdout.split(f"only with {candidate}: ", 1)[1]
+    rows = [r for r in section.splitlines()[1:] if r.startswith("    ")]
+    assert len(rows) >= 3, proc.stdout  # several client IPs, in two address families
+    times = [r.split()[0] for r in rows]
+    assert times == sorted(times)
+    assert sorted(r.split()[2] for r in rows) != [r.split()[2] for r in rows]  # not key order
+    assert all("delay 20s" in r for r in rows)
