@@ -21,6 +21,7 @@ from .decisions import compare, decision_json, write_compare, write_timeline
 from .envelope import Clock, zone_from_name
 from .events import Event
 from .follow.segment import MAX_LINE
+from .helpformat import ArgumentParser, MainHelpFormatter
 from .operator import OperatorError
 from .parsers import load_parser_classes
 from .parsers.base import ParserOptions
@@ -56,11 +57,10 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="smtpguard-logwatch", description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="smtpguard-logwatch", description=DESCRIPTION,
+                            formatter_class=MainHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
 
     replay = sub.add_parser(
         "replay", help="read historical logs once and summarise them",

@@ -4,10 +4,14 @@ reader, and every option that prints JSON does."""
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -87,3 +91,26 @@ def test_compare_lists_candidate_only_decisions_by_time_with_their_argument(
     assert times == sorted(times)
     assert sorted(r.split()[2] for r in rows) != [r.split()[2] for r in rows]  # not key order
     assert all("delay 20s" in r for r in rows)
+
+
+def _helps(monkeypatch: pytest.MonkeyPatch, columns: int) -> dict[str, str]:
+    from smtpguard_logwatch.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    parser = build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {"": parser.format_help()} | {name: p.format_help()
+                                         for name, p in sub.choices.items()}
+
+
+@pytest.mark.parametrize("columns", [50, 64, 80])
+def test_help_never_breaks_a_path_across_lines(monkeypatch: pytest.MonkeyPatch,
+                                               columns: int) -> None:
+    wide = _helps(monkeypatch, 400)
+    narrow = _helps(monkeypatch, columns)
+    assert "/etc/smtpguard-logwatch/config.toml" in wide["scan"]
+    for command, text in wide.items():
+        paths = set(re.findall(r"/[\w./-]+", text))
+        words = set(narrow[command].split())
+        for path in paths:
+            assert any(path in w for w in words), (command, path, narrow[command])
