@@ -22,6 +22,7 @@ from .envelope import Clock, zone_from_name
 from .events import Event
 from .follow.segment import MAX_LINE
 from .helpformat import ArgumentParser, MainHelpFormatter
+from .limits import CONFIG_RANGES, OutOfRange
 from .operator import OperatorError
 from .parsers import load_parser_classes
 from .parsers.base import ParserOptions
@@ -519,6 +520,20 @@ class UsageError(Exception):
     """A bad option value; reported as one line, exit status 2."""
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric option inside its documented range (limits.CLI_RANGES), else one
+    UsageError line: ``--top -1`` must not silently drop rows."""
+    from .limits import CLI_RANGES
+
+    for dest, limit in CLI_RANGES.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            try:
+                limit.check(value)
+            except OutOfRange as exc:
+                raise UsageError(str(exc)) from None
+
+
 def _options(args: argparse.Namespace) -> ParserOptions:
     return ParserOptions(session_ttl=args.session_ttl, queue_ttl=args.queue_ttl)
 
@@ -575,9 +590,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     make_clock = _clock_factory(args)
     rules = [] if args.no_rules else (args.rules or [str(default_rules_path())])
     try:
-        warmup = parse_duration(args.warmup)
+        warmup = CONFIG_RANGES["rules", "warmup"].check(parse_duration(args.warmup),
+                                                         "--warmup")
     except ValueError as exc:
-        raise UsageError(f"--warmup: {exc}") from None
+        raise UsageError(str(exc) if isinstance(exc, OutOfRange) else f"--warmup: {exc}"
+                         ) from None
     engine = _engine(rules, warmup) if rules else None
     other = _engine(args.compare, warmup) if args.compare else None
     ordered = chronological(sources, make_clock)
@@ -665,6 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_numbers(args)
         return COMMANDS[args.command](args)
     except SourceError as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)

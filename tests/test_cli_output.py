@@ -114,3 +114,21 @@ def test_help_never_breaks_a_path_across_lines(monkeypatch: pytest.MonkeyPatch,
         words = set(narrow[command].split())
         for path in paths:
             assert any(path in w for w in words), (command, path, narrow[command])
+
+
+@pytest.mark.parametrize("option", [
+    ["--top", "-1"], ["--top", "0"], ["--max-decisions", "-3"], ["--year", "1900"],
+    ["--session-ttl", "nan"], ["--session-ttl", "0"], ["--queue-ttl", "inf"],
+    ["--warmup", "40d"]])
+def test_numeric_options_out_of_range_are_one_line_and_status_2(option: list[str]) -> None:
+    proc = cli("replay", *option, str(SAMPLES / "exim-mainlog.log"))
+    assert proc.returncode == 2, proc.stdout[:200]
+    assert proc.stdout == ""
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"smtpguard-logwatch: {option[0]}: "), line
+
+
+def test_explain_range_checks_its_numbers_too() -> None:
+    proc = cli("explain", "--year", "1900", "--line", "x")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("smtpguard-logwatch: --year: 1900 is out of range")
