@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "network, sender or SASL user) has its points and penalty")
     explain.add_argument("--dimension", default=None, choices=list(DIMENSIONS),
                          help="with --key: what KEY is (default: guessed from its form)")
-    explain.add_argument("--json", action="store_true", help="with --key: print JSON")
+    explain.add_argument("--json", action="store_true",
+                         help="print JSON: for log lines one object {lines: [...], "
+                              "at_end: [...]}, each line with its events or why none")
     explain.add_argument("--config", default=None, metavar="FILE",
                          help=f"with --key: config naming the daemon's control socket "
                               f"(default {DEFAULT_CONFIG})")
@@ -661,7 +663,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for source in (source_for(f) for f in args.files):
         feeds.append((source.name, iter_lines(source), make_clock(source)))
     return explain_lines(feeds, sys.stdout, parsers=_parser_names(args), options=_options(args),
-                         only_unparsed=args.only_unparsed)
+                         only_unparsed=args.only_unparsed, as_json=args.json)
 
 
 COMMANDS = {

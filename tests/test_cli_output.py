@@ -5,6 +5,7 @@ reader, and every option that prints JSON does."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -132,3 +133,33 @@ def test_explain_range_checks_its_numbers_too() -> None:
     proc = cli("explain", "--year", "1900", "--line", "x")
     assert proc.returncode == 2
     assert proc.stderr.startswith("smtpguard-logwatch: --year: 1900 is out of range")
+
+
+REJECT = ("Jul 12 07:47:48 saturn postfix/smtpd[8738]: NOQUEUE: reject: RCPT from "
+          "a.example[192.0.2.4]: 554 5.7.1 <x@far.example>: Relay access denied; "
+          "from=<j@example.com> to=<x@far.example> proto=SMTP helo=<a.example>")
+
+
+def test_explain_json_on_log_lines_prints_json() -> None:
+    cron = "Jul 12 07:47:49 saturn CRON[1]: (root) CMD (x)"
+    proc = cli("explain", "--json", "--timezone", "UTC", "--year", "2025",
+               "--line", REJECT, "--line", cron)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    first, second = doc["lines"]
+    assert (first["source"], first["number"], first["line"]) == ("--line", 1, REJECT)
+    [event] = first["events"]
+    assert event["kind"] == "Rejection" and event["ip"] == "192.0.2.4"
+    assert event["reason"] == "relay_denied" and event["time"] == "2025-07-12T07:47:48Z"
+    assert second["outcome"] == "skipped" and second["events"] == []
+    assert "CRON" in second["why"]
+    assert doc["at_end"] == []
+
+
+def test_explain_json_of_a_file_keeps_the_unparsed_status(tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    log.write_text(f"{REJECT}\nJul 12 07:47:49 saturn postfix/smtpd[1]: frobnicated\n")
+    proc = cli("explain", "--json", "--only-unparsed", str(log))
+    assert proc.returncode == 1
+    [only] = json.loads(proc.stdout)["lines"]
+    assert only["outcome"] == "unparsed" and only["number"] == 2
