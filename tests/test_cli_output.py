@@ -163,3 +163,12 @@ def test_explain_json_of_a_file_keeps_the_unparsed_status(tmp_path: Path) -> Non
     assert proc.returncode == 1
     [only] = json.loads(proc.stdout)["lines"]
     assert only["outcome"] == "unparsed" and only["number"] == 2
+
+
+def test_replay_lists_no_clause_that_did_not_hold_as_a_reason() -> None:
+    # default.rules: auth_guessing is "(2m > 8 or burst > 20) and ...": it fires on the
+    # 2m count, and the burst count that stayed under 20 is no reason.
+    proc = cli("replay", str(SAMPLES / "postfix-mx1.log.gz"))
+    assert proc.returncode == 0, proc.stderr
+    assert "auth_guessing: auth_failures in 2m = 9 > 8" in proc.stdout
+    assert "(false)" not in proc.stdout
