@@ -21,6 +21,8 @@ from .decisions import compare, decision_json, write_compare, write_timeline
 from .envelope import Clock, zone_from_name
 from .events import Event
 from .follow.segment import MAX_LINE
+from .helpformat import ArgumentParser, MainHelpFormatter
+from .limits import CONFIG_RANGES, OutOfRange
 from .operator import OperatorError
 from .parsers import load_parser_classes
 from .parsers.base import ParserOptions
@@ -56,11 +58,10 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="smtpguard-logwatch", description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="smtpguard-logwatch", description=DESCRIPTION,
+                            formatter_class=MainHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
 
     replay = sub.add_parser(
         "replay", help="read historical logs once and summarise them",
@@ -113,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "network, sender or SASL user) has its points and penalty")
     explain.add_argument("--dimension", default=None, choices=list(DIMENSIONS),
                          help="with --key: what KEY is (default: guessed from its form)")
-    explain.add_argument("--json", action="store_true", help="with --key: print JSON")
+    explain.add_argument("--json", action="store_true",
+                         help="print JSON: for log lines one object {lines: [...], "
+                              "at_end: [...]}, each line with its events or why none")
     explain.add_argument("--config", default=None, metavar="FILE",
                          help=f"with --key: config naming the daemon's control socket "
                               f"(default {DEFAULT_CONFIG})")
@@ -519,6 +522,20 @@ class UsageError(Exception):
     """A bad option value; reported as one line, exit status 2."""
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric option inside its documented range (limits.CLI_RANGES), else one
+    UsageError line: ``--top -1`` must not silently drop rows."""
+    from .limits import CLI_RANGES
+
+    for dest, limit in CLI_RANGES.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            try:
+                limit.check(value)
+            except OutOfRange as exc:
+                raise UsageError(str(exc)) from None
+
+
 def _options(args: argparse.Namespace) -> ParserOptions:
     return ParserOptions(session_ttl=args.session_ttl, queue_ttl=args.queue_ttl)
 
@@ -575,9 +592,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     make_clock = _clock_factory(args)
     rules = [] if args.no_rules else (args.rules or [str(default_rules_path())])
     try:
-        warmup = parse_duration(args.warmup)
+        warmup = CONFIG_RANGES["rules", "warmup"].check(parse_duration(args.warmup),
+                                                         "--warmup")
     except ValueError as exc:
-        raise UsageError(f"--warmup: {exc}") from None
+        raise UsageError(str(exc) if isinstance(exc, OutOfRange) else f"--warmup: {exc}"
+                         ) from None
     engine = _engine(rules, warmup) if rules else None
     other = _engine(args.compare, warmup) if args.compare else None
     ordered = chronological(sources, make_clock)
@@ -644,7 +663,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for source in (source_for(f) for f in args.files):
         feeds.append((source.name, iter_lines(source), make_clock(source)))
     return explain_lines(feeds, sys.stdout, parsers=_parser_names(args), options=_options(args),
-                         only_unparsed=args.only_unparsed)
+                         only_unparsed=args.only_unparsed, as_json=args.json)
 
 
 COMMANDS = {
@@ -665,6 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_numbers(args)
         return COMMANDS[args.command](args)
     except SourceError as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)

@@ -262,7 +262,8 @@ class Operator:
     @classmethod
     def from_config(cls, cfg: Config) -> Operator:
         try:
-            actions = build_actions(cfg.actions)  # simulated decisions: see Enforcer
+            # simulated decisions: see Enforcer
+            actions = build_actions(cfg.actions, origin=cfg.path)
         except ActionError as exc:
             raise OperatorError(str(exc)) from None
         except TypeError as exc:

@@ -447,7 +447,7 @@ class Daemon:
 
 def _build_actions(cfg: Config) -> list[Any]:
     try:
-        return build_actions(cfg.actions)  # simulated decisions: see Enforcer
+        return build_actions(cfg.actions, origin=cfg.path)  # simulated decisions: see Enforcer
     except TypeError as exc:
         raise ActionError(f"{cfg.path}: bad action option: {exc}") from None
 
