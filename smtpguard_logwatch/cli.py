@@ -140,17 +140,37 @@ def build_parser() -> argparse.ArgumentParser:
     ban.add_argument("--reason", default="", help="recorded in the ledger")
     add_config(ban)
 
-    unban = sub.add_parser("unban", help="lift every active decision on a key",
-                           description="Revoke every active decision on KEY, automatic or "
-                                       "manual, and undo it in the configured actions.")
-    unban.add_argument("key", metavar="KEY")
+    unban = sub.add_parser(
+        "unban", help="lift every active decision on a key (or all of them)",
+        description="Revoke every active decision on KEY, automatic or manual, and undo it "
+                    "in the configured actions. An address that is only covered by a "
+                    "network decision is not lifted: the network is named, exit status 1. "
+                    "--all --yes lifts every active decision, key by key.")
+    unban.add_argument("key", metavar="KEY", nargs="?")
     unban.add_argument("--dimension", default=None, choices=list(DIMENSIONS))
+    unban.add_argument("--all", action="store_true",
+                       help="lift every active decision (needs --yes)")
+    unban.add_argument("--yes", action="store_true", help="confirm --all")
+    unban.add_argument("--json", action="store_true",
+                       help="print the lifted decisions as a JSON list")
     add_config(unban)
 
-    listing = sub.add_parser("list", help="list the active decisions",
-                             description="List the decisions in force, from the ledger.")
+    listing = sub.add_parser(
+        "list", help="list the active decisions",
+        description="List the decisions in force, from the running daemon or the ledger. "
+                    "--json prints a list of objects with the keys of replay's decisions "
+                    "plus id and status (active, expired, revoked, told).")
     listing.add_argument("--json", action="store_true")
-    listing.add_argument("--all", action="store_true", help="also expired and revoked ones")
+    listing.add_argument("--all", action="store_true",
+                         help="also expired and revoked ones (with a STATUS column)")
+    listing.add_argument("--ip", default=None, metavar="ADDR",
+                         help="only decisions on this address (or network) and on "
+                              "networks containing it")
+    listing.add_argument("--dimension", default=None, choices=list(DIMENSIONS))
+    listing.add_argument("--action", default=None,
+                         choices=["notify", "delay", "throttle", "defer", "hold", "refuse"])
+    listing.add_argument("--origin", default=None,
+                         choices=["rule", "manual", "breaker", "unproven"])
     add_config(listing)
 
     scan = sub.add_parser(
@@ -239,13 +259,6 @@ def _ask_daemon(cfg, command: str, **request: Any) -> Any:
         raise OperatorError(str(exc)) from None
 
 
-def _print_decision_rows(rows: list[dict[str, Any]]) -> None:
-    for d in rows:
-        print(f"{d['id']:>6}  {d['time']}  {d['until'] or 'no end':<20}  {d['dimension']:<14} "
-              f"{d['key']:<40} {d['action']:<8} {d['origin']:<7} {', '.join(d['rules'])}"
-              f"{'  (simulated)' if d.get('simulated') else ''}")
-
-
 def cmd_ban(args: argparse.Namespace) -> int:
     from .operator import BanRequest, Operator
 
@@ -283,52 +296,71 @@ def cmd_ban(args: argparse.Namespace) -> int:
 def cmd_unban(args: argparse.Namespace) -> int:
     from .operator import Operator
 
+    if args.all == (args.key is not None):
+        raise UsageError("unban: give a KEY, or --all --yes to lift every active decision")
+    if args.all and not args.yes:
+        raise UsageError("unban --all lifts EVERY active decision; confirm with --yes")
+    if args.all and args.dimension:
+        raise UsageError("unban: --dimension goes with a KEY, not --all")
     cfg = _load_config(args)
-    answer = _ask_daemon(cfg, "unban", key=args.key, dimension=args.dimension)
+    command, request = (("unban-all", {}) if args.all
+                        else ("unban", {"key": args.key, "dimension": args.dimension}))
+    answer = _ask_daemon(cfg, command, **request)
+    where = ""
     if answer is not _NO_DAEMON:
-        if not answer:
-            print(f"no active decision on {args.key}")
-            return 1
-        for d in answer:
-            print(f"lifted {d['action']} {d['dimension']} {d['key']} (decision {d['id']}, "
-                  "by the running daemon)")
+        lifted, where = answer, ", by the running daemon"
+    else:
+        operator = Operator.from_config(cfg)
+        revoked = (operator.unban_all() if args.all
+                   else operator.unban(args.key, dimension=args.dimension))
+        lifted = [decision_json(d) | {"id": d.id} for d in revoked]
+    if args.json:
+        print(json.dumps(lifted, indent=1))
+    for d in lifted if not args.json else []:
+        print(f"lifted {d['action']} {d['dimension']} {d['key']} (decision {d['id']}{where})")
+    if args.all:
+        if not args.json:
+            print(f"lifted {len(lifted)} decision{'s' if len(lifted) != 1 else ''}")
         return 0
-    operator = Operator.from_config(cfg)
-    revoked = operator.unban(args.key, dimension=args.dimension)
-    if not revoked:
-        print(f"no active decision on {args.key}")
+    if not lifted:
+        if not args.json:
+            print(f"no active decision on {args.key}")
         return 1
-    for d in revoked:
-        print(f"lifted {d.action} {d.dimension} {d.key} (decision {d.id})")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .operator import decision_rows
+    from .listing import RowFilter, empty_message, format_table, parse_ip, row_json
 
+    try:
+        wanted = RowFilter(parse_ip(args.ip) if args.ip else None, args.dimension,
+                           args.action, args.origin)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     cfg = _load_config(args)
     answer = _ask_daemon(cfg, "list", all=args.all)
     if answer is not _NO_DAEMON:
-        if args.json:
-            print(json.dumps(answer, indent=1))
-        else:
-            _print_decision_rows(answer)
-        return 0
-    from .engine.ledger import Ledger
-    from .operator import open_ledger
-
-    ledger = open_ledger(cfg.state, create=False)  # listing never creates a database
-    if ledger is None:
-        print(f"smtpguard-logwatch: no state database at {cfg.state}: nothing decided yet",
-              file=sys.stderr)
-        ledger = Ledger()
-    decisions = list(ledger.all()) if args.all else ledger.active(time.time())
-    if args.json:
-        print(json.dumps([decision_json(d) | {"id": d.id, "revoked": iso(d.revoked)}
-                          for d in decisions], indent=1))
+        rows = answer
     else:
-        for row in decision_rows(decisions):
-            print(row)
+        from .engine.ledger import Ledger
+        from .operator import open_ledger
+
+        ledger = open_ledger(cfg.state, create=False)  # listing never creates a database
+        if ledger is None:
+            print(f"smtpguard-logwatch: no state database at {cfg.state}: nothing decided "
+                  "yet", file=sys.stderr)
+            ledger = Ledger()
+        now = time.time()
+        rows = [row_json(d, now) for d in
+                (list(ledger.all()) if args.all else ledger.active(now))]
+    rows = [r for r in rows if wanted.matches(r)]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print(empty_message(every=args.all, filtered=wanted.active))
+    else:
+        for line in format_table(rows, status=args.all):
+            print(line)
     return 0
 
 
