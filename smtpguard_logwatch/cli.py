@@ -95,8 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate rule files (with their includes) and print what they mean "
                     "in plain English. Errors are reported as FILE:LINE:COLUMN with the "
                     "offending line and a caret; exit status 1.")
-    check.add_argument("rules", nargs="+", metavar="RULES",
+    check.add_argument("rules", nargs="*", metavar="RULES",
                        help="rule files; @default is the shipped default.rules")
+    check.add_argument("--config", default=None, metavar="FILE",
+                       help="instead of rule files: test this whole configuration (its "
+                            "logs, state, rules, and every action's prerequisites) and "
+                            "say what each action would do; exit status 1 on any error")
+    check.add_argument("--json", action="store_true",
+                       help="print one JSON object (ok, errors, warnings, ...)")
 
     explain = sub.add_parser(
         "explain", help="show the events each log line produces, or why none",
@@ -654,6 +660,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from .config import DEFAULT_RULES_TOKEN
 
+    if args.config is not None or args.json:
+        from .configcheck import run_check
+
+        return run_check(args.config, args.rules, as_json=args.json)
+    if not args.rules:
+        raise UsageError("check: give rule files (RULES) or --config FILE")
     return check_main([str(default_rules_path()) if f == DEFAULT_RULES_TOKEN else f
                        for f in args.rules])
 
