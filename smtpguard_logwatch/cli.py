@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what KEY is (default: guessed from its form)")
     ban.add_argument("--reason", default="", help="recorded in the ledger")
     add_config(ban)
+    ban.add_argument("--json", action="store_true",
+           help="print the decision as JSON (with carried_by, failed, enforced)")
 
     unban = sub.add_parser(
         "unban", help="lift every active decision on a key (or all of them)",
@@ -188,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "double-counts a line. Exit status: 0 done, 1 an action failed, "
                     "75 another scan or the daemon is running.")
     add_config(scan)
+    scan.add_argument("--json", action="store_true",
+            help="print the result as one JSON object")
 
     rec = sub.add_parser(
         "reconcile", help="make the firewall and the MTA maps match the ledger",
@@ -196,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and remove what has expired or was lifted. Run it at boot and from "
                     "cron (e.g. every minute) until the daemon does it for you.")
     add_config(rec)
+    rec.add_argument("--json", action="store_true",
+           help="print the reports as one JSON object")
 
     run = sub.add_parser(
         "run", help="the daemon: follow the logs, decide and enforce as lines arrive",
@@ -286,6 +292,11 @@ def cmd_ban(args: argparse.Namespace) -> int:
         until, by, failed = iso(banned.decision.until), banned.outcome.carried_by, \
             banned.outcome.failed
         where = ""
+    if args.json:
+        enforced = bool(by) and not failed
+        print(json.dumps(d | {"carried_by": by, "failed": failed, "enforced": enforced,
+                              "daemon": bool(where)}, indent=1))
+        return 0 if enforced else 1
     until_text = f" until {until}" if until else " with no end"
     done = f"; carried out by {', '.join(by)}" if by else ""
     print(f"{d['action']} {d['dimension']} {d['key']}{until_text} (decision {d['id']}"
@@ -387,6 +398,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except ScanFailed as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return 1
+    if args.json:
+        print(json.dumps({
+            "lines": result.lines, "cut": result.cut,
+            "decisions": [decision_json(d) | {"id": d.id, "stale": d.id in result.stale}
+                          for d in result.decisions],
+            "unenforced": result.unenforced, "errors": result.errors}, indent=1))
+        return 1 if result.errors or result.unenforced else 0
     stale = f" ({len(result.stale)} stale, not enforced)" if result.stale else ""
     print(f"scan: {result.lines} lines ({result.cut} cut at {MAX_LINE} characters), "
           f"{len(result.decisions)} decisions{stale}")
@@ -520,7 +538,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if answer is not _NO_DAEMON:
         reports, errors = answer["reports"], answer["errors"]
         unenforced = answer.get("unenforced", [])
-        for error in errors:
+        for error in errors if not args.json else []:
             print(f"smtpguard-logwatch: {error}", file=sys.stderr)
     else:
         operator = Operator.from_config(cfg)
@@ -530,6 +548,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         unenforced = [f"decision {d.id} ({d.action} {d.dimension} {d.key}): "
                       f"{operator.nobody_carries_out(d)}"
                       for d in operator.unenforceable(operator.active())]
+    if args.json:
+        print(json.dumps({"reports": reports, "errors": list(errors),
+                          "unenforced": unenforced}, indent=1))
+        return 1 if errors or unenforced else 0
     for line in unenforced:
         print(f"smtpguard-logwatch: NOT ENFORCED: {line}", file=sys.stderr)
     for name, report in reports.items():
