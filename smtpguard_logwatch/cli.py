@@ -96,8 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate rule files (with their includes) and print what they mean "
                     "in plain English. Errors are reported as FILE:LINE:COLUMN with the "
                     "offending line and a caret; exit status 1.")
-    check.add_argument("rules", nargs="+", metavar="RULES",
+    check.add_argument("rules", nargs="*", metavar="RULES",
                        help="rule files; @default is the shipped default.rules")
+    check.add_argument("--config", default=None, metavar="FILE",
+                       help="instead of rule files: test this whole configuration (its "
+                            "logs, state, rules, and every action's prerequisites) and "
+                            "say what each action would do; exit status 1 on any error")
+    check.add_argument("--json", action="store_true",
+                       help="print one JSON object (ok, errors, warnings, ...)")
 
     explain = sub.add_parser(
         "explain", help="show the events each log line produces, or why none",
@@ -142,18 +148,40 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what KEY is (default: guessed from its form)")
     ban.add_argument("--reason", default="", help="recorded in the ledger")
     add_config(ban)
+    ban.add_argument("--json", action="store_true",
+           help="print the decision as JSON (with carried_by, failed, enforced)")
 
-    unban = sub.add_parser("unban", help="lift every active decision on a key",
-                           description="Revoke every active decision on KEY, automatic or "
-                                       "manual, and undo it in the configured actions.")
-    unban.add_argument("key", metavar="KEY")
+    unban = sub.add_parser(
+        "unban", help="lift every active decision on a key (or all of them)",
+        description="Revoke every active decision on KEY, automatic or manual, and undo it "
+                    "in the configured actions. An address that is only covered by a "
+                    "network decision is not lifted: the network is named, exit status 1. "
+                    "--all --yes lifts every active decision, key by key.")
+    unban.add_argument("key", metavar="KEY", nargs="?")
     unban.add_argument("--dimension", default=None, choices=list(DIMENSIONS))
+    unban.add_argument("--all", action="store_true",
+                       help="lift every active decision (needs --yes)")
+    unban.add_argument("--yes", action="store_true", help="confirm --all")
+    unban.add_argument("--json", action="store_true",
+                       help="print the lifted decisions as a JSON list")
     add_config(unban)
 
-    listing = sub.add_parser("list", help="list the active decisions",
-                             description="List the decisions in force, from the ledger.")
+    listing = sub.add_parser(
+        "list", help="list the active decisions",
+        description="List the decisions in force, from the running daemon or the ledger. "
+                    "--json prints a list of objects with the keys of replay's decisions "
+                    "plus id and status (active, expired, revoked, told).")
     listing.add_argument("--json", action="store_true")
-    listing.add_argument("--all", action="store_true", help="also expired and revoked ones")
+    listing.add_argument("--all", action="store_true",
+                         help="also expired and revoked ones (with a STATUS column)")
+    listing.add_argument("--ip", default=None, metavar="ADDR",
+                         help="only decisions on this address (or network) and on "
+                              "networks containing it")
+    listing.add_argument("--dimension", default=None, choices=list(DIMENSIONS))
+    listing.add_argument("--action", default=None,
+                         choices=["notify", "delay", "throttle", "defer", "hold", "refuse"])
+    listing.add_argument("--origin", default=None,
+                         choices=["rule", "manual", "breaker", "unproven"])
     add_config(listing)
 
     scan = sub.add_parser(
@@ -165,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "double-counts a line. Exit status: 0 done, 1 an action failed, "
                     "75 another scan or the daemon is running.")
     add_config(scan)
+    scan.add_argument("--json", action="store_true",
+            help="print the result as one JSON object")
 
     rec = sub.add_parser(
         "reconcile", help="make the firewall and the MTA maps match the ledger",
@@ -173,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and remove what has expired or was lifted. Run it at boot and from "
                     "cron (e.g. every minute) until the daemon does it for you.")
     add_config(rec)
+    rec.add_argument("--json", action="store_true",
+           help="print the reports as one JSON object")
 
     run = sub.add_parser(
         "run", help="the daemon: follow the logs, decide and enforce as lines arrive",
@@ -242,13 +274,6 @@ def _ask_daemon(cfg, command: str, **request: Any) -> Any:
         raise OperatorError(str(exc)) from None
 
 
-def _print_decision_rows(rows: list[dict[str, Any]]) -> None:
-    for d in rows:
-        print(f"{d['id']:>6}  {d['time']}  {d['until'] or 'no end':<20}  {d['dimension']:<14} "
-              f"{d['key']:<40} {d['action']:<8} {d['origin']:<7} {', '.join(d['rules'])}"
-              f"{'  (simulated)' if d.get('simulated') else ''}")
-
-
 def cmd_ban(args: argparse.Namespace) -> int:
     from .operator import BanRequest, Operator
 
@@ -270,6 +295,11 @@ def cmd_ban(args: argparse.Namespace) -> int:
         until, by, failed = iso(banned.decision.until), banned.outcome.carried_by, \
             banned.outcome.failed
         where = ""
+    if args.json:
+        enforced = bool(by) and not failed
+        print(json.dumps(d | {"carried_by": by, "failed": failed, "enforced": enforced,
+                              "daemon": bool(where)}, indent=1))
+        return 0 if enforced else 1
     until_text = f" until {until}" if until else " with no end"
     done = f"; carried out by {', '.join(by)}" if by else ""
     print(f"{d['action']} {d['dimension']} {d['key']}{until_text} (decision {d['id']}"
@@ -286,52 +316,71 @@ def cmd_ban(args: argparse.Namespace) -> int:
 def cmd_unban(args: argparse.Namespace) -> int:
     from .operator import Operator
 
+    if args.all == (args.key is not None):
+        raise UsageError("unban: give a KEY, or --all --yes to lift every active decision")
+    if args.all and not args.yes:
+        raise UsageError("unban --all lifts EVERY active decision; confirm with --yes")
+    if args.all and args.dimension:
+        raise UsageError("unban: --dimension goes with a KEY, not --all")
     cfg = _load_config(args)
-    answer = _ask_daemon(cfg, "unban", key=args.key, dimension=args.dimension)
+    command, request = (("unban-all", {}) if args.all
+                        else ("unban", {"key": args.key, "dimension": args.dimension}))
+    answer = _ask_daemon(cfg, command, **request)
+    where = ""
     if answer is not _NO_DAEMON:
-        if not answer:
-            print(f"no active decision on {args.key}")
-            return 1
-        for d in answer:
-            print(f"lifted {d['action']} {d['dimension']} {d['key']} (decision {d['id']}, "
-                  "by the running daemon)")
+        lifted, where = answer, ", by the running daemon"
+    else:
+        operator = Operator.from_config(cfg)
+        revoked = (operator.unban_all() if args.all
+                   else operator.unban(args.key, dimension=args.dimension))
+        lifted = [decision_json(d) | {"id": d.id} for d in revoked]
+    if args.json:
+        print(json.dumps(lifted, indent=1))
+    for d in lifted if not args.json else []:
+        print(f"lifted {d['action']} {d['dimension']} {d['key']} (decision {d['id']}{where})")
+    if args.all:
+        if not args.json:
+            print(f"lifted {len(lifted)} decision{'s' if len(lifted) != 1 else ''}")
         return 0
-    operator = Operator.from_config(cfg)
-    revoked = operator.unban(args.key, dimension=args.dimension)
-    if not revoked:
-        print(f"no active decision on {args.key}")
+    if not lifted:
+        if not args.json:
+            print(f"no active decision on {args.key}")
         return 1
-    for d in revoked:
-        print(f"lifted {d.action} {d.dimension} {d.key} (decision {d.id})")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .operator import decision_rows
+    from .listing import RowFilter, empty_message, format_table, parse_ip, row_json
 
+    try:
+        wanted = RowFilter(parse_ip(args.ip) if args.ip else None, args.dimension,
+                           args.action, args.origin)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     cfg = _load_config(args)
     answer = _ask_daemon(cfg, "list", all=args.all)
     if answer is not _NO_DAEMON:
-        if args.json:
-            print(json.dumps(answer, indent=1))
-        else:
-            _print_decision_rows(answer)
-        return 0
-    from .engine.ledger import Ledger
-    from .operator import open_ledger
-
-    ledger = open_ledger(cfg.state, create=False)  # listing never creates a database
-    if ledger is None:
-        print(f"smtpguard-logwatch: no state database at {cfg.state}: nothing decided yet",
-              file=sys.stderr)
-        ledger = Ledger()
-    decisions = list(ledger.all()) if args.all else ledger.active(time.time())
-    if args.json:
-        print(json.dumps([decision_json(d) | {"id": d.id, "revoked": iso(d.revoked)}
-                          for d in decisions], indent=1))
+        rows = answer
     else:
-        for row in decision_rows(decisions):
-            print(row)
+        from .engine.ledger import Ledger
+        from .operator import open_ledger
+
+        ledger = open_ledger(cfg.state, create=False)  # listing never creates a database
+        if ledger is None:
+            print(f"smtpguard-logwatch: no state database at {cfg.state}: nothing decided "
+                  "yet", file=sys.stderr)
+            ledger = Ledger()
+        now = time.time()
+        rows = [row_json(d, now) for d in
+                (list(ledger.all()) if args.all else ledger.active(now))]
+    rows = [r for r in rows if wanted.matches(r)]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print(empty_message(every=args.all, filtered=wanted.active))
+    else:
+        for line in format_table(rows, status=args.all):
+            print(line)
     return 0
 
 
@@ -352,6 +401,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except ScanFailed as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return 1
+    if args.json:
+        print(json.dumps({
+            "lines": result.lines, "cut": result.cut,
+            "decisions": [decision_json(d) | {"id": d.id, "stale": d.id in result.stale}
+                          for d in result.decisions],
+            "unenforced": result.unenforced, "errors": result.errors}, indent=1))
+        return 1 if result.errors or result.unenforced else 0
     stale = f" ({len(result.stale)} stale, not enforced)" if result.stale else ""
     print(f"scan: {result.lines} lines ({result.cut} cut at {MAX_LINE} characters), "
           f"{len(result.decisions)} decisions{stale}")
@@ -485,7 +541,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if answer is not _NO_DAEMON:
         reports, errors = answer["reports"], answer["errors"]
         unenforced = answer.get("unenforced", [])
-        for error in errors:
+        for error in errors if not args.json else []:
             print(f"smtpguard-logwatch: {error}", file=sys.stderr)
     else:
         operator = Operator.from_config(cfg)
@@ -495,6 +551,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         unenforced = [f"decision {d.id} ({d.action} {d.dimension} {d.key}): "
                       f"{operator.nobody_carries_out(d)}"
                       for d in operator.unenforceable(operator.active())]
+    if args.json:
+        print(json.dumps({"reports": reports, "errors": list(errors),
+                          "unenforced": unenforced}, indent=1))
+        return 1 if errors or unenforced else 0
     for line in unenforced:
         print(f"smtpguard-logwatch: NOT ENFORCED: {line}", file=sys.stderr)
     for name, report in reports.items():
@@ -641,6 +701,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from .config import DEFAULT_RULES_TOKEN
 
+    if args.config is not None or args.json:
+        from .configcheck import run_check
+
+        return run_check(args.config, args.rules, as_json=args.json)
+    if not args.rules:
+        raise UsageError("check: give rule files (RULES) or --config FILE")
     return check_main([str(default_rules_path()) if f == DEFAULT_RULES_TOKEN else f
                        for f in args.rules])
 
