@@ -277,13 +277,18 @@ def sparkline_svg(trace: KeyTrace, width: float = 460, height: float = 110) -> s
     out.append(line(left, y(0), width - pad, y(0), "#ccc"))
     out.append(text(left - 4, y(top) + 8, f"{top:g}", anchor="end", size=9))
     out.append(text(left - 4, y(0), "0", anchor="end", size=9))
-    out.append(polyline([(x(t), b) if b is None else (x(t), y(b)) for t, _v, _th, b in series],
-                        "#999999", dash="2 2", title=f"usual for {trace.left}"))
-    out.append(polyline([(x(t), th) if th is None else (x(t), y(th))
-                         for t, _v, th, _b in series],
-                        "#e45756", dash="5 3", title=f"threshold: {trace.right}"))
-    out.append(polyline([(x(t), v) if v is None else (x(t), y(v)) for t, v, _th, _b in series],
-                        "#4c78a8", width=1.8, title=trace.left))
+    def points(i: int) -> list[tuple[float, float | None]]:
+        """Column ``i`` of the series; a gap between sampled stretches breaks it."""
+        pts: list[tuple[float, float | None]] = []
+        for j, row in enumerate(series):
+            if j and row[0] - series[j - 1][0] > 1.5 * trace.step:
+                pts.append((x(row[0]), None))
+            pts.append((x(row[0]), None if row[i] is None else y(row[i])))
+        return pts
+
+    out.append(polyline(points(3), "#999999", dash="2 2", title=f"usual for {trace.left}"))
+    out.append(polyline(points(2), "#e45756", dash="5 3", title=f"threshold: {trace.right}"))
+    out.append(polyline(points(1), "#4c78a8", width=1.8, title=trace.left))
     known = [(t, v) for t, v, _th, _b in series if v is not None]
     for d in trace.decisions:
         v = _value_at(known, d.time)

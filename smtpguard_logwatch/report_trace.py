@@ -95,8 +95,10 @@ class Tracer:
             # the first decision, or a harsher one: draw the rule behind the worst
             fresh = self._start(d)
             if fresh is not None:
-                if trace is not None:
+                if trace is not None:  # the earlier run-ups, of the rule now drawn
                     fresh.decisions = trace.decisions
+                    for e in trace.decisions:
+                        self._sample(fresh, e.time - fresh.lookback, e.time)
                 trace = self.traces[dk] = fresh
             elif trace is None:
                 return
