@@ -644,9 +644,11 @@ def _html_tracer(args: argparse.Namespace, engine: Engine | None):
         return None
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, not {args.top}")
+    from .report_sources import OFFENDERS
     from .report_trace import Tracer
 
-    tracer = Tracer(engine.store, lambda: engine.ruleset)
+    tracer = Tracer(engine.store, lambda: engine.ruleset, keep=OFFENDERS,
+                    since=lambda: engine.watch_start)
     engine.on_decision = tracer.on_decision
     return tracer
 

@@ -43,10 +43,6 @@ def replay_report(*, files: list[str], rules: list[str], stats: LineStats, count
                   compare_decisions: list[Decision] | None = None) -> ReportData:
     """The page for a replay (``tracer`` already finished)."""
     facts = [("Files", ", ".join(files)), ("Rules", ", ".join(rules) or "none (counting only)")]
-    notes = []
-    if tracer is not None and tracer.untraced:
-        notes.append(f"Sparklines were drawn for the first {tracer.max_keys:,} keys decided "
-                     f"on; {tracer.untraced:,} later decisions on other keys were not traced.")
     compare = None
     if compare_rules:
         facts.append(("Compared with", ", ".join(compare_rules)))
@@ -59,7 +55,7 @@ def replay_report(*, files: list[str], rules: list[str], stats: LineStats, count
         traces=tracer.top(OFFENDERS) if tracer is not None else [],
         talkers=talkers_from_counts(counts, top),
         lines={k: v for k, v in lines.items() if isinstance(v, int)},
-        unparsed_samples=list(stats.unparsed_samples), compare=compare, notes=notes)
+        unparsed_samples=list(stats.unparsed_samples), compare=compare)
 
 
 def open_state(path: str) -> sqlite3.Connection:
@@ -128,7 +124,7 @@ def state_report(cfg: Config, ruleset: RuleSet, *, days: float, top: int,
             raise ReportError(f"{cfg.state}: cannot read the saved counts: {exc}") from None
     finally:
         conn.close()
-    tracer = Tracer(store, lambda: ruleset)
+    tracer = Tracer(store, lambda: ruleset, keep=OFFENDERS)
     for d in decisions:
         tracer.add(d)
     clock = store.clock if math.isfinite(store.clock) else None

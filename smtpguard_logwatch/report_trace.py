@@ -9,7 +9,7 @@ moments: the left side of the test that held (``messages in 10m``), its right si
 for that count (the store's ``usual``; unknown until the key has the rule's minimum
 history). ``finish`` adds the time after the last decision. Nothing is recorded per
 event: without ``--html`` the tracer does not exist, and with it the cost is a few
-dozen rule evaluations per decision, for at most ``max_keys`` keys.
+dozen rule evaluations per decision on a key among the harshest (:class:`Tracer`).
 
 The same code traces the decisions of a saved state (``report --html``) after the
 fact: then every sample comes from the saved store, coarser the older it is.
@@ -54,10 +54,7 @@ class KeyTrace:
 
     @property
     def rank(self) -> tuple[int, int, float]:
-        """Worst action reached, then how many decisions, then most points."""
-        return (max((_RANK.get(d.action, 0) for d in self.decisions), default=-1),
-                len(self.decisions), max((d.points or 0.0 for d in self.decisions),
-                                         default=0.0))
+        return _rank(self.decisions)
 
     @property
     def distinct(self) -> bool:
@@ -71,15 +68,22 @@ class KeyTrace:
 
 
 class Tracer:
-    """Collects :class:`KeyTrace` for the keys decisions are made on."""
+    """Collects :class:`KeyTrace` for the ``keep`` keys with the harshest decisions.
+
+    Only a key that is among them when a decision on it is made is sampled, so the cost
+    is a few dozen rule evaluations for each decision on a top key, not on every key. A
+    key that enters them later has the run-ups of its earlier decisions sampled then,
+    from the store as it is (coarser for the older ones)."""
 
     def __init__(self, store: FrequencyStore, ruleset: Callable[[], RuleSet], *,
-                 max_keys: int = 2000) -> None:
+                 keep: int = 12, since: Callable[[], float | None] = lambda: None) -> None:
         self.store = store
         self.ruleset = ruleset  # a callable: the engine may reload its rules
-        self.max_keys = max_keys
+        self.since = since  # when watching began (no samples before: nothing was seen)
+        self.keep = keep
+        self.decided: dict[tuple[str, str], list[Decision]] = {}
         self.traces: dict[tuple[str, str], KeyTrace] = {}
-        self.untraced = 0  # decisions on keys beyond max_keys (only counted)
+        self._best: list[tuple[tuple[int, int, float], tuple[str, str]]] = []  # best first
 
     def on_decision(self, d: Decision) -> None:
         """The engine's hook: sample the run-up to ``d`` (store clock = ``d.time``)."""
@@ -87,34 +91,42 @@ class Tracer:
 
     def add(self, d: Decision) -> None:
         dk = (d.dimension, d.key)
-        trace = self.traces.get(dk)
-        if trace is None and len(self.traces) >= self.max_keys:
-            self.untraced += 1
+        decisions = self.decided.setdefault(dk, [])
+        decisions.append(d)
+        best = [entry for entry in self._best if entry[1] != dk]
+        best.append((_rank(decisions), dk))
+        best.sort(reverse=True)
+        self._best = best[:self.keep]
+        if all(key != dk for _, key in self._best):
             return
-        if trace is None or _RANK.get(d.action, 0) > trace.rank[0]:
-            # the first decision, or a harsher one: draw the rule behind the worst
-            fresh = self._start(d)
+        trace = self.traces.get(dk)
+        worst = max(_RANK.get(e.action, 0) for e in decisions[:-1]) if len(decisions) > 1 \
+            else -1
+        if trace is None or _RANK.get(d.action, 0) > worst:
+            # new among the top keys, or a harsher decision: draw the rule behind the worst
+            harshest = max(reversed(decisions), key=lambda e: _RANK.get(e.action, 0))
+            fresh = self._start(harshest)
             if fresh is not None:
-                if trace is not None:  # the earlier run-ups, of the rule now drawn
-                    fresh.decisions = trace.decisions
-                    for e in trace.decisions:
-                        self._sample(fresh, e.time - fresh.lookback, e.time)
+                fresh.decisions = decisions
+                for e in decisions[:-1]:  # the earlier run-ups, of the rule now drawn
+                    self._sample(fresh, e.time - fresh.lookback, e.time)
                 trace = self.traces[dk] = fresh
             elif trace is None:
                 return
-        trace.decisions.append(d)
         self._sample(trace, d.time - trace.lookback, d.time)
 
     def finish(self, end: float | None) -> None:
-        """Sample each key from its last decision up to ``end`` (one look-back at most)."""
+        """Sample each top key from its last decision up to ``end`` (one look-back at
+        most)."""
         if end is None:
             return
-        for trace in self.traces.values():
+        for trace in self.top(self.keep):
             last = trace.decisions[-1].time
             self._sample(trace, last, min(end, last + trace.lookback))
 
     def top(self, n: int) -> list[KeyTrace]:
-        return sorted(self.traces.values(), key=lambda t: t.rank, reverse=True)[:n]
+        """The traces of the harshest keys, harshest first."""
+        return [self.traces[dk] for _, dk in self._best if dk in self.traces][:n]
 
     # -- internals -------------------------------------------------------------------
 
@@ -143,6 +155,9 @@ class Tracer:
         rule = next((r for r in self.ruleset().rules if r.name == trace.rule), None)
         if rule is None:
             return
+        since = self.since()
+        if since is not None:
+            start = max(start, since - trace.step)
         times = [] if trace.distinct else [
             k * trace.step for k in range(int(start // trace.step) + 1,
                                           int(end // trace.step) + 1)]
@@ -163,6 +178,12 @@ class Tracer:
                     floor=rule.baseline_floor or DEFAULT_FLOOR, daily=True)
             trace.samples[t] = (None if ev is None else ev.value,
                                 None if ev is None else ev.threshold, usual)
+
+
+def _rank(decisions: list[Decision]) -> tuple[int, int, float]:
+    """Worst action reached, then how many decisions, then most points."""
+    return (max((_RANK.get(d.action, 0) for d in decisions), default=-1), len(decisions),
+            max((d.points or 0.0 for d in decisions), default=0.0))
 
 
 def _chosen_test(evidence: tuple[Evidence, ...]) -> Evidence | None:
