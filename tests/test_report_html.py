@@ -14,10 +14,14 @@ import pytest
 
 from smtpguard_logwatch.cli import main
 from smtpguard_logwatch.config import Config
+from smtpguard_logwatch.engine import Engine
 from smtpguard_logwatch.engine.ledger import Decision
 from smtpguard_logwatch.report_html import MAX_TABLE_ROWS, ReportData, write_html
-from smtpguard_logwatch.rules import default_rules_path
+from smtpguard_logwatch.report_trace import Tracer
+from smtpguard_logwatch.rules import default_rules_path, load_rules
 from smtpguard_logwatch.scan import run_scan
+
+from feed import feed
 
 T0 = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC)
 SASL = "<script>document.title='pwned'</script>"
@@ -214,3 +218,29 @@ def test_report_without_a_state_database_fails_and_creates_nothing(tmp_path, cap
 def test_report_days_is_range_checked(tmp_path, capsys, days) -> None:
     rc = main(["report", "--html", str(tmp_path / "r.html"), "--days", days])
     assert rc == 2 and "--days" in capsys.readouterr().err
+
+
+def test_tracer_samples_only_the_harshest_keys_and_what_the_rule_read(tmp_path) -> None:
+    """With room for one key, only the refused IP is traced; its samples are the rule's
+    own count at each moment, against the rule's constant threshold."""
+    events, _ = feed(hostile_log(tmp_path / "mail.log").read_text().splitlines())
+    engine = Engine(load_rules([str(default_rules_path())]))
+    tracer = Tracer(engine.store, lambda: engine.ruleset, keep=1,
+                    since=lambda: engine.watch_start)
+    engine.on_decision = tracer.on_decision
+    for ev in events:
+        engine.consume(ev)
+    tracer.finish(events[-1].time)
+    decided = {(d.dimension, d.key) for d in engine.decisions()}
+    assert ("sasl_user", SASL) in decided and len(decided) == 3
+    assert set(tracer.traces) == {("client_ip", "203.0.113.9")}
+    [trace] = tracer.top(5)
+    assert [d.action for d in trace.decisions] == ["delay", "refuse"]
+    assert trace.rule == "auth_guessing" and trace.test == "auth_failures in burst > 20"
+    series = trace.series()
+    assert series[0][0] >= engine.watch_start - trace.step  # nothing before the log
+    assert series[0][0] < trace.decisions[0].time < series[-1][0]
+    for t, value, threshold, _usual in series:
+        expected = engine.store.count("client_ip", "203.0.113.9", "auth_failures", 600.0, t)
+        assert value == expected and threshold == 20
+    assert max(v for _, v, _, _ in series) == 30  # one failure per 20 s, 10 minutes
