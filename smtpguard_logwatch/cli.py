@@ -640,10 +640,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _html_tracer(args: argparse.Namespace, engine: Engine | None):
     """With --html: sample the run-up to each decision for the sparklines (nothing is
     added to the per-event path)."""
-    if not args.html or engine is None:
+    if not args.html:
         return None
+    where = os.path.dirname(os.path.abspath(args.html))
+    if not os.path.isdir(where):  # say so before reading the logs, not after
+        raise UsageError(f"--html {args.html}: no directory {where}")
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, not {args.top}")
+    if engine is None:
+        return None
     from .report_sources import OFFENDERS
     from .report_trace import Tracer
 

@@ -244,3 +244,18 @@ def test_tracer_samples_only_the_harshest_keys_and_what_the_rule_read(tmp_path) 
         expected = engine.store.count("client_ip", "203.0.113.9", "auth_failures", 600.0, t)
         assert value == expected and threshold == 20
     assert max(v for _, v, _, _ in series) == 30  # one failure per 20 s, 10 minutes
+
+
+def test_html_into_a_missing_directory_fails_before_reading(tmp_path, capsys) -> None:
+    target = tmp_path / "no" / "r.html"
+    log = hostile_log(tmp_path / "mail.log")
+    assert main(["replay", "--no-progress", "--html", str(target), str(log)]) == 2
+    err = capsys.readouterr()
+    assert f"no directory {tmp_path / 'no'}" in err.err and "Decisions" not in err.out
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'[state]\ndatabase = "{tmp_path}/state.sqlite"\n')
+    run_scan(Config(path=None, logs=[str(log)], timezone="UTC",
+                    state=str(tmp_path / "state.sqlite")), actions=[])
+    assert main(["report", "--config", str(conf), "--html", str(target)]) == 1
+    assert "cannot write the report" in capsys.readouterr().err
+    assert not target.parent.exists()
