@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "that need no history act from the first line)")
     replay.add_argument("--max-decisions", type=int, default=50, metavar="N",
                         help="decisions shown in the text timeline (default 50; --json has all)")
+    replay.add_argument("--html", metavar="FILE",
+                        help="also write a self-contained HTML report with charts to FILE")
     _add_input_options(replay)
 
     check = sub.add_parser(
@@ -235,6 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
                                         "config or rules are refused; the old ones then "
                                         "stay in force.")
     add_config(reload)
+
+    report = sub.add_parser(
+        "report", help="write an HTML report of the last days from the state database",
+        description="Write one self-contained HTML file (charts included, works offline) "
+                    "from the state database the daemon or scan keeps: decisions over "
+                    "time, why the top offenders were decided on, top talkers.")
+    report.add_argument("--html", required=True, metavar="FILE", help="the file to write")
+    report.add_argument("--days", type=float, default=7.0, metavar="N",
+                        help="how far back (default 7)")
+    report.add_argument("--top", type=int, default=10, metavar="N",
+                        help="rows per top-talker chart (default 10)")
+    add_config(report)
 
     snippet = sub.add_parser(
         "snippet", help="print what to add to the MTA's configuration",
@@ -659,6 +673,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                          ) from None
     engine = _engine(rules, warmup) if rules else None
     other = _engine(args.compare, warmup) if args.compare else None
+    tracer = _html_tracer(args, engine)
     ordered = chronological(sources, make_clock)
     counts = Counts()
     sinks = [e.consume for e in (engine, other) if e is not None]
@@ -678,6 +693,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sys.stderr.write("\n")
     decisions = list(engine.decisions()) if engine is not None else []
     other_decisions = list(other.decisions()) if other is not None else []
+    if args.html:
+        _write_replay_html(args, [s.name for s in ordered], rules, pipeline.stats, counts,
+                           decisions, tracer, other_decisions)
     if args.json:
         tail: dict[str, Any] = {"files": [s.name for s in ordered], "rules": rules,
                                 "decisions": [decision_json(d) for d in decisions]}
@@ -695,6 +713,62 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if other is not None:
             write_compare(sys.stdout, compare(decisions, other_decisions),
                           ", ".join(rules), ", ".join(args.compare))
+    return 0
+
+
+def _html_tracer(args: argparse.Namespace, engine: Engine | None):
+    """With --html: sample the run-up to each decision for the sparklines (nothing is
+    added to the per-event path)."""
+    if not args.html:
+        return None
+    where = os.path.dirname(os.path.abspath(args.html))
+    if not os.path.isdir(where):  # say so before reading the logs, not after
+        raise UsageError(f"--html {args.html}: no directory {where}")
+    if args.top < 1:
+        raise UsageError(f"--top must be at least 1, not {args.top}")
+    if engine is None:
+        return None
+    from .report_sources import OFFENDERS
+    from .report_trace import Tracer
+
+    tracer = Tracer(engine.store, lambda: engine.ruleset, keep=OFFENDERS,
+                    since=lambda: engine.watch_start)
+    engine.on_decision = tracer.on_decision
+    return tracer
+
+
+def _write_replay_html(args: argparse.Namespace, files, rules, stats, counts, decisions,
+                       tracer, other_decisions) -> None:
+    from .report_sources import ReportError, replay_report, write_report
+
+    if tracer is not None:
+        tracer.finish(stats.last_time)
+    data = replay_report(files=files, rules=rules, stats=stats, counts=counts,
+                         decisions=decisions, tracer=tracer, top=args.top,
+                         compare_rules=args.compare, compare_decisions=other_decisions)
+    try:
+        size = write_report(args.html, data)
+    except ReportError as exc:
+        raise OperatorError(str(exc)) from None
+    print(f"smtpguard-logwatch: wrote {args.html} ({size:,} bytes)", file=sys.stderr)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report_sources import ReportError, state_report, write_report
+    from .state import rules_of
+
+    if not args.days > 0 or args.days > 3650:
+        raise UsageError(f"--days must be more than 0 and at most 3650, not {args.days:g}")
+    if args.top < 1:
+        raise UsageError(f"--top must be at least 1, not {args.top}")
+    cfg = _load_config(args)
+    try:
+        data = state_report(cfg, rules_of(cfg), days=args.days, top=args.top)
+        size = write_report(args.html, data)
+    except ReportError as exc:
+        raise OperatorError(str(exc)) from None
+    print(f"wrote {args.html} ({size:,} bytes): {len(data.decisions)} decisions in the "
+          f"last {args.days:g} day(s)")
     return 0
 
 
@@ -736,6 +810,7 @@ COMMANDS = {
     "replay": cmd_replay, "explain": cmd_explain, "check": cmd_check, "ban": cmd_ban,
     "unban": cmd_unban, "list": cmd_list, "reconcile": cmd_reconcile, "scan": cmd_scan,
     "snippet": cmd_snippet, "run": cmd_run, "status": cmd_status, "reload": cmd_reload,
+    "report": cmd_report,
 }
 
 

@@ -27,6 +27,9 @@ set -euo pipefail
 
 PACKAGES=(postfix libsasl2-modules sasl2-bin nftables iproute2 iptables ipset systemd
           systemd-journal-remote)
+# chromium - headless, renders the HTML report (tests/test_report_browser.py): the
+#            screenshot is not blank and the page logs nothing to the console.
+PACKAGES+=(chromium)
 
 say() { printf 'install-test-deps: %s\n' "$*"; }
 die() { printf 'install-test-deps: ERROR: %s\n' "$*" >&2; exit 1; }
