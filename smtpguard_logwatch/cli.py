@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--config", default=None, metavar="FILE",
                          help=f"with --key: config naming the daemon's control socket "
                               f"(default {DEFAULT_CONFIG})")
+    explain.add_argument("--rules", action="append", metavar="FILE",
+                         help="say which rules of these files each event feeds (repeatable; "
+                              "default: the shipped default.rules)")
+    explain.add_argument("--no-rules", action="store_true",
+                         help="do not say which rules each event feeds")
     _add_input_options(explain)
     def add_config(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", default=None, metavar="FILE",
@@ -803,7 +808,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for source in (source_for(f) for f in args.files):
         feeds.append((source.name, iter_lines(source), make_clock(source)))
     return explain_lines(feeds, sys.stdout, parsers=_parser_names(args), options=_options(args),
-                         only_unparsed=args.only_unparsed, as_json=args.json)
+                         only_unparsed=args.only_unparsed, as_json=args.json,
+                         rule_feeds=_rule_feeds(args))
+
+
+def _rule_feeds(args: argparse.Namespace):
+    """explain: the index saying which rules an event feeds, or None (--no-rules)."""
+    from .config import DEFAULT_RULES_TOKEN
+    from .rulefeed import RuleFeeds
+
+    if args.no_rules:
+        if args.rules:
+            raise UsageError("explain: --rules and --no-rules exclude each other")
+        return None
+    files = [str(default_rules_path()) if f == DEFAULT_RULES_TOKEN else f
+             for f in (args.rules or [DEFAULT_RULES_TOKEN])]
+    return RuleFeeds(load_rules(files))
 
 
 COMMANDS = {
