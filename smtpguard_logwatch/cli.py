@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Revoke every active decision on KEY, automatic or manual, and undo it "
                     "in the configured actions. An address that is only covered by a "
                     "network decision is not lifted: the network is named, exit status 1. "
-                    "--all --yes lifts every active decision, key by key.")
+                    "--all --yes lifts every active decision and says how many.")
     unban.add_argument("key", metavar="KEY", nargs="?")
     unban.add_argument("--dimension", default=None, choices=list(DIMENSIONS))
     unban.add_argument("--all", action="store_true",

@@ -249,11 +249,13 @@ def handled(action: Any) -> dict[str, list[str]]:
 
 def _where(action: Any) -> str | None:
     for attr, what in (("directory", "files in"), ("output", "access map"),
-                       ("table", "nft table inet"), ("chain", "chain"),
-                       ("relay", "mail through")):
+                       ("table", "nft table inet"), ("chain", "chain")):
         value = getattr(action, attr, None)
         if isinstance(value, str):
             return f"{what} {value}"
+    host, port = getattr(action, "host", None), getattr(action, "port", None)
+    if isinstance(host, str) and isinstance(port, int):
+        return f"mail through {host}:{port}"
     return None
 
 
