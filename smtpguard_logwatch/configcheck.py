@@ -227,6 +227,7 @@ def _nftables(action: Any, report: ConfigReport) -> None:
 def _iptables(action: Any, report: ConfigReport) -> None:
     try:
         action._check_backend()  # `iptables -V`: read-only
+        action._load_iptc()  # python-iptables and its libraries load
     except ActionError as exc:
         report.errors.append(str(exc))
 
