@@ -351,7 +351,10 @@ class Operator:
         for d in self.active():
             if d.dimension != "client_net" or d.key == key:
                 continue
-            net = ipaddress.ip_network(d.key, strict=False)
+            try:
+                net = ipaddress.ip_network(d.key, strict=False)
+            except ValueError:  # a row no action would enforce either
+                continue
             if net.version == inner.version and inner.subnet_of(net):  # type: ignore[arg-type]
                 found.append(d)
         return found
