@@ -93,6 +93,9 @@ def _check_logs(cfg: Config, report: ConfigReport) -> None:
     if not cfg.logs and not cfg.daemon.journal:
         report.errors.append(f"{cfg.path}: [logs] files is empty and [daemon] journal is "
                              "off: nothing to read")
+    if cfg.daemon.journal and _program("journalctl") is None:
+        report.errors.append(f"{cfg.path}: [daemon] journal is on but `journalctl` is not "
+                             "found (install systemd, or set journal = false)")
     for log in cfg.logs:
         readable = os.path.isfile(log) and os.access(log, os.R_OK)
         report.logs.append({"path": log, "readable": readable})

@@ -184,3 +184,15 @@ def test_a_sound_sendmail_config_passes(tmp_path: Path) -> None:
     assert entry["handles"] == {"defer": ["client_ip", "client_net", "sender"],
                                 "refuse": ["client_ip", "client_net", "sender"]}
     assert entry["where"] == f"access map {mail}/smtpguard-merged"
+
+
+def test_the_journal_needs_journalctl(tmp_path: Path, monkeypatch) -> None:
+    conf = _site(tmp_path, "[actions.nftables]\ndry_run = true\n")
+    conf.write_text(conf.read_text() + "[daemon]\njournal = true\n")
+    found = shutil.which("journalctl")
+    if found is not None:
+        assert check_config(str(conf)).ok
+    monkeypatch.setenv("PATH", str(tmp_path))  # sbin is searched too; journalctl is in bin
+    report = check_config(str(conf))
+    assert report.errors == [f"{conf}: [daemon] journal is on but `journalctl` is not found "
+                             "(install systemd, or set journal = false)"]
