@@ -274,7 +274,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not (args.man or args.bash_completion):
         ap.error("nothing to do: give --man and/or --bash-completion")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from smtpguard_logwatch import __version__
     from smtpguard_logwatch.cli import build_parser
 
