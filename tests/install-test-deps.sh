@@ -30,6 +30,13 @@ PACKAGES=(postfix libsasl2-modules sasl2-bin nftables iproute2 iptables ipset sy
 # chromium - headless, renders the HTML report (tests/test_report_browser.py): the
 #            screenshot is not blank and the page logs nothing to the console.
 PACKAGES+=(chromium)
+# The Debian package test (tests/test_debian_package.py): build the .deb from Debian's own
+# packages, lint it, and install it into a debootstrap'ed Debian 12 root (cached under
+# /var/cache/smtpguard-test/). python3-apscheduler/-prometheus-client/-redis: the
+# package's build dependencies (also let tests run against Debian's library versions).
+PACKAGES+=(debootstrap lintian dpkg-dev debhelper dh-python pybuild-plugin-pyproject
+           python3-all python3-setuptools python3-pyparsing python3-apscheduler
+           python3-prometheus-client python3-redis)
 
 say() { printf 'install-test-deps: %s\n' "$*"; }
 die() { printf 'install-test-deps: ERROR: %s\n' "$*" >&2; exit 1; }

@@ -82,12 +82,12 @@ def _stubs(tmp_path: Path, installed: list[str]) -> dict[str, str]:
 
 
 def _packages() -> list[str]:
+    """The script's PACKAGES array, as bash itself reads it (PACKAGES=(…) and PACKAGES+=(…))."""
     text = SCRIPT.read_text()
-    start = text.index("PACKAGES=(") + len("PACKAGES=(")
-    words = text[start:text.index(")", start)].split()
-    extra = [w for line in text.splitlines() if line.startswith("PACKAGES+=(")
-             for w in line[len("PACKAGES+=("):line.index(")")].split()]
-    return words + extra
+    block = text[text.index("PACKAGES=("):text.index("say() {")]
+    done = subprocess.run(["bash", "-c", block + '\nprintf "%s\\n" "${PACKAGES[@]}"'],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.split()
 
 
 def test_a_missing_package_is_installed_at_the_version_that_upgrades_nothing(
