@@ -373,8 +373,8 @@ _LINE_PARTS = (("parsed", "parsed", "#4c78a8"), ("skipped", "not mail (skipped)"
 def _lines_section(lines: dict[str, int] | None, samples: list[str]) -> str:
     out = ["<section id=\"lines\"><h2>Lines</h2>\n"]
     if lines is None:
-        out.append("<p class=\"empty\">Line counts are not kept in the state database; "
-                   "the running daemon reports them (<code>status</code>).</p></section>\n")
+        out.append("<p class=\"empty\">Line counts are not kept in the state database, "
+                   "and no daemon was running to tell them.</p></section>\n")
         return "".join(out)
     total = sum(lines.get(k, 0) for k, _, _ in _LINE_PARTS) or 1
     bar = scale(0, total, 0, WIDTH - 20)
