@@ -72,13 +72,16 @@ def diff_decisions(a: Iterable[Decision], b: Iterable[Decision], rules: str,
     for src, first in ((a, fa), (b, fb)):
         for d in src:
             first.setdefault((d.dimension, d.key, d.action), d)
-    by_time = lambda d: (d.time, d.dimension, d.key)  # noqa: E731
     return CompareData(
         rules, other,
-        sorted((fa[k] for k in fa.keys() - fb.keys()), key=by_time),
-        sorted((fb[k] for k in fb.keys() - fa.keys()), key=by_time),
+        sorted((fa[k] for k in fa.keys() - fb.keys()), key=_by_time),
+        sorted((fb[k] for k in fb.keys() - fa.keys()), key=_by_time),
         sorted(((fa[k], fb[k]) for k in fa.keys() & fb.keys()
-                if abs(fa[k].time - fb[k].time) >= 1), key=lambda p: by_time(p[0])))
+                if abs(fa[k].time - fb[k].time) >= 1), key=lambda p: _by_time(p[0])))
+
+
+def _by_time(d: Decision) -> tuple[float, str, str]:
+    return (d.time, d.dimension, d.key)
 
 
 def write_html(out: TextIO, data: ReportData) -> None:
