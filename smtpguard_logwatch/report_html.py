@@ -201,7 +201,7 @@ def timeline_svg(decisions: list[Decision], start: float | None, end: float | No
                 y -= h
                 out.append(rect(x, y, max(bar_w - 0.6, 0.8), h, ACTION_COLORS[action],
                                 f"{iso(t0)}: {n} {action} ({dim})"))
-    out.append(text(WIDTH - 10, top + 6, f"bar top = {peak:g} decisions per "
+    out.append(text(WIDTH - 10, top + 6, f"full bar = {peak:g} decisions per "
                     f"{_duration((hi - lo) / BINS)}", anchor="end", size=10))
     out.append(_axis(left, WIDTH - 10, lo, hi, top + lane_h * len(lanes)))
     out.append("</svg>\n")
@@ -250,7 +250,7 @@ def _compare_section(c: CompareData, start: float | None, end: float | None) -> 
             if n:
                 out.append(rect(x, mid - 3, max(bar_w - 0.6, 0.8), 6, MOVED_COLOR,
                                 f"{t0}: {n} decided by both at different times ({dim})"))
-    out.append(text(WIDTH - 10, top + 6, f"bar height {peak:g} = decisions per "
+    out.append(text(WIDTH - 10, top + 6, f"full bar = {peak:g} decisions per "
                     f"{_duration((hi - lo) / BINS)}", anchor="end", size=10))
     out.append(_axis(left, WIDTH - 10, lo, hi, top + lane_h * len(lanes)))
     out.append("</svg>\n")
