@@ -108,12 +108,12 @@ class Tracer:
             fresh = self._start(harshest)
             if fresh is not None:
                 fresh.decisions = decisions
-                for e in decisions[:-1]:  # the earlier run-ups, of the rule now drawn
-                    self._sample(fresh, e.time - fresh.lookback, e.time)
                 trace = self.traces[dk] = fresh
             elif trace is None:
                 return
-        self._sample(trace, d.time - trace.lookback, d.time)
+        for e in decisions:  # this run-up, and earlier ones not sampled for this rule
+            if e.time not in trace.samples:
+                self._sample(trace, e.time - trace.lookback, e.time)
 
     def finish(self, end: float | None) -> None:
         """Sample each top key from its last decision up to ``end`` (one look-back at

@@ -297,3 +297,30 @@ def test_report_takes_line_counts_from_the_running_daemon(tmp_path, capsys) -> N
     assert "Line counts are the running daemon's" in text
     assert "parsed: 7" in text and "MTA lines not understood: 1" in text
     assert "8 lines read" in text
+
+
+def test_a_key_back_among_the_harshest_has_every_run_up_sampled(tmp_path) -> None:
+    """keep=1: A leads, B overtakes it, A decides again while behind (not sampled then)
+    and comes back ahead: the run-up of the decision made while behind is sampled too."""
+    from smtpguard_logwatch.store import FrequencyStore
+
+    rules = tmp_path / "r.rules"
+    rules.write_text("rule r for client_ip:\n    when rejects in 10m > 2\n    add 100 points\n"
+                     "ladder client_ip:\n    at 100 points notify\n")
+    ruleset = load_rules([str(rules)])
+    store = FrequencyStore()
+    tracer = Tracer(store, lambda: ruleset, keep=1)
+    t0 = T0.timestamp()
+    order = [("A", 610), ("B", 1210), ("B", 1810), ("A", 5010), ("A", 12010)]
+    for key, at in order:
+        for k in range(3):  # three rejects just before each decision
+            store.add("client_ip", key, "rejects", t0 + at - 30 + k)
+        tracer.add(Decision(time=t0 + at, dimension="client_ip", key=key, action="notify",
+                            until=None, rules=("r",), points=100.0))
+    [trace] = tracer.top(5)
+    assert trace.key == "A" and len(trace.decisions) == 3
+    for at in (610, 5010, 12010):
+        assert trace.samples[t0 + at][:2] == (3.0, 2.0)  # rejects in 10m, threshold
+    # the hour before the decision made while behind: its rise from nothing
+    before = [v for t, (v, _th, _u) in trace.samples.items() if t0 + 1810 < t < t0 + 5010]
+    assert len(before) >= 50 and before.count(0.0) >= 40
