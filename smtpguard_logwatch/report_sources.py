@@ -113,6 +113,7 @@ def state_report(cfg: Config, ruleset: RuleSet, *, days: float, top: int,
     now = time.time() if now is None else now
     conn = open_state(cfg.state)
     try:
+        conn.execute("BEGIN")  # one snapshot, though the daemon checkpoints meanwhile
         decisions = _decisions(conn, now - days * DAY)
         try:
             store = FrequencyStore.load(conn)
