@@ -769,10 +769,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     try:
         data = state_report(cfg, rules_of(cfg), days=args.days, top=args.top)
+        status = _ask_daemon(cfg, "status")  # only a running daemon counts lines
+        if status is not _NO_DAEMON:
+            data.lines = {k: v for k, v in status["lines"].items() if isinstance(v, int)}
+            data.notes.append(f"Line counts are the running daemon's, since it started "
+                              f"{status['started']}.")
         size = write_report(args.html, data)
     except ReportError as exc:
         raise OperatorError(str(exc)) from None
-    print(f"wrote {args.html} ({size:,} bytes): {len(data.decisions)} decisions in the "
+    n = len(data.decisions)
+    print(f"wrote {args.html} ({size:,} bytes): {n} decision{'' if n == 1 else 's'} in the "
           f"last {args.days:g} day(s)")
     return 0
 
