@@ -78,6 +78,8 @@ def status(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
         "last_action_error": daemon.enforcer.errors[-1] if daemon.enforcer.errors else None,
         "actions": [a.name for a in daemon.actions],
         "reloads": daemon.reloads, "last_reload_error": daemon.last_reload_error,
+        "metrics": daemon.figures().as_json(),
+        "metrics_url": daemon.metrics.url if daemon.metrics is not None else None,
     }
 
 

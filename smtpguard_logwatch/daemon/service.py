@@ -38,6 +38,7 @@ from ..config import Config, ConfigError, load_config
 from ..engine.ledger import Decision
 from ..follow import Follower
 from ..follow.follower import Item
+from ..metrics import Figures, parse_listen, snapshot
 from ..report import iso
 from ..rules import RuleError, default_rules_path
 from ..rules.conditions import fmt_duration
@@ -89,6 +90,7 @@ class Daemon:
             self.actions = actions if actions is not None else _build_actions(cfg)
             self.enforcer = Enforcer(self.actions, self.state.ruleset.allowlist,
                                      self.state.local)
+            self.state.action_failures = self.enforcer.failures
             self.follower = self._follower(cfg)
             self.journal = self._journal(cfg)
             self._lifted_until = self.started
@@ -96,6 +98,7 @@ class Daemon:
             self._journal_backoff = 5.0
             self.scheduler = build_scheduler(self)
             self.control: ControlServer | None = None
+            self.metrics: Any = None  # the /metrics server, when [metrics] listen is set
         except BaseException:
             self._state_lock.__exit__()
             raise
@@ -133,6 +136,7 @@ class Daemon:
             self.control = ControlServer(self.cfg.control_socket,
                                          lambda c, a: commands.handle(self, c, a))
             self.control.start()
+            self._start_metrics()
             if self.journal is not None:
                 self._start_journal()
             with self.lock:
@@ -152,6 +156,28 @@ class Daemon:
         finally:
             self.shutdown()
         return 0
+
+    def _start_metrics(self) -> None:
+        settings = self.cfg.metrics
+        if settings.listen is None:
+            return
+        from ..metrics_prom import MetricsServer
+
+        host, port = parse_listen(settings.listen, allow_remote=settings.allow_remote)
+        try:
+            self.metrics = MetricsServer(host, port, self.figures)
+        except OSError as exc:
+            raise ConfigError(f"[metrics] listen {settings.listen}: "
+                              f"{exc.strerror or exc}") from None
+        self.metrics.start()
+        log.info("metrics on %s", self.metrics.url)
+
+    def figures(self) -> Figures:
+        """Every metric now (``/metrics`` and ``status``), under the daemon's lock."""
+        with self.lock:
+            sources = [*self.cfg.logs, *(["journal"] if self.journal is not None else [])]
+            return snapshot(self.state, origin=f"daemon pid {os.getpid()}", now=self.clock(),
+                            sources=sources, actions=[a.name for a in self.actions])
 
     def _turn(self) -> None:
         """One round of the main loop: wait for lines, count and enforce, reload."""
@@ -374,6 +400,9 @@ class Daemon:
             if cfg.state != self.cfg.state or cfg.control_socket != self.cfg.control_socket:
                 log.warning("reload: [state] changes take effect at the next restart")
                 cfg.state, cfg.control_socket = self.cfg.state, self.cfg.control_socket
+            if cfg.metrics != self.cfg.metrics:
+                log.warning("reload: [metrics] changes take effect at the next restart")
+                cfg.metrics = self.cfg.metrics
             state = self.state
             state.ruleset = ruleset
             state.engine.set_rules(ruleset)
@@ -388,7 +417,8 @@ class Daemon:
                 _close_actions(self.actions)
                 self.actions = actions
             self.enforcer = Enforcer(self.actions, ruleset.allowlist, state.local,
-                                     errors=self.enforcer.errors)
+                                     errors=self.enforcer.errors,
+                                     failures=self.enforcer.failures)
             if cfg.logs != self.cfg.logs or cfg.daemon.watch != self.cfg.daemon.watch:
                 self.follower.close()
                 self.follower = self._follower(cfg)
@@ -429,6 +459,8 @@ class Daemon:
             self.scheduler.shutdown(wait=True)
         if self.control is not None:
             self.control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.journal is not None:
             self.journal.stop()
         with self.lock:

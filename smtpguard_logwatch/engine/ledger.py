@@ -146,6 +146,13 @@ class Ledger:
                            bool(simulated))
 
 
+def count_active(conn: sqlite3.Connection, now: float) -> dict[str, int]:
+    """Decisions in force at ``now`` per action, in SQL (``status`` reads a state
+    database opened read-only, which a Ledger would try to create tables in)."""
+    return dict(conn.execute(f"SELECT action, COUNT(*) FROM decisions WHERE {_ACTIVE}"
+                             " GROUP BY action ORDER BY action", (now,)))
+
+
 def _add_simulated_column(conn: sqlite3.Connection) -> None:
     """Databases written before simulation mode existed lack the column: add it (their
     decisions were all enforced, which the default 0 says)."""
