@@ -70,13 +70,14 @@ SPECS: dict[str, Spec] = {
     "smtpguard_rule_decisions_total": Spec(
         "counter", ("rule", "action"), "Decisions each rule contributed to."),
     "smtpguard_action_errors_total": Spec(
-        "counter", ("action",), "Failures of an action to apply, revoke or reconcile."),
+        "counter", ("backend",), "Failures of a configured action ([actions.BACKEND]) to "
+        "apply, revoke or reconcile a decision."),
     "smtpguard_checkpoint_failures_total": Spec(
         "counter", (), "Checkpoints the database refused (retried, nothing lost)."),
     "smtpguard_checkpoint_duration_seconds": Spec(
         "histogram", (), "Time to write one checkpoint of the state database."),
     "smtpguard_active_decisions": Spec(
-        "gauge", ("action",), "Decisions in force now (simulated ones included)."),
+        "gauge", ("action", "mode"), "Decisions in force now; mode: enforced or simulated."),
     "smtpguard_follow_lag_seconds": Spec(
         "gauge", ("source",), "Log time of the file's end minus log time of the last "
         "line read from it; 0 when caught up."),
@@ -124,8 +125,9 @@ class Tally:
     what it grew by since the last look, so such counters need no hook in hot code."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, Samples] = {name: {} for name, spec in SPECS.items()
-                                           if spec.kind == "counter"}
+        self.counts: dict[str, Samples] = {  # a counter without labels shows from 0
+            name: {} if spec.labels else {(): 0} for name, spec in SPECS.items()
+            if spec.kind == "counter"}
         self.checkpoint = Histogram.empty()
         self._seen: dict[tuple[str, tuple[str, ...]], float] = {}
 
@@ -218,12 +220,15 @@ class Figures:
         return {"origin": self.origin, "metrics": metrics}
 
 
-def _active(conn: sqlite3.Connection, now: float, actions: Iterable[str]) -> Samples:
-    """Decisions in force per action; every configured action shows, with 0 if idle."""
+def _active(conn: sqlite3.Connection, now: float) -> Samples:
+    """Decisions in force per action and mode; every enforcing action shows, 0 if none."""
+    from .engine.engine import ENFORCING
     from .engine.ledger import count_active
 
-    active: Samples = {(name,): 0 for name in actions}
-    active.update({(action,): float(n) for action, n in count_active(conn, now).items()})
+    active: Samples = {(action, mode): 0 for action in ENFORCING
+                       for mode in ("enforced", "simulated")}
+    for (action, simulated), n in count_active(conn, now).items():
+        active[(action, "simulated" if simulated else "enforced")] = float(n)
     return active
 
 
@@ -245,16 +250,18 @@ def _follow(path: str, position: Any, last_line: float | None) -> tuple[float, f
 
 
 def snapshot(state: State, *, origin: str, now: float, sources: Iterable[str],
-             actions: Iterable[str] = ()) -> Figures:
-    """Every figure of a running State (the daemon's or a scan's); ``actions``: the
-    configured action names, shown with 0 decisions in force when idle."""
+             backends: Iterable[str] = ()) -> Figures:
+    """Every figure of a running State (the daemon's or a scan's); ``backends``: the
+    configured actions' names."""
     tally = state.sync_tally()
     values: dict[str, Samples] = {name: dict(samples) for name, samples in tally.counts.items()}
     sources = list(sources)
     for outcome in LINE_OUTCOMES:  # every source shows, at 0 until it has such a line
         for path in sources:
             values[f"smtpguard_lines_{outcome}_total"].setdefault((path,), 0)
-    values["smtpguard_active_decisions"] = _active(state.ledger.conn, now, actions)
+    values["smtpguard_active_decisions"] = _active(state.ledger.conn, now)
+    for name in backends:  # every configured action shows, at 0 until it fails
+        values["smtpguard_action_errors_total"].setdefault((name,), 0)
     lag: Samples = {}
     behind: Samples = {}
     for path in sources:
@@ -285,7 +292,7 @@ def from_database(path: str, *, now: float) -> Figures | None:
             tally._read(conn)  # a database from before metrics were kept: all 0
         values: dict[str, Samples] = {name: dict(s) for name, s in tally.counts.items()}
         try:
-            values["smtpguard_active_decisions"] = _active(conn, now, ())
+            values["smtpguard_active_decisions"] = _active(conn, now)
         except sqlite3.OperationalError:
             values["smtpguard_active_decisions"] = {}
     finally:

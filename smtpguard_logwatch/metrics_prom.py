@@ -106,6 +106,7 @@ class MetricsServer:
         self.thread.start()
 
     def close(self) -> None:
-        self.httpd.shutdown()
+        if self.thread.is_alive():
+            self.httpd.shutdown()  # waits for serve_forever, so only once it runs
+            self.thread.join(5)
         self.httpd.server_close()
-        self.thread.join(5)

@@ -73,11 +73,16 @@ def format_figures(data: dict[str, Any]) -> str:
                  [[lb["rule"], lb["action"], _number(v)]
                   for lb, v in sorted(_samples(data, "smtpguard_rule_decisions_total"),
                                       key=lambda s: tuple(s[0].values()))])
-    active = {lb["action"]: v for lb, v in _samples(data, "smtpguard_active_decisions")}
-    errors = {lb["action"]: v for lb, v in _samples(data, "smtpguard_action_errors_total")}
-    out += table("Actions", ["Action", "In force", "Errors"],
-                 [[name, _number(active.get(name, 0)), _number(errors.get(name, 0))]
-                  for name in sorted({*active, *errors})])
+    active: dict[str, dict[str, float]] = {}
+    for lb, v in _samples(data, "smtpguard_active_decisions"):
+        active.setdefault(lb["action"], {})[lb["mode"]] = v
+    out += table("In force", ["Action", "Enforced", "Simulated"],
+                 [[action, _number(modes.get("enforced", 0)), _number(modes.get("simulated", 0))]
+                  for action, modes in sorted(active.items()) if any(modes.values())])
+    out += table("Action errors", ["Backend", "Errors"],
+                 [[lb["backend"], _number(v)]
+                  for lb, v in sorted(_samples(data, "smtpguard_action_errors_total"),
+                                      key=lambda s: s[0]["backend"])])
     out += _checkpoints(data)
     return "\n".join(out)
 

@@ -116,7 +116,7 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
     state.action_failures = enforcer.failures
     state.save_tally()  # the action errors of this run, and the checkpoint's duration
     names = [getattr(a, "name", str(a)) for a in enforcer.actions]
-    result.figures = snapshot(state, origin="scan", now=now, sources=cfg.logs, actions=names)
+    result.figures = snapshot(state, origin="scan", now=now, sources=cfg.logs, backends=names)
 
 
 def _report_follow_warning(notice: FollowWarning) -> None:

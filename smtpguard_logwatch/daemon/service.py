@@ -133,10 +133,10 @@ class Daemon:
         """Until SIGTERM/SIGINT: follow, count, decide, enforce. Returns the exit status."""
         self._install_signals()
         try:
+            self._start_metrics()  # up before the socket that says the daemon is
             self.control = ControlServer(self.cfg.control_socket,
                                          lambda c, a: commands.handle(self, c, a))
             self.control.start()
-            self._start_metrics()
             if self.journal is not None:
                 self._start_journal()
             with self.lock:
@@ -177,7 +177,7 @@ class Daemon:
         with self.lock:
             sources = [*self.cfg.logs, *(["journal"] if self.journal is not None else [])]
             return snapshot(self.state, origin=f"daemon pid {os.getpid()}", now=self.clock(),
-                            sources=sources, actions=[a.name for a in self.actions])
+                            sources=sources, backends=[a.name for a in self.actions])
 
     def _turn(self) -> None:
         """One round of the main loop: wait for lines, count and enforce, reload."""
