@@ -469,13 +469,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _status_from_database(cfg, as_json: bool) -> int:
     """No daemon: the figures its (or scan's) last checkpoint saved, read-only; exit
     status 3 all the same (LSB: not running), and the reason on stderr."""
+    import sqlite3
     import time
 
     from .metrics import from_database
     from .metrics_table import format_figures
 
     print(f"smtpguard-logwatch: no daemon answers on {cfg.control_socket}", file=sys.stderr)
-    figures = from_database(cfg.state, now=time.time())
+    try:
+        figures = from_database(cfg.state, now=time.time())
+    except sqlite3.Error as exc:
+        print(f"smtpguard-logwatch: cannot read the state database {cfg.state}: {exc}",
+              file=sys.stderr)
+        return 3
     if figures is None:
         print(f"smtpguard-logwatch: no state database at {cfg.state} either",
               file=sys.stderr)

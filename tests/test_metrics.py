@@ -229,6 +229,16 @@ def test_status_without_a_daemon_or_a_database_says_so(tmp_path: Path) -> None:
     assert not os.path.exists(cfg.state)  # status creates nothing
 
 
+def test_status_on_a_damaged_state_database_is_one_line(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    Path(cfg.state).write_bytes(b"this is not an SQLite database" * 100)
+    out = cli("status", "--config", str(_conf_file(tmp_path, cfg)))
+    assert out.returncode == 3 and out.stdout == ""
+    assert out.stderr.splitlines()[1].startswith(
+        f"smtpguard-logwatch: cannot read the state database {cfg.state}: ")
+    assert "Traceback" not in out.stderr
+
+
 @pytest.mark.parametrize(("listen", "allow", "error"), [
     ("0.0.0.0:9817", False, "not a loopback address"),
     ("[2001:db8::1]:9817", False, "not a loopback address"),
