@@ -65,8 +65,9 @@ SPECS: dict[str, Spec] = {
         "counter", ("source",), "Over-long lines parsed from their start only."),
     "smtpguard_events_total": Spec("counter", ("type",), "Events the parsers produced."),
     "smtpguard_decisions_total": Spec(
-        "counter", ("dimension", "action", "origin"),
-        "Decisions made (rules, circuit breaker, manual bans through the daemon)."),
+        "counter", ("dimension", "action", "origin", "mode"),
+        "Decisions made (rules, circuit breaker, manual bans through the daemon); mode: "
+        "enforced or simulated."),
     "smtpguard_rule_decisions_total": Spec(
         "counter", ("rule", "action"), "Decisions each rule contributed to."),
     "smtpguard_action_errors_total": Spec(
@@ -151,7 +152,8 @@ class Tally:
 
     def decision(self, d: Decision) -> None:
         """A new decision (the ledger calls this once per decision it records)."""
-        self.add("smtpguard_decisions_total", (d.dimension, d.action, d.origin))
+        self.add("smtpguard_decisions_total",
+                 (d.dimension, d.action, d.origin, "simulated" if d.simulated else "enforced"))
         for rule in d.rules:
             self.add("smtpguard_rule_decisions_total", (rule, d.action))
 

@@ -65,8 +65,8 @@ def format_figures(data: dict[str, Any]) -> str:
                  [[labels["type"], _number(v)]
                   for labels, v in sorted(_samples(data, "smtpguard_events_total"),
                                           key=lambda s: s[0]["type"])])
-    out += table("Decisions", ["Dimension", "Action", "Origin", "Count"],
-                 [[lb["dimension"], lb["action"], lb["origin"], _number(v)]
+    out += table("Decisions", ["Dimension", "Action", "Origin", "Mode", "Count"],
+                 [[lb["dimension"], lb["action"], lb["origin"], lb["mode"], _number(v)]
                   for lb, v in sorted(_samples(data, "smtpguard_decisions_total"),
                                       key=lambda s: tuple(s[0].values()))])
     out += table("Rules", ["Rule", "Action", "Decisions"],

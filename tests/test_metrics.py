@@ -97,7 +97,7 @@ def test_the_daemon_serves_what_it_was_fed_and_status_prints_it(tmp_path: Path,
     assert value(got, "smtpguard_lines_cut_total", source=source) == 0
     assert value(got, "smtpguard_events_total", type="Rejection") == 6
     assert value(got, "smtpguard_decisions_total", dimension="client_ip", action="refuse",
-                 origin="rule") == 1
+                 origin="rule", mode="enforced") == 1
     assert value(got, "smtpguard_rule_decisions_total", rule="burst", action="refuse") == 1
     assert value(got, "smtpguard_active_decisions", action="refuse", mode="enforced") == 1
     assert value(got, "smtpguard_action_errors_total", backend="broken") == 1
@@ -187,7 +187,7 @@ def test_scan_writes_a_textfile_that_adds_up_over_runs(tmp_path: Path) -> None:
     got = samples(prom.read_text())
     assert value(got, "smtpguard_lines_read_total", source=str(log)) == 10
     assert value(got, "smtpguard_decisions_total", dimension="client_ip", action="refuse",
-                 origin="rule") == 1
+                 origin="rule", mode="enforced") == 1
     assert value(got, "smtpguard_checkpoint_duration_seconds_count") == 1
     fed_log(log, "192.0.2.21", 2)
     run_scan(cfg, actions=[Recorder()])
@@ -200,6 +200,22 @@ def test_scan_writes_a_textfile_that_adds_up_over_runs(tmp_path: Path) -> None:
     stored = from_database(cfg.state, now=time.time())
     assert stored is not None
     assert stored.values["smtpguard_lines_read_total"][(str(log),)] == 16
+
+
+def test_simulated_decisions_are_labelled_so(tmp_path: Path) -> None:
+    cfg = config(tmp_path, duration="1h")
+    cfg.mode = "simulate"
+    cfg.metrics.textfile = str(tmp_path / "m.prom")
+    fed_log(Path(cfg.logs[0]), "192.0.2.40", 6)
+    run_scan(cfg, actions=[Recorder()])
+    got = samples(Path(cfg.metrics.textfile).read_text())
+    assert value(got, "smtpguard_decisions_total", dimension="client_ip", action="refuse",
+                 origin="rule", mode="simulated") == 1
+    assert ("smtpguard_decisions_total", frozenset(dict(
+        dimension="client_ip", action="refuse", origin="rule", mode="enforced").items())) \
+        not in got
+    assert value(got, "smtpguard_active_decisions", action="refuse", mode="simulated") == 1
+    assert value(got, "smtpguard_active_decisions", action="refuse", mode="enforced") == 0
 
 
 def test_scan_metrics_file_option_and_an_unwritable_one(tmp_path: Path) -> None:
