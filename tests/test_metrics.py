@@ -286,3 +286,10 @@ def test_a_port_in_use_stops_the_daemon_with_one_line(tmp_path: Path) -> None:
         blocker.close()
     assert out.returncode == 78
     assert f"[metrics] listen 127.0.0.1:{blocker.port}: Address already in use" in out.stderr
+
+
+def test_the_readme_lists_every_metric_with_its_type() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("\n## Metrics\n")[1].split("\n## ")[0]
+    for name, spec in SPECS.items():
+        assert f"| `{name}` | {spec.kind} |" in section, name
