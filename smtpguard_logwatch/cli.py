@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "together, so a run killed at any moment neither loses nor "
                     "double-counts a line. Exit status: 0 done, 1 an action failed, "
                     "75 another scan or the daemon is running.")
+    scan.add_argument("--metrics-file", metavar="FILE",
+                      help="write the metrics for node-exporter's textfile collector to "
+                           "FILE (default: [metrics] textfile; atomic)")
     add_config(scan)
     scan.add_argument("--json", action="store_true",
             help="print the result as one JSON object")
@@ -230,9 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="journal: <N> priority prefixes for journald; plain: timestamps; "
                           "auto (default): journal when stderr is systemd's journal stream")
 
-    status = sub.add_parser("status", help="ask the running daemon how it is doing",
-                            description="Lines read, decisions, checkpoints, errors and the "
-                                        "log positions of the running daemon.")
+    status = sub.add_parser(
+        "status", help="how the daemon is doing, and its metrics as tables",
+        description="Lines read, decisions, checkpoints, errors and the log positions of "
+                    "the running daemon, then every metric it serves on /metrics as tables "
+                    "(lines per source, events, decisions, rules, actions). Without a "
+                    "running daemon: the metrics saved by the last checkpoint of the "
+                    "daemon or scan, read from the state database, and exit status 3.")
     status.add_argument("--json", action="store_true")
     add_config(status)
 
@@ -412,6 +419,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
                          "the logs named in [logs] files of one; give --config FILE")
     if not cfg.logs:
         raise UsageError(f"{cfg.path}: [logs] files is empty: nothing to scan")
+    if args.metrics_file is not None:
+        cfg.metrics.textfile = args.metrics_file
     try:
         result = run_scan(cfg)
     except ScanBusy as exc:
@@ -491,9 +500,13 @@ def _daemon_answer(args: argparse.Namespace, command: str, **request: Any) -> An
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .metrics_table import format_figures
     from .simulation import describe_mode
 
-    answer = _daemon_answer(args, "status")
+    cfg = _load_config(args)
+    answer = _ask_daemon(cfg, "status")
+    if answer is _NO_DAEMON:
+        return _status_from_database(cfg, args.json)
     if args.json:
         print(json.dumps(answer, indent=1))
         return 0
@@ -524,7 +537,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  store keys {answer['store_keys']}; reloads {answer['reloads']}"
           + (f"; LAST RELOAD REFUSED: {answer['last_reload_error']}"
              if answer["last_reload_error"] else ""))
+    if answer.get("metrics_url"):
+        print(f"  metrics served on {answer['metrics_url']}")
+    print()
+    print(format_figures(answer["metrics"]), end="")
     return 0
+
+
+def _status_from_database(cfg, as_json: bool) -> int:
+    """No daemon: the figures its (or scan's) last checkpoint saved, read-only; exit
+    status 3 all the same (LSB: not running), and the reason on stderr."""
+    import sqlite3
+    import time
+
+    from .metrics import from_database
+    from .metrics_table import format_figures
+
+    print(f"smtpguard-logwatch: no daemon answers on {cfg.control_socket}", file=sys.stderr)
+    try:
+        figures = from_database(cfg.state, now=time.time())
+    except sqlite3.Error as exc:
+        print(f"smtpguard-logwatch: cannot read the state database {cfg.state}: {exc}",
+              file=sys.stderr)
+        return 3
+    if figures is None:
+        print(f"smtpguard-logwatch: no state database at {cfg.state} either",
+              file=sys.stderr)
+        return 3
+    if as_json:
+        print(json.dumps({"running": False, "metrics": figures.as_json()}, indent=1))
+    else:
+        print(format_figures(figures.as_json()), end="")
+    return 3
 
 
 def _counts(counts: dict[str, int]) -> str:

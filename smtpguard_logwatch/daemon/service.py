@@ -39,6 +39,7 @@ from ..config import Config, ConfigError, load_config
 from ..engine.ledger import Decision
 from ..follow import Follower
 from ..follow.follower import Item
+from ..metrics import Figures, parse_listen, snapshot
 from ..operator import Operator
 from ..report import iso
 from ..rules import RuleError, default_rules_path
@@ -91,6 +92,7 @@ class Daemon:
             self.actions = actions if actions is not None else _build_actions(cfg)
             self.enforcer = Enforcer(self.actions, self.state.ruleset.allowlist,
                                      self.state.local)
+            self.state.action_failures = self.enforcer.failures
             self.follower = self._follower(cfg)
             self.journal = self._journal(cfg)
             self._lifted_until = self.started
@@ -98,6 +100,7 @@ class Daemon:
             self._journal_backoff = 5.0
             self.scheduler = build_scheduler(self)
             self.control: ControlServer | None = None
+            self.metrics: Any = None  # the /metrics server, when [metrics] listen is set
         except BaseException:
             self._state_lock.__exit__()
             raise
@@ -132,6 +135,7 @@ class Daemon:
         """Until SIGTERM/SIGINT: follow, count, decide, enforce. Returns the exit status."""
         self._install_signals()
         try:
+            self._start_metrics()  # up before the socket that says the daemon is
             control = commands.Control(self.lock, self.services, self.request_reload)
             self.control = ControlServer(self.cfg.control_socket, control.handle)
             self.control.start()
@@ -154,6 +158,28 @@ class Daemon:
         finally:
             self.shutdown()
         return 0
+
+    def _start_metrics(self) -> None:
+        settings = self.cfg.metrics
+        if settings.listen is None:
+            return
+        from ..metrics_prom import MetricsServer
+
+        host, port = parse_listen(settings.listen, allow_remote=settings.allow_remote)
+        try:
+            self.metrics = MetricsServer(host, port, self.figures)
+        except OSError as exc:
+            raise ConfigError(f"[metrics] listen {settings.listen}: "
+                              f"{exc.strerror or exc}") from None
+        self.metrics.start()
+        log.info("metrics on %s", self.metrics.url)
+
+    def figures(self) -> Figures:
+        """Every metric now (``/metrics`` and ``status``), under the daemon's lock."""
+        with self.lock:
+            sources = [*self.cfg.logs, *(["journal"] if self.journal is not None else [])]
+            return snapshot(self.state, origin=f"daemon pid {os.getpid()}", now=self.clock(),
+                            sources=sources, backends=[a.name for a in self.actions])
 
     def _turn(self) -> None:
         """One round of the main loop: wait for lines, count and enforce, reload."""
@@ -268,6 +294,8 @@ class Daemon:
             "last_action_error": self.enforcer.errors[-1] if self.enforcer.errors else None,
             "actions": [a.name for a in self.actions],
             "reloads": self.reloads, "last_reload_error": self.last_reload_error,
+            "metrics": self.figures().as_json(),
+            "metrics_url": self.metrics.url if self.metrics is not None else None,
         }
 
     def mode_status(self) -> dict[str, Any]:
@@ -422,6 +450,9 @@ class Daemon:
             if cfg.state != self.cfg.state or cfg.control_socket != self.cfg.control_socket:
                 log.warning("reload: [state] changes take effect at the next restart")
                 cfg.state, cfg.control_socket = self.cfg.state, self.cfg.control_socket
+            if cfg.metrics != self.cfg.metrics:
+                log.warning("reload: [metrics] changes take effect at the next restart")
+                cfg.metrics = self.cfg.metrics
             state = self.state
             state.ruleset = ruleset
             state.engine.set_rules(ruleset)
@@ -436,7 +467,8 @@ class Daemon:
                 _close_actions(self.actions)
                 self.actions = actions
             self.enforcer = Enforcer(self.actions, ruleset.allowlist, state.local,
-                                     errors=self.enforcer.errors)
+                                     errors=self.enforcer.errors,
+                                     failures=self.enforcer.failures)
             if cfg.logs != self.cfg.logs or cfg.daemon.watch != self.cfg.daemon.watch:
                 self.follower.close()
                 self.follower = self._follower(cfg)
@@ -477,6 +509,8 @@ class Daemon:
             self.scheduler.shutdown(wait=True)
         if self.control is not None:
             self.control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.journal is not None:
             self.journal.stop()
         with self.lock:
