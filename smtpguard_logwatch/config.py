@@ -98,7 +98,7 @@ class DaemonSettings:
     on_stop: str = "keep"  # keep | remove: enforcement left in place on SIGTERM or not
     keep_decisions: float = 90 * 86400.0  # ledger rows older than this are pruned
     digest: str | None = None  # "HH:MM": daily summary mail at this local time
-    journal: bool = False  # also follow the systemd journal
+    journal: bool | str = False  # also follow the systemd journal; "auto": see follows_journal
     journal_directory: str | None = None  # journal files elsewhere than the system's
     journal_match: list[str] = field(default_factory=lambda: [
         "SYSLOG_IDENTIFIER=postfix/smtpd", "SYSLOG_IDENTIFIER=postfix/cleanup",
@@ -138,6 +138,12 @@ def _boolean(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError("expected true or false")
     return v
+
+
+def _journal_setting(v: Any) -> bool | str:
+    if isinstance(v, bool) or v == "auto":
+        return v
+    raise ValueError('expected true, false or "auto"')
 
 
 def _choice(*allowed: str):
@@ -183,7 +189,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                "reconcile": parse_duration, "watch": _choice("auto", "inotify", "poll"),
                "poll_interval": parse_duration,
                "first_start": _choice("beginning", "end"), "on_stop": _choice("keep", "remove"),
-               "keep_decisions": parse_duration, "digest": _clock_time, "journal": _boolean,
+               "keep_decisions": parse_duration, "digest": _clock_time, "journal": _journal_setting,
                "journal_match": _str_list, "journal_directory": _string},
 }
 
