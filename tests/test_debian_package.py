@@ -10,6 +10,7 @@ mount namespace (nft never touches the host's ruleset)."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -177,6 +178,33 @@ def test_lifecycle_in_a_fresh_debian_12_root(debs: tuple[Path, Path], chroot: Pa
                       "COMP_WORDS=(smtpguard-logwatch re); COMP_CWORD=1; _smtpguard_logwatch; "
                       "echo ${COMPREPLY[*]}'")
     assert done.stdout.split() == ["replay", "reconcile", "reload"]
+
+    # The unit's command, as installed: the daemon follows /var/log/mail.log in
+    # simulation mode; it decides, and nothing reaches the firewall.
+    mail_log = chroot / "var/log/mail.log"
+    with gzip.open(ROOT / "samples/postfix-mx1.log.gz", "rb") as src:
+        mail_log.write_bytes(src.read())
+    lines = mail_log.read_bytes().count(b"\n")
+    exec_start = next(line.split("=", 1)[1] for line in unit.splitlines()
+                      if line.startswith("ExecStart="))
+    done = sh(chroot, "mkdir -p /run/smtpguard-logwatch; "
+                      f"{exec_start} --log-format plain 2>/tmp/run.log & pid=$!; "
+                      "for i in $(seq 240); do sleep 0.5; "
+                      "  smtpguard-logwatch status >/tmp/status 2>&1 || continue; "
+                      f"  grep -q 'lines {lines} read' /tmp/status && break; done; "
+                      "cat /tmp/status; echo ===; smtpguard-logwatch list --all; echo ===; "
+                      "kill $pid; wait $pid; echo exit=$?; echo ===; "
+                      "nft list table inet smtpguard")
+    status, ledger, stopped, table = done.stdout.split("===\n")
+    assert f"lines {lines} read" in status and "SIMULATION" in status, status
+    assert "systemd journal" not in status  # journal = "auto" and the file exists
+    refusals = [row for row in ledger.splitlines() if " refuse " in row]
+    assert refusals and all("(simulated)" in row for row in refusals), ledger
+    assert stopped.strip() == "exit=0"
+    assert "elements" not in table, table
+    mail_log.unlink()
+    shutil.rmtree(chroot / "var/lib/smtpguard-logwatch")
+    (chroot / "var/lib/smtpguard-logwatch").mkdir(mode=0o700)
 
     # Cron mode and the daemon never both: the cron job is idle while the unit is enabled
     # (systemctl offline: no systemd runs in the chroot).
