@@ -76,7 +76,7 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
     if not state.checkpoint():  # positions, counts, points, joins and decisions
         raise ScanFailed(f"could not save the state: {state.checkpoints.last_error}")
     enforcer = Enforcer(actions if actions is not None
-                        else build_actions(cfg.actions),
+                        else build_actions(cfg.actions, origin=cfg.path),
                         state.ruleset.allowlist, state.local)
     state.rebuild_from(enforcer.actions)  # after a corrupt state database only
     now = clock()

@@ -213,11 +213,28 @@ def test_cheap_tests_run_first() -> None:
     assert v.calls == []  # `authenticated` decided it without touching the store
 
 
-def test_evidence_lists_every_test() -> None:
+def test_evidence_of_a_condition_that_holds_lists_only_the_tests_that_held() -> None:
     r = rule(" when rejects in 1h > 1 or bounces in 1h > 1\n add 1 point")
     ok, ev = r.condition_with_evidence(View({("rejects", H): 5}))
     assert ok
+    assert [str(e) for e in ev] == ["rejects in 1h = 5 > 1"]
+    nested = rule(" when (rejects in 1h > 1 or bounces in 1h > 1) and messages in 1h > 2\n"
+                  " add 1 point")
+    ok, ev = nested.condition_with_evidence(View({("bounces", H): 5, ("messages", H): 3}))
+    assert ok
+    assert [str(e) for e in ev] == ["bounces in 1h = 5 > 1", "messages in 1h = 3 > 2"]
+
+
+def test_evidence_of_a_condition_that_fails_lists_every_test() -> None:
+    r = rule(" when rejects in 1h > 1 and bounces in 1h > 1\n add 1 point")
+    ok, ev = r.condition_with_evidence(View({("rejects", H): 5}))
+    assert not ok
     assert [str(e) for e in ev] == ["rejects in 1h = 5 > 1", "bounces in 1h = 0 > 1 (false)"]
+    negated = rule(" when not (rejects in 1h > 1 or bounces in 1h > 1)\n add 1 point")
+    ok, ev = negated.condition_with_evidence(View({}))
+    assert ok  # held because both tests failed: both are its reasons
+    assert [str(e) for e in ev] == ["rejects in 1h = 0 > 1 (false)",
+                                    "bounces in 1h = 0 > 1 (false)"]
 
 
 def test_const_threshold_shows_value() -> None:

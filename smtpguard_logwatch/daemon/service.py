@@ -32,12 +32,14 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
+from .. import __version__
 from ..actions.base import ActionError, build_actions
 from ..actions.enforcer import Enforcer
 from ..config import Config, ConfigError, load_config
 from ..engine.ledger import Decision
 from ..follow import Follower
 from ..follow.follower import Item
+from ..operator import Operator
 from ..report import iso
 from ..rules import RuleError, default_rules_path
 from ..rules.conditions import fmt_duration
@@ -143,8 +145,8 @@ class Daemon:
         """Until SIGTERM/SIGINT: follow, count, decide, enforce. Returns the exit status."""
         self._install_signals()
         try:
-            self.control = ControlServer(self.cfg.control_socket,
-                                         lambda c, a: commands.handle(self, c, a))
+            control = commands.Control(self.lock, self.services, self.request_reload)
+            self.control = ControlServer(self.cfg.control_socket, control.handle)
             self.control.start()
             if self.journal is not None:
                 self._start_journal()
@@ -234,6 +236,52 @@ class Daemon:
                  ",".join(d.rules), " simulated=yes" if d.simulated else "",
                  "" if what != "stale" else
                  " (ended before it was read: recorded, not enforced)")
+
+    def services(self) -> commands.Services:
+        """What a control command works on (:mod:`.commands`), as of now: a reload
+        replaces the rules, engine and actions. Caller holds the lock."""
+        state = self.state
+        operator = Operator(state.ledger, self.actions, state.ruleset, state.local,
+                            clock=self.clock, commit=self.checkpoint_or_warn,
+                            enforcer=self.enforcer, widest=self.cfg.widest_prefix)
+        return commands.Services(
+            ledger=state.ledger, engine=state.engine, operator=operator, clock=self.clock,
+            log_decision=self.log_decision, reconcile=self._reconcile,
+            action_errors=self.enforcer.errors, status=self.status_report)
+
+    def status_report(self) -> dict[str, Any]:
+        """What ``status`` prints: JSON-ready. Caller holds the lock."""
+        state = self.state
+        now = self.clock()
+        active: dict[str, int] = {}
+        for d in state.ledger.active(now):
+            active[d.action] = active.get(d.action, 0) + 1
+        engine = state.engine
+        cp = state.checkpoints
+        return {
+            "version": __version__, "pid": os.getpid(), "config": self.cfg.path,
+            "started": iso(self.started),
+            "uptime": round(time.monotonic() - self.started_mono),
+            "mode": self.mode_status(), "rules": self.rule_files,
+            "watch": self.follower.backend,
+            "logs": [{"path": p, "offset": (pos := state.positions.get(p)) and pos.offset,
+                      "inode": pos and pos.inode} for p in self.cfg.logs],
+            "journal": self.journal_status(),
+            "lines": state.pipeline.stats.as_dict() | {"internal_errors": self.line_errors},
+            "events": engine.stats.events, "decided": dict(engine.stats.by_action),
+            "active": active,
+            "breaker": {"held_back": {
+                rule: iso(until) for rule, until in engine.breaker.tripped_rules(
+                    state.pipeline.stats.last_time or now).items()},
+                "trips": dict(engine.breaker.trips)},
+            "checkpoint": {"done": cp.done, "failed": cp.failed, "last": iso(cp.last_time),
+                           "seconds": round(cp.last_seconds, 3), "error": cp.last_error,
+                           "pending_ledger_writes": state.ledger.pending},
+            "store_keys": engine.store.nkeys(), "action_errors": len(self.enforcer.errors),
+            "last_action_error": self.enforcer.errors[-1] if self.enforcer.errors else None,
+            "actions": [a.name for a in self.actions],
+            "reloads": self.reloads, "last_reload_error": self.last_reload_error,
+        }
 
     def mode_status(self) -> dict[str, Any]:
         """Enforcing or simulating, why, and until when (``status``)."""
@@ -460,7 +508,7 @@ class Daemon:
 
 def _build_actions(cfg: Config) -> list[Any]:
     try:
-        return build_actions(cfg.actions)  # simulated decisions: see Enforcer
+        return build_actions(cfg.actions, origin=cfg.path)  # simulated decisions: see Enforcer
     except TypeError as exc:
         raise ActionError(f"{cfg.path}: bad action option: {exc}") from None
 

@@ -681,8 +681,16 @@ def combine(op: str, parts: list[Cond], text: str) -> Cond:
     exs = tuple(p.ex for p in flat)
 
     def ex(v: KeyView, out: list[Evidence]) -> bool | None:
-        results = [e(v, out) for e in exs]  # all of them: the ledger shows every test
-        return _kleene_values(results, is_and)
+        # Every part is evaluated. When the whole holds, only the parts that held are
+        # its reasons ("a or b" fired by a: b's "= 9 > 20 (false)" is no reason); when
+        # it does not hold, every test is shown, so an admin sees what each one read.
+        found: list[list[Evidence]] = [[] for _ in exs]
+        results = [e(v, part) for e, part in zip(exs, found, strict=True)]
+        r = _kleene_values(results, is_and)
+        for result, part in zip(results, found, strict=True):
+            if r is not True or result is True:
+                out.extend(part)
+        return r
 
     key_fn = None
     if all(p.key_fn is not None for p in flat):
