@@ -132,8 +132,9 @@ def test_completion_completes_subcommands(completion: Path) -> None:
     names = [name for name, _h, _p in cli_docs.subcommands(build_parser())]
     assert sorted(_complete(completion, ["smtpguard-logwatch", ""])) == sorted(
         names + ["-h", "--help", "--version"])
-    assert _complete(completion, ["smtpguard-logwatch", "re"]) == [
-        "replay", "reconcile", "reload"]
+    expected = [n for n in names if n.startswith("re")]
+    assert {"replay", "reconcile", "reload"} <= set(expected)
+    assert _complete(completion, ["smtpguard-logwatch", "re"]) == expected
     assert _complete(completion, ["smtpguard-logwatch", "sn"]) == ["snippet"]
 
 
