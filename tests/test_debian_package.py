@@ -11,6 +11,7 @@ mount namespace (nft never touches the host's ruleset)."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 import subprocess
@@ -21,11 +22,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path("/var/cache/smtpguard-test")
-BASE_TAR = CACHE / "bookworm-base.tar"
 # Everything the package needs is in the base, so dpkg -i works offline and the
 # file list after purge can be compared with the one before install.
 INCLUDE = ("python3,python3-pyparsing,python3-apscheduler,python3-prometheus-client,"
            "python3-redis,nftables,systemd,cron,init-system-helpers")
+BASE_TAR = CACHE / f"bookworm-{hashlib.sha256(INCLUDE.encode()).hexdigest()[:12]}.tar"
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root"}
 NAME = "smtpguard-logwatch"
 
@@ -222,7 +223,16 @@ def test_lifecycle_in_a_fresh_debian_12_root(debs: tuple[Path, Path], chroot: Pa
     # it; the unedited local.rules follows the new default.
     config = chroot / "etc/smtpguard-logwatch/config.toml"
     config.write_text(config.read_text().replace('mode = "simulate"', 'mode = "enforce"'))
-    sh(chroot, "dpkg -i --force-confold /tmp/v2.deb")
+    # Non-interactively dpkg stops at the conflict instead of choosing; the admin
+    # (here: --force-confold) keeps their version.
+    asked = sh(chroot, "dpkg -i /tmp/v2.deb </dev/null", check=False)
+    assert asked.returncode != 0
+    prompt = asked.stdout + asked.stderr
+    assert "Configuration file '/etc/smtpguard-logwatch/config.toml'" in prompt, prompt
+    assert "end of file on stdin at conffile prompt" in prompt
+    sh(chroot, "dpkg --configure --force-confold -a")
+    assert sh(chroot, "dpkg-query -W -f='${Version} ${Status}' smtpguard-logwatch"
+              ).stdout == "0.1.1 install ok installed"
     assert 'mode = "enforce"' in config.read_text()
     assert "# changed in 0.1.1" not in config.read_text()
     assert "# changed in 0.1.1" in (chroot / "etc/smtpguard-logwatch/"
