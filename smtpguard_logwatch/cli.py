@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--config", default=None, metavar="FILE",
                          help=f"with --key: config naming the daemon's control socket "
                               f"(default {DEFAULT_CONFIG})")
+    explain.add_argument("--rules", action="append", metavar="FILE",
+                         help="say which rules of these files each event feeds (repeatable; "
+                              "default: the shipped default.rules)")
+    explain.add_argument("--no-rules", action="store_true",
+                         help="do not say which rules each event feeds")
     _add_input_options(explain)
     def add_config(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", default=None, metavar="FILE",
@@ -158,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Revoke every active decision on KEY, automatic or manual, and undo it "
                     "in the configured actions. An address that is only covered by a "
                     "network decision is not lifted: the network is named, exit status 1. "
-                    "--all --yes lifts every active decision, key by key.")
+                    "--all --yes lifts every active decision and says how many.")
     unban.add_argument("key", metavar="KEY", nargs="?")
     unban.add_argument("--dimension", default=None, choices=list(DIMENSIONS))
     unban.add_argument("--all", action="store_true",
@@ -764,10 +769,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     try:
         data = state_report(cfg, rules_of(cfg), days=args.days, top=args.top)
+        status = _ask_daemon(cfg, "status")  # only a running daemon counts lines
+        if status is not _NO_DAEMON:
+            data.lines = {k: v for k, v in status["lines"].items() if isinstance(v, int)}
+            data.notes.append(f"Line counts are the running daemon's, since it started "
+                              f"{status['started']}.")
         size = write_report(args.html, data)
     except ReportError as exc:
         raise OperatorError(str(exc)) from None
-    print(f"wrote {args.html} ({size:,} bytes): {len(data.decisions)} decisions in the "
+    n = len(data.decisions)
+    print(f"wrote {args.html} ({size:,} bytes): {n} decision{'' if n == 1 else 's'} in the "
           f"last {args.days:g} day(s)")
     return 0
 
@@ -803,7 +814,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for source in (source_for(f) for f in args.files):
         feeds.append((source.name, iter_lines(source), make_clock(source)))
     return explain_lines(feeds, sys.stdout, parsers=_parser_names(args), options=_options(args),
-                         only_unparsed=args.only_unparsed, as_json=args.json)
+                         only_unparsed=args.only_unparsed, as_json=args.json,
+                         rule_feeds=_rule_feeds(args))
+
+
+def _rule_feeds(args: argparse.Namespace):
+    """explain: the index saying which rules an event feeds, or None (--no-rules)."""
+    from .config import DEFAULT_RULES_TOKEN
+    from .rulefeed import RuleFeeds
+
+    if args.no_rules:
+        if args.rules:
+            raise UsageError("explain: --rules and --no-rules exclude each other")
+        return None
+    files = [str(default_rules_path()) if f == DEFAULT_RULES_TOKEN else f
+             for f in (args.rules or [DEFAULT_RULES_TOKEN])]
+    return RuleFeeds(load_rules(files))
 
 
 COMMANDS = {

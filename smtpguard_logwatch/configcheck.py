@@ -93,6 +93,9 @@ def _check_logs(cfg: Config, report: ConfigReport) -> None:
     if not cfg.logs and not cfg.daemon.journal:
         report.errors.append(f"{cfg.path}: [logs] files is empty and [daemon] journal is "
                              "off: nothing to read")
+    if cfg.daemon.journal and _program("journalctl") is None:
+        report.errors.append(f"{cfg.path}: [daemon] journal is on but `journalctl` is not "
+                             "found (install systemd, or set journal = false)")
     for log in cfg.logs:
         readable = os.path.isfile(log) and os.access(log, os.R_OK)
         report.logs.append({"path": log, "readable": readable})
@@ -227,6 +230,7 @@ def _nftables(action: Any, report: ConfigReport) -> None:
 def _iptables(action: Any, report: ConfigReport) -> None:
     try:
         action._check_backend()  # `iptables -V`: read-only
+        action._load_iptc()  # python-iptables and its libraries load
     except ActionError as exc:
         report.errors.append(str(exc))
 
@@ -249,11 +253,13 @@ def handled(action: Any) -> dict[str, list[str]]:
 
 def _where(action: Any) -> str | None:
     for attr, what in (("directory", "files in"), ("output", "access map"),
-                       ("table", "nft table inet"), ("chain", "chain"),
-                       ("relay", "mail through")):
+                       ("table", "nft table inet"), ("chain", "chain")):
         value = getattr(action, attr, None)
         if isinstance(value, str):
             return f"{what} {value}"
+    host, port = getattr(action, "host", None), getattr(action, "port", None)
+    if isinstance(host, str) and isinstance(port, int):
+        return f"mail through {host}:{port}"
     return None
 
 

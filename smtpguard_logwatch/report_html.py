@@ -72,13 +72,16 @@ def diff_decisions(a: Iterable[Decision], b: Iterable[Decision], rules: str,
     for src, first in ((a, fa), (b, fb)):
         for d in src:
             first.setdefault((d.dimension, d.key, d.action), d)
-    by_time = lambda d: (d.time, d.dimension, d.key)  # noqa: E731
     return CompareData(
         rules, other,
-        sorted((fa[k] for k in fa.keys() - fb.keys()), key=by_time),
-        sorted((fb[k] for k in fb.keys() - fa.keys()), key=by_time),
+        sorted((fa[k] for k in fa.keys() - fb.keys()), key=_by_time),
+        sorted((fb[k] for k in fb.keys() - fa.keys()), key=_by_time),
         sorted(((fa[k], fb[k]) for k in fa.keys() & fb.keys()
-                if abs(fa[k].time - fb[k].time) >= 1), key=lambda p: by_time(p[0])))
+                if abs(fa[k].time - fb[k].time) >= 1), key=lambda p: _by_time(p[0])))
+
+
+def _by_time(d: Decision) -> tuple[float, str, str]:
+    return (d.time, d.dimension, d.key)
 
 
 def write_html(out: TextIO, data: ReportData) -> None:
@@ -198,7 +201,7 @@ def timeline_svg(decisions: list[Decision], start: float | None, end: float | No
                 y -= h
                 out.append(rect(x, y, max(bar_w - 0.6, 0.8), h, ACTION_COLORS[action],
                                 f"{iso(t0)}: {n} {action} ({dim})"))
-    out.append(text(WIDTH - 10, top + 6, f"bar top = {peak:g} decisions per "
+    out.append(text(WIDTH - 10, top + 6, f"full bar = {peak:g} decisions per "
                     f"{_duration((hi - lo) / BINS)}", anchor="end", size=10))
     out.append(_axis(left, WIDTH - 10, lo, hi, top + lane_h * len(lanes)))
     out.append("</svg>\n")
@@ -247,7 +250,7 @@ def _compare_section(c: CompareData, start: float | None, end: float | None) -> 
             if n:
                 out.append(rect(x, mid - 3, max(bar_w - 0.6, 0.8), 6, MOVED_COLOR,
                                 f"{t0}: {n} decided by both at different times ({dim})"))
-    out.append(text(WIDTH - 10, top + 6, f"bar height {peak:g} = decisions per "
+    out.append(text(WIDTH - 10, top + 6, f"full bar = {peak:g} decisions per "
                     f"{_duration((hi - lo) / BINS)}", anchor="end", size=10))
     out.append(_axis(left, WIDTH - 10, lo, hi, top + lane_h * len(lanes)))
     out.append("</svg>\n")
@@ -373,8 +376,8 @@ _LINE_PARTS = (("parsed", "parsed", "#4c78a8"), ("skipped", "not mail (skipped)"
 def _lines_section(lines: dict[str, int] | None, samples: list[str]) -> str:
     out = ["<section id=\"lines\"><h2>Lines</h2>\n"]
     if lines is None:
-        out.append("<p class=\"empty\">Line counts are not kept in the state database; "
-                   "the running daemon reports them (<code>status</code>).</p></section>\n")
+        out.append("<p class=\"empty\">Line counts are not kept in the state database, "
+                   "and no daemon was running to tell them.</p></section>\n")
         return "".join(out)
     total = sum(lines.get(k, 0) for k, _, _ in _LINE_PARTS) or 1
     bar = scale(0, total, 0, WIDTH - 20)

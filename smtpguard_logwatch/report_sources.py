@@ -3,6 +3,7 @@ database the daemon (or ``scan``) keeps; and writing the page to its file."""
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import sqlite3
@@ -94,20 +95,15 @@ def _store_talkers(store: FrequencyStore, days: float, top: int
     window = min(days * DAY, store.resolutions[-1].span)
     out: dict[str, dict[str, list[tuple[str, float]]]] = {}
     for dim in store.dimensions():
-        metrics: dict[str, list[tuple[str, float]]] = {}
-        keys = store.keys(dim)
-        for metric in METRICS:
-            rows = []
-            for key in keys:
-                if metric in store.metrics(dim, key):
-                    n = store.count(dim, key, metric, window, now)
-                    if n > 0:
-                        rows.append((key, n))
-            rows.sort(key=lambda kv: (-kv[1], kv[0]))
-            if rows:
-                metrics[metric] = rows[:top]
-        if metrics:
-            out[dim] = metrics
+        rows: dict[str, list[tuple[str, float]]] = {}
+        for key in store.keys(dim):
+            for metric in set(store.metrics(dim, key)).intersection(METRICS):
+                n = store.count(dim, key, metric, window, now)
+                if n > 0:
+                    rows.setdefault(metric, []).append((key, n))
+        if rows:
+            out[dim] = {m: heapq.nsmallest(top, rows[m], key=lambda kv: (-kv[1], kv[0]))
+                        for m in METRICS if m in rows}
     return out
 
 
@@ -117,6 +113,7 @@ def state_report(cfg: Config, ruleset: RuleSet, *, days: float, top: int,
     now = time.time() if now is None else now
     conn = open_state(cfg.state)
     try:
+        conn.execute("BEGIN")  # one snapshot, though the daemon checkpoints meanwhile
         decisions = _decisions(conn, now - days * DAY)
         try:
             store = FrequencyStore.load(conn)

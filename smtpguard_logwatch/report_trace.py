@@ -108,12 +108,12 @@ class Tracer:
             fresh = self._start(harshest)
             if fresh is not None:
                 fresh.decisions = decisions
-                for e in decisions[:-1]:  # the earlier run-ups, of the rule now drawn
-                    self._sample(fresh, e.time - fresh.lookback, e.time)
                 trace = self.traces[dk] = fresh
             elif trace is None:
                 return
-        self._sample(trace, d.time - trace.lookback, d.time)
+        for e in decisions:  # this run-up, and earlier ones not sampled for this rule
+            if e.time not in trace.samples:
+                self._sample(trace, e.time - trace.lookback, e.time)
 
     def finish(self, end: float | None) -> None:
         """Sample each top key from its last decision up to ``end`` (one look-back at
@@ -136,7 +136,8 @@ class Tracer:
             rule = rules.get(name)
             if rule is None:
                 continue
-            ok, evidence = rule.condition_with_evidence(self._view(d.dimension, d.key, d.time))
+            _held, evidence = rule.condition_with_evidence(
+                self._view(d.dimension, d.key, d.time))
             test = _chosen_test(evidence)
             if test is None:
                 continue
@@ -200,7 +201,7 @@ def _window_of(rule: Rule, store: FrequencyStore, dimension: str, key: str, t: f
     constants such as ``burst``); None if it is no plain count (a distinct count, a
     ratio): then no baseline is drawn."""
     sums = sorted(((m, w) for kind, m, w in rule.metrics if kind == "sum"),
-                  key=lambda mw: ((rule.evidence and ("sum", mw[0]) not in rule.evidence),
+                  key=lambda mw: (bool(rule.evidence) and ("sum", mw[0]) not in rule.evidence,
                                   mw[1]))
     for metric, window in sums:
         if test.value is not None and store.count(dimension, key, metric, window, t) == \

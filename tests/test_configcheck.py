@@ -161,3 +161,38 @@ def test_check_json_on_rule_files_and_usage(tmp_path: Path) -> None:
     assert not data["ok"] and data["errors"][0].startswith(f"{bad}:2:")
     assert _cli("check").returncode == 2
     assert _cli("check", str(good), "--config", str(tmp_path / "c.toml")).returncode == 2
+
+
+MTA_ROOT = os.environ.get("SMTPGUARD_MTA_ROOT", "/")
+MAKEMAP = os.path.join(MTA_ROOT, "usr/sbin/makemap")
+
+
+@pytest.mark.skipif(not os.access(MAKEMAP, os.X_OK),
+                    reason="needs Sendmail's makemap (sendmail-bin, or unpacked under "
+                           "$SMTPGUARD_MTA_ROOT)")
+def test_a_sound_sendmail_config_passes(tmp_path: Path) -> None:
+    mail = tmp_path / "mail"
+    mail.mkdir(mode=0o755)
+    (mail / "sendmail.cf").write_text("")
+    conf = _site(tmp_path, f'[actions.sendmail]\noutput = "{mail}/smtpguard-merged"\n'
+                           f'access_file = "{mail}/smtpguard"\n'
+                           f'admin_access = "{mail}/access"\n'
+                           f'makemap = "{MAKEMAP}"\nsendmail_cf = "{mail}/sendmail.cf"\n')
+    report = check_config(str(conf))
+    assert report.ok, report.errors
+    [entry] = report.actions
+    assert entry["handles"] == {"defer": ["client_ip", "client_net", "sender"],
+                                "refuse": ["client_ip", "client_net", "sender"]}
+    assert entry["where"] == f"access map {mail}/smtpguard-merged"
+
+
+def test_the_journal_needs_journalctl(tmp_path: Path, monkeypatch) -> None:
+    conf = _site(tmp_path, "[actions.nftables]\ndry_run = true\n")
+    conf.write_text(conf.read_text() + "[daemon]\njournal = true\n")
+    found = shutil.which("journalctl")
+    if found is not None:
+        assert check_config(str(conf)).ok
+    monkeypatch.setenv("PATH", str(tmp_path))  # sbin is searched too; journalctl is in bin
+    report = check_config(str(conf))
+    assert report.errors == [f"{conf}: [daemon] journal is on but `journalctl` is not found "
+                             "(install systemd, or set journal = false)"]

@@ -210,3 +210,11 @@ def test_control_commands_need_only_their_services(tmp_path: Path) -> None:
     assert control.handle("reload", {}) == {"ok": True}
     with pytest.raises(ControlError, match="takes no arguments"):
         control.handle("reload", {"now": True})
+
+
+def test_a_malformed_network_row_does_not_break_unban(operator) -> None:
+    """A row written by hand (or by an old version) with a key that is no network is
+    skipped when looking for a covering network, not a traceback."""
+    op, _rec = operator
+    op.ledger.record(Decision(999_990.0, "client_net", "not/a-net", "refuse", None, ("x",)))
+    assert op.unban("192.0.2.77") == []

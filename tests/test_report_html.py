@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import sqlite3
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -198,7 +199,8 @@ def test_report_from_state_reads_without_writing(tmp_path, capsys) -> None:
     assert_inert(page)
     text = "".join(page.text)
     assert SASL in text and SENDER in text
-    assert "Line counts are not kept in the state database" in text
+    assert "Line counts are not kept in the state database, and no daemon was running" \
+        in text
     assert len(re.findall(r'class="spark"', out.read_text())) == 3
     # a shorter period that ends before the log's decisions shows none of them
     assert main(["report", "--config", str(conf), "--html", str(out), "--days", "1"]) == 0
@@ -259,3 +261,66 @@ def test_html_into_a_missing_directory_fails_before_reading(tmp_path, capsys) ->
     assert main(["report", "--config", str(conf), "--html", str(target)]) == 1
     assert "cannot write the report" in capsys.readouterr().err
     assert not target.parent.exists()
+
+
+def _saved_decisions(path: str) -> int:
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
+    except sqlite3.Error:  # not written yet
+        return 0
+
+
+def test_report_takes_line_counts_from_the_running_daemon(tmp_path, capsys) -> None:
+    from test_daemon import Recorder, Running, _conf_file, config, reject, wait_for
+
+    from smtpguard_logwatch.daemon.control import request
+
+    cfg = config(tmp_path, duration="1h")
+    daemon = Running(cfg, [Recorder()])
+    try:
+        with open(cfg.logs[0], "a") as fh:
+            fh.writelines(reject("192.0.2.7") for _ in range(7))
+            fh.write("Dec  5 08:00:00 mx postfix/smtpd[1]: <b>not understood</b>\n")
+        wait_for(lambda: request(cfg.control_socket, "status")["lines"]["read"] == 8, 10,
+                 "the daemon to read the lines")
+        wait_for(lambda: _saved_decisions(cfg.state) == 1, 10, "the decision's checkpoint")
+        out = tmp_path / "r.html"
+        assert main(["report", "--config", str(_conf_file(tmp_path, cfg)), "--html",
+                     str(out), "--days", "1"]) == 0
+    finally:
+        daemon.stop()
+    assert ": 1 decision in the last 1 day(s)" in capsys.readouterr().out
+    page = Page(out.read_text(encoding="utf-8"))
+    assert_inert(page)
+    text = "".join(page.text)
+    assert "Line counts are the running daemon's" in text
+    assert "parsed: 7" in text and "MTA lines not understood: 1" in text
+    assert "8 lines read" in text
+
+
+def test_a_key_back_among_the_harshest_has_every_run_up_sampled(tmp_path) -> None:
+    """keep=1: A leads, B overtakes it, A decides again while behind (not sampled then)
+    and comes back ahead: the run-up of the decision made while behind is sampled too."""
+    from smtpguard_logwatch.store import FrequencyStore
+
+    rules = tmp_path / "r.rules"
+    rules.write_text("rule r for client_ip:\n    when rejects in 10m > 2\n    add 100 points\n"
+                     "ladder client_ip:\n    at 100 points notify\n")
+    ruleset = load_rules([str(rules)])
+    store = FrequencyStore()
+    tracer = Tracer(store, lambda: ruleset, keep=1)
+    t0 = T0.timestamp()
+    order = [("A", 610), ("B", 1210), ("B", 1810), ("A", 5010), ("A", 12010)]
+    for key, at in order:
+        for k in range(3):  # three rejects just before each decision
+            store.add("client_ip", key, "rejects", t0 + at - 30 + k)
+        tracer.add(Decision(time=t0 + at, dimension="client_ip", key=key, action="notify",
+                            until=None, rules=("r",), points=100.0))
+    [trace] = tracer.top(5)
+    assert trace.key == "A" and len(trace.decisions) == 3
+    for at in (610, 5010, 12010):
+        assert trace.samples[t0 + at][:2] == (3.0, 2.0)  # rejects in 10m, threshold
+    # the hour before the decision made while behind: its rise from nothing
+    before = [v for t, (v, _th, _u) in trace.samples.items() if t0 + 1810 < t < t0 + 5010]
+    assert len(before) >= 50 and before.count(0.0) >= 40

@@ -96,8 +96,8 @@ def ban(svc: Services, args: dict[str, Any]) -> dict[str, Any]:
                                "failed": banned.outcome.failed}
 
 
-def _lift(svc: Services, key: str, dimension: str | None) -> list[dict[str, Any]]:
-    revoked = svc.operator.unban(key, dimension=dimension)
+def _forgive(svc: Services, revoked: list[Decision]) -> list[dict[str, Any]]:
+    """After a lift: the keys' points go with their penalties, each lift is logged."""
     for d in revoked:
         svc.engine.forgive(d.dimension, d.key)
         svc.log_decision(d, "lifted")
@@ -108,16 +108,13 @@ def unban(svc: Services, args: dict[str, Any]) -> list[dict[str, Any]]:
     """Lift every active decision on the key; an address only covered by a network
     decision is an error naming that network (OperatorError from the operator)."""
     key, dimension = parse_key_request(args, "unban")
-    return _lift(svc, key, dimension)
+    return _forgive(svc, svc.operator.unban(key, dimension=dimension))
 
 
 def unban_all(svc: Services, args: dict[str, Any]) -> list[dict[str, Any]]:
-    """Lift every active decision, key by key, through the same path as ``unban``."""
+    """Lift every active decision, as ``unban`` does for one key."""
     _no_args("unban-all", args)
-    lifted: list[dict[str, Any]] = []
-    for dimension, key in svc.operator.active_keys():
-        lifted += _lift(svc, key, dimension)
-    return lifted
+    return _forgive(svc, svc.operator.unban_all())
 
 
 def explain(svc: Services, args: dict[str, Any]) -> dict[str, Any]:
