@@ -99,7 +99,7 @@ class DaemonSettings:
     on_stop: str = "keep"  # keep | remove: enforcement left in place on SIGTERM or not
     keep_decisions: float = 90 * 86400.0  # ledger rows older than this are pruned
     digest: str | None = None  # "HH:MM": daily summary mail at this local time
-    journal: bool = False  # also follow the systemd journal
+    journal: bool | str = False  # also follow the systemd journal; "auto": see follows_journal
     journal_directory: str | None = None  # journal files elsewhere than the system's
     journal_match: list[str] = field(default_factory=lambda: [
         "SYSLOG_IDENTIFIER=postfix/smtpd", "SYSLOG_IDENTIFIER=postfix/cleanup",
@@ -152,6 +152,12 @@ def _boolean(v: Any) -> bool:
     return v
 
 
+def _journal_setting(v: Any) -> bool | str:
+    if isinstance(v, bool) or v == "auto":
+        return v
+    raise ValueError('expected true, false or "auto"')
+
+
 def _choice(*allowed: str):
     def check(v: Any) -> str:
         if v not in allowed:
@@ -195,7 +201,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                "reconcile": parse_duration, "watch": _choice("auto", "inotify", "poll"),
                "poll_interval": parse_duration,
                "first_start": _choice("beginning", "end"), "on_stop": _choice("keep", "remove"),
-               "keep_decisions": parse_duration, "digest": _clock_time, "journal": _boolean,
+               "keep_decisions": parse_duration, "digest": _clock_time, "journal": _journal_setting,
                "journal_match": _str_list, "journal_directory": _string},
     "metrics": {"listen": _string, "allow_remote": _boolean, "textfile": _string},
 }

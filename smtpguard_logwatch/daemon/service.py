@@ -52,6 +52,19 @@ from .jobs import build_scheduler
 
 log = logging.getLogger("smtpguard_logwatch.daemon")
 
+
+def follows_journal(cfg: Config) -> bool:
+    """Whether the daemon reads the systemd journal. ``[daemon] journal = "auto"`` (the
+    Debian package's default) follows it only when none of ``[logs] files`` exists at
+    start: a host without rsyslog has no /var/log/mail.log, and one with rsyslog would
+    see every line twice if both were read."""
+    if cfg.daemon.journal != "auto":
+        return bool(cfg.daemon.journal)
+    present = [p for p in cfg.logs if os.path.exists(p)]
+    log.info("[daemon] journal = auto: %s", f"following {', '.join(present)}, not the journal"
+             if present else "no [logs] file exists, following the systemd journal")
+    return not present
+
 STALE_NOTICE = 300.0  # a notification older than this (catching up) is not mailed
 
 
@@ -115,7 +128,7 @@ class Daemon:
             poll_interval=settings.poll_interval)
 
     def _journal(self, cfg: Config):
-        if not cfg.daemon.journal:
+        if not follows_journal(cfg):
             return None
         from .journal import JournalReader
 
