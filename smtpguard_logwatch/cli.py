@@ -27,8 +27,9 @@ from .operator import OperatorError
 from .parsers import load_parser_classes
 from .parsers.base import ParserOptions
 from .pipeline import LineStats, Pipeline
-from .report import iso, write_summary
-from .rules import RuleError, check_main, default_rules_path, load_rules
+from .report import iso, write_header, write_summary
+from .rules import RuleError, check_main, load_rules
+from .rules.loader import DEFAULT_RULES_TOKEN
 from .sources import LogSource, SourceError, chronological, iter_lines, source_for
 
 if TYPE_CHECKING:
@@ -590,7 +591,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     gc.set_threshold(200_000, 50, 1000)
     sources = [source_for(f) for f in args.files]
     make_clock = _clock_factory(args)
-    rules = [] if args.no_rules else (args.rules or [str(default_rules_path())])
+    rules = [] if args.no_rules else (args.rules or [DEFAULT_RULES_TOKEN])
     try:
         warmup = CONFIG_RANGES["rules", "warmup"].check(parse_duration(args.warmup),
                                                          "--warmup")
@@ -627,22 +628,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
                                **compare(decisions, other_decisions)}
         write_summary_json(sys.stdout, counts, {"lines": pipeline.stats.as_dict()}, tail)
     else:
-        write_summary(sys.stdout, pipeline.stats, counts, top=args.top,
-                      files=[s.name for s in ordered])
-        if engine is not None:
-            sys.stdout.write(f"\nRules: {', '.join(rules)}\n")
+        write_header(sys.stdout, pipeline.stats, [s.name for s in ordered])
+        if engine is not None:  # the decisions first, then the counts behind them
+            sys.stdout.write(f"Rules: {', '.join(rules)}\n")
             write_timeline(sys.stdout, decisions, limit=args.max_decisions)
         if other is not None:
             write_compare(sys.stdout, compare(decisions, other_decisions),
                           ", ".join(rules), ", ".join(args.compare))
+        write_summary(sys.stdout, pipeline.stats, counts, top=args.top)
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .config import DEFAULT_RULES_TOKEN
-
-    return check_main([str(default_rules_path()) if f == DEFAULT_RULES_TOKEN else f
-                       for f in args.rules])
+    return check_main(args.rules)  # @default and paths shown as given
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
