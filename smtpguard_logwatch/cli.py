@@ -26,7 +26,8 @@ from .limits import CONFIG_RANGES, OutOfRange
 from .operator import OperatorError
 from .parsers import load_parser_classes
 from .parsers.base import ParserOptions
-from .pipeline import LineStats, Pipeline
+from .pipeline import Pipeline
+from .progress import ByteMeter, Progress
 from .report import iso, write_header, write_summary
 from .rules import RuleError, check_main, load_rules
 from .rules.loader import DEFAULT_RULES_TOKEN
@@ -58,6 +59,20 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
                    help="forget a queued message idle this long (log time; default 86400)")
 
 
+def _add_progress_options(p: argparse.ArgumentParser) -> None:
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true",
+                       help="a progress line on stderr (lines, rate, and for files the "
+                            "percentage read and the time left) even when stderr is not "
+                            "a terminal; default: only on a terminal")
+    shown.add_argument("--no-progress", action="store_true",
+                       help="no progress line on stderr even when it is a terminal")
+
+
+def _wants_progress(args: argparse.Namespace) -> bool:
+    return args.progress or (not args.no_progress and sys.stderr.isatty())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="smtpguard-logwatch", description=DESCRIPTION,
                             formatter_class=MainHelpFormatter)
@@ -74,8 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print one JSON object with every key instead of the summary")
     replay.add_argument("--top", type=int, default=5, metavar="N",
                         help="rows per top-talker table (default 5)")
-    replay.add_argument("--no-progress", action="store_true",
-                        help="no progress line on stderr even when it is a terminal")
+    _add_progress_options(replay)
     replay.add_argument("--rules", action="append", metavar="FILE",
                         help="rule file(s) to decide with (repeatable; default: the shipped "
                              "default.rules)")
@@ -166,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "double-counts a line. Exit status: 0 done, 1 an action failed, "
                     "75 another scan or the daemon is running.")
     add_config(scan)
+    _add_progress_options(scan)
 
     rec = sub.add_parser(
         "reconcile", help="make the firewall and the MTA maps match the ledger",
@@ -346,7 +361,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if not cfg.logs:
         raise UsageError(f"{cfg.path}: [logs] files is empty: nothing to scan")
     try:
-        result = run_scan(cfg)
+        result = run_scan(cfg, progress=_wants_progress(args))
     except ScanBusy as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
@@ -565,19 +580,6 @@ def _parser_names(args: argparse.Namespace) -> list[str] | None:
     return names
 
 
-def _progress_printer(enabled: bool):
-    if not enabled:
-        return None
-    started = time.monotonic()
-
-    def show(stats: LineStats) -> None:
-        elapsed = max(time.monotonic() - started, 1e-6)
-        sys.stderr.write(f"\r{stats.read:>12,} lines  {stats.read / elapsed:>10,.0f} lines/s")
-        sys.stderr.flush()
-
-    return show
-
-
 def _engine(paths: list[str], warmup: float) -> Engine:
     from .engine import Engine
     from .engine.local import LocalNetworks
@@ -611,12 +613,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     pipeline = Pipeline(fan_out if sinks else counts.consume, parsers=_parser_names(args),
                         options=_options(args))
-    show = _progress_printer(not args.no_progress and sys.stderr.isatty())
+    meter = ByteMeter()
+    progress = None
+    if _wants_progress(args):
+        sizes = [s.size for s in ordered]
+        total = None if None in sizes else sum(sizes)  # type: ignore[arg-type]
+        progress = Progress(total, meter.done)
+
+    def at(position: int | None) -> None:
+        meter.current = position or 0
+
     for source in ordered:
-        pipeline.feed(iter_lines(source), make_clock(source), progress=show)
+        meter.next_input()
+        lines = iter_lines(source, at if progress is not None else None)
+        pipeline.feed(lines, make_clock(source),
+                      progress=progress.show if progress is not None else None)
     pipeline.finish()
-    if show is not None:
-        sys.stderr.write("\n")
+    if progress is not None:
+        progress.end(pipeline.stats)
     decisions = list(engine.decisions()) if engine is not None else []
     other_decisions = list(other.decisions()) if other is not None else []
     if args.json:
