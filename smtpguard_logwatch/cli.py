@@ -26,9 +26,11 @@ from .limits import CONFIG_RANGES, OutOfRange
 from .operator import OperatorError
 from .parsers import load_parser_classes
 from .parsers.base import ParserOptions
-from .pipeline import LineStats, Pipeline
-from .report import iso, write_summary
-from .rules import RuleError, check_main, default_rules_path, load_rules
+from .pipeline import Pipeline
+from .progress import ByteMeter, Progress
+from .report import iso, write_header, write_summary
+from .rules import RuleError, check_main, load_rules
+from .rules.loader import DEFAULT_RULES_TOKEN
 from .sources import LogSource, SourceError, chronological, iter_lines, source_for
 
 if TYPE_CHECKING:
@@ -57,6 +59,20 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
                    help="forget a queued message idle this long (log time; default 86400)")
 
 
+def _add_progress_options(p: argparse.ArgumentParser) -> None:
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true",
+                       help="a progress line on stderr (lines, rate, and for files the "
+                            "percentage read and the time left) even when stderr is not "
+                            "a terminal; default: only on a terminal")
+    shown.add_argument("--no-progress", action="store_true",
+                       help="no progress line on stderr even when it is a terminal")
+
+
+def _wants_progress(args: argparse.Namespace) -> bool:
+    return args.progress or (not args.no_progress and sys.stderr.isatty())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="smtpguard-logwatch", description=DESCRIPTION,
                             formatter_class=MainHelpFormatter)
@@ -73,8 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print one JSON object with every key instead of the summary")
     replay.add_argument("--top", type=int, default=5, metavar="N",
                         help="rows per top-talker table (default 5)")
-    replay.add_argument("--no-progress", action="store_true",
-                        help="no progress line on stderr even when it is a terminal")
+    _add_progress_options(replay)
     replay.add_argument("--rules", action="append", metavar="FILE",
                         help="rule file(s) to decide with (repeatable; default: the shipped "
                              "default.rules)")
@@ -205,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(scan)
     scan.add_argument("--json", action="store_true",
             help="print the result as one JSON object")
+    _add_progress_options(scan)
 
     rec = sub.add_parser(
         "reconcile", help="make the firewall and the MTA maps match the ledger",
@@ -422,7 +438,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.metrics_file is not None:
         cfg.metrics.textfile = args.metrics_file
     try:
-        result = run_scan(cfg)
+        result = run_scan(cfg, progress=_wants_progress(args))
     except ScanBusy as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
@@ -687,19 +703,6 @@ def _parser_names(args: argparse.Namespace) -> list[str] | None:
     return names
 
 
-def _progress_printer(enabled: bool):
-    if not enabled:
-        return None
-    started = time.monotonic()
-
-    def show(stats: LineStats) -> None:
-        elapsed = max(time.monotonic() - started, 1e-6)
-        sys.stderr.write(f"\r{stats.read:>12,} lines  {stats.read / elapsed:>10,.0f} lines/s")
-        sys.stderr.flush()
-
-    return show
-
-
 def _engine(paths: list[str], warmup: float) -> Engine:
     from .engine import Engine
     from .engine.local import LocalNetworks
@@ -713,7 +716,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     gc.set_threshold(200_000, 50, 1000)
     sources = [source_for(f) for f in args.files]
     make_clock = _clock_factory(args)
-    rules = [] if args.no_rules else (args.rules or [str(default_rules_path())])
+    rules = [] if args.no_rules else (args.rules or [DEFAULT_RULES_TOKEN])
     try:
         warmup = CONFIG_RANGES["rules", "warmup"].check(parse_duration(args.warmup),
                                                          "--warmup")
@@ -734,12 +737,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     pipeline = Pipeline(fan_out if sinks else counts.consume, parsers=_parser_names(args),
                         options=_options(args))
-    show = _progress_printer(not args.no_progress and sys.stderr.isatty())
+    meter = ByteMeter()
+    progress = None
+    if _wants_progress(args):
+        sizes = [s.size for s in ordered]
+        total = None if None in sizes else sum(sizes)  # type: ignore[arg-type]
+        progress = Progress(total, meter.done)
+
+    def at(position: int | None) -> None:
+        meter.current = position or 0
+
     for source in ordered:
-        pipeline.feed(iter_lines(source), make_clock(source), progress=show)
+        meter.next_input()
+        lines = iter_lines(source, at if progress is not None else None)
+        pipeline.feed(lines, make_clock(source),
+                      progress=progress.show if progress is not None else None)
     pipeline.finish()
-    if show is not None:
-        sys.stderr.write("\n")
+    if progress is not None:
+        progress.end(pipeline.stats)
     decisions = list(engine.decisions()) if engine is not None else []
     other_decisions = list(other.decisions()) if other is not None else []
     if args.html:
@@ -754,14 +769,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
                                **compare(decisions, other_decisions)}
         write_summary_json(sys.stdout, counts, {"lines": pipeline.stats.as_dict()}, tail)
     else:
-        write_summary(sys.stdout, pipeline.stats, counts, top=args.top,
-                      files=[s.name for s in ordered])
-        if engine is not None:
-            sys.stdout.write(f"\nRules: {', '.join(rules)}\n")
+        write_header(sys.stdout, pipeline.stats, [s.name for s in ordered])
+        if engine is not None:  # the decisions first, then the counts behind them
+            sys.stdout.write(f"Rules: {', '.join(rules)}\n")
             write_timeline(sys.stdout, decisions, limit=args.max_decisions)
         if other is not None:
             write_compare(sys.stdout, compare(decisions, other_decisions),
                           ", ".join(rules), ", ".join(args.compare))
+        write_summary(sys.stdout, pipeline.stats, counts, top=args.top)
     return 0
 
 
@@ -828,16 +843,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .config import DEFAULT_RULES_TOKEN
-
     if args.config is not None or args.json:
         from .configcheck import run_check
 
         return run_check(args.config, args.rules, as_json=args.json)
     if not args.rules:
         raise UsageError("check: give rule files (RULES) or --config FILE")
-    return check_main([str(default_rules_path()) if f == DEFAULT_RULES_TOKEN else f
-                       for f in args.rules])
+    return check_main(args.rules)  # @default and paths shown as given
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -864,16 +876,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _rule_feeds(args: argparse.Namespace):
     """explain: the index saying which rules an event feeds, or None (--no-rules)."""
-    from .config import DEFAULT_RULES_TOKEN
     from .rulefeed import RuleFeeds
 
     if args.no_rules:
         if args.rules:
             raise UsageError("explain: --rules and --no-rules exclude each other")
         return None
-    files = [str(default_rules_path()) if f == DEFAULT_RULES_TOKEN else f
-             for f in (args.rules or [DEFAULT_RULES_TOKEN])]
-    return RuleFeeds(load_rules(files))
+    return RuleFeeds(load_rules(args.rules or [DEFAULT_RULES_TOKEN]))  # @default as given
 
 
 COMMANDS = {

@@ -39,7 +39,7 @@ from .follow import Position
 from .follow import load_all as load_positions
 from .follow import save as save_position
 from .metrics import LINE_OUTCOMES, Tally
-from .pipeline import Pipeline
+from .pipeline import LineStats, Pipeline
 from .rules import RuleSet, default_rules_path, load_rules
 from .simulation import Simulation
 from .store import FrequencyStore
@@ -228,15 +228,17 @@ class State:
             clock = self._clocks[path] = Clock(self._tz, now=self.clock)
         return clock
 
-    def feed(self, path: str, lines: Iterable[tuple[str, Position]]) -> int:
+    def feed(self, path: str, lines: Iterable[tuple[str, Position]],
+             progress: Callable[[LineStats], None] | None = None) -> int:
         """Count ``(line, position)`` pairs of one log; remember the last position."""
-        return self._feed(path, lines, self.positions)
+        return self._feed(path, lines, self.positions, progress)
 
     def feed_cursored(self, name: str, lines: Iterable[tuple[str, str]]) -> int:
         """Count ``(line, cursor)`` pairs of a non-file input (the journal)."""
         return self._feed(name, lines, self.cursors)
 
-    def _feed(self, name: str, lines: Iterable[tuple[str, Any]], marks: dict[str, Any]) -> int:
+    def _feed(self, name: str, lines: Iterable[tuple[str, Any]], marks: dict[str, Any],
+              progress: Callable[[LineStats], None] | None = None) -> int:
         """Feed the lines; ``marks[name]`` becomes the resume point after the last line
         the pipeline took, even when it stops early with an exception."""
         last: list[Any] = []
@@ -250,7 +252,7 @@ class State:
         before = {outcome: getattr(stats, outcome) for outcome in LINE_OUTCOMES}
         self.simulation.refresh(self.engine, self.ruleset)
         try:
-            self.pipeline.feed(text(), self.clock_for(name))
+            self.pipeline.feed(text(), self.clock_for(name), progress=progress)
         finally:
             if last:
                 marks[name] = last[0]

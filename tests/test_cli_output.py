@@ -18,11 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 
 
-def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None
-        ) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The installed command, run from outside the checkout."""
     return subprocess.run([sys.executable, "-m", "smtpguard_logwatch", *args],
-                          capture_output=True, text=True, input=stdin, cwd="/",
+                          capture_output=True, text=True, input=stdin, cwd=cwd or "/",
                           check=False, env={**os.environ, "TZ": "UTC", **(env or {})})
 
 
@@ -86,7 +86,11 @@ def test_compare_lists_candidate_only_decisions_by_time_with_their_argument(
                str(SAMPLES / "postfix-mx1.log.gz"))
     assert proc.returncode == 0, proc.stderr
     section = proc.stdout.split(f"only with {candidate}: ", 1)[1]
-    rows = [r for r in section.splitlines()[1:] if r.startswith("    ")]
+    rows = []
+    for r in section.splitlines()[1:]:
+        if not r.startswith("    "):
+            break  # the next heading
+        rows.append(r)
     assert len(rows) >= 3, proc.stdout  # several client IPs, in two address families
     times = [r.split()[0] for r in rows]
     assert times == sorted(times)
@@ -172,3 +176,34 @@ def test_replay_lists_no_clause_that_did_not_hold_as_a_reason() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "auth_guessing: auth_failures in 2m = 9 > 8" in proc.stdout
     assert "(false)" not in proc.stdout
+
+
+def test_replay_prints_the_decisions_before_the_count_tables() -> None:
+    proc = cli("replay", str(SAMPLES / "postfix-mx1.log.gz"))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.index("Files: ") < out.index("Rules: ") < out.index("Decisions (")
+    assert out.index("by action:") < out.index("\nLines\n") < out.index("\nEvents\n")
+    assert out.index("\nEvents\n") < out.index("Top client ips")
+
+
+def test_rules_are_named_as_the_user_gave_them(tmp_path: Path) -> None:
+    default = cli("replay", str(SAMPLES / "postfix-mx1.log.gz"))
+    assert "Rules: @default\n" in default.stdout
+    assert "default.rules" not in default.stdout
+    given = cli("replay", "--json", "--rules", "@default", str(SAMPLES / "postfix-mx1.log.gz"))
+    assert given.returncode == 0, given.stderr
+    doc = json.loads(given.stdout)
+    assert doc["rules"] == ["@default"]
+    assert {e["location"].split(":")[0] for d in doc["decisions"] for e in d["evidence"]
+            if "location" in e} == {"@default"}
+    checked = cli("check", "@default")
+    assert checked.returncode == 0, checked.stderr
+    assert "Rule ip_volume (@default:" in checked.stdout
+    assert "default.rules:" not in checked.stdout
+    broken = tmp_path / "broken.rules"
+    broken.write_text("rule x for client_ip:\n  when messages in 1h > 5\n  add 1 pints\n")
+    relative = cli("replay", "--rules", "broken.rules", str(SAMPLES / "exim-mainlog.log"),
+                   cwd=tmp_path)
+    assert relative.returncode == 1
+    assert relative.stderr.startswith("broken.rules:3:")
