@@ -179,6 +179,12 @@ def test_lifecycle_in_a_fresh_debian_12_root(debs: tuple[Path, Path], chroot: Pa
 
     # The installed command works: rules, config, a replay, the completion, the man page.
     sh(chroot, "smtpguard-logwatch check @default /etc/smtpguard-logwatch/local.rules")
+    # Rule errors read the same with Debian's pyparsing 3.0.9 as with 3.1+ (3.0.9 used to
+    # say "expected {Located:({'not' - Forward: a condition}) | a condition}").
+    (chroot / "tmp/bad.rules").write_text(
+        "rule r for client_ip:\n    when messages in 1h 5\n    add 1 points\n")
+    bad = sh(chroot, "smtpguard-logwatch check /tmp/bad.rules", check=False)
+    assert bad.returncode == 1 and "expected a comparison (>" in bad.stderr, bad.stderr
     checked = sh(chroot, "smtpguard-logwatch check --config /etc/smtpguard-logwatch/config.toml")
     assert "action nftables" in checked.stdout
     sh(chroot, "python3 -c 'from smtpguard_logwatch.config import load_config; "
