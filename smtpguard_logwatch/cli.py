@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--max-decisions", type=int, default=50, metavar="N",
                         help="decisions shown in the text timeline (default 50; 0: only "
                              "the count by action; --json has all)")
+    replay.add_argument("--html", metavar="FILE",
+                        help="also write a self-contained HTML report with charts to FILE")
     _add_input_options(replay)
 
     check = sub.add_parser(
@@ -112,8 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate rule files (with their includes) and print what they mean "
                     "in plain English. Errors are reported as FILE:LINE:COLUMN with the "
                     "offending line and a caret; exit status 1.")
-    check.add_argument("rules", nargs="+", metavar="RULES",
+    check.add_argument("rules", nargs="*", metavar="RULES",
                        help="rule files; @default is the shipped default.rules")
+    check.add_argument("--config", default=None, metavar="FILE",
+                       help="instead of rule files: test this whole configuration (its "
+                            "logs, state, rules, and every action's prerequisites) and "
+                            "say what each action would do; exit status 1 on any error")
+    check.add_argument("--json", action="store_true",
+                       help="print one JSON object (ok, errors, warnings, ...)")
 
     explain = sub.add_parser(
         "explain", help="show the events each log line produces, or why none",
@@ -136,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--config", default=None, metavar="FILE",
                          help=f"with --key: config naming the daemon's control socket "
                               f"(default {DEFAULT_CONFIG})")
+    explain.add_argument("--rules", action="append", metavar="FILE",
+                         help="say which rules of these files each event feeds (repeatable; "
+                              "default: the shipped default.rules)")
+    explain.add_argument("--no-rules", action="store_true",
+                         help="do not say which rules each event feeds")
     _add_input_options(explain)
     def add_config(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", default=None, metavar="FILE",
@@ -158,18 +171,40 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what KEY is (default: guessed from its form)")
     ban.add_argument("--reason", default="", help="recorded in the ledger")
     add_config(ban)
+    ban.add_argument("--json", action="store_true",
+           help="print the decision as JSON (with carried_by, failed, enforced)")
 
-    unban = sub.add_parser("unban", help="lift every active decision on a key",
-                           description="Revoke every active decision on KEY, automatic or "
-                                       "manual, and undo it in the configured actions.")
-    unban.add_argument("key", metavar="KEY")
+    unban = sub.add_parser(
+        "unban", help="lift every active decision on a key (or all of them)",
+        description="Revoke every active decision on KEY, automatic or manual, and undo it "
+                    "in the configured actions. An address that is only covered by a "
+                    "network decision is not lifted: the network is named, exit status 1. "
+                    "--all --yes lifts every active decision and says how many.")
+    unban.add_argument("key", metavar="KEY", nargs="?")
     unban.add_argument("--dimension", default=None, choices=list(DIMENSIONS))
+    unban.add_argument("--all", action="store_true",
+                       help="lift every active decision (needs --yes)")
+    unban.add_argument("--yes", action="store_true", help="confirm --all")
+    unban.add_argument("--json", action="store_true",
+                       help="print the lifted decisions as a JSON list")
     add_config(unban)
 
-    listing = sub.add_parser("list", help="list the active decisions",
-                             description="List the decisions in force, from the ledger.")
+    listing = sub.add_parser(
+        "list", help="list the active decisions",
+        description="List the decisions in force, from the running daemon or the ledger. "
+                    "--json prints a list of objects with the keys of replay's decisions "
+                    "plus id and status (active, expired, revoked, told).")
     listing.add_argument("--json", action="store_true")
-    listing.add_argument("--all", action="store_true", help="also expired and revoked ones")
+    listing.add_argument("--all", action="store_true",
+                         help="also expired and revoked ones (with a STATUS column)")
+    listing.add_argument("--ip", default=None, metavar="ADDR",
+                         help="only decisions on this address (or network) and on "
+                              "networks containing it")
+    listing.add_argument("--dimension", default=None, choices=list(DIMENSIONS))
+    listing.add_argument("--action", default=None,
+                         choices=["notify", "delay", "throttle", "defer", "hold", "refuse"])
+    listing.add_argument("--origin", default=None,
+                         choices=["rule", "manual", "breaker", "unproven"])
     add_config(listing)
 
     scan = sub.add_parser(
@@ -180,7 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "together, so a run killed at any moment neither loses nor "
                     "double-counts a line. Exit status: 0 done, 1 an action failed, "
                     "75 another scan or the daemon is running.")
+    scan.add_argument("--metrics-file", metavar="FILE",
+                      help="write the metrics for node-exporter's textfile collector to "
+                           "FILE (default: [metrics] textfile; atomic)")
     add_config(scan)
+    scan.add_argument("--json", action="store_true",
+            help="print the result as one JSON object")
     _add_progress_options(scan)
 
     rec = sub.add_parser(
@@ -190,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and remove what has expired or was lifted. Run it at boot and from "
                     "cron (e.g. every minute) until the daemon does it for you.")
     add_config(rec)
+    rec.add_argument("--json", action="store_true",
+           help="print the reports as one JSON object")
 
     run = sub.add_parser(
         "run", help="the daemon: follow the logs, decide and enforce as lines arrive",
@@ -208,9 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="journal: <N> priority prefixes for journald; plain: timestamps; "
                           "auto (default): journal when stderr is systemd's journal stream")
 
-    status = sub.add_parser("status", help="ask the running daemon how it is doing",
-                            description="Lines read, decisions, checkpoints, errors and the "
-                                        "log positions of the running daemon.")
+    status = sub.add_parser(
+        "status", help="how the daemon is doing, and its metrics as tables",
+        description="Lines read, decisions, checkpoints, errors and the log positions of "
+                    "the running daemon, then every metric it serves on /metrics as tables "
+                    "(lines per source, events, decisions, rules, actions). Without a "
+                    "running daemon: the metrics saved by the last checkpoint of the "
+                    "daemon or scan, read from the state database, and exit status 3.")
     status.add_argument("--json", action="store_true")
     add_config(status)
 
@@ -220,6 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
                                         "config or rules are refused; the old ones then "
                                         "stay in force.")
     add_config(reload)
+
+    report = sub.add_parser(
+        "report", help="write an HTML report of the last days from the state database",
+        description="Write one self-contained HTML file (charts included, works offline) "
+                    "from the state database the daemon or scan keeps: decisions over "
+                    "time, why the top offenders were decided on, top talkers.")
+    report.add_argument("--html", required=True, metavar="FILE", help="the file to write")
+    report.add_argument("--days", type=float, default=7.0, metavar="N",
+                        help="how far back (default 7)")
+    report.add_argument("--top", type=int, default=10, metavar="N",
+                        help="rows per top-talker chart (default 10)")
+    add_config(report)
 
     snippet = sub.add_parser(
         "snippet", help="print what to add to the MTA's configuration",
@@ -259,13 +317,6 @@ def _ask_daemon(cfg, command: str, **request: Any) -> Any:
         raise OperatorError(str(exc)) from None
 
 
-def _print_decision_rows(rows: list[dict[str, Any]]) -> None:
-    for d in rows:
-        print(f"{d['id']:>6}  {d['time']}  {d['until'] or 'no end':<20}  {d['dimension']:<14} "
-              f"{d['key']:<40} {d['action']:<8} {d['origin']:<7} {', '.join(d['rules'])}"
-              f"{'  (simulated)' if d.get('simulated') else ''}")
-
-
 def cmd_ban(args: argparse.Namespace) -> int:
     from .operator import BanRequest, Operator
 
@@ -287,6 +338,11 @@ def cmd_ban(args: argparse.Namespace) -> int:
         until, by, failed = iso(banned.decision.until), banned.outcome.carried_by, \
             banned.outcome.failed
         where = ""
+    if args.json:
+        enforced = bool(by) and not failed
+        print(json.dumps(d | {"carried_by": by, "failed": failed, "enforced": enforced,
+                              "daemon": bool(where)}, indent=1))
+        return 0 if enforced else 1
     until_text = f" until {until}" if until else " with no end"
     done = f"; carried out by {', '.join(by)}" if by else ""
     print(f"{d['action']} {d['dimension']} {d['key']}{until_text} (decision {d['id']}"
@@ -303,52 +359,71 @@ def cmd_ban(args: argparse.Namespace) -> int:
 def cmd_unban(args: argparse.Namespace) -> int:
     from .operator import Operator
 
+    if args.all == (args.key is not None):
+        raise UsageError("unban: give a KEY, or --all --yes to lift every active decision")
+    if args.all and not args.yes:
+        raise UsageError("unban --all lifts EVERY active decision; confirm with --yes")
+    if args.all and args.dimension:
+        raise UsageError("unban: --dimension goes with a KEY, not --all")
     cfg = _load_config(args)
-    answer = _ask_daemon(cfg, "unban", key=args.key, dimension=args.dimension)
+    command, request = (("unban-all", {}) if args.all
+                        else ("unban", {"key": args.key, "dimension": args.dimension}))
+    answer = _ask_daemon(cfg, command, **request)
+    where = ""
     if answer is not _NO_DAEMON:
-        if not answer:
-            print(f"no active decision on {args.key}")
-            return 1
-        for d in answer:
-            print(f"lifted {d['action']} {d['dimension']} {d['key']} (decision {d['id']}, "
-                  "by the running daemon)")
+        lifted, where = answer, ", by the running daemon"
+    else:
+        operator = Operator.from_config(cfg)
+        revoked = (operator.unban_all() if args.all
+                   else operator.unban(args.key, dimension=args.dimension))
+        lifted = [decision_json(d) | {"id": d.id} for d in revoked]
+    if args.json:
+        print(json.dumps(lifted, indent=1))
+    for d in lifted if not args.json else []:
+        print(f"lifted {d['action']} {d['dimension']} {d['key']} (decision {d['id']}{where})")
+    if args.all:
+        if not args.json:
+            print(f"lifted {len(lifted)} decision{'s' if len(lifted) != 1 else ''}")
         return 0
-    operator = Operator.from_config(cfg)
-    revoked = operator.unban(args.key, dimension=args.dimension)
-    if not revoked:
-        print(f"no active decision on {args.key}")
+    if not lifted:
+        if not args.json:
+            print(f"no active decision on {args.key}")
         return 1
-    for d in revoked:
-        print(f"lifted {d.action} {d.dimension} {d.key} (decision {d.id})")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .operator import decision_rows
+    from .listing import RowFilter, empty_message, format_table, parse_ip, row_json
 
+    try:
+        wanted = RowFilter(parse_ip(args.ip) if args.ip else None, args.dimension,
+                           args.action, args.origin)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     cfg = _load_config(args)
     answer = _ask_daemon(cfg, "list", all=args.all)
     if answer is not _NO_DAEMON:
-        if args.json:
-            print(json.dumps(answer, indent=1))
-        else:
-            _print_decision_rows(answer)
-        return 0
-    from .engine.ledger import Ledger
-    from .operator import open_ledger
-
-    ledger = open_ledger(cfg.state, create=False)  # listing never creates a database
-    if ledger is None:
-        print(f"smtpguard-logwatch: no state database at {cfg.state}: nothing decided yet",
-              file=sys.stderr)
-        ledger = Ledger()
-    decisions = list(ledger.all()) if args.all else ledger.active(time.time())
-    if args.json:
-        print(json.dumps([decision_json(d) | {"id": d.id, "revoked": iso(d.revoked)}
-                          for d in decisions], indent=1))
+        rows = answer
     else:
-        for row in decision_rows(decisions):
-            print(row)
+        from .engine.ledger import Ledger
+        from .operator import open_ledger
+
+        ledger = open_ledger(cfg.state, create=False)  # listing never creates a database
+        if ledger is None:
+            print(f"smtpguard-logwatch: no state database at {cfg.state}: nothing decided "
+                  "yet", file=sys.stderr)
+            ledger = Ledger()
+        now = time.time()
+        rows = [row_json(d, now) for d in
+                (list(ledger.all()) if args.all else ledger.active(now))]
+    rows = [r for r in rows if wanted.matches(r)]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print(empty_message(every=args.all, filtered=wanted.active))
+    else:
+        for line in format_table(rows, status=args.all):
+            print(line)
     return 0
 
 
@@ -361,6 +436,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
                          "the logs named in [logs] files of one; give --config FILE")
     if not cfg.logs:
         raise UsageError(f"{cfg.path}: [logs] files is empty: nothing to scan")
+    if args.metrics_file is not None:
+        cfg.metrics.textfile = args.metrics_file
     try:
         result = run_scan(cfg, progress=_wants_progress(args))
     except ScanBusy as exc:
@@ -369,6 +446,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except ScanFailed as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return 1
+    if args.json:
+        print(json.dumps({
+            "lines": result.lines, "cut": result.cut,
+            "decisions": [decision_json(d) | {"id": d.id, "stale": d.id in result.stale}
+                          for d in result.decisions],
+            "unenforced": result.unenforced, "errors": result.errors}, indent=1))
+        return 1 if result.errors or result.unenforced else 0
     stale = f" ({len(result.stale)} stale, not enforced)" if result.stale else ""
     print(f"scan: {result.lines} lines ({result.cut} cut at {MAX_LINE} characters), "
           f"{len(result.decisions)} decisions{stale}")
@@ -433,9 +517,13 @@ def _daemon_answer(args: argparse.Namespace, command: str, **request: Any) -> An
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .metrics_table import format_figures
     from .simulation import describe_mode
 
-    answer = _daemon_answer(args, "status")
+    cfg = _load_config(args)
+    answer = _ask_daemon(cfg, "status")
+    if answer is _NO_DAEMON:
+        return _status_from_database(cfg, args.json)
     if args.json:
         print(json.dumps(answer, indent=1))
         return 0
@@ -466,7 +554,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  store keys {answer['store_keys']}; reloads {answer['reloads']}"
           + (f"; LAST RELOAD REFUSED: {answer['last_reload_error']}"
              if answer["last_reload_error"] else ""))
+    if answer.get("metrics_url"):
+        print(f"  metrics served on {answer['metrics_url']}")
+    print()
+    print(format_figures(answer["metrics"]), end="")
     return 0
+
+
+def _status_from_database(cfg, as_json: bool) -> int:
+    """No daemon: the figures its (or scan's) last checkpoint saved, read-only; exit
+    status 3 all the same (LSB: not running), and the reason on stderr."""
+    import sqlite3
+    import time
+
+    from .metrics import from_database
+    from .metrics_table import format_figures
+
+    print(f"smtpguard-logwatch: no daemon answers on {cfg.control_socket}", file=sys.stderr)
+    try:
+        figures = from_database(cfg.state, now=time.time())
+    except sqlite3.Error as exc:
+        print(f"smtpguard-logwatch: cannot read the state database {cfg.state}: {exc}",
+              file=sys.stderr)
+        return 3
+    if figures is None:
+        print(f"smtpguard-logwatch: no state database at {cfg.state} either",
+              file=sys.stderr)
+        return 3
+    if as_json:
+        print(json.dumps({"running": False, "metrics": figures.as_json()}, indent=1))
+    else:
+        print(format_figures(figures.as_json()), end="")
+    return 3
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -502,7 +621,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if answer is not _NO_DAEMON:
         reports, errors = answer["reports"], answer["errors"]
         unenforced = answer.get("unenforced", [])
-        for error in errors:
+        for error in errors if not args.json else []:
             print(f"smtpguard-logwatch: {error}", file=sys.stderr)
     else:
         operator = Operator.from_config(cfg)
@@ -512,6 +631,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         unenforced = [f"decision {d.id} ({d.action} {d.dimension} {d.key}): "
                       f"{operator.nobody_carries_out(d)}"
                       for d in operator.unenforceable(operator.active())]
+    if args.json:
+        print(json.dumps({"reports": reports, "errors": list(errors),
+                          "unenforced": unenforced}, indent=1))
+        return 1 if errors or unenforced else 0
     for line in unenforced:
         print(f"smtpguard-logwatch: NOT ENFORCED: {line}", file=sys.stderr)
     for name, report in reports.items():
@@ -603,6 +726,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                          ) from None
     engine = _engine(rules, warmup) if rules else None
     other = _engine(args.compare, warmup) if args.compare else None
+    tracer = _html_tracer(args, engine)
     ordered = chronological(sources, make_clock)
     counts = Counts()
     sinks = [e.consume for e in (engine, other) if e is not None]
@@ -634,6 +758,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         progress.end(pipeline.stats)
     decisions = list(engine.decisions()) if engine is not None else []
     other_decisions = list(other.decisions()) if other is not None else []
+    if args.html:
+        _write_replay_html(args, [s.name for s in ordered], rules, pipeline.stats, counts,
+                           decisions, tracer, other_decisions)
     if args.json:
         tail: dict[str, Any] = {"files": [s.name for s in ordered], "rules": rules,
                                 "decisions": [decision_json(d) for d in decisions]}
@@ -654,7 +781,75 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _html_tracer(args: argparse.Namespace, engine: Engine | None):
+    """With --html: sample the run-up to each decision for the sparklines (nothing is
+    added to the per-event path)."""
+    if not args.html:
+        return None
+    where = os.path.dirname(os.path.abspath(args.html))
+    if not os.path.isdir(where):  # say so before reading the logs, not after
+        raise UsageError(f"--html {args.html}: no directory {where}")
+    if args.top < 1:
+        raise UsageError(f"--top must be at least 1, not {args.top}")
+    if engine is None:
+        return None
+    from .report_sources import OFFENDERS
+    from .report_trace import Tracer
+
+    tracer = Tracer(engine.store, lambda: engine.ruleset, keep=OFFENDERS,
+                    since=lambda: engine.watch_start)
+    engine.on_decision = tracer.on_decision
+    return tracer
+
+
+def _write_replay_html(args: argparse.Namespace, files, rules, stats, counts, decisions,
+                       tracer, other_decisions) -> None:
+    from .report_sources import ReportError, replay_report, write_report
+
+    if tracer is not None:
+        tracer.finish(stats.last_time)
+    data = replay_report(files=files, rules=rules, stats=stats, counts=counts,
+                         decisions=decisions, tracer=tracer, top=args.top,
+                         compare_rules=args.compare, compare_decisions=other_decisions)
+    try:
+        size = write_report(args.html, data)
+    except ReportError as exc:
+        raise OperatorError(str(exc)) from None
+    print(f"smtpguard-logwatch: wrote {args.html} ({size:,} bytes)", file=sys.stderr)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report_sources import ReportError, state_report, write_report
+    from .state import rules_of
+
+    if not args.days > 0 or args.days > 3650:
+        raise UsageError(f"--days must be more than 0 and at most 3650, not {args.days:g}")
+    if args.top < 1:
+        raise UsageError(f"--top must be at least 1, not {args.top}")
+    cfg = _load_config(args)
+    try:
+        data = state_report(cfg, rules_of(cfg), days=args.days, top=args.top)
+        status = _ask_daemon(cfg, "status")  # only a running daemon counts lines
+        if status is not _NO_DAEMON:
+            data.lines = {k: v for k, v in status["lines"].items() if isinstance(v, int)}
+            data.notes.append(f"Line counts are the running daemon's, since it started "
+                              f"{status['started']}.")
+        size = write_report(args.html, data)
+    except ReportError as exc:
+        raise OperatorError(str(exc)) from None
+    n = len(data.decisions)
+    print(f"wrote {args.html} ({size:,} bytes): {n} decision{'' if n == 1 else 's'} in the "
+          f"last {args.days:g} day(s)")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.config is not None or args.json:
+        from .configcheck import run_check
+
+        return run_check(args.config, args.rules, as_json=args.json)
+    if not args.rules:
+        raise UsageError("check: give rule files (RULES) or --config FILE")
     return check_main(args.rules)  # @default and paths shown as given
 
 
@@ -676,13 +871,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for source in (source_for(f) for f in args.files):
         feeds.append((source.name, iter_lines(source), make_clock(source)))
     return explain_lines(feeds, sys.stdout, parsers=_parser_names(args), options=_options(args),
-                         only_unparsed=args.only_unparsed, as_json=args.json)
+                         only_unparsed=args.only_unparsed, as_json=args.json,
+                         rule_feeds=_rule_feeds(args))
+
+
+def _rule_feeds(args: argparse.Namespace):
+    """explain: the index saying which rules an event feeds, or None (--no-rules)."""
+    from .rulefeed import RuleFeeds
+
+    if args.no_rules:
+        if args.rules:
+            raise UsageError("explain: --rules and --no-rules exclude each other")
+        return None
+    return RuleFeeds(load_rules(args.rules or [DEFAULT_RULES_TOKEN]))  # @default as given
 
 
 COMMANDS = {
     "replay": cmd_replay, "explain": cmd_explain, "check": cmd_check, "ban": cmd_ban,
     "unban": cmd_unban, "list": cmd_list, "reconcile": cmd_reconcile, "scan": cmd_scan,
     "snippet": cmd_snippet, "run": cmd_run, "status": cmd_status, "reload": cmd_reload,
+    "report": cmd_report,
 }
 
 

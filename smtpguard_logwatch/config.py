@@ -78,6 +78,7 @@ class Config:
     widest_prefix: dict[int, int] = field(default_factory=lambda: dict(DEFAULT_WIDEST_PREFIX))
     """IP version -> the widest prefix a decision may cover ([enforcement])."""
     daemon: DaemonSettings = field(default_factory=lambda: DaemonSettings())
+    metrics: MetricsSettings = field(default_factory=lambda: MetricsSettings())
 
     @property
     def dry_run(self) -> bool:
@@ -98,7 +99,7 @@ class DaemonSettings:
     on_stop: str = "keep"  # keep | remove: enforcement left in place on SIGTERM or not
     keep_decisions: float = 90 * 86400.0  # ledger rows older than this are pruned
     digest: str | None = None  # "HH:MM": daily summary mail at this local time
-    journal: bool = False  # also follow the systemd journal
+    journal: bool | str = False  # also follow the systemd journal; "auto": see follows_journal
     journal_directory: str | None = None  # journal files elsewhere than the system's
     journal_match: list[str] = field(default_factory=lambda: [
         "SYSLOG_IDENTIFIER=postfix/smtpd", "SYSLOG_IDENTIFIER=postfix/cleanup",
@@ -107,6 +108,17 @@ class DaemonSettings:
         "SYSLOG_IDENTIFIER=postfix/virtual", "SYSLOG_IDENTIFIER=postfix/submission/smtpd",
         "SYSLOG_IDENTIFIER=postfix/smtps/smtpd", "SYSLOG_IDENTIFIER=postfix/postscreen",
         "SYSLOG_IDENTIFIER=exim", "SYSLOG_IDENTIFIER=sendmail", "SYSLOG_IDENTIFIER=sm-mta"])
+
+
+@dataclass
+class MetricsSettings:
+    """``[metrics]``: the daemon's Prometheus endpoint (off unless ``listen`` is set;
+    loopback only unless ``allow_remote``) and the file ``scan`` writes for
+    node-exporter's textfile collector (see metrics.py)."""
+
+    listen: str | None = None  # "127.0.0.1:9817"
+    allow_remote: bool = False
+    textfile: str | None = None  # e.g. /var/lib/prometheus/node-exporter/smtpguard.prom
 
 
 # table -> {key: (type check, converter)}
@@ -138,6 +150,12 @@ def _boolean(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError("expected true or false")
     return v
+
+
+def _journal_setting(v: Any) -> bool | str:
+    if isinstance(v, bool) or v == "auto":
+        return v
+    raise ValueError('expected true, false or "auto"')
 
 
 def _choice(*allowed: str):
@@ -183,8 +201,9 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                "reconcile": parse_duration, "watch": _choice("auto", "inotify", "poll"),
                "poll_interval": parse_duration,
                "first_start": _choice("beginning", "end"), "on_stop": _choice("keep", "remove"),
-               "keep_decisions": parse_duration, "digest": _clock_time, "journal": _boolean,
+               "keep_decisions": parse_duration, "digest": _clock_time, "journal": _journal_setting,
                "journal_match": _str_list, "journal_directory": _string},
+    "metrics": {"listen": _string, "allow_remote": _boolean, "textfile": _string},
 }
 
 
@@ -251,7 +270,18 @@ def config_from_dict(raw: dict[str, Any], path: str = "<config>") -> Config:
                     raise ConfigError(f"{path}: {exc}") from None
             _assign(cfg, table, key, converted)
     _dry_run_alias(cfg, raw.get("enforcement"), path)
+    _check_metrics(cfg, path)
     return cfg
+
+
+def _check_metrics(cfg: Config, path: str) -> None:
+    from .metrics import ListenError, parse_listen
+
+    if cfg.metrics.listen is not None:
+        try:
+            parse_listen(cfg.metrics.listen, allow_remote=cfg.metrics.allow_remote)
+        except ListenError as exc:
+            raise ConfigError(f"{path}: [metrics] listen {exc}") from None
 
 
 def _dry_run_alias(cfg: Config, table: Any, path: str) -> None:
@@ -285,6 +315,8 @@ def _assign(cfg: Config, table: str, key: str, value: Any) -> None:
         cfg.widest_prefix[int(key[-1])] = value
     elif table == "daemon":
         setattr(cfg.daemon, key, value)
+    elif table == "metrics":
+        setattr(cfg.metrics, key, value)
     elif (table, key) == ("enforcement", "dry_run"):
         pass  # see _dry_run_alias
     else:

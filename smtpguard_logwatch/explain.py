@@ -13,6 +13,7 @@ from .events import Event, kind_of
 from .parsers.base import ParserOptions
 from .pipeline import Pipeline
 from .report import iso
+from .rulefeed import RuleFeeds
 
 
 def describe_event(ev: Event) -> str:
@@ -93,10 +94,12 @@ def explain_iter(feeds: Iterable[tuple[str, Iterable[str], Clock]], *,
 
 def explain_lines(feeds: Iterable[tuple[str, Iterable[str], Clock]], out: TextIO, *,
                   parsers: list[str] | None = None, options: ParserOptions | None = None,
-                  only_unparsed: bool = False, as_json: bool = False) -> int:
+                  only_unparsed: bool = False, as_json: bool = False,
+                  rule_feeds: RuleFeeds | None = None) -> int:
     """Print each line with its events (text, or with ``as_json`` one JSON document:
     ``{"lines": [...], "at_end": [...]}``, streamed line by line so a large file needs
-    no memory); returns 0, or 1 if any MTA line was unparsed."""
+    no memory); returns 0, or 1 if any MTA line was unparsed. With ``rule_feeds``,
+    each event also says which rules read what it counts (``feeds`` in JSON)."""
     any_unparsed = False
     at_end: list[Event] = []
     if as_json:
@@ -107,12 +110,17 @@ def explain_lines(feeds: Iterable[tuple[str, Iterable[str], Clock]], out: TextIO
         if only_unparsed and item.outcome != "unparsed":
             continue
         if as_json:
-            out.write(("\n " if first else ",\n ") + json.dumps(item.as_json()))
+            data = item.as_json()
+            if rule_feeds is not None:
+                data["feeds"] = [f.as_json() for ev in item.events
+                                 for f in rule_feeds.feeds(ev)]
+            out.write(("\n " if first else ",\n ") + json.dumps(data))
             first = False
             continue
         out.write(f"{item.source}:{item.number}: {item.line}\n")
         for ev in item.events:
             out.write(f"  -> {describe_event(ev)}\n")
+            _write_feeds(out, rule_feeds, ev)
         if item.why is not None:
             out.write(f"  -- {item.why}\n")
     if as_json:
@@ -121,4 +129,14 @@ def explain_lines(feeds: Iterable[tuple[str, Iterable[str], Clock]], out: TextIO
     else:
         for ev in at_end:
             out.write(f"  (at end of input) -> {describe_event(ev)}\n")
+            _write_feeds(out, rule_feeds, ev)
     return 1 if any_unparsed else 0
+
+
+def _write_feeds(out: TextIO, rule_feeds: RuleFeeds | None, ev: Event) -> None:
+    """``     feeds: client_ip 192.0.2.9 rejects -> burst; …`` under an event."""
+    if rule_feeds is None:
+        return
+    fed = rule_feeds.feeds(ev)
+    out.write(f"     feeds: {'; '.join(map(str, fed))}\n" if fed
+              else "     feeds no rule\n")

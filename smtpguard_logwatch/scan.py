@@ -25,6 +25,7 @@ from .actions.enforcer import Enforcer
 from .config import Config
 from .engine.ledger import Decision
 from .follow import FollowWarning, LogCursor, Position
+from .metrics import Figures, snapshot
 from .progress import ByteMeter, Progress
 from .state import State, StateLock
 from .state import StateBusy as ScanBusy  # the name other modules and tests import
@@ -50,6 +51,8 @@ class ScanResult:
     """Ids of decisions that ended before the scan read their lines: not enforced."""
     unenforced: list[str] = field(default_factory=list)
     """One line per new decision no configured action can carry out."""
+    figures: Figures | None = None
+    """The metrics after this run (counters since the state database was made)."""
 
 
 def run_scan(cfg: Config, *, clock: Callable[[], float] = time.time,
@@ -63,7 +66,22 @@ def run_scan(cfg: Config, *, clock: Callable[[], float] = time.time,
             _scan(cfg, state, result, clock, actions, progress)
         finally:
             state.close()
-        return result
+    if cfg.metrics.textfile and result.figures is not None:
+        _write_textfile(cfg.metrics.textfile, result)
+    return result
+
+
+def _write_textfile(path: str, result: ScanResult) -> None:
+    """The metrics for node-exporter's textfile collector; a failure is an error of
+    the run (exit 1), not a traceback."""
+    from .metrics_prom import write_textfile
+
+    try:
+        write_textfile(path, result.figures)
+    except OSError as exc:
+        message = f"metrics file {path}: {exc.strerror or exc}"
+        log.error("%s", message)
+        result.errors.append(message)
 
 
 def _unread(path: str, start: Position | None) -> tuple[os.stat_result | None, int]:
@@ -122,6 +140,10 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
         enforcer.apply(decision)
     enforcer.reconcile(state.ledger.active(now), now)
     result.errors = enforcer.errors
+    state.action_failures = enforcer.failures
+    state.save_tally()  # the action errors of this run, and the checkpoint's duration
+    names = [getattr(a, "name", str(a)) for a in enforcer.actions]
+    result.figures = snapshot(state, origin="scan", now=now, sources=cfg.logs, backends=names)
 
 
 def _metered(lines: Iterator[tuple[str, Position]], file: tuple[int, int], offset: int,

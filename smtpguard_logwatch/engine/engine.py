@@ -100,6 +100,7 @@ class EngineStats:
     skipped_allowlisted: int = 0
     breaker_trips: int = 0
     by_action: dict[str, int] = field(default_factory=dict)
+    by_type: dict[type, int] = field(default_factory=dict)  # events per class (metrics)
 
 
 class Engine:
@@ -192,7 +193,9 @@ class Engine:
 
     def consume(self, ev: Event) -> None:
         """Take one event (the pipeline's sink)."""
-        self.stats.events += 1
+        stats = self.stats
+        stats.events += 1
+        stats.by_type[ev.__class__] = stats.by_type.get(ev.__class__, 0) + 1
         now = ev.time
         if self.watch_start is None:
             self.watch_start = now
