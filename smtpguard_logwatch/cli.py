@@ -88,11 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true",
                         help="print one JSON object with every key instead of the summary")
     replay.add_argument("--top", type=int, default=5, metavar="N",
-                        help="rows per top-talker table (default 5)")
+                        help="rows per top-talker table (1-1000000; default 5)")
     _add_progress_options(replay)
     replay.add_argument("--rules", action="append", metavar="FILE",
-                        help="rule file(s) to decide with (repeatable; default: the shipped "
-                             "default.rules)")
+                        help="rule file(s) to decide with (repeatable; default: @default, "
+                             "the shipped default.rules)")
     replay.add_argument("--no-rules", action="store_true",
                         help="only count: decide nothing")
     replay.add_argument("--compare", action="append", metavar="FILE",
@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "with a key's past only build history (default 1h; rules "
                              "that need no history act from the first line)")
     replay.add_argument("--max-decisions", type=int, default=50, metavar="N",
-                        help="decisions shown in the text timeline (default 50; --json has all)")
+                        help="decisions shown in the text timeline (default 50; 0: only "
+                             "the count by action; --json has all)")
     replay.add_argument("--html", metavar="FILE",
                         help="also write a self-contained HTML report with charts to FILE")
     _add_input_options(replay)

@@ -76,7 +76,8 @@ def write_timeline(out: TextIO, decisions: Iterable[Decision], *, title: str = "
         for line in evidence_lines(d):
             out.write(f"      {line}\n")
     if limit is not None and len(decisions) > limit:
-        out.write(f"  … {len(decisions) - limit} more (use --json for all)\n")
+        more = "more" if shown else "not listed"
+        out.write(f"  … {len(decisions) - limit} {more} (use --json for all)\n")
     by_action = Counter((d.action, d.dimension) for d in decisions)
     out.write("\n  by action:\n")
     for (action, dim), n in sorted(by_action.items()):

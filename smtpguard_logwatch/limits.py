@@ -83,7 +83,8 @@ REASON_LENGTH = 500
 
 CLI_RANGES: dict[str, Range] = {
     "top": Range("--top", 1, 1_000_000, "rows",
-                 "rows per top-talker table; --json has every key", integer=True),
+                 "rows per top-talker table or chart; replay --json has every key",
+                 integer=True),
     "max_decisions": Range("--max-decisions", 0, 10_000_000, "decisions",
                            "0 shows only the count by action; --json has every decision",
                            integer=True),
