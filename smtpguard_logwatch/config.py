@@ -122,14 +122,10 @@ class MetricsSettings:
 
 
 # table -> {key: (type check, converter)}
-DEFAULT_RULES_TOKEN = "@default"
-"""In ``[rules] files``: the shipped default.rules, wherever the package is installed."""
-
-
 def _rule_files(v: Any) -> list[str]:
-    from .rules import default_rules_path
-
-    return [str(default_rules_path()) if f == DEFAULT_RULES_TOKEN else f for f in _str_list(v)]
+    """Kept as written: ``@default`` (the shipped default.rules) is resolved by load_rules,
+    so status, errors and the ledger name it as the admin did, not by its install path."""
+    return _str_list(v)
 
 
 def _str_list(v: Any) -> list[str]:

@@ -24,11 +24,12 @@ from typing import Any, TextIO
 
 from .actions import safefs
 from .actions.base import ActionError, build_actions
-from .config import DEFAULT_RULES_TOKEN, DEFAULT_STATE, Config, ConfigError, load_config
+from .config import DEFAULT_STATE, Config, ConfigError, load_config
 from .counting import DIMENSIONS
 from .engine.ledger import Decision
 from .operator import LEVELS
-from .rules import RuleError, RuleSet, default_rules_path, load_rules
+from .rules import RuleError, RuleSet, load_rules
+from .rules.loader import DEFAULT_RULES_TOKEN
 
 SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 EXIM_CONFIGS = ("/etc/exim4/exim4.conf.template", "/etc/exim4/exim4.conf",
@@ -119,9 +120,8 @@ def _check_state(cfg: Config, report: ConfigReport) -> None:
 
 
 def _check_rules(cfg: Config, report: ConfigReport) -> RuleSet | None:
-    default = str(default_rules_path())
-    files = cfg.rules or [default]
-    report.rules = {"files": [DEFAULT_RULES_TOKEN if f == default else f for f in files]}
+    files = cfg.rules or [DEFAULT_RULES_TOKEN]
+    report.rules = {"files": list(files)}
     try:
         ruleset = load_rules(files)
     except RuleError as exc:
@@ -327,10 +327,8 @@ def check_rules_json(paths: list[str]) -> dict[str, Any]:
     line of the usual FILE:LINE:COLUMN message)."""
     from .rules import describe
 
-    default = str(default_rules_path())
-    files = [default if p == DEFAULT_RULES_TOKEN else p for p in paths]
     try:
-        ruleset = load_rules(files)
+        ruleset = load_rules(paths)  # @default as given
     except RuleError as exc:
         return {"ok": False, "rules": paths, "errors": [str(exc).splitlines()[0]],
                 "warnings": [], "description": None}

@@ -40,7 +40,8 @@ from .follow import load_all as load_positions
 from .follow import save as save_position
 from .metrics import LINE_OUTCOMES, Tally
 from .pipeline import LineStats, Pipeline
-from .rules import RuleSet, default_rules_path, load_rules
+from .rules import RuleSet, load_rules
+from .rules.loader import DEFAULT_RULES_TOKEN
 from .simulation import Simulation
 from .store import FrequencyStore
 
@@ -93,7 +94,7 @@ class StateLock:
 
 def rules_of(cfg: Config) -> RuleSet:
     """The config's rule files, or the shipped defaults when it names none."""
-    return load_rules(cfg.rules or [str(default_rules_path())])
+    return load_rules(cfg.rules or [DEFAULT_RULES_TOKEN])
 
 
 class JournaledLedger(Ledger):

@@ -42,8 +42,9 @@ from ..follow.follower import Item
 from ..metrics import Figures, parse_listen, snapshot
 from ..operator import Operator
 from ..report import iso
-from ..rules import RuleError, default_rules_path
+from ..rules import RuleError
 from ..rules.conditions import fmt_duration
+from ..rules.loader import DEFAULT_RULES_TOKEN
 from ..scan import ScanBusy, StateLock, _report_follow_warning
 from ..state import State, breaker_of, rules_of
 from . import commands
@@ -101,7 +102,7 @@ class Daemon:
             self.state = State(cfg, clock=clock, on_decision=self._fresh.append)
             self.state.engine.on_extend = self._extended.append
             self.state.engine.on_revoke = self._revoked.append
-            self.rule_files = cfg.rules or [str(default_rules_path())]
+            self.rule_files = cfg.rules or [DEFAULT_RULES_TOKEN]
             self.actions = actions if actions is not None else _build_actions(cfg)
             self.enforcer = Enforcer(self.actions, self.state.ruleset.allowlist,
                                      self.state.local)
@@ -486,7 +487,7 @@ class Daemon:
                 self.follower.close()
                 self.follower = self._follower(cfg)
             self.cfg = cfg
-            self.rule_files = cfg.rules or [str(default_rules_path())]
+            self.rule_files = cfg.rules or [DEFAULT_RULES_TOKEN]
             self.reloads += 1
             self.last_reload_error = None
             self._reconcile("reload")
