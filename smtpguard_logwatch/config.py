@@ -46,9 +46,11 @@ def parse_duration(value: str | int | float) -> float:
         return float(value)
     text = str(value).strip().lower()
     try:
-        return parse_duration(float(text))
+        number = float(text)
     except ValueError:
         pass
+    else:
+        return parse_duration(number)  # "-5": says "cannot be negative", not "not a duration"
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 10m, 2h, 1d, 1h30m)")
