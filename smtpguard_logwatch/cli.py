@@ -73,6 +73,9 @@ def _wants_progress(args: argparse.Namespace) -> bool:
     return args.progress or (not args.no_progress and sys.stderr.isatty())
 
 
+DIMENSION_CHOICES = ", ".join(DIMENSIONS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="smtpguard-logwatch", description=DESCRIPTION,
                             formatter_class=MainHelpFormatter)
@@ -84,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read historical logs (plain or .gz, several at once, '-' for "
                     "stdin) in chronological order and print what every source did. "
                     "Never touches a firewall or an MTA.")
-    replay.add_argument("files", nargs="+", metavar="FILE")
+    replay.add_argument("files", nargs="+", metavar="FILE",
+                        help="log files, plain or .gz, any order (- for stdin)")
     replay.add_argument("--json", action="store_true",
                         help="print one JSON object with every key instead of the summary")
     replay.add_argument("--top", type=int, default=5, metavar="N",
@@ -128,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="For each line of FILE (or a single --line), print the event(s) "
                     "it produced, or why it produced none. Lines are joined as in "
                     "replay, so a line may complete an event started earlier.")
-    explain.add_argument("files", nargs="*", metavar="FILE")
+    explain.add_argument("files", nargs="*", metavar="FILE",
+                         help="log files to explain line by line (- for stdin)")
     explain.add_argument("--line", action="append", default=[], metavar="TEXT",
                          help="explain this log line (may be repeated)")
     explain.add_argument("--only-unparsed", action="store_true",
@@ -136,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--key", metavar="KEY",
                          help="instead of log lines: ask the running daemon why KEY (an IP, "
                               "network, sender or SASL user) has its points and penalty")
-    explain.add_argument("--dimension", default=None, choices=list(DIMENSIONS),
-                         help="with --key: what KEY is (default: guessed from its form)")
+    explain.add_argument("--dimension", default=None, choices=list(DIMENSIONS), metavar="DIM",
+                         help=f"with --key: what KEY is ({DIMENSION_CHOICES}; default: "
+                              "guessed from its form)")
     explain.add_argument("--json", action="store_true",
                          help="print JSON: for log lines one object {lines: [...], "
                               "at_end: [...]}, each line with its events or why none")
@@ -159,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Record a manual decision on KEY (an IP, a CIDR network, a sender "
                     "address or a SASL user) and apply it through the configured actions. "
                     "Allow-listed keys, loopback and this host cannot be banned.")
-    ban.add_argument("key", metavar="KEY")
+    ban.add_argument("key", metavar="KEY",
+                     help="an IP address, a network (CIDR), a sender address or a SASL user")
     ban.add_argument("--for", dest="duration", default="1h", metavar="DURATION",
                      help="how long (default 1h; 0 for no end)")
     ban.add_argument("--action", default="refuse",
@@ -167,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what to do (default refuse)")
     ban.add_argument("--argument", default=None, metavar="N",
                      help="seconds for delay (1-300), messages per minute for throttle")
-    ban.add_argument("--dimension", default=None, choices=list(DIMENSIONS),
-                     help="what KEY is (default: guessed from its form)")
+    ban.add_argument("--dimension", default=None, choices=list(DIMENSIONS), metavar="DIM",
+                     help=f"what KEY is ({DIMENSION_CHOICES}; default: guessed from its form)")
     ban.add_argument("--reason", default="", help="recorded in the ledger")
     add_config(ban)
     ban.add_argument("--json", action="store_true",
@@ -180,8 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "in the configured actions. An address that is only covered by a "
                     "network decision is not lifted: the network is named, exit status 1. "
                     "--all --yes lifts every active decision and says how many.")
-    unban.add_argument("key", metavar="KEY", nargs="?")
-    unban.add_argument("--dimension", default=None, choices=list(DIMENSIONS))
+    unban.add_argument("key", metavar="KEY", nargs="?",
+                       help="the key whose decisions are lifted (not with --all)")
+    unban.add_argument("--dimension", default=None, choices=list(DIMENSIONS), metavar="DIM",
+                       help=f"what KEY is ({DIMENSION_CHOICES}; default: guessed from its "
+                            "form)")
     unban.add_argument("--all", action="store_true",
                        help="lift every active decision (needs --yes)")
     unban.add_argument("--yes", action="store_true", help="confirm --all")
@@ -194,17 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the decisions in force, from the running daemon or the ledger. "
                     "--json prints a list of objects with the keys of replay's decisions "
                     "plus id and status (active, expired, revoked, told).")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true",
+                         help="print the decisions as a JSON list")
     listing.add_argument("--all", action="store_true",
                          help="also expired and revoked ones (with a STATUS column)")
     listing.add_argument("--ip", default=None, metavar="ADDR",
                          help="only decisions on this address (or network) and on "
                               "networks containing it")
-    listing.add_argument("--dimension", default=None, choices=list(DIMENSIONS))
+    listing.add_argument("--dimension", default=None, choices=list(DIMENSIONS), metavar="DIM",
+                         help=f"only decisions on keys of this kind ({DIMENSION_CHOICES})")
     listing.add_argument("--action", default=None,
-                         choices=["notify", "delay", "throttle", "defer", "hold", "refuse"])
+                         choices=["notify", "delay", "throttle", "defer", "hold", "refuse"],
+                         help="only decisions with this action")
     listing.add_argument("--origin", default=None,
-                         choices=["rule", "manual", "breaker", "unproven"])
+                         choices=["rule", "manual", "breaker", "unproven"],
+                         help="only decisions made this way (unproven: held back to "
+                              "notify by an 'enforce only where' clause)")
     add_config(listing)
 
     scan = sub.add_parser(
@@ -257,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(lines per source, events, decisions, rules, actions). Without a "
                     "running daemon: the metrics saved by the last checkpoint of the "
                     "daemon or scan, read from the state database, and exit status 3.")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true",
+                        help="print the figures as one JSON object")
     add_config(status)
 
     reload = sub.add_parser("reload", help="make the running daemon re-read config and rules",
@@ -284,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the lines to add to the MTA's configuration so that it "
                     "consults the files this tool maintains. The tool never edits the "
                     "MTA's configuration itself.")
-    snippet.add_argument("mta", choices=["postfix", "exim", "sendmail"])
+    snippet.add_argument("mta", choices=["postfix", "exim", "sendmail"],
+                         help="the MTA whose configuration is printed")
     add_config(snippet)
     return parser
 

@@ -207,3 +207,15 @@ def test_rules_are_named_as_the_user_gave_them(tmp_path: Path) -> None:
                    cwd=tmp_path)
     assert relative.returncode == 1
     assert relative.stderr.startswith("broken.rules:3:")
+
+
+def test_every_argument_of_every_command_says_what_it_is() -> None:
+    """A newcomer reads --help (and the man page built from it): no bare KEY or --json."""
+    from smtpguard_logwatch.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [f"{name} {action.option_strings or action.dest}"
+            for name, sub in commands.choices.items() for action in sub._actions
+            if not isinstance(action, argparse._HelpAction) and not action.help]
+    assert bare == []
