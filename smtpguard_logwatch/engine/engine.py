@@ -37,7 +37,7 @@ from ..store import FrequencyStore
 from .breaker import CircuitBreaker
 from .ledger import Decision, Ledger
 from .local import LocalNetworks
-from .observe import event_keys, observe
+from .observe import event_keys, observe, wanted_distinct
 from .points import Scores
 
 DEFAULT_MIN_HISTORY = 86400.0  # a key needs a day of history before "x usual" applies
@@ -177,6 +177,8 @@ class Engine:
                       for rule in ruleset.rules
                       if rule.cap_action is not None and rule.dimension in ruleset.ladders}
         self._needed = needed
+        self._wanted = wanted_distinct((d, m[len(DISTINCT):]) for d, ms in needed.items()
+                                       for m in ms if m.startswith(DISTINCT))
         self._distinct_history = {k: sorted(set(v)) for k, v in history.items()}
         self._rules_for = rules_for
         self._candidate_cache: dict[tuple[str, ...], tuple[Rule, ...]] = {}
@@ -200,7 +202,7 @@ class Engine:
             self.housekeeping(now)
         if self._enforced:
             self._extend_on_activity(ev, now)
-        adds, members = observe(ev)
+        adds, members = observe(ev, self._wanted)
         if not adds and not members:
             return
         needed = self._needed

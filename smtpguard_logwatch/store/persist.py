@@ -33,7 +33,7 @@ import sys
 from array import array
 from typing import TYPE_CHECKING
 
-from .buckets import Geometry, Resolution, Series
+from .buckets import NO_BUCKET, Geometry, Resolution, Series
 from .distinct import MemberSet
 
 if TYPE_CHECKING:
@@ -266,6 +266,7 @@ def load(cls: type[FrequencyStore], conn: sqlite3.Connection, **kwargs) -> Frequ
         rec.first = first
         rec.id = kid
         rec.dirty = False
+        rec.due = NO_BUCKET
         recs[kid] = rec
     entries = 0
     dcap = store.distinct_cap
