@@ -47,6 +47,8 @@ DEFAULT_FLOOR = 1.0
 DISTINCT = "#"
 ENFORCING = frozenset({"delay", "throttle", "defer", "hold", "refuse"})
 _RANK = {a: i for i, a in enumerate(ACTION_ORDER)}
+# distinct metric name -> its store name (observe's few fixed names)
+_PREFIXED: dict[str, str] = {}
 
 
 class KeyViewOverStore:
@@ -143,7 +145,9 @@ class Engine:
     def set_rules(self, ruleset: RuleSet) -> None:
         """Use new rules (after a reload); counts and points are kept."""
         self.ruleset = ruleset
-        self._allow_cache: dict[tuple[str, str], bool] = {}
+        # dimension -> key -> allowlisted (per dimension: no (dimension, key) tuple per
+        # key held, nor built per evaluation)
+        self._allow_cache: dict[str, dict[str, bool]] = {}
         dims = set(ruleset.dimensions()) | set(ruleset.ladders)
         self.scores._half_life = {d: ruleset.half_life(d) for d in dims} | {
             "*": ruleset.half_life("*")}
@@ -213,8 +217,11 @@ class Engine:
             if wanted is not None and metric in wanted:
                 store.add(d, k, metric, now, n)
                 touched.setdefault((d, k), []).append(metric)
+        prefixed = _PREFIXED
         for d, k, name, member in members:
-            metric = DISTINCT + name
+            metric = prefixed.get(name)
+            if metric is None:  # one string per name, not one per key held
+                metric = prefixed[name] = DISTINCT + name
             wanted = needed.get(d)
             if wanted is not None and metric in wanted:
                 before = store.add_member(d, k, metric, member, now)
@@ -300,13 +307,15 @@ class Engine:
     def is_allowlisted(self, dimension: str, key: str) -> bool:
         """No rule may score these: the rule files' allowlist, loopback and this host.
         Answers are cached: the same few keys come back event after event."""
-        cache = self._allow_cache
-        answer = cache.get((dimension, key))
+        cache = self._allow_cache.get(dimension)
+        if cache is None:
+            cache = self._allow_cache[dimension] = {}
+        answer = cache.get(key)
         if answer is None:
             answer = self._allowlisted_uncached(dimension, key)
             if len(cache) >= 65536:
                 cache.clear()
-            cache[(dimension, key)] = answer
+            cache[key] = answer
         return answer
 
     def _allowlisted_uncached(self, dimension: str, key: str) -> bool:

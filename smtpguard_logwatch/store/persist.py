@@ -139,15 +139,11 @@ def unpack_members(data: bytes) -> MemberSet:
     off += 8 * n
     lengths = _from_le(_u32_array([]).typecode, data[off:off + 4 * n])
     off += 4 * n
-    ms = MemberSet()
-    d = ms.last
+    d: dict[str, float] = {}
     for t, ln in zip(times, lengths, strict=True):
         d[data[off:off + ln].decode("utf-8", "surrogatepass")] = t
         off += ln
-    if d:
-        vals = list(d.values())
-        ms.ordered = all(a <= b for a, b in zip(vals, vals[1:], strict=False))
-        ms.tail = vals[-1] if ms.ordered else max(vals)
+    ms = MemberSet.from_sightings(d)
     return ms
 
 

@@ -346,18 +346,13 @@ class FrequencyStore:
                         if t < due:
                             due = t
                     else:
-                        members = s.last
-                        s.prune(drop0)
-                        if s.last is not members:
+                        if s.prune(drop0):
                             rec.dirty = True
-                        if not s.last:
+                        oldest = s.oldest()
+                        if oldest is None:
                             dead = [metric] if dead is None else [*dead, metric]
-                        else:
-                            # after prune the map is in sighting order: first = oldest
-                            t = (next(iter(s.last.values())) if s.ordered
-                                 else min(s.last.values())) + stay_last
-                            if t < due:
-                                due = t
+                        elif oldest + stay_last < due:
+                            due = oldest + stay_last
                 rec.due = due
                 if dead is not None:
                     for metric in dead:
