@@ -73,9 +73,9 @@ class KeyViewOverStore:
                                                             window, self.now)
         return value
 
-    def distinct(self, metric: str, window: float) -> int:
+    def distinct(self, metric: str, window: float, limit: int | None = None) -> int:
         return self.store.distinct(self.dimension, self.key, DISTINCT + metric, window,
-                                   self.now)
+                                   self.now, limit)
 
     def baseline(self, metric: str, window: float,
                  min_history: float | None = None) -> float | None:

@@ -144,12 +144,13 @@ class MemberSet:
         d = self._d
         if d is None:
             return 1 if self._one is not None and self.tail >= first_b and cap >= 1 else 0
-        if self.ordered:
-            n = len(d)
-            for i, b in enumerate(reversed(d.values())):
-                if b < first_b:
-                    n = i
-                    break
+        if self.ordered:  # newest first, up to the first one outside (or the cap)
+            n = 0
+            for b in reversed(d.values()):
+                if b < first_b or n >= cap:
+                    return n
+                n += 1
+            return n
         else:
             n = sum(1 for b in d.values() if b >= first_b)
         return n if n < cap else cap

@@ -403,9 +403,11 @@ class FrequencyStore:
         w = self._w0  # a series that is just its head
         return s.v if (now - window) // w < s.b <= now // w else 0.0
 
-    def distinct(self, dimension: str, key: str, metric: str, window: float, now: float) -> int:
+    def distinct(self, dimension: str, key: str, metric: str, window: float, now: float,
+                 limit: int | None = None) -> int:
         """Distinct members seen in buckets starting after ``now - window`` (same bucket
-        rule as :meth:`count`), exact up to ``distinct_cap`` and saturating there."""
+        rule as :meth:`count`), exact up to ``distinct_cap`` and saturating there (and
+        at ``limit``, when given: a caller that needs no more stops the count there)."""
         lvl = self._level_of.get(window)
         if lvl is None:
             lvl = self._geo.level_for(window)
@@ -419,7 +421,8 @@ class FrequencyStore:
             raise TypeError(f"metric {metric!r} holds counts; use count")
         geo = self._geo
         w = geo.w[lvl]
-        return ms.count_since(((now - window) // w + 1.0) * geo.r0[lvl], self._dcap)
+        cap = self._dcap if limit is None or limit > self._dcap else limit
+        return ms.count_since(((now - window) // w + 1.0) * geo.r0[lvl], cap)
 
     def baseline(
         self,
