@@ -25,7 +25,7 @@ class View:
         self.calls.append(("count", metric, window))
         return self.counts.get((metric, window), 0)
 
-    def distinct(self, metric: str, window: float) -> int:
+    def distinct(self, metric: str, window: float, limit: int | None = None) -> int:
         self.calls.append(("distinct", metric, window))
         return self.distincts.get((metric, window), 0)
 
@@ -273,3 +273,20 @@ def test_domain_set() -> None:
     assert d.matches("EXAMPLE.com.") and not d.matches("mail.example.com")
     assert d.matches("corp.example") and d.matches("a.b.corp.example")
     assert not d.matches("notcorp.example")
+
+
+def test_a_distinct_count_is_counted_only_as_far_as_its_comparison_needs():
+    """``distinct X in W > 50`` stops walking the member set at 51 (issue 10: replay no
+    slower): for every operator and constant, the cut count compares as the full one."""
+    import operator
+
+    from smtpguard_logwatch.rules.conditions import _enough
+
+    ops = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+           "==": operator.eq, "!=": operator.ne}
+    for name, op in ops.items():
+        for c in (-3.0, -0.5, 0.0, 0.5, 1.0, 2.5, 3.0, 7.0, float("inf")):
+            limit = _enough(name, c)
+            for n in range(12):
+                cut = n if limit is None else min(n, limit)
+                assert op(cut, c) == op(n, c), (name, c, n, limit)
