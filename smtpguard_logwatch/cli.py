@@ -19,14 +19,13 @@ from .config import ConfigError, parse_duration
 from .counting import DIMENSIONS, Counts, write_summary_json
 from .decisions import compare, decision_json, write_compare, write_timeline
 from .envelope import Clock, zone_from_name
-from .events import Event
 from .follow.segment import MAX_LINE
 from .helpformat import ArgumentParser, MainHelpFormatter
 from .limits import CONFIG_RANGES, OutOfRange
 from .operator import OperatorError
 from .parsers import load_parser_classes
 from .parsers.base import ParserOptions
-from .pipeline import Pipeline
+from .pipeline import Pipeline, fan_out
 from .progress import ByteMeter, Progress
 from .report import iso, write_header, write_summary
 from .rules import RuleError, check_main, load_rules
@@ -728,15 +727,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     tracer = _html_tracer(args, engine)
     ordered = chronological(sources, make_clock)
     counts = Counts()
-    sinks = [e.consume for e in (engine, other) if e is not None]
-
-    def fan_out(ev: Event) -> None:
-        counts.consume(ev)
-        for sink in sinks:
-            sink(ev)
-
-    pipeline = Pipeline(fan_out if sinks else counts.consume, parsers=_parser_names(args),
-                        options=_options(args))
+    # One parse feeds the counts and every engine (--compare: both rule sets).
+    sink = fan_out(counts.consume, *(e.consume for e in (engine, other) if e is not None))
+    pipeline = Pipeline(sink, parsers=_parser_names(args), options=_options(args))
     meter = ByteMeter()
     progress = None
     if _wants_progress(args):
