@@ -785,11 +785,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _compare_sidecar(other: Engine | None):
     """The --compare engine in a forked process when a second core can run it beside
     the first engine (sidecar.py); None: feed it in this process."""
+    from .engine import Engine
     from .sidecar import Sidecar, cores
 
     if other is None or cores() < 2:
         return None
-    return Sidecar(other.consume, lambda: list(other.decisions()))
+
+    def start():  # in the child: an engine like ``other``, with its own ledger
+        fresh = Engine(other.ruleset, local=other.local, warmup=other.warmup)
+        return fresh.consume, lambda: list(fresh.decisions())
+
+    return Sidecar(start)
 
 
 def _sidecar_result(sidecar) -> list:

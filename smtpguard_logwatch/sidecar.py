@@ -38,20 +38,24 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-class Sidecar:
-    """``consume`` batches events to the child; ``result()`` ends the stream and
-    returns ``finish(consumer)`` computed in the child (it must be picklable)."""
+Start = Callable[[], tuple[Callable[[Event], None], Callable[[], Any]]]
 
-    def __init__(self, consume: Callable[[Event], None],
-                 finish: Callable[[], Any]) -> None:
+
+class Sidecar:
+    """``start()`` runs in the child and gives (consume, finish): the consumer is made
+    there, after the fork, so nothing it opens (an SQLite ledger) is shared with this
+    process. ``consume`` here batches events to the child; ``result()`` ends the stream
+    and returns what ``finish()`` gave in the child (it must be picklable)."""
+
+    def __init__(self, start: Start) -> None:
         ctx = get_context("fork")
         for stream in (sys.stdout, sys.stderr):  # nothing buffered may be written twice
             stream.flush()
         events_in, events_out = ctx.Pipe(duplex=False)  # (receiving end, sending end)
         result_in, result_out = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
-            target=_serve, args=(events_in, result_out, (events_out, result_in), consume,
-                                 finish), daemon=True)
+            target=_serve, args=(events_in, result_out, (events_out, result_in), start),
+            daemon=True)
         self._proc.start()
         events_in.close()  # the child's ends: a dead child then reads as EOF here
         result_out.close()
@@ -89,6 +93,14 @@ class Sidecar:
         return payload
 
     def _failure(self) -> SidecarError:
+        """Why the child stopped reading: its own error text when it sent one."""
+        try:
+            if self._result.poll(10):
+                ok, payload = pickle.loads(self._result.recv_bytes())
+                if not ok:
+                    return SidecarError(payload)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            pass
         self._proc.join(10)
         return SidecarError(f"the compare process ended (exit status {self._proc.exitcode}) "
                             "before the logs were read")
@@ -101,10 +113,11 @@ class Sidecar:
 
 
 def _serve(events: Connection, result: Connection, parent_ends: tuple[Connection, ...],
-           consume: Callable[[Event], None], finish: Callable[[], Any]) -> None:
+           start: Start) -> None:
     for end in parent_ends:  # so a dead parent reads as EOF here, not as a hang
         end.close()
     try:
+        consume, finish = start()
         while True:
             blob = events.recv_bytes()
             if not blob:

@@ -15,7 +15,7 @@ from smtpguard_logwatch.sidecar import BATCH, Sidecar, SidecarError
 
 def test_every_event_reaches_the_child_in_order_and_the_result_comes_back() -> None:
     seen: list[SessionOpened] = []
-    side = Sidecar(seen.append, lambda: [(e.time, e.ip) for e in seen])
+    side = Sidecar(lambda: (seen.append, lambda: [(e.time, e.ip) for e in seen]))
     events = [SessionOpened(float(i), "mx", f"192.0.2.{i % 250}") for i in range(BATCH * 2 + 7)]
     for ev in events:
         side.consume(ev)
@@ -29,7 +29,7 @@ def test_an_error_in_the_child_is_raised_in_the_parent() -> None:
         if ev.time == 5:
             raise ValueError("bad event five")
 
-    side = Sidecar(consume, lambda: "never")
+    side = Sidecar(lambda: (consume, lambda: "never"))
     for i in range(10):
         side.consume(SessionOpened(float(i), "mx", None))
     with pytest.raises(SidecarError, match="bad event five"):
@@ -37,8 +37,20 @@ def test_an_error_in_the_child_is_raised_in_the_parent() -> None:
     side.close()
 
 
+def test_an_error_starting_the_consumer_is_raised_in_the_parent() -> None:
+    def start():
+        raise OSError("cannot open the ledger")
+
+    side = Sidecar(start)
+    with pytest.raises(SidecarError, match="cannot open the ledger"):
+        for i in range(BATCH * 64):  # the child reads nothing: the pipe fills and breaks
+            side.consume(SessionOpened(float(i), "mx", None))
+        side.result()
+    side.close()
+
+
 def test_a_killed_child_is_an_error_not_an_empty_result() -> None:
-    side = Sidecar(lambda ev: None, lambda: [])
+    side = Sidecar(lambda: (lambda ev: None, lambda: []))
     os.kill(side._proc.pid, signal.SIGKILL)
     side._proc.join(10)
     with pytest.raises(SidecarError, match="ended"):
