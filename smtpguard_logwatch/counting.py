@@ -238,12 +238,18 @@ def _grouped(rows: dict[str, list[int]], group_of: Callable[[str], str | None]
              ) -> Iterator[tuple[str, list[int]]]:
     """Rows summed per group (network of an IP, domain of a sender), in group order:
     only the sorted base keys and one running sum are held, not a table of groups."""
-    keys = sorted((k for k in rows if group_of(k) is not None), key=group_of)
-    for group, members in groupby(keys, key=group_of):
+    canon: dict[str, str] = {}  # one string per group, not one per key being sorted
+
+    def group(key: str) -> str | None:
+        g = group_of(key)
+        return None if g is None else canon.setdefault(g, g)
+
+    keys = sorted((k for k in rows if group(k) is not None), key=group)
+    for group_key, members in groupby(keys, key=group):
         total = _row()
         for key in members:
             _add(total, rows[key])
-        yield group, total  # type: ignore[misc]  # None was filtered out above
+        yield group_key, total  # type: ignore[misc]  # None was filtered out above
 
 
 def _write_rows(out: TextIO, rows: Iterable[tuple[str, list[int]]]) -> None:
