@@ -19,14 +19,13 @@ from .config import ConfigError, parse_duration
 from .counting import DIMENSIONS, Counts, write_summary_json
 from .decisions import compare, decision_json, write_compare, write_timeline
 from .envelope import Clock, zone_from_name
-from .events import Event
 from .follow.segment import MAX_LINE
 from .helpformat import ArgumentParser, MainHelpFormatter
 from .limits import CONFIG_RANGES, OutOfRange
 from .operator import OperatorError
 from .parsers import load_parser_classes
 from .parsers.base import ParserOptions
-from .pipeline import Pipeline
+from .pipeline import Pipeline, fan_out
 from .progress import ByteMeter, Progress
 from .report import iso, write_header, write_summary
 from .rules import RuleError, check_main, load_rules
@@ -746,15 +745,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     tracer = _html_tracer(args, engine)
     ordered = chronological(sources, make_clock)
     counts = Counts()
-    sinks = [e.consume for e in (engine, other) if e is not None]
-
-    def fan_out(ev: Event) -> None:
-        counts.consume(ev)
-        for sink in sinks:
-            sink(ev)
-
-    pipeline = Pipeline(fan_out if sinks else counts.consume, parsers=_parser_names(args),
-                        options=_options(args))
+    # One parse feeds the counts and every engine (--compare: both rule sets; the
+    # second in a forked process on another core when there is one).
+    sinks = [counts.consume] + ([engine.consume] if engine is not None else [])
+    sidecar = _compare_sidecar(other)
+    if other is not None:
+        sinks.append(sidecar.consume if sidecar is not None else other.consume)
+    pipeline = Pipeline(fan_out(*sinks), parsers=_parser_names(args), options=_options(args))
     meter = ByteMeter()
     progress = None
     if _wants_progress(args):
@@ -765,16 +762,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     def at(position: int | None) -> None:
         meter.current = position or 0
 
-    for source in ordered:
-        meter.next_input()
-        lines = iter_lines(source, at if progress is not None else None)
-        pipeline.feed(lines, make_clock(source),
-                      progress=progress.show if progress is not None else None)
-    pipeline.finish()
+    try:
+        for source in ordered:
+            meter.next_input()
+            lines = iter_lines(source, at if progress is not None else None)
+            pipeline.feed(lines, make_clock(source),
+                          progress=progress.show if progress is not None else None)
+        pipeline.finish()
+        other_decisions = (_sidecar_result(sidecar) if sidecar is not None else
+                           list(other.decisions()) if other is not None else [])
+    finally:
+        if sidecar is not None:
+            sidecar.close()
     if progress is not None:
         progress.end(pipeline.stats)
     decisions = list(engine.decisions()) if engine is not None else []
-    other_decisions = list(other.decisions()) if other is not None else []
     if args.html:
         _write_replay_html(args, [s.name for s in ordered], rules, pipeline.stats, counts,
                            decisions, tracer, other_decisions)
@@ -796,6 +798,31 @@ def cmd_replay(args: argparse.Namespace) -> int:
                           ", ".join(rules), ", ".join(args.compare))
         write_summary(sys.stdout, pipeline.stats, counts, top=args.top)
     return 0
+
+
+def _compare_sidecar(other: Engine | None):
+    """The --compare engine in a forked process when a second core can run it beside
+    the first engine (sidecar.py); None: feed it in this process."""
+    from .engine import Engine
+    from .sidecar import Sidecar, cores
+
+    if other is None or cores() < 2:
+        return None
+
+    def start():  # in the child: an engine like ``other``, with its own ledger
+        fresh = Engine(other.ruleset, local=other.local, warmup=other.warmup)
+        return fresh.consume, lambda: list(fresh.decisions())
+
+    return Sidecar(start)
+
+
+def _sidecar_result(sidecar) -> list:
+    from .sidecar import SidecarError
+
+    try:
+        return sidecar.result()
+    except SidecarError as exc:
+        raise OperatorError(f"replay --compare: {exc}") from None
 
 
 def _html_tracer(args: argparse.Namespace, engine: Engine | None):
