@@ -8,7 +8,7 @@ loop) and within a fixed memory budget (target: peak RSS <= 150 MB) however long
 log is; and its counts must equal the truth exactly.
 
     python bench/bench_replay.py [--lines 1000000] [--seed 42] [--keep]
-                                 [--extra-args "--timezone UTC"]
+                                 [--extra-args "--timezone UTC"] [--compare RULES]
 
 The log and its truth are cached in bench/out/ (gitignored), keyed by lines, seed,
 format and a hash of generate_log.py, so a changed generator regenerates them. The
@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 RATIO_TARGET = 5.0
 RSS_TARGET_MB = 150.0
+COMPARE_TARGET = 1.3
 EXAMPLES = 3
 
 
@@ -181,6 +182,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--extra-args", default="", help="more replay arguments (one string)")
     p.add_argument("--no-anomalies", action="store_true",
                    help="a log without injected anomalies (no detection table)")
+    p.add_argument("--compare", metavar="RULES",
+                   help="also time replay --compare RULES (target: <= 1.3 x the replay "
+                        "with the default rules, since the logs are parsed once)")
     p.add_argument("--keep", action="store_true",
                    help="keep the last replay's JSON/stderr in bench/out/ and do not prune "
                         "cached logs of older generator versions")
@@ -258,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
           f"runs {' '.join(f'{x:.2f}' for x in reads)}")
     print_mode("replay --no-rules (count)", lines, best_read, counting)
     print_mode("replay (default rules)", lines, best_read, ruled)
+    if a.compare:
+        compared = best_of(log, [*extra, "--compare", a.compare], a.runs, out_json, err_path)
+        if compared is None:
+            return 2
+        print_mode("replay --compare", lines, best_read, compared)
+        share = min(w for w, _, _ in compared) / min(w for w, _, _ in ruled)
+        print(f"{'compare / replay':<26} {share:7.2f} x   (target <= {COMPARE_TARGET:g})   "
+              f"{'ok' if share <= COMPARE_TARGET else 'MISSED'}")
     print_counts(truth, count_doc)
     if truth.get("anomalies"):
         print_detection(truth, rules_doc)

@@ -28,7 +28,7 @@ class DictView:
     def count(self, metric: str, window: float) -> float:
         return self._c.get((metric, window), 1.0)
 
-    def distinct(self, metric: str, window: float) -> int:
+    def distinct(self, metric: str, window: float, limit: int | None = None) -> int:
         return 1
 
     def baseline(self, metric: str, window: float, min_history: float | None = None):

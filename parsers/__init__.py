@@ -28,15 +28,19 @@ def load_parser_classes(names: list[str] | None = None) -> dict[str, type]:
     """Parser classes by name: built-ins first, then entry points (which may add new
     MTAs but not silently replace a built-in). ``names`` restricts the set."""
     found: dict[str, type] = {}
+    known = list(BUILTIN)  # every name a user may give, loaded or not
     for name, spec in BUILTIN.items():
         if names is None or name in names:
             found[name] = _load(spec)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in found or (names is not None and ep.name not in names):
+        if ep.name in known:
             continue
-        found[ep.name] = ep.load()
+        known.append(ep.name)
+        if names is None or ep.name in names:
+            found[ep.name] = ep.load()
     if names is not None:
         missing = [n for n in names if n not in found]
         if missing:
-            raise ValueError(f"unknown parser(s): {', '.join(missing)}; known: {', '.join(found)}")
+            raise ValueError(f"unknown parser(s): {', '.join(missing)}; "
+                             f"known: {', '.join(known)}")
     return found

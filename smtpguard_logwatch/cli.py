@@ -19,14 +19,17 @@ from .config import ConfigError, parse_duration
 from .counting import DIMENSIONS, Counts, write_summary_json
 from .decisions import compare, decision_json, write_compare, write_timeline
 from .envelope import Clock, zone_from_name
-from .events import Event
 from .follow.segment import MAX_LINE
+from .helpformat import ArgumentParser, MainHelpFormatter
+from .limits import CONFIG_RANGES, OutOfRange
 from .operator import OperatorError
 from .parsers import load_parser_classes
 from .parsers.base import ParserOptions
-from .pipeline import LineStats, Pipeline
-from .report import iso, write_summary
-from .rules import RuleError, check_main, default_rules_path, load_rules
+from .pipeline import Pipeline, fan_out
+from .progress import ByteMeter, Progress
+from .report import iso, write_header, write_summary
+from .rules import RuleError, check_main, load_rules
+from .rules.loader import DEFAULT_RULES_TOKEN
 from .sources import LogSource, SourceError, chronological, iter_lines, source_for
 
 if TYPE_CHECKING:
@@ -55,28 +58,44 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
                    help="forget a queued message idle this long (log time; default 86400)")
 
 
+def _add_progress_options(p: argparse.ArgumentParser) -> None:
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true",
+                       help="a progress line on stderr (lines, rate, and for files the "
+                            "percentage read and the time left) even when stderr is not "
+                            "a terminal; default: only on a terminal")
+    shown.add_argument("--no-progress", action="store_true",
+                       help="no progress line on stderr even when it is a terminal")
+
+
+def _wants_progress(args: argparse.Namespace) -> bool:
+    return args.progress or (not args.no_progress and sys.stderr.isatty())
+
+
+DIMENSION_CHOICES = ", ".join(DIMENSIONS)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="smtpguard-logwatch", description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="smtpguard-logwatch", description=DESCRIPTION,
+                            formatter_class=MainHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
 
     replay = sub.add_parser(
         "replay", help="read historical logs once and summarise them",
         description="Read historical logs (plain or .gz, several at once, '-' for "
                     "stdin) in chronological order and print what every source did. "
                     "Never touches a firewall or an MTA.")
-    replay.add_argument("files", nargs="+", metavar="FILE")
+    replay.add_argument("files", nargs="+", metavar="FILE",
+                        help="log files, plain or .gz, any order (- for stdin)")
     replay.add_argument("--json", action="store_true",
                         help="print one JSON object with every key instead of the summary")
     replay.add_argument("--top", type=int, default=5, metavar="N",
-                        help="rows per top-talker table (default 5)")
-    replay.add_argument("--no-progress", action="store_true",
-                        help="no progress line on stderr even when it is a terminal")
+                        help="rows per top-talker table (1-1000000; default 5)")
+    _add_progress_options(replay)
     replay.add_argument("--rules", action="append", metavar="FILE",
-                        help="rule file(s) to decide with (repeatable; default: the shipped "
-                             "default.rules)")
+                        help="rule file(s) to decide with (repeatable; default: @default, "
+                             "the shipped default.rules)")
     replay.add_argument("--no-rules", action="store_true",
                         help="only count: decide nothing")
     replay.add_argument("--compare", action="append", metavar="FILE",
@@ -87,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "with a key's past only build history (default 1h; rules "
                              "that need no history act from the first line)")
     replay.add_argument("--max-decisions", type=int, default=50, metavar="N",
-                        help="decisions shown in the text timeline (default 50; --json has all)")
+                        help="decisions shown in the text timeline (default 50; 0: only "
+                             "the count by action; --json has all)")
+    replay.add_argument("--html", metavar="FILE",
+                        help="also write a self-contained HTML report with charts to FILE")
     replay.add_argument("--fleet", action="store_true",
                         help="the files are several hosts' logs (or a central syslog file "
                              "with many hosts): count them as one fleet, each host's "
@@ -99,15 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate rule files (with their includes) and print what they mean "
                     "in plain English. Errors are reported as FILE:LINE:COLUMN with the "
                     "offending line and a caret; exit status 1.")
-    check.add_argument("rules", nargs="+", metavar="RULES",
+    check.add_argument("rules", nargs="*", metavar="RULES",
                        help="rule files; @default is the shipped default.rules")
+    check.add_argument("--config", default=None, metavar="FILE",
+                       help="instead of rule files: test this whole configuration (its "
+                            "logs, state, rules, and every action's prerequisites) and "
+                            "say what each action would do; exit status 1 on any error")
+    check.add_argument("--json", action="store_true",
+                       help="print one JSON object (ok, errors, warnings, ...)")
 
     explain = sub.add_parser(
         "explain", help="show the events each log line produces, or why none",
         description="For each line of FILE (or a single --line), print the event(s) "
                     "it produced, or why it produced none. Lines are joined as in "
                     "replay, so a line may complete an event started earlier.")
-    explain.add_argument("files", nargs="*", metavar="FILE")
+    explain.add_argument("files", nargs="*", metavar="FILE",
+                         help="log files to explain line by line (- for stdin)")
     explain.add_argument("--line", action="append", default=[], metavar="TEXT",
                          help="explain this log line (may be repeated)")
     explain.add_argument("--only-unparsed", action="store_true",
@@ -115,12 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--key", metavar="KEY",
                          help="instead of log lines: ask the running daemon why KEY (an IP, "
                               "network, sender or SASL user) has its points and penalty")
-    explain.add_argument("--dimension", default=None, choices=list(DIMENSIONS),
-                         help="with --key: what KEY is (default: guessed from its form)")
-    explain.add_argument("--json", action="store_true", help="with --key: print JSON")
+    explain.add_argument("--dimension", default=None, choices=list(DIMENSIONS), metavar="DIM",
+                         help=f"with --key: what KEY is ({DIMENSION_CHOICES}; default: "
+                              "guessed from its form)")
+    explain.add_argument("--json", action="store_true",
+                         help="print JSON: for log lines one object {lines: [...], "
+                              "at_end: [...]}, each line with its events or why none")
     explain.add_argument("--config", default=None, metavar="FILE",
                          help=f"with --key: config naming the daemon's control socket "
                               f"(default {DEFAULT_CONFIG})")
+    explain.add_argument("--rules", action="append", metavar="FILE",
+                         help="say which rules of these files each event feeds (repeatable; "
+                              "default: the shipped default.rules)")
+    explain.add_argument("--no-rules", action="store_true",
+                         help="do not say which rules each event feeds")
     _add_input_options(explain)
     def add_config(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", default=None, metavar="FILE",
@@ -131,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Record a manual decision on KEY (an IP, a CIDR network, a sender "
                     "address or a SASL user) and apply it through the configured actions. "
                     "Allow-listed keys, loopback and this host cannot be banned.")
-    ban.add_argument("key", metavar="KEY")
+    ban.add_argument("key", metavar="KEY",
+                     help="an IP address, a network (CIDR), a sender address or a SASL user")
     ban.add_argument("--for", dest="duration", default="1h", metavar="DURATION",
                      help="how long (default 1h; 0 for no end)")
     ban.add_argument("--action", default="refuse",
@@ -139,22 +177,52 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what to do (default refuse)")
     ban.add_argument("--argument", default=None, metavar="N",
                      help="seconds for delay (1-300), messages per minute for throttle")
-    ban.add_argument("--dimension", default=None, choices=list(DIMENSIONS),
-                     help="what KEY is (default: guessed from its form)")
+    ban.add_argument("--dimension", default=None, choices=list(DIMENSIONS), metavar="DIM",
+                     help=f"what KEY is ({DIMENSION_CHOICES}; default: guessed from its form)")
     ban.add_argument("--reason", default="", help="recorded in the ledger")
     add_config(ban)
+    ban.add_argument("--json", action="store_true",
+           help="print the decision as JSON (with carried_by, failed, enforced)")
 
-    unban = sub.add_parser("unban", help="lift every active decision on a key",
-                           description="Revoke every active decision on KEY, automatic or "
-                                       "manual, and undo it in the configured actions.")
-    unban.add_argument("key", metavar="KEY")
-    unban.add_argument("--dimension", default=None, choices=list(DIMENSIONS))
+    unban = sub.add_parser(
+        "unban", help="lift every active decision on a key (or all of them)",
+        description="Revoke every active decision on KEY, automatic or manual, and undo it "
+                    "in the configured actions. An address that is only covered by a "
+                    "network decision is not lifted: the network is named, exit status 1. "
+                    "--all --yes lifts every active decision and says how many.")
+    unban.add_argument("key", metavar="KEY", nargs="?",
+                       help="the key whose decisions are lifted (not with --all)")
+    unban.add_argument("--dimension", default=None, choices=list(DIMENSIONS), metavar="DIM",
+                       help=f"what KEY is ({DIMENSION_CHOICES}; default: guessed from its "
+                            "form)")
+    unban.add_argument("--all", action="store_true",
+                       help="lift every active decision (needs --yes)")
+    unban.add_argument("--yes", action="store_true", help="confirm --all")
+    unban.add_argument("--json", action="store_true",
+                       help="print the lifted decisions as a JSON list")
     add_config(unban)
 
-    listing = sub.add_parser("list", help="list the active decisions",
-                             description="List the decisions in force, from the ledger.")
-    listing.add_argument("--json", action="store_true")
-    listing.add_argument("--all", action="store_true", help="also expired and revoked ones")
+    listing = sub.add_parser(
+        "list", help="list the active decisions",
+        description="List the decisions in force, from the running daemon or the ledger. "
+                    "--json prints a list of objects with the keys of replay's decisions "
+                    "plus id and status (active, expired, revoked, told).")
+    listing.add_argument("--json", action="store_true",
+                         help="print the decisions as a JSON list")
+    listing.add_argument("--all", action="store_true",
+                         help="also expired and revoked ones (with a STATUS column)")
+    listing.add_argument("--ip", default=None, metavar="ADDR",
+                         help="only decisions on this address (or network) and on "
+                              "networks containing it")
+    listing.add_argument("--dimension", default=None, choices=list(DIMENSIONS), metavar="DIM",
+                         help=f"only decisions on keys of this kind ({DIMENSION_CHOICES})")
+    listing.add_argument("--action", default=None,
+                         choices=["notify", "delay", "throttle", "defer", "hold", "refuse"],
+                         help="only decisions with this action")
+    listing.add_argument("--origin", default=None,
+                         choices=["rule", "manual", "breaker", "unproven"],
+                         help="only decisions made this way (unproven: held back to "
+                              "notify by an 'enforce only where' clause)")
     add_config(listing)
 
     scan = sub.add_parser(
@@ -165,7 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "together, so a run killed at any moment neither loses nor "
                     "double-counts a line. Exit status: 0 done, 1 an action failed, "
                     "75 another scan or the daemon is running.")
+    scan.add_argument("--metrics-file", metavar="FILE",
+                      help="write the metrics for node-exporter's textfile collector to "
+                           "FILE (default: [metrics] textfile; atomic)")
     add_config(scan)
+    scan.add_argument("--json", action="store_true",
+            help="print the result as one JSON object")
+    _add_progress_options(scan)
 
     rec = sub.add_parser(
         "reconcile", help="make the firewall and the MTA maps match the ledger",
@@ -174,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and remove what has expired or was lifted. Run it at boot and from "
                     "cron (e.g. every minute) until the daemon does it for you.")
     add_config(rec)
+    rec.add_argument("--json", action="store_true",
+           help="print the reports as one JSON object")
 
     run = sub.add_parser(
         "run", help="the daemon: follow the logs, decide and enforce as lines arrive",
@@ -192,10 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="journal: <N> priority prefixes for journald; plain: timestamps; "
                           "auto (default): journal when stderr is systemd's journal stream")
 
-    status = sub.add_parser("status", help="ask the running daemon how it is doing",
-                            description="Lines read, decisions, checkpoints, errors and the "
-                                        "log positions of the running daemon.")
-    status.add_argument("--json", action="store_true")
+    status = sub.add_parser(
+        "status", help="how the daemon is doing, and its metrics as tables",
+        description="Lines read, decisions, checkpoints, errors and the log positions of "
+                    "the running daemon, then every metric it serves on /metrics as tables "
+                    "(lines per source, events, decisions, rules, actions). Without a "
+                    "running daemon: the metrics saved by the last checkpoint of the "
+                    "daemon or scan, read from the state database, and exit status 3.")
+    status.add_argument("--json", action="store_true",
+                        help="print the figures as one JSON object")
     add_config(status)
 
     reload = sub.add_parser("reload", help="make the running daemon re-read config and rules",
@@ -205,12 +286,25 @@ def build_parser() -> argparse.ArgumentParser:
                                         "stay in force.")
     add_config(reload)
 
+    report = sub.add_parser(
+        "report", help="write an HTML report of the last days from the state database",
+        description="Write one self-contained HTML file (charts included, works offline) "
+                    "from the state database the daemon or scan keeps: decisions over "
+                    "time, why the top offenders were decided on, top talkers.")
+    report.add_argument("--html", required=True, metavar="FILE", help="the file to write")
+    report.add_argument("--days", type=float, default=7.0, metavar="N",
+                        help="how far back (default 7)")
+    report.add_argument("--top", type=int, default=10, metavar="N",
+                        help="rows per top-talker chart (default 10)")
+    add_config(report)
+
     snippet = sub.add_parser(
         "snippet", help="print what to add to the MTA's configuration",
         description="Print the lines to add to the MTA's configuration so that it "
                     "consults the files this tool maintains. The tool never edits the "
                     "MTA's configuration itself.")
-    snippet.add_argument("mta", choices=["postfix", "exim", "sendmail"])
+    snippet.add_argument("mta", choices=["postfix", "exim", "sendmail"],
+                         help="the MTA whose configuration is printed")
     add_config(snippet)
     return parser
 
@@ -243,14 +337,6 @@ def _ask_daemon(cfg, command: str, **request: Any) -> Any:
         raise OperatorError(str(exc)) from None
 
 
-def _print_decision_rows(rows: list[dict[str, Any]]) -> None:
-    for d in rows:
-        print(f"{d['id']:>6}  {d['time']}  {d['until'] or 'no end':<20}  {d['dimension']:<14} "
-              f"{d['key']:<40} {d['action']:<8} {d['origin']:<7} {', '.join(d['rules'])}"
-              f"{'  (simulated)' if d.get('simulated') else ''}"
-              + (f"  [from {d['host']}]" if d.get("host") else ""))
-
-
 def cmd_ban(args: argparse.Namespace) -> int:
     from .operator import BanRequest, Operator
 
@@ -272,6 +358,11 @@ def cmd_ban(args: argparse.Namespace) -> int:
         until, by, failed = iso(banned.decision.until), banned.outcome.carried_by, \
             banned.outcome.failed
         where = ""
+    if args.json:
+        enforced = bool(by) and not failed
+        print(json.dumps(d | {"carried_by": by, "failed": failed, "enforced": enforced,
+                              "daemon": bool(where)}, indent=1))
+        return 0 if enforced else 1
     until_text = f" until {until}" if until else " with no end"
     done = f"; carried out by {', '.join(by)}" if by else ""
     print(f"{d['action']} {d['dimension']} {d['key']}{until_text} (decision {d['id']}"
@@ -288,52 +379,71 @@ def cmd_ban(args: argparse.Namespace) -> int:
 def cmd_unban(args: argparse.Namespace) -> int:
     from .operator import Operator
 
+    if args.all == (args.key is not None):
+        raise UsageError("unban: give a KEY, or --all --yes to lift every active decision")
+    if args.all and not args.yes:
+        raise UsageError("unban --all lifts EVERY active decision; confirm with --yes")
+    if args.all and args.dimension:
+        raise UsageError("unban: --dimension goes with a KEY, not --all")
     cfg = _load_config(args)
-    answer = _ask_daemon(cfg, "unban", key=args.key, dimension=args.dimension)
+    command, request = (("unban-all", {}) if args.all
+                        else ("unban", {"key": args.key, "dimension": args.dimension}))
+    answer = _ask_daemon(cfg, command, **request)
+    where = ""
     if answer is not _NO_DAEMON:
-        if not answer:
-            print(f"no active decision on {args.key}")
-            return 1
-        for d in answer:
-            print(f"lifted {d['action']} {d['dimension']} {d['key']} (decision {d['id']}, "
-                  "by the running daemon)")
+        lifted, where = answer, ", by the running daemon"
+    else:
+        operator = Operator.from_config(cfg)
+        revoked = (operator.unban_all() if args.all
+                   else operator.unban(args.key, dimension=args.dimension))
+        lifted = [decision_json(d) | {"id": d.id} for d in revoked]
+    if args.json:
+        print(json.dumps(lifted, indent=1))
+    for d in lifted if not args.json else []:
+        print(f"lifted {d['action']} {d['dimension']} {d['key']} (decision {d['id']}{where})")
+    if args.all:
+        if not args.json:
+            print(f"lifted {len(lifted)} decision{'s' if len(lifted) != 1 else ''}")
         return 0
-    operator = Operator.from_config(cfg)
-    revoked = operator.unban(args.key, dimension=args.dimension)
-    if not revoked:
-        print(f"no active decision on {args.key}")
+    if not lifted:
+        if not args.json:
+            print(f"no active decision on {args.key}")
         return 1
-    for d in revoked:
-        print(f"lifted {d.action} {d.dimension} {d.key} (decision {d.id})")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .operator import decision_rows
+    from .listing import RowFilter, empty_message, format_table, parse_ip, row_json
 
+    try:
+        wanted = RowFilter(parse_ip(args.ip) if args.ip else None, args.dimension,
+                           args.action, args.origin)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     cfg = _load_config(args)
     answer = _ask_daemon(cfg, "list", all=args.all)
     if answer is not _NO_DAEMON:
-        if args.json:
-            print(json.dumps(answer, indent=1))
-        else:
-            _print_decision_rows(answer)
-        return 0
-    from .engine.ledger import Ledger
-    from .operator import open_ledger
-
-    ledger = open_ledger(cfg.state, create=False)  # listing never creates a database
-    if ledger is None:
-        print(f"smtpguard-logwatch: no state database at {cfg.state}: nothing decided yet",
-              file=sys.stderr)
-        ledger = Ledger()
-    decisions = list(ledger.all()) if args.all else ledger.active(time.time())
-    if args.json:
-        print(json.dumps([decision_json(d) | {"id": d.id, "revoked": iso(d.revoked)}
-                          for d in decisions], indent=1))
+        rows = answer
     else:
-        for row in decision_rows(decisions):
-            print(row)
+        from .engine.ledger import Ledger
+        from .operator import open_ledger
+
+        ledger = open_ledger(cfg.state, create=False)  # listing never creates a database
+        if ledger is None:
+            print(f"smtpguard-logwatch: no state database at {cfg.state}: nothing decided "
+                  "yet", file=sys.stderr)
+            ledger = Ledger()
+        now = time.time()
+        rows = [row_json(d, now) for d in
+                (list(ledger.all()) if args.all else ledger.active(now))]
+    rows = [r for r in rows if wanted.matches(r)]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print(empty_message(every=args.all, filtered=wanted.active))
+    else:
+        for line in format_table(rows, status=args.all):
+            print(line)
     return 0
 
 
@@ -346,14 +456,23 @@ def cmd_scan(args: argparse.Namespace) -> int:
                          "the logs named in [logs] files of one; give --config FILE")
     if not cfg.logs:
         raise UsageError(f"{cfg.path}: [logs] files is empty: nothing to scan")
+    if args.metrics_file is not None:
+        cfg.metrics.textfile = args.metrics_file
     try:
-        result = run_scan(cfg)
+        result = run_scan(cfg, progress=_wants_progress(args))
     except ScanBusy as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
     except ScanFailed as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)
         return 1
+    if args.json:
+        print(json.dumps({
+            "lines": result.lines, "cut": result.cut,
+            "decisions": [decision_json(d) | {"id": d.id, "stale": d.id in result.stale}
+                          for d in result.decisions],
+            "unenforced": result.unenforced, "errors": result.errors}, indent=1))
+        return 1 if result.errors or result.unenforced else 0
     stale = f" ({len(result.stale)} stale, not enforced)" if result.stale else ""
     print(f"scan: {result.lines} lines ({result.cut} cut at {MAX_LINE} characters), "
           f"{len(result.decisions)} decisions{stale}")
@@ -418,9 +537,13 @@ def _daemon_answer(args: argparse.Namespace, command: str, **request: Any) -> An
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .metrics_table import format_figures
     from .simulation import describe_mode
 
-    answer = _daemon_answer(args, "status")
+    cfg = _load_config(args)
+    answer = _ask_daemon(cfg, "status")
+    if answer is _NO_DAEMON:
+        return _status_from_database(cfg, args.json)
     if args.json:
         print(json.dumps(answer, indent=1))
         return 0
@@ -458,7 +581,38 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{fleet['applied']} applied from others, {fleet['lifted']} lifted, "
               f"{fleet['malformed']} malformed"
               + (f"; last error: {fleet['last_error']}" if fleet["last_error"] else ""))
+    if answer.get("metrics_url"):
+        print(f"  metrics served on {answer['metrics_url']}")
+    print()
+    print(format_figures(answer["metrics"]), end="")
     return 0
+
+
+def _status_from_database(cfg, as_json: bool) -> int:
+    """No daemon: the figures its (or scan's) last checkpoint saved, read-only; exit
+    status 3 all the same (LSB: not running), and the reason on stderr."""
+    import sqlite3
+    import time
+
+    from .metrics import from_database
+    from .metrics_table import format_figures
+
+    print(f"smtpguard-logwatch: no daemon answers on {cfg.control_socket}", file=sys.stderr)
+    try:
+        figures = from_database(cfg.state, now=time.time())
+    except sqlite3.Error as exc:
+        print(f"smtpguard-logwatch: cannot read the state database {cfg.state}: {exc}",
+              file=sys.stderr)
+        return 3
+    if figures is None:
+        print(f"smtpguard-logwatch: no state database at {cfg.state} either",
+              file=sys.stderr)
+        return 3
+    if as_json:
+        print(json.dumps({"running": False, "metrics": figures.as_json()}, indent=1))
+    else:
+        print(format_figures(figures.as_json()), end="")
+    return 3
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -494,7 +648,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if answer is not _NO_DAEMON:
         reports, errors = answer["reports"], answer["errors"]
         unenforced = answer.get("unenforced", [])
-        for error in errors:
+        for error in errors if not args.json else []:
             print(f"smtpguard-logwatch: {error}", file=sys.stderr)
     else:
         operator = Operator.from_config(cfg)
@@ -504,6 +658,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         unenforced = [f"decision {d.id} ({d.action} {d.dimension} {d.key}): "
                       f"{operator.nobody_carries_out(d)}"
                       for d in operator.unenforceable(operator.active())]
+    if args.json:
+        print(json.dumps({"reports": reports, "errors": list(errors),
+                          "unenforced": unenforced}, indent=1))
+        return 1 if errors or unenforced else 0
     for line in unenforced:
         print(f"smtpguard-logwatch: NOT ENFORCED: {line}", file=sys.stderr)
     for name, report in reports.items():
@@ -529,6 +687,20 @@ def cmd_snippet(args: argparse.Namespace) -> int:
 
 class UsageError(Exception):
     """A bad option value; reported as one line, exit status 2."""
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric option inside its documented range (limits.CLI_RANGES), else one
+    UsageError line: ``--top -1`` must not silently drop rows."""
+    from .limits import CLI_RANGES
+
+    for dest, limit in CLI_RANGES.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            try:
+                limit.check(value)
+            except OutOfRange as exc:
+                raise UsageError(str(exc)) from None
 
 
 def _options(args: argparse.Namespace) -> ParserOptions:
@@ -559,19 +731,6 @@ def _parser_names(args: argparse.Namespace) -> list[str] | None:
     return names
 
 
-def _progress_printer(enabled: bool):
-    if not enabled:
-        return None
-    started = time.monotonic()
-
-    def show(stats: LineStats) -> None:
-        elapsed = max(time.monotonic() - started, 1e-6)
-        sys.stderr.write(f"\r{stats.read:>12,} lines  {stats.read / elapsed:>10,.0f} lines/s")
-        sys.stderr.flush()
-
-    return show
-
-
 def _engine(paths: list[str], warmup: float) -> Engine:
     from .engine import Engine
     from .engine.local import LocalNetworks
@@ -585,41 +744,62 @@ def cmd_replay(args: argparse.Namespace) -> int:
     gc.set_threshold(200_000, 50, 1000)
     sources = [source_for(f) for f in args.files]
     make_clock = _clock_factory(args)
-    rules = [] if args.no_rules else (args.rules or [str(default_rules_path())])
+    rules = [] if args.no_rules else (args.rules or [DEFAULT_RULES_TOKEN])
     try:
-        warmup = parse_duration(args.warmup)
+        warmup = CONFIG_RANGES["rules", "warmup"].check(parse_duration(args.warmup),
+                                                         "--warmup")
     except ValueError as exc:
-        raise UsageError(f"--warmup: {exc}") from None
+        raise UsageError(str(exc) if isinstance(exc, OutOfRange) else f"--warmup: {exc}"
+                         ) from None
     engine = _engine(rules, warmup) if rules else None
     other = _engine(args.compare, warmup) if args.compare else None
+    tracer = _html_tracer(args, engine)
     ordered = chronological(sources, make_clock)
     counts = Counts()
-    sinks = [e.consume for e in (engine, other) if e is not None]
+    # One parse feeds the counts and every engine (--compare: both rule sets; the
+    # second in a forked process on another core when there is one).
+    sinks = [counts.consume] + ([engine.consume] if engine is not None else [])
+    sidecar = _compare_sidecar(other)
+    if other is not None:
+        sinks.append(sidecar.consume if sidecar is not None else other.consume)
+    pipeline = Pipeline(fan_out(*sinks), parsers=_parser_names(args), options=_options(args))
+    meter = ByteMeter()
+    progress = None
+    if _wants_progress(args):
+        sizes = [s.size for s in ordered]
+        total = None if None in sizes else sum(sizes)  # type: ignore[arg-type]
+        progress = Progress(total, meter.done)
 
-    def fan_out(ev: Event) -> None:
-        counts.consume(ev)
-        for sink in sinks:
-            sink(ev)
+    def at(position: int | None) -> None:
+        meter.current = position or 0
 
-    def new_pipeline() -> Pipeline:
-        return Pipeline(fan_out if sinks else counts.consume, parsers=_parser_names(args),
-                        options=_options(args))
+    try:
+        if args.fleet:
+            from .fleet.replay import feed_fleet
 
-    show = _progress_printer(not args.no_progress and sys.stderr.isatty())
-    if args.fleet:
-        from .fleet.replay import feed_fleet
-
-        line_stats = feed_fleet(ordered, make_clock, new_pipeline, progress=show)
-    else:
-        pipeline = new_pipeline()
-        for source in ordered:
-            pipeline.feed(iter_lines(source), make_clock(source), progress=show)
-        pipeline.finish()
-        line_stats = pipeline.stats
-    if show is not None:
-        sys.stderr.write("\n")
+            line_stats = feed_fleet(
+                ordered, make_clock,
+                lambda: Pipeline(fan_out(*sinks), parsers=_parser_names(args),
+                                 options=_options(args)))
+        else:
+            for source in ordered:
+                meter.next_input()
+                lines = iter_lines(source, at if progress is not None else None)
+                pipeline.feed(lines, make_clock(source),
+                              progress=progress.show if progress is not None else None)
+            pipeline.finish()
+            line_stats = pipeline.stats
+        other_decisions = (_sidecar_result(sidecar) if sidecar is not None else
+                           list(other.decisions()) if other is not None else [])
+    finally:
+        if sidecar is not None:
+            sidecar.close()
+    if progress is not None:
+        progress.end(line_stats)
     decisions = list(engine.decisions()) if engine is not None else []
-    other_decisions = list(other.decisions()) if other is not None else []
+    if args.html:
+        _write_replay_html(args, [s.name for s in ordered], rules, line_stats, counts,
+                           decisions, tracer, other_decisions)
     if args.json:
         tail: dict[str, Any] = {"files": [s.name for s in ordered], "rules": rules,
                                 "decisions": [decision_json(d) for d in decisions]}
@@ -629,22 +809,112 @@ def cmd_replay(args: argparse.Namespace) -> int:
                                **compare(decisions, other_decisions)}
         write_summary_json(sys.stdout, counts, {"lines": line_stats.as_dict()}, tail)
     else:
-        write_summary(sys.stdout, line_stats, counts, top=args.top,
-                      files=[s.name for s in ordered])
-        if engine is not None:
-            sys.stdout.write(f"\nRules: {', '.join(rules)}\n")
+        write_header(sys.stdout, line_stats, [s.name for s in ordered])
+        if engine is not None:  # the decisions first, then the counts behind them
+            sys.stdout.write(f"Rules: {', '.join(rules)}\n")
             write_timeline(sys.stdout, decisions, limit=args.max_decisions)
         if other is not None:
             write_compare(sys.stdout, compare(decisions, other_decisions),
                           ", ".join(rules), ", ".join(args.compare))
+        write_summary(sys.stdout, line_stats, counts, top=args.top)
+    return 0
+
+
+def _compare_sidecar(other: Engine | None):
+    """The --compare engine in a forked process when a second core can run it beside
+    the first engine (sidecar.py); None: feed it in this process."""
+    from .engine import Engine
+    from .sidecar import Sidecar, cores
+
+    if other is None or cores() < 2:
+        return None
+
+    def start():  # in the child: an engine like ``other``, with its own ledger
+        fresh = Engine(other.ruleset, local=other.local, warmup=other.warmup)
+        return fresh.consume, lambda: list(fresh.decisions())
+
+    return Sidecar(start)
+
+
+def _sidecar_result(sidecar) -> list:
+    from .sidecar import SidecarError
+
+    try:
+        return sidecar.result()
+    except SidecarError as exc:
+        raise OperatorError(f"replay --compare: {exc}") from None
+
+
+def _html_tracer(args: argparse.Namespace, engine: Engine | None):
+    """With --html: sample the run-up to each decision for the sparklines (nothing is
+    added to the per-event path)."""
+    if not args.html:
+        return None
+    where = os.path.dirname(os.path.abspath(args.html))
+    if not os.path.isdir(where):  # say so before reading the logs, not after
+        raise UsageError(f"--html {args.html}: no directory {where}")
+    if args.top < 1:
+        raise UsageError(f"--top must be at least 1, not {args.top}")
+    if engine is None:
+        return None
+    from .report_sources import OFFENDERS
+    from .report_trace import Tracer
+
+    tracer = Tracer(engine.store, lambda: engine.ruleset, keep=OFFENDERS,
+                    since=lambda: engine.watch_start)
+    engine.on_decision = tracer.on_decision
+    return tracer
+
+
+def _write_replay_html(args: argparse.Namespace, files, rules, stats, counts, decisions,
+                       tracer, other_decisions) -> None:
+    from .report_sources import ReportError, replay_report, write_report
+
+    if tracer is not None:
+        tracer.finish(stats.last_time)
+    data = replay_report(files=files, rules=rules, stats=stats, counts=counts,
+                         decisions=decisions, tracer=tracer, top=args.top,
+                         compare_rules=args.compare, compare_decisions=other_decisions)
+    try:
+        size = write_report(args.html, data)
+    except ReportError as exc:
+        raise OperatorError(str(exc)) from None
+    print(f"smtpguard-logwatch: wrote {args.html} ({size:,} bytes)", file=sys.stderr)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report_sources import ReportError, state_report, write_report
+    from .state import rules_of
+
+    if not args.days > 0 or args.days > 3650:
+        raise UsageError(f"--days must be more than 0 and at most 3650, not {args.days:g}")
+    if args.top < 1:
+        raise UsageError(f"--top must be at least 1, not {args.top}")
+    cfg = _load_config(args)
+    try:
+        data = state_report(cfg, rules_of(cfg), days=args.days, top=args.top)
+        status = _ask_daemon(cfg, "status")  # only a running daemon counts lines
+        if status is not _NO_DAEMON:
+            data.lines = {k: v for k, v in status["lines"].items() if isinstance(v, int)}
+            data.notes.append(f"Line counts are the running daemon's, since it started "
+                              f"{status['started']}.")
+        size = write_report(args.html, data)
+    except ReportError as exc:
+        raise OperatorError(str(exc)) from None
+    n = len(data.decisions)
+    print(f"wrote {args.html} ({size:,} bytes): {n} decision{'' if n == 1 else 's'} in the "
+          f"last {args.days:g} day(s)")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .config import DEFAULT_RULES_TOKEN
+    if args.config is not None or args.json:
+        from .configcheck import run_check
 
-    return check_main([str(default_rules_path()) if f == DEFAULT_RULES_TOKEN else f
-                       for f in args.rules])
+        return run_check(args.config, args.rules, as_json=args.json)
+    if not args.rules:
+        raise UsageError("check: give rule files (RULES) or --config FILE")
+    return check_main(args.rules)  # @default and paths shown as given
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -665,13 +935,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for source in (source_for(f) for f in args.files):
         feeds.append((source.name, iter_lines(source), make_clock(source)))
     return explain_lines(feeds, sys.stdout, parsers=_parser_names(args), options=_options(args),
-                         only_unparsed=args.only_unparsed)
+                         only_unparsed=args.only_unparsed, as_json=args.json,
+                         rule_feeds=_rule_feeds(args))
+
+
+def _rule_feeds(args: argparse.Namespace):
+    """explain: the index saying which rules an event feeds, or None (--no-rules)."""
+    from .rulefeed import RuleFeeds
+
+    if args.no_rules:
+        if args.rules:
+            raise UsageError("explain: --rules and --no-rules exclude each other")
+        return None
+    return RuleFeeds(load_rules(args.rules or [DEFAULT_RULES_TOKEN]))  # @default as given
 
 
 COMMANDS = {
     "replay": cmd_replay, "explain": cmd_explain, "check": cmd_check, "ban": cmd_ban,
     "unban": cmd_unban, "list": cmd_list, "reconcile": cmd_reconcile, "scan": cmd_scan,
     "snippet": cmd_snippet, "run": cmd_run, "status": cmd_status, "reload": cmd_reload,
+    "report": cmd_report,
 }
 
 
@@ -686,6 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_numbers(args)
         return COMMANDS[args.command](args)
     except SourceError as exc:
         print(f"smtpguard-logwatch: {exc}", file=sys.stderr)

@@ -46,9 +46,11 @@ def parse_duration(value: str | int | float) -> float:
         return float(value)
     text = str(value).strip().lower()
     try:
-        return parse_duration(float(text))
+        number = float(text)
     except ValueError:
         pass
+    else:
+        return parse_duration(number)  # "-5": says "cannot be negative", not "not a duration"
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 10m, 2h, 1d, 1h30m)")
@@ -80,6 +82,7 @@ class Config:
     daemon: DaemonSettings = field(default_factory=lambda: DaemonSettings())
     fleet: FleetSettings | None = None
     """``[fleet]``: share decisions with other hosts through Redis (None: this host alone)."""
+    metrics: MetricsSettings = field(default_factory=lambda: MetricsSettings())
 
     @property
     def dry_run(self) -> bool:
@@ -100,7 +103,7 @@ class DaemonSettings:
     on_stop: str = "keep"  # keep | remove: enforcement left in place on SIGTERM or not
     keep_decisions: float = 90 * 86400.0  # ledger rows older than this are pruned
     digest: str | None = None  # "HH:MM": daily summary mail at this local time
-    journal: bool = False  # also follow the systemd journal
+    journal: bool | str = False  # also follow the systemd journal; "auto": see follows_journal
     journal_directory: str | None = None  # journal files elsewhere than the system's
     journal_match: list[str] = field(default_factory=lambda: [
         "SYSLOG_IDENTIFIER=postfix/smtpd", "SYSLOG_IDENTIFIER=postfix/cleanup",
@@ -109,6 +112,17 @@ class DaemonSettings:
         "SYSLOG_IDENTIFIER=postfix/virtual", "SYSLOG_IDENTIFIER=postfix/submission/smtpd",
         "SYSLOG_IDENTIFIER=postfix/smtps/smtpd", "SYSLOG_IDENTIFIER=postfix/postscreen",
         "SYSLOG_IDENTIFIER=exim", "SYSLOG_IDENTIFIER=sendmail", "SYSLOG_IDENTIFIER=sm-mta"])
+
+
+@dataclass
+class MetricsSettings:
+    """``[metrics]``: the daemon's Prometheus endpoint (off unless ``listen`` is set;
+    loopback only unless ``allow_remote``) and the file ``scan`` writes for
+    node-exporter's textfile collector (see metrics.py)."""
+
+    listen: str | None = None  # "127.0.0.1:9817"
+    allow_remote: bool = False
+    textfile: str | None = None  # e.g. /var/lib/prometheus/node-exporter/smtpguard.prom
 
 
 @dataclass
@@ -153,14 +167,10 @@ def _bus_name(v: Any) -> str:
 
 
 # table -> {key: (type check, converter)}
-DEFAULT_RULES_TOKEN = "@default"
-"""In ``[rules] files``: the shipped default.rules, wherever the package is installed."""
-
-
 def _rule_files(v: Any) -> list[str]:
-    from .rules import default_rules_path
-
-    return [str(default_rules_path()) if f == DEFAULT_RULES_TOKEN else f for f in _str_list(v)]
+    """Kept as written: ``@default`` (the shipped default.rules) is resolved by load_rules,
+    so status, errors and the ledger name it as the admin did, not by its install path."""
+    return _str_list(v)
 
 
 def _str_list(v: Any) -> list[str]:
@@ -181,6 +191,12 @@ def _boolean(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError("expected true or false")
     return v
+
+
+def _journal_setting(v: Any) -> bool | str:
+    if isinstance(v, bool) or v == "auto":
+        return v
+    raise ValueError('expected true, false or "auto"')
 
 
 def _choice(*allowed: str):
@@ -226,12 +242,13 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                "reconcile": parse_duration, "watch": _choice("auto", "inotify", "poll"),
                "poll_interval": parse_duration,
                "first_start": _choice("beginning", "end"), "on_stop": _choice("keep", "remove"),
-               "keep_decisions": parse_duration, "digest": _clock_time, "journal": _boolean,
+               "keep_decisions": parse_duration, "digest": _clock_time, "journal": _journal_setting,
                "journal_match": _str_list, "journal_directory": _string},
     "fleet": {"redis": _redis_url, "host": _bus_name, "prefix": _bus_name,
               "timeout": parse_duration, "stream_length": _count, "password_file": _string,
               "tls_ca": _string, "tls_cert": _string, "tls_key": _string,
               "dimensions": _dimensions},
+    "metrics": {"listen": _string, "allow_remote": _boolean, "textfile": _string},
 }
 
 
@@ -300,7 +317,18 @@ def config_from_dict(raw: dict[str, Any], path: str = "<config>") -> Config:
     _dry_run_alias(cfg, raw.get("enforcement"), path)
     if cfg.fleet is not None and not cfg.fleet.redis:
         raise ConfigError(f"{path}: [fleet] redis: missing (the URL of the fleet's Redis)")
+    _check_metrics(cfg, path)
     return cfg
+
+
+def _check_metrics(cfg: Config, path: str) -> None:
+    from .metrics import ListenError, parse_listen
+
+    if cfg.metrics.listen is not None:
+        try:
+            parse_listen(cfg.metrics.listen, allow_remote=cfg.metrics.allow_remote)
+        except ListenError as exc:
+            raise ConfigError(f"{path}: [metrics] listen {exc}") from None
 
 
 def _dry_run_alias(cfg: Config, table: Any, path: str) -> None:
@@ -337,6 +365,8 @@ def _assign(cfg: Config, table: str, key: str, value: Any) -> None:
     elif table == "fleet":
         cfg.fleet = cfg.fleet or FleetSettings()
         setattr(cfg.fleet, key, value)
+    elif table == "metrics":
+        setattr(cfg.metrics, key, value)
     elif (table, key) == ("enforcement", "dry_run"):
         pass  # see _dry_run_alias
     else:

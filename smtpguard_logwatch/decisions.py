@@ -29,14 +29,19 @@ def decision_json(d: Decision) -> dict[str, Any]:
     }
 
 
-def _action_text(d: Decision) -> str:
-    if d.action == "delay" and d.argument:
-        text = f"delay {d.argument:g}s"
-    elif d.action == "throttle" and d.argument:
-        text = f"throttle {d.argument:g}/min"
+def action_text(action: str, argument: float | None, simulated: bool = False) -> str:
+    """``delay 15s``, ``throttle 30/min``, ``refuse``: an action with its argument."""
+    if action == "delay" and argument:
+        text = f"delay {argument:g}s"
+    elif action == "throttle" and argument:
+        text = f"throttle {argument:g}/min"
     else:
-        text = d.action
-    return f"{text} (simulated)" if d.simulated else text
+        text = action
+    return f"{text} (simulated)" if simulated else text
+
+
+def _action_text(d: Decision) -> str:
+    return action_text(d.action, d.argument, d.simulated)
 
 
 def evidence_lines(d: Decision) -> list[str]:
@@ -71,7 +76,8 @@ def write_timeline(out: TextIO, decisions: Iterable[Decision], *, title: str = "
         for line in evidence_lines(d):
             out.write(f"      {line}\n")
     if limit is not None and len(decisions) > limit:
-        out.write(f"  … {len(decisions) - limit} more (use --json for all)\n")
+        more = "more" if shown else "not listed"
+        out.write(f"  … {len(decisions) - limit} {more} (use --json for all)\n")
     by_action = Counter((d.action, d.dimension) for d in decisions)
     out.write("\n  by action:\n")
     for (action, dim), n in sorted(by_action.items()):
@@ -87,12 +93,18 @@ def _first_by_key(decisions: Iterable[Decision]) -> dict[tuple[str, str, str], D
 
 def compare(a: Iterable[Decision], b: Iterable[Decision]) -> dict[str, list[dict[str, Any]]]:
     """What two rule sets decided differently: (dimension, key, action) triples only one
-    of them reached, and those both reached at different times."""
+    of them reached, and those both reached at different times; each list in time
+    order, as the admin reads a log."""
     fa, fb = _first_by_key(a), _first_by_key(b)
-    only_a = [decision_json(fa[k]) for k in sorted(fa.keys() - fb.keys())]
-    only_b = [decision_json(fb[k]) for k in sorted(fb.keys() - fa.keys())]
+
+    def by_time(first: dict[tuple[str, str, str], Decision],
+                keys: set[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        return sorted(keys, key=lambda k: (first[k].time, k))
+
+    only_a = [decision_json(fa[k]) for k in by_time(fa, fa.keys() - fb.keys())]
+    only_b = [decision_json(fb[k]) for k in by_time(fb, fb.keys() - fa.keys())]
     moved = []
-    for k in sorted(fa.keys() & fb.keys()):
+    for k in by_time(fa, fa.keys() & fb.keys()):
         if abs(fa[k].time - fb[k].time) >= 1:
             moved.append({"dimension": k[0], "key": k[1], "action": k[2],
                           "time": iso(fa[k].time), "compare_time": iso(fb[k].time)})
@@ -106,7 +118,8 @@ def write_compare(out: TextIO, diff: dict[str, list[dict[str, Any]]], rules: str
                          (f"only with {other}", diff["only_compare"])):
         out.write(f"  {label}: {len(items)}\n")
         for d in items:
-            out.write(f"    {d['time']}  {d['dimension']} {d['key']}  {d['action']}"
+            what = action_text(d["action"], d["argument"], d["simulated"])
+            out.write(f"    {d['time']}  {d['dimension']} {d['key']}  {what}"
                       f"  [{', '.join(d['rules'])}]\n")
     moved = diff["different_time"]
     out.write(f"  same decision at a different time: {len(moved)}\n")

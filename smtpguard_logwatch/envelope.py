@@ -149,6 +149,11 @@ class Clock:
         self._stamps: dict[str, float] = {}
         self._hours: dict[str, float] = {}
 
+    @property
+    def last(self) -> float | None:
+        """The time of the latest stamp resolved (the follow-lag metric)."""
+        return self._last
+
     def resolve(self, stamp: str) -> float | None:
         """UTC epoch seconds for an envelope stamp, or None if it is not a date."""
         t = self._stamps.get(stamp)

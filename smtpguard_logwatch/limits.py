@@ -79,6 +79,26 @@ THROTTLE_PER_MINUTE = Range(
 REASON_LENGTH = 500
 """Characters of a ban's ``--reason`` (it goes into the ledger and warning mail)."""
 
+# -- options of replay and explain (checked once after parsing, by their argparse dest) --
+
+CLI_RANGES: dict[str, Range] = {
+    "top": Range("--top", 1, 1_000_000, "rows",
+                 "rows per top-talker table or chart; replay --json has every key",
+                 integer=True),
+    "max_decisions": Range("--max-decisions", 0, 10_000_000, "decisions",
+                           "0 shows only the count by action; --json has every decision",
+                           integer=True),
+    "year": Range("--year", 1970, 2999, "",
+                  "year-less stamps are dated in it: before 1970 is before Unix time, "
+                  "later than 2999 a typing error", integer=True),
+    "session_ttl": Range("--session-ttl", 1, DAY, "seconds",
+                         "0 would forget a session before its next line; an SMTP session "
+                         "idle for a day is long closed"),
+    "queue_ttl": Range("--queue-ttl", 1, 30 * DAY, "seconds",
+                       "MTAs bounce a message queued for days (Postfix: 5 days); a month "
+                       "keeps every message of a slow queue"),
+}
+
 # -- networks a decision may cover -----------------------------------------------------
 
 WIDEST_PREFIX_IPV4 = Range(
@@ -143,5 +163,6 @@ def ranges_table() -> list[tuple[str, str, str]]:
     """(what, range, why) rows for the README and ``--help``-style listings."""
     rows = [(r.what, r.describe(), r.why) for r in (
         BAN_DURATION, DELAY_SECONDS, THROTTLE_PER_MINUTE, RULE_NUMBER, RULE_DURATION)]
+    rows += [(r.what, r.describe(), r.why) for r in CLI_RANGES.values()]
     rows += [(f"[{t}] {k}", r.describe(), r.why) for (t, k), r in CONFIG_RANGES.items()]
     return rows

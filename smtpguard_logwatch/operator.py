@@ -262,7 +262,8 @@ class Operator:
     @classmethod
     def from_config(cls, cfg: Config) -> Operator:
         try:
-            actions = build_actions(cfg.actions)  # simulated decisions: see Enforcer
+            # simulated decisions: see Enforcer
+            actions = build_actions(cfg.actions, origin=cfg.path)
         except ActionError as exc:
             raise OperatorError(str(exc)) from None
         except TypeError as exc:
@@ -319,17 +320,50 @@ class Operator:
                 f"{', '.join(names)})")
 
     def unban(self, key: str, *, dimension: str | None = None) -> list[Decision]:
-        """Revoke every active decision on the key (automatic ones too)."""
+        """Revoke every active decision on the key (automatic ones too). An address
+        with none of its own but inside a network decision is an OperatorError naming
+        that network: "no active decision" would be wrong, it is refused."""
         dimension, key = self.resolve(key, dimension)
         now = self.clock()
         revoked = [d for d in self.ledger.for_key(dimension, key) if d.active_at(now)]
-        for d in revoked:
+        if not revoked and dimension in ("client_ip", "client_net"):
+            covering = self.covering(key)
+            if covering:
+                raise OperatorError(_covered_message(key, covering))
+        return self._lift(revoked, now)
+
+    def _lift(self, decisions: list[Decision], now: float) -> list[Decision]:
+        """Revoke in the ledger, save once, then undo in the actions (a crash in
+        between leaves an action that reconcile removes, never a lost revocation)."""
+        for d in decisions:
             self.ledger.revoke(d.id, now)
             d.revoked = now
         self._commit()
-        for d in revoked:
+        for d in decisions:
             self.enforcer.revoke(d)
-        return revoked
+        return decisions
+
+    def covering(self, key: str) -> list[Decision]:
+        """Active network decisions that contain the address or network ``key`` (other
+        than one on ``key`` itself)."""
+        inner = ipaddress.ip_network(key, strict=False)
+        found = []
+        for d in self.active():
+            if d.dimension != "client_net" or d.key == key:
+                continue
+            try:
+                net = ipaddress.ip_network(d.key, strict=False)
+            except ValueError:  # a row no action would enforce either
+                continue
+            if net.version == inner.version and inner.subnet_of(net):  # type: ignore[arg-type]
+                found.append(d)
+        return found
+
+    def unban_all(self) -> list[Decision]:
+        """Lift every active decision the way :meth:`unban` lifts a key's, saved once
+        (a checkpoint per key would make lifting a thousand bans take minutes)."""
+        now = self.clock()
+        return self._lift(self.ledger.active(now), now)
 
     def active(self) -> list[Decision]:
         return self.ledger.active(self.clock())
@@ -348,14 +382,10 @@ class Operator:
         return self.enforcer.reconcile(self.active(), self.clock())
 
 
-def decision_rows(decisions: Iterable[Decision]) -> list[str]:
-    """``list`` output: one line per decision."""
-    from .report import iso
-
-    rows = []
-    for d in decisions:
-        until = iso(d.until) if d.until is not None else "no end"
-        rows.append(f"{d.id:>6}  {iso(d.time)}  {until:<20}  {d.dimension:<14} {d.key:<40} "
-                    f"{d.action:<8} {d.origin:<7} {', '.join(d.rules)}"
-                    f"{'  (simulated)' if d.simulated else ''}")
-    return rows
+def _covered_message(key: str, covering: list[Decision]) -> str:
+    """One line: ``key`` has no decision of its own, these networks cover it."""
+    nets = ", ".join(f"{d.action} {d.key} (decision {d.id})" for d in covering)
+    lift = " and ".join(f"`smtpguard-logwatch unban {d.key}`"
+                        for d in {d.key: d for d in covering}.values())
+    return (f"{key} has no active decision of its own, but is covered by {nets}; lift "
+            f"that with {lift}")

@@ -54,6 +54,42 @@ class LineStats:
 _NO_HANDLER: tuple[Handler | None, str, str | None] = (None, "", None)
 
 
+def fan_out(*sinks: Callable[[Event], None]) -> Callable[[Event], None]:
+    """One sink that hands every event to each of ``sinks`` in order: ``replay
+    --compare`` parses once and feeds the counting summary and both engines. Sharing is
+    safe because events are immutable (NamedTuples of str/int/float/tuple fields; a
+    test checks every event class), so no consumer can change what the next one sees.
+    One and two sinks get a closure without a loop: this runs once per event."""
+    if not sinks:
+        raise ValueError("fan_out needs at least one sink")
+    if len(sinks) == 1:
+        return sinks[0]
+    if len(sinks) == 2:
+        first, second = sinks
+
+        def both(ev: Event) -> None:
+            first(ev)
+            second(ev)
+
+        return both
+    if len(sinks) == 3:
+        a, b, c = sinks
+
+        def three(ev: Event) -> None:
+            a(ev)
+            b(ev)
+            c(ev)
+
+        return three
+    every = tuple(sinks)
+
+    def each(ev: Event) -> None:
+        for sink in every:
+            sink(ev)
+
+    return each
+
+
 class Pipeline:
     """Feeds lines to the MTA parsers and events to ``sink``.
 

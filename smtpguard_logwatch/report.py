@@ -17,14 +17,18 @@ def iso(t: float | None) -> str | None:
     return _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_summary(out: TextIO, stats: LineStats, counts: Counts, *, top: int = 5,
-                  files: list[str] | None = None) -> None:
-    """Lines, events by kind, then the top talkers of every dimension and metric."""
-    w = out.write
+def write_header(out: TextIO, stats: LineStats, files: list[str]) -> None:
+    """What was read: the files (in the order read) and the span of log time."""
     if files:
-        w(f"Files: {', '.join(files)}\n")
+        out.write(f"Files: {', '.join(files)}\n")
     if stats.first_time is not None:
-        w(f"Span: {iso(stats.first_time)} .. {iso(stats.last_time)}\n")
+        out.write(f"Span: {iso(stats.first_time)} .. {iso(stats.last_time)}\n")
+
+
+def write_summary(out: TextIO, stats: LineStats, counts: Counts, *, top: int = 5) -> None:
+    """Lines, events by kind, then the top talkers of every dimension and metric: the
+    count tables, printed after the decisions (what an admin reads first)."""
+    w = out.write
     w("\nLines\n")
     for label, value in (("read", stats.read), ("parsed", stats.parsed),
                          ("skipped (not mail)", stats.skipped), ("unparsed", stats.unparsed),

@@ -15,15 +15,18 @@ with status 75 (EX_TEMPFAIL, "try again later").
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .actions.base import build_actions
 from .actions.enforcer import Enforcer
 from .config import Config
 from .engine.ledger import Decision
-from .follow import FollowWarning, LogCursor
+from .follow import FollowWarning, LogCursor, Position
+from .metrics import Figures, snapshot
+from .progress import ByteMeter, Progress
 from .state import State, StateLock
 from .state import StateBusy as ScanBusy  # the name other modules and tests import
 
@@ -48,35 +51,77 @@ class ScanResult:
     """Ids of decisions that ended before the scan read their lines: not enforced."""
     unenforced: list[str] = field(default_factory=list)
     """One line per new decision no configured action can carry out."""
+    figures: Figures | None = None
+    """The metrics after this run (counters since the state database was made)."""
 
 
 def run_scan(cfg: Config, *, clock: Callable[[], float] = time.time,
-             actions: list | None = None) -> ScanResult:
-    """One cron run; see the module docstring. ``actions`` overrides the config's."""
+             actions: list | None = None, progress: bool = False) -> ScanResult:
+    """One cron run; see the module docstring. ``actions`` overrides the config's;
+    ``progress`` writes a progress line on stderr."""
     with StateLock(cfg.state + ".lock"):
         result = ScanResult()
         state = State(cfg, clock=clock, on_decision=result.decisions.append)
         try:
-            _scan(cfg, state, result, clock, actions)
+            _scan(cfg, state, result, clock, actions, progress)
         finally:
             state.close()
-        return result
+    if cfg.metrics.textfile and result.figures is not None:
+        _write_textfile(cfg.metrics.textfile, result)
+    return result
+
+
+def _write_textfile(path: str, result: ScanResult) -> None:
+    """The metrics for node-exporter's textfile collector; a failure is an error of
+    the run (exit 1), not a traceback."""
+    from .metrics_prom import write_textfile
+
+    try:
+        write_textfile(path, result.figures)
+    except OSError as exc:
+        message = f"metrics file {path}: {exc.strerror or exc}"
+        log.error("%s", message)
+        result.errors.append(message)
+
+
+def _unread(path: str, start: Position | None) -> tuple[os.stat_result | None, int]:
+    """The log's current file and how far into it this scan starts (0: from the top)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, 0
+    same = start is not None and (start.inode, start.device) == (st.st_ino, st.st_dev)
+    return st, start.offset if same and start is not None else 0
 
 
 def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], float],
-          actions: list | None) -> None:
+          actions: list | None, progress: bool = False) -> None:
+    starts = {path: _unread(path, state.positions.get(path)) for path in cfg.logs}
+    meter = ByteMeter()
+    # The bytes still to read in each log's current file; lines of rotated files read
+    # first (a scan after a rotation) move the count only once the current file is
+    # reached, so the percentage may pause but never runs ahead.
+    shown = Progress(sum(max(st.st_size - off, 0) for st, off in starts.values() if st),
+                     meter.done) if progress else None
     for path in cfg.logs:
         cursor = LogCursor(path, state.positions.get(path), notify=_report_follow_warning)
+        meter.next_input()
+        lines = cursor.read()
+        st, offset = starts[path]
+        if shown is not None and st is not None:
+            lines = _metered(lines, (st.st_ino, st.st_dev), offset, meter)
         try:
-            state.feed(path, cursor.read())
+            state.feed(path, lines, shown.show if shown is not None else None)
         finally:
             cursor.close()
+    if shown is not None:
+        shown.end(state.pipeline.stats)
     result.lines = state.pipeline.stats.read
     result.cut = state.pipeline.stats.cut
     if not state.checkpoint():  # positions, counts, points, joins and decisions
         raise ScanFailed(f"could not save the state: {state.checkpoints.last_error}")
     enforcer = Enforcer(actions if actions is not None
-                        else build_actions(cfg.actions),
+                        else build_actions(cfg.actions, origin=cfg.path),
                         state.ruleset.allowlist, state.local)
     state.rebuild_from(enforcer.actions)  # after a corrupt state database only
     now = clock()
@@ -95,6 +140,19 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
         enforcer.apply(decision)
     enforcer.reconcile(state.ledger.active(now), now)
     result.errors = enforcer.errors
+    state.action_failures = enforcer.failures
+    state.save_tally()  # the action errors of this run, and the checkpoint's duration
+    names = [getattr(a, "name", str(a)) for a in enforcer.actions]
+    result.figures = snapshot(state, origin="scan", now=now, sources=cfg.logs, backends=names)
+
+
+def _metered(lines: Iterator[tuple[str, Position]], file: tuple[int, int], offset: int,
+             meter: ByteMeter) -> Iterator[tuple[str, Position]]:
+    """The cursor's lines, telling ``meter`` how far into the current file they are."""
+    for line, pos in lines:
+        if (pos.inode, pos.device) == file:
+            meter.current = pos.offset - offset
+        yield line, pos
 
 
 def _report_follow_warning(notice: FollowWarning) -> None:

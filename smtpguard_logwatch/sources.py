@@ -28,11 +28,13 @@ class SourceError(Exception):
 
 @dataclass
 class LogSource:
-    """One input: its display name, how to open it, and its year anchor (mtime)."""
+    """One input: its display name, how to open it, its year anchor (mtime) and its
+    size on disk (None for stdin), which measures progress."""
 
     name: str
     opener: Callable[[], IO[bytes]]
     mtime: float | None
+    size: int | None = None
 
     def open(self) -> IO[bytes]:
         try:
@@ -70,7 +72,7 @@ def source_for(path: str) -> LogSource:
         raise SourceError(f"cannot read {path}: not a regular file")
     if not os.access(path, os.R_OK):
         raise SourceError(f"cannot read {path}: permission denied")
-    return LogSource(path, lambda: _open_path(path), st.st_mtime)
+    return LogSource(path, lambda: _open_path(path), st.st_mtime, st.st_size)
 
 
 def first_time(source: LogSource, make_clock: Callable[[LogSource], Clock],
@@ -103,7 +105,22 @@ def chronological(sources: list[LogSource],
     return [s for _t, _i, s in dated + undated]
 
 
-def iter_lines(source: LogSource) -> Iterator[str]:
+def _position(fh: IO[bytes]) -> Callable[[], int | None]:
+    """Bytes of the file on disk read so far: for gzip the compressed bytes, which is
+    what the file's size counts."""
+    raw = fh.fileobj if isinstance(fh, gzip.GzipFile) else fh
+
+    def tell() -> int | None:
+        try:
+            return raw.tell()  # type: ignore[union-attr]
+        except (OSError, ValueError):  # a pipe
+            return None
+
+    return tell
+
+
+def iter_lines(source: LogSource, on_position: Callable[[int | None], None] | None = None
+               ) -> Iterator[str]:
     """The lines of one source, as text without their ``\\n`` (invalid UTF-8 replaced:
     mail logs carry the client's bytes); the file is closed when iteration ends.
 
@@ -111,13 +128,17 @@ def iter_lines(source: LogSource) -> Iterator[str]:
     Memory is bounded whatever the input: a line still open after MAX_LINE_BYTES is
     handed out that far (the pipeline cuts it to MAX_LINE characters and counts it)
     and the rest of it, up to its newline, is read and dropped; a gzip of only NULs or
-    newlines, or ``/dev/zero`` on stdin, streams through in constant memory."""
+    newlines, or ``/dev/zero`` on stdin, streams through in constant memory.
+    ``on_position`` is told the bytes read from disk after each chunk (progress)."""
     with source.open() as fh:
         read = fh.read
+        tell = _position(fh) if on_position is not None else None
         rest = b""
         skipping = False  # inside a line already handed out cut
         while True:
             chunk = read(_CHUNK)
+            if tell is not None:
+                on_position(tell())  # type: ignore[misc]
             if not chunk:
                 break
             if skipping:

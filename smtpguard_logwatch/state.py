@@ -38,8 +38,10 @@ from .envelope import Clock, zone_from_name
 from .follow import Position
 from .follow import load_all as load_positions
 from .follow import save as save_position
-from .pipeline import Pipeline
-from .rules import RuleSet, default_rules_path, load_rules
+from .metrics import LINE_OUTCOMES, Tally
+from .pipeline import LineStats, Pipeline
+from .rules import RuleSet, load_rules
+from .rules.loader import DEFAULT_RULES_TOKEN
 from .simulation import Simulation
 from .store import FrequencyStore
 
@@ -92,7 +94,7 @@ class StateLock:
 
 def rules_of(cfg: Config) -> RuleSet:
     """The config's rule files, or the shipped defaults when it names none."""
-    return load_rules(cfg.rules or [str(default_rules_path())])
+    return load_rules(cfg.rules or [DEFAULT_RULES_TOKEN])
 
 
 class JournaledLedger(Ledger):
@@ -107,11 +109,15 @@ class JournaledLedger(Ledger):
         self._next_id = (row[0] or 0) + 1
         self.simulating: Callable[[Decision], bool] | None = None
         """Set by State: whether a new decision is simulated (simulation.py)."""
+        self.counted: Callable[[Decision], None] | None = None
+        """Set by State: counts each new decision once (metrics.py)."""
 
     def record(self, d: Decision) -> Decision:
         if d.id is None and self.simulating is not None:
             d.simulated = self.simulating(d)
         if d.id is None:
+            if self.counted is not None:
+                self.counted(d)
             d.id = self._next_id
         self._next_id = max(self._next_id, d.id + 1)
         super().record(d)
@@ -180,6 +186,8 @@ class State:
         self.dirty = False
         self._needs_rewrite = False
         self.checkpoints = CheckpointStats()
+        self.action_failures: dict[str, int] | None = None
+        """The enforcer's failures per action (set by the daemon and scan): counted."""
         self.simulation.refresh(self.engine, self.ruleset, force=True)
 
     def _load(self, cfg: Config, on_decision: Callable[[Decision], None] | None) -> None:
@@ -187,6 +195,8 @@ class State:
         self.ledger = JournaledLedger(self.conn)
         self.ledger.simulating = lambda d: self.simulation.simulated(d, self.ruleset,
                                                                      self.clock())
+        self.tally = Tally.load(self.conn)
+        self.ledger.counted = self.tally.decision
         self.engine = Engine(self.ruleset, store=FrequencyStore.load(self.conn),
                              ledger=self.ledger, breaker=breaker_of(cfg), local=self.local,
                              warmup=cfg.warmup, on_decision=on_decision)
@@ -219,15 +229,17 @@ class State:
             clock = self._clocks[path] = Clock(self._tz, now=self.clock)
         return clock
 
-    def feed(self, path: str, lines: Iterable[tuple[str, Position]]) -> int:
+    def feed(self, path: str, lines: Iterable[tuple[str, Position]],
+             progress: Callable[[LineStats], None] | None = None) -> int:
         """Count ``(line, position)`` pairs of one log; remember the last position."""
-        return self._feed(path, lines, self.positions)
+        return self._feed(path, lines, self.positions, progress)
 
     def feed_cursored(self, name: str, lines: Iterable[tuple[str, str]]) -> int:
         """Count ``(line, cursor)`` pairs of a non-file input (the journal)."""
         return self._feed(name, lines, self.cursors)
 
-    def _feed(self, name: str, lines: Iterable[tuple[str, Any]], marks: dict[str, Any]) -> int:
+    def _feed(self, name: str, lines: Iterable[tuple[str, Any]], marks: dict[str, Any],
+              progress: Callable[[LineStats], None] | None = None) -> int:
         """Feed the lines; ``marks[name]`` becomes the resume point after the last line
         the pipeline took, even when it stops early with an exception."""
         last: list[Any] = []
@@ -237,15 +249,43 @@ class State:
                 last[:] = [mark]
                 yield line
 
-        before = self.pipeline.stats.read
+        stats = self.pipeline.stats
+        before = {outcome: getattr(stats, outcome) for outcome in LINE_OUTCOMES}
         self.simulation.refresh(self.engine, self.ruleset)
         try:
-            self.pipeline.feed(text(), self.clock_for(name))
+            self.pipeline.feed(text(), self.clock_for(name), progress=progress)
         finally:
             if last:
                 marks[name] = last[0]
                 self.dirty = True
-        return self.pipeline.stats.read - before
+            self.tally.lines(name, before, {o: getattr(stats, o) for o in LINE_OUTCOMES})
+        return stats.read - before["read"]
+
+    def last_line_time(self, name: str) -> float | None:
+        """Log time of the latest line read from ``name`` in this process (follow lag)."""
+        clock = self._clocks.get(name)
+        return clock.last if clock is not None else None
+
+    def sync_tally(self) -> Tally:
+        """Bring the counters kept elsewhere in memory (events per type, action
+        failures) into the tally, and return it."""
+        tally = self.tally
+        for kind, n in self.engine.stats.by_type.items():
+            tally.absorb("smtpguard_events_total", (kind.__name__,), n)
+        for name, n in (self.action_failures or {}).items():
+            tally.absorb("smtpguard_action_errors_total", (name,), n)
+        return tally
+
+    def save_tally(self) -> bool:
+        """Save the counters alone (``scan``, after enforcing what it checkpointed)."""
+        try:
+            self.sync_tally().save(self.conn)
+            self.conn.commit()
+        except (sqlite3.Error, OSError) as exc:
+            self._rollback()
+            log.error("could not save the metrics: %s (%s)", exc, self.cfg.state)
+            return False
+        return True
 
     def checkpoint(self) -> bool:
         """Write everything in one transaction. False (reported, rolled back, state in
@@ -263,11 +303,13 @@ class State:
             save_engine(self.engine, self.conn)
             self.conn.execute("INSERT OR REPLACE INTO scan_join_state VALUES (1, ?)",
                               (self.pipeline.join_state(),))
+            self.sync_tally().save(self.conn)  # counts match the positions saved
             self.conn.commit()
         except (sqlite3.Error, OSError) as exc:
             self._rollback()
             self.engine.store.mark_unsaved()
             self.checkpoints.failed += 1
+            self.tally.add("smtpguard_checkpoint_failures_total")
             self.checkpoints.last_error = str(exc)
             log.error("checkpoint failed, state kept in memory and retried: %s (%s)",
                       exc, self.cfg.state)
@@ -277,6 +319,7 @@ class State:
         self.checkpoints.done += 1
         self.checkpoints.last_time = self.clock()
         self.checkpoints.last_seconds = time.monotonic() - started
+        self.tally.checkpoint.observe(self.checkpoints.last_seconds)  # saved with the next
         self.checkpoints.last_error = None
         return True
 

@@ -21,7 +21,8 @@
 #                       tests/test_journal.py follows with journalctl (no journald needed;
 #                       the package's services ship disabled and are not started).
 #
-# Idempotent and non-interactive: apt-get is skipped when everything is already installed.
+# Idempotent and non-interactive: apt-get is skipped when everything is already installed,
+# and a package already installed is never upgraded (see fitting_version).
 # Services that this run's installs may have started (postfix on port 25, saslauthd) are
 # stopped and disabled. A Postfix that was installed before this run is left alone (the
 # private test instance does not touch it).
@@ -31,6 +32,16 @@ PACKAGES=(postfix libsasl2-modules sasl2-bin nftables iproute2 iptables ipset sy
           systemd-journal-remote)
 # Fleet mode: the tests run their own redis-server; the system one is quiesced below.
 PACKAGES+=(redis-server)
+# chromium - headless, renders the HTML report (tests/test_report_browser.py): the
+#            screenshot is not blank and the page logs nothing to the console.
+PACKAGES+=(chromium)
+# The Debian package test (tests/test_debian_package.py): build the .deb from Debian's own
+# packages, lint it, and install it into a debootstrap'ed Debian 12 root (cached under
+# /var/cache/smtpguard-test/). python3-apscheduler/-prometheus-client/-redis: the
+# package's build dependencies (also let tests run against Debian's library versions).
+PACKAGES+=(debootstrap lintian dpkg-dev debhelper dh-python pybuild-plugin-pyproject
+           python3-all python3-setuptools python3-pyparsing python3-apscheduler
+           python3-prometheus-client python3-redis)
 
 say() { printf 'install-test-deps: %s\n' "$*"; }
 die() { printf 'install-test-deps: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -41,6 +52,30 @@ command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found"
 
 is_installed() {
     [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
+}
+
+# The installed packages that `apt-get install ARGS` would upgrade (simulated, as
+# "name old -> new" words), empty when it only adds packages.
+would_upgrade() {
+    apt-get -s -q --no-install-recommends install "$@" 2>/dev/null \
+        | sed -n 's/^Inst \([^ ]*\) \[\([^]]*\)\] (\([^ ]*\).*/\1 \2 -> \3,/p' | tr '\n' ' '
+}
+
+# PKG, or PKG=VERSION for the newest version of PKG that upgrades nothing installed.
+fitting_version() {
+    local pkg=$1 version
+    if [[ -z $(would_upgrade "$pkg") ]]; then
+        printf '%s\n' "$pkg"
+        return 0
+    fi
+    for version in $(apt-cache madison "$pkg" | awk -F'|' '{gsub(/ /, "", $2); print $2}'); do
+        if [[ -z $(would_upgrade "$pkg=$version") ]]; then
+            printf '%s=%s\n' "$pkg" "$version"
+            return 0
+        fi
+    done
+    die "every version of $pkg would upgrade installed packages ($(would_upgrade "$pkg"));" \
+        "install it yourself if you want that, then run this again"
 }
 
 missing=()
@@ -74,10 +109,21 @@ EOF
     # Lock timeout: on fresh CI VMs unattended-upgrades often holds the dpkg lock for a while.
     apt-get -o DPkg::Lock::Timeout=300 update -q \
         || die "apt-get update failed (network or apt sources problem)"
-    say "installing: ${missing[*]}"
-    apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
+    # Only what is missing, and never an upgrade of what the host already has: a test run
+    # must not upgrade a mail host's systemd or libc as a side effect. A missing package
+    # whose newest version needs a newer installed package (systemd-journal-remote pins
+    # systemd's exact version) is installed at the version that fits the host instead.
+    chosen=()
+    for pkg in "${missing[@]}"; do
+        chosen+=("$(fitting_version "$pkg")") || exit 1
+    done
+    upgrades=$(would_upgrade "${chosen[@]}")
+    [[ -z $upgrades ]] || die "installing ${chosen[*]} would upgrade installed packages" \
+        "($upgrades); install them yourself if you want that, then run this again"
+    say "installing: ${chosen[*]}"
+    apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends --no-upgrade \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        "${missing[@]}" || die "apt-get install ${missing[*]} failed"
+        "${chosen[@]}" || die "apt-get install ${chosen[*]} failed"
     for pkg in "${missing[@]}"; do
         is_installed "$pkg" || die "$pkg still not installed after apt-get install"
     done

@@ -75,3 +75,9 @@ def test_durations(text, seconds) -> None:
 def test_bad_durations(text) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["-5", " -0.5 ", -3])
+def test_a_negative_duration_says_so(text) -> None:
+    with pytest.raises(ValueError, match="cannot be negative"):
+        parse_duration(text)

@@ -23,6 +23,7 @@ from truth import log_lines, one_pass, stored
 
 from smtpguard_logwatch.daemon.control import DaemonUnavailable, request
 from smtpguard_logwatch.follow.table import TABLE
+from smtpguard_logwatch.metrics import from_database
 
 
 class LogWriter:
@@ -76,6 +77,14 @@ def _wait_answering(sock: str, proc: subprocess.Popen, timeout: float = 30) -> N
         except (DaemonUnavailable, ConnectionError, OSError):
             pass
         time.sleep(0.02)
+
+
+def _counted_lines(state: str, log: Path) -> float:
+    """The lines_read metric saved in the state database: like the counts, each line
+    exactly once, however often the daemon was killed."""
+    figures = from_database(state, now=time.time())
+    assert figures is not None
+    return figures.values["smtpguard_lines_read_total"][(str(log),)]
 
 
 def _saved_position(state: str) -> tuple | None:
@@ -150,6 +159,7 @@ def test_twenty_sigkills_while_following_a_growing_rotating_log(tmp_path: Path) 
     messages, _ = stored(cfg.state)
     assert sum(messages.values()) == sum(expected.values())
     assert messages == expected
+    assert _counted_lines(cfg.state, log) == len(lines)
 
 
 ROTATIONS = [s for s in SCHEMES if s[0] in (
@@ -190,6 +200,7 @@ def test_rotation_while_following_or_stopped(tmp_path: Path, scheme: Scheme, mod
     messages, decisions = stored(cfg.state)
     assert messages == expected
     assert decisions == expected_decisions
+    assert _counted_lines(cfg.state, log) == len(lines)
 
 
 @pytest.mark.parametrize("scheme", [Scheme(*s) for s in ROTATIONS], ids=[s[0] for s in ROTATIONS])
@@ -221,3 +232,4 @@ def test_rotation_between_and_during_cron_scans(tmp_path: Path, scheme: Scheme) 
     messages, decisions = stored(cfg.state)
     assert messages == expected
     assert decisions == expected_decisions
+    assert _counted_lines(cfg.state, log) == len(lines)

@@ -74,3 +74,21 @@ def test_a_networks_distinct_client_ips_counts_guessers_that_never_deliver():
         _, m = observe(AuthFailure(0.0, "mx", f"198.51.100.{i + 1}", "LOGIN", "root"))
         members |= {v for d, _k, name, v in m if d == "client_net" and name == "client_ips"}
     assert len(members) == 6
+
+
+def test_members_no_rule_reads_are_not_built():
+    """The engine passes the distinct metrics its rules read; nothing else is built (a
+    message to two recipients fed every key's distinct recipients, and every event its
+    /24's client IPs, for rules that did not exist)."""
+    from smtpguard_logwatch.engine.observe import wanted_distinct
+
+    wanted = wanted_distinct([("sasl_user", "client_ips"), ("recipient_domain", "senders")])
+    built = set()
+    for ev in _every_event():
+        _, members = observe(ev, wanted)
+        built |= {(d, m) for d, _k, m, _v in members}
+    assert built == {("sasl_user", "client_ips"), ("recipient_domain", "senders")}
+    everything = set()
+    for ev in _every_event():
+        everything |= {(d, m) for d, _k, m, _v in observe(ev)[1]}
+    assert len(everything) > 10  # the default still builds every member

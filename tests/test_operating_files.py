@@ -163,8 +163,8 @@ def test_the_sample_config_documents_every_daemon_key_with_its_default() -> None
 def test_the_sample_config_rule_files_exist_once_installed() -> None:
     """``@default`` is the installed package's default.rules; local.rules is the admin's."""
     cfg = load_config(CONFIG)
-    assert cfg.rules == [str(default_rules_dir() / "default.rules"),
-                         "/etc/smtpguard-logwatch/local.rules"]
+    assert cfg.rules == ["@default", "/etc/smtpguard-logwatch/local.rules"]
+    assert load_rules(cfg.rules[:1]).files[0] == str(default_rules_dir() / "default.rules")
     assert load_rules(cfg.rules[:1]).rules
 
 

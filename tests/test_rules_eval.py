@@ -25,7 +25,7 @@ class View:
         self.calls.append(("count", metric, window))
         return self.counts.get((metric, window), 0)
 
-    def distinct(self, metric: str, window: float) -> int:
+    def distinct(self, metric: str, window: float, limit: int | None = None) -> int:
         self.calls.append(("distinct", metric, window))
         return self.distincts.get((metric, window), 0)
 
@@ -213,11 +213,28 @@ def test_cheap_tests_run_first() -> None:
     assert v.calls == []  # `authenticated` decided it without touching the store
 
 
-def test_evidence_lists_every_test() -> None:
+def test_evidence_of_a_condition_that_holds_lists_only_the_tests_that_held() -> None:
     r = rule(" when rejects in 1h > 1 or bounces in 1h > 1\n add 1 point")
     ok, ev = r.condition_with_evidence(View({("rejects", H): 5}))
     assert ok
+    assert [str(e) for e in ev] == ["rejects in 1h = 5 > 1"]
+    nested = rule(" when (rejects in 1h > 1 or bounces in 1h > 1) and messages in 1h > 2\n"
+                  " add 1 point")
+    ok, ev = nested.condition_with_evidence(View({("bounces", H): 5, ("messages", H): 3}))
+    assert ok
+    assert [str(e) for e in ev] == ["bounces in 1h = 5 > 1", "messages in 1h = 3 > 2"]
+
+
+def test_evidence_of_a_condition_that_fails_lists_every_test() -> None:
+    r = rule(" when rejects in 1h > 1 and bounces in 1h > 1\n add 1 point")
+    ok, ev = r.condition_with_evidence(View({("rejects", H): 5}))
+    assert not ok
     assert [str(e) for e in ev] == ["rejects in 1h = 5 > 1", "bounces in 1h = 0 > 1 (false)"]
+    negated = rule(" when not (rejects in 1h > 1 or bounces in 1h > 1)\n add 1 point")
+    ok, ev = negated.condition_with_evidence(View({}))
+    assert ok  # held because both tests failed: both are its reasons
+    assert [str(e) for e in ev] == ["rejects in 1h = 0 > 1 (false)",
+                                    "bounces in 1h = 0 > 1 (false)"]
 
 
 def test_const_threshold_shows_value() -> None:
@@ -256,3 +273,20 @@ def test_domain_set() -> None:
     assert d.matches("EXAMPLE.com.") and not d.matches("mail.example.com")
     assert d.matches("corp.example") and d.matches("a.b.corp.example")
     assert not d.matches("notcorp.example")
+
+
+def test_a_distinct_count_is_counted_only_as_far_as_its_comparison_needs():
+    """``distinct X in W > 50`` stops walking the member set at 51 (issue 10: replay no
+    slower): for every operator and constant, the cut count compares as the full one."""
+    import operator
+
+    from smtpguard_logwatch.rules.conditions import _enough
+
+    ops = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+           "==": operator.eq, "!=": operator.ne}
+    for name, op in ops.items():
+        for c in (-3.0, -0.5, 0.0, 0.5, 1.0, 2.5, 3.0, 7.0, float("inf")):
+            limit = _enough(name, c)
+            for n in range(12):
+                cut = n if limit is None else min(n, limit)
+                assert op(cut, c) == op(n, c), (name, c, n, limit)

@@ -21,7 +21,8 @@ from smtpguard_logwatch.actions.base import ReconcileReport
 from smtpguard_logwatch.actions.enforcer import Enforcer
 from smtpguard_logwatch.config import Config, ConfigError, config_from_dict
 from smtpguard_logwatch.engine.ledger import Decision, Ledger
-from smtpguard_logwatch.operator import Operator, decision_rows, open_ledger
+from smtpguard_logwatch.listing import format_table, row_json
+from smtpguard_logwatch.operator import Operator, open_ledger
 from smtpguard_logwatch.rules import RuleError, load_text
 from smtpguard_logwatch.rules.describe import describe_ladder
 from smtpguard_logwatch.scan import run_scan
@@ -296,7 +297,8 @@ def test_list_and_scan_output_say_simulated(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     rows = [r for r in listed.stdout.splitlines() if ATTACKER in r]
     assert len(rows) == 1 and rows[0].endswith("(simulated)")
-    assert all(row.endswith("(simulated)") for row in decision_rows(site.ledger()))
+    table = format_table([row_json(d, T0) for d in site.ledger()])
+    assert all(row.endswith("(simulated)") for row in table[1:])
 
 
 def test_warning_mail_says_simulated(tmp_path: Path) -> None:
@@ -379,7 +381,7 @@ def test_daemon_status_digest_and_reload(tmp_path: Path) -> None:
     site.cfg.control_socket = str(tmp_path / "control.sock")
     daemon = Daemon(site.cfg, actions=[site.recorder], clock=lambda: site.now)
     try:
-        mode = commands.status(daemon, {})["mode"]
+        mode = commands.status(daemon.services(), {})["mode"]
         assert mode["mode"] == "enforce" and mode["simulated_ladders"] == ["client_ip"]
         assert describe_mode(mode) == "enforcing; ladders in simulation: client_ip"
         daemon.state.feed_cursored("test", [(line, "c1") for line in
@@ -393,7 +395,7 @@ def test_daemon_status_digest_and_reload(tmp_path: Path) -> None:
                 if "until" in line] == [True, False]
         from smtpguard_logwatch.engine.why import format_explanation
 
-        explained = commands.explain(daemon, {"key": ATTACKER})
+        explained = commands.explain(daemon.services(), {"key": ATTACKER})
         text = format_explanation(explained, explained["decisions"])
         assert "penalty: refuse (simulated) until" in text
         assert f"refuse until {explained['decisions'][0]['until']} [guessing] (simulated)" in text

@@ -234,3 +234,44 @@ def test_unknown_things_count_zero():
     assert s.count("ip", "nobody", "m", 600, T0) == 0
     assert s.distinct("ip", "nobody", "m", 600, T0) == 0
     assert list(s.keys("ip")) == []
+
+
+def _state(store: FrequencyStore) -> dict:
+    """Everything a store holds, comparable: series levels and member maps per key."""
+    out = {}
+    for dim in store.dimensions():
+        for key, rec in store._dims[dim].items():
+            for metric, s in rec.items():
+                if hasattr(s, "last"):
+                    out[dim, key, metric] = dict(s.last)
+                else:
+                    out[dim, key, metric] = (s.b, s.v, [(j, list(i), list(v))
+                                                        for j, i, v in s.levels()])
+    return out
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=event_streams(horizon=30 * HOUR, max_size=150),
+       keys=st.lists(st.sampled_from(["a", "b", "c"]), min_size=150, max_size=150),
+       expire_every=st.sampled_from([1, 5, 23]))
+def test_expiry_skipping_keys_not_due_changes_nothing(events, keys, expire_every):
+    """Expiry skips a key until its ``due`` clock (issue 10: replay no slower): the same
+    adds, late adds and members, with expiry forced to look at every key, leave exactly
+    the same buckets, members, series and keys."""
+    stores = [FrequencyStore(resolutions=SMALL), FrequencyStore(resolutions=SMALL)]
+    for i, ((t, n), key) in enumerate(zip(events, keys, strict=False)):
+        for store in stores:
+            store.add("ip", "192.0.2.99", "messages", t)  # moves the store clock first
+            store.add("ip", key, "messages", t, n)
+            if i % 4 == 0:
+                store.add("ip", key, "rejects", t)
+            store.add_member("ip", key, "#users", f"u{i % 7}", t)
+            store.add_member("net", key, "#ips", f"10.0.0.{i % 5}", t)  # members only
+            if i % expire_every == 0:
+                if store is stores[1]:
+                    for dim in store.dimensions():
+                        for rec in store._dims[dim].values():
+                            rec.due = -math.inf  # the reference: every key looked at
+                store.expire(t + (i % 3) * HOUR)
+        assert _state(stores[0]) == _state(stores[1])
+        assert stores[0].entries() == stores[1].entries()

@@ -99,3 +99,69 @@ def test_repeated_member_counts_once_and_window_moves():
     store.add_member("sasl", "bob", "client_ips", "192.0.2.8", T0)
     assert store.distinct("sasl", "bob", "client_ips", HOUR, T0 + 99 * 60) == 1
     assert store.distinct("sasl", "bob", "client_ips", 12 * HOUR, T0 + 99 * 60) == 2
+
+
+class _PlainMemberSet:
+    """The map-only MemberSet as it was before lone members got their own slots: the
+    reference the compact one must match operation for operation."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+        self.tail = float("-inf")
+        self.ordered = True
+
+    def add(self, member, b, cap):
+        d = self.last
+        old = d.get(member)
+        if old is not None:
+            if b <= old:
+                return old
+            del d[member]
+        d[member] = b
+        if b >= self.tail:
+            self.tail = b
+        else:
+            self.ordered = False
+        if len(d) > cap + (cap >> 3):
+            items = sorted(d.items(), key=lambda mb: mb[1])[-cap:]
+            self.last = dict(items)
+            self.ordered = True
+            self.tail = items[-1][1]
+        return old
+
+    def prune(self, cut):
+        d = self.last
+        if not d or (self.ordered and next(iter(d.values())) >= cut):
+            return
+        self.last = {m: b for m, b in sorted(d.items(), key=lambda mb: mb[1]) if b >= cut}
+        self.ordered = True
+        self.tail = next(reversed(self.last.values())) if self.last else float("-inf")
+
+    def count_since(self, first_b, cap):
+        return min(cap, sum(1 for b in self.last.values() if b >= first_b))
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["add", "add", "add", "prune", "count"]),
+                              st.sampled_from(["a", "b", "c", "d"]), st.integers(0, 12)),
+                    max_size=40),
+       cap=st.integers(1, 3))
+def test_lone_member_form_behaves_as_the_plain_map(ops, cap):
+    from smtpguard_logwatch.store.distinct import MemberSet
+    from smtpguard_logwatch.store.persist import pack_members, unpack_members
+
+    ms, ref = MemberSet(), _PlainMemberSet()
+    for op, member, b in ops:
+        if op == "add":
+            assert ms.add(member, float(b), cap) == ref.add(member, float(b), cap)
+        elif op == "prune":
+            ms.prune(float(b))
+            ref.prune(float(b))
+        else:
+            assert ms.count_since(float(b), cap) == ref.count_since(float(b), cap)
+        assert list(ms.last.items()) == list(ref.last.items())
+        assert (len(ms), bool(ms)) == (len(ref.last), bool(ref.last))
+        assert ms.tail == ref.tail
+        assert ms.oldest() == (min(ref.last.values()) if ref.last else None)
+        back = unpack_members(pack_members(ms))
+        assert list(back.last.items()) == list(ms.last.items()) and back.tail == ms.tail

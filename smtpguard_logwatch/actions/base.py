@@ -105,22 +105,29 @@ def registered() -> dict[str, type]:
     return dict(_REGISTRY)
 
 
-def build_actions(config: Mapping[str, Mapping[str, Any]], *, dry_run: bool = False
-                  ) -> list[Any]:
+def build_actions(config: Mapping[str, Mapping[str, Any]], *, dry_run: bool = False,
+                  origin: str | None = None) -> list[Any]:
     """The enabled actions, from the ``[actions.NAME]`` tables of the config.
 
-    ``config`` maps an action name to its settings; ``enabled = false`` skips it. An
-    unknown name is an ActionError naming the known ones."""
+    ``config`` maps an action name to its settings; ``enabled = false`` skips it. A
+    bad table is an ActionError that names ``origin`` (the config file) and the
+    table, and for an unknown name every known one, so the admin knows where to look."""
     actions = []
     for name, settings in config.items():
         if not settings.get("enabled", True):
             continue
+        where = f"{origin}: [actions.{name}]" if origin else f"[actions.{name}]"
         if name not in _REGISTRY and name in BUILTIN_MODULES:
             importlib.import_module(BUILTIN_MODULES[name])
         cls = _REGISTRY.get(name)
         if cls is None:
-            known = ", ".join(sorted(_REGISTRY)) or "none"
-            raise ActionError(f"unknown action {name!r} in the config (known: {known})")
+            known = ", ".join(sorted({*_REGISTRY, *BUILTIN_MODULES}))
+            raise ActionError(f"{where}: unknown action {name!r} (known: {known})")
         options = {k: v for k, v in settings.items() if k not in ("enabled", "dry_run")}
-        actions.append(cls(dry_run=dry_run or bool(settings.get("dry_run")), **options))
+        try:
+            actions.append(cls(dry_run=dry_run or bool(settings.get("dry_run")), **options))
+        except ActionError as exc:
+            raise ActionError(f"{where}: {str(exc).removeprefix(f'{name}: ')}") from None
+        except TypeError as exc:  # an option the action's constructor does not take
+            raise ActionError(f"{where}: bad option: {exc}") from None
     return actions

@@ -60,6 +60,8 @@ class Enforcer:
     allowlist: Allowlist = field(default_factory=Allowlist)
     local: LocalNetworks = field(default_factory=LocalNetworks.loopback_only)
     errors: list[str] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+    """Failures per action name, for the ``smtpguard_action_errors_total`` metric."""
 
     def allowed(self, d: Decision) -> bool:
         """True if the decision may be enforced (its key is not protected)."""
@@ -94,9 +96,11 @@ class Enforcer:
                 reports[action.name] = action.reconcile(mine, now)
             except ActionError as exc:
                 self._error(exc)
+                self._failed(action.name)
             except Exception as exc:  # noqa: BLE001 - as in _each
                 log.exception("%s: reconcile failed", action.name)
                 self.errors.append(f"{action.name}: reconcile failed: {exc!r}")
+                self._failed(action.name)
         return reports
 
     def _each(self, d: Decision, verb: str) -> Outcome:
@@ -113,6 +117,17 @@ class Enforcer:
         return outcome
 
     def _one(self, action: Any, d: Decision, verb: str) -> None:
+        before = len(self.errors)
+        try:
+            self._call(action, d, verb)
+        finally:
+            if len(self.errors) > before:
+                self._failed(getattr(action, "name", str(action)))
+
+    def _failed(self, name: str) -> None:
+        self.failures[name] = self.failures.get(name, 0) + 1
+
+    def _call(self, action: Any, d: Decision, verb: str) -> None:
         try:
             getattr(action, verb)(d)
         except ActionError as exc:

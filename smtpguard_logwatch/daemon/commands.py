@@ -1,46 +1,70 @@
 """What the control socket answers. Each command runs under the daemon's lock, so it
 sees (and changes) the same engine, ledger and actions as the main loop; results
-are plain JSON-ready data, formatted for people by the CLI."""
+are plain JSON-ready data, formatted for people by the CLI.
+
+A command gets a :class:`Services` — the ledger, engine, an operator over the
+daemon's actions, and the few daemon hooks it needs — taken fresh for each request
+(a reload replaces rules, engine and actions), never the daemon itself."""
 
 from __future__ import annotations
 
-import os
-import time
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from .. import __version__
+from ..actions.base import ReconcileReport
 from ..decisions import decision_json
+from ..engine import Engine
+from ..engine.ledger import Decision, Ledger
 from ..engine.why import explain_key
+from ..listing import row_json
 from ..operator import BanRequest, Operator, OperatorError, parse_key_request
 from ..report import iso
 from .control import ControlError
 
-if TYPE_CHECKING:
-    from .service import Daemon
+
+@dataclass(frozen=True)
+class Services:
+    """What the control commands work on, for one request."""
+
+    ledger: Ledger
+    engine: Engine
+    operator: Operator
+    """Over the daemon's ledger and actions; its commit is a checkpoint, so a manual
+    decision is saved together with everything it may depend on."""
+    clock: Callable[[], float]
+    log_decision: Callable[[Decision, str], None]
+    reconcile: Callable[[str], dict[str, ReconcileReport]]
+    action_errors: list[str]
+    status: Callable[[], dict[str, Any]]
+    fleet: Any = None
+    """The daemon's fleet.Link in fleet mode: bans and unbans travel to every host."""
 
 
-def handle(daemon: Daemon, command: str, args: dict[str, Any]) -> Any:
-    """Dispatch one request; ControlError for anything the client got wrong."""
-    if command == "reload":
-        return daemon.request_reload()
-    handler = _COMMANDS.get(command)
-    if handler is None:
-        raise ControlError(f"unknown command {command!r} "
-                           f"(known: {', '.join(sorted([*_COMMANDS, 'reload']))})")
-    with daemon.lock:
-        try:
-            return handler(daemon, args)
-        except OperatorError as exc:
-            raise ControlError(str(exc)) from None
+@dataclass(frozen=True)
+class Control:
+    """The daemon's side of the socket: its lock, how to get the services for one
+    request, and how to reload (which takes the lock itself, later)."""
 
+    lock: threading.RLock
+    services: Callable[[], Services]
+    reload: Callable[[], dict[str, Any]]
 
-def _operator(daemon: Daemon) -> Operator:
-    """An Operator over the daemon's own ledger and actions; its commit is a checkpoint,
-    so a manual decision is saved together with everything it may depend on."""
-    state = daemon.state
-    return Operator(state.ledger, daemon.actions, state.ruleset, state.local,
-                    clock=daemon.clock, commit=daemon.checkpoint_or_warn,
-                    enforcer=daemon.enforcer, widest=daemon.cfg.widest_prefix)
+    def handle(self, command: str, args: dict[str, Any]) -> Any:
+        """Dispatch one request; ControlError for anything the client got wrong."""
+        if command == "reload":
+            _no_args("reload", args)
+            return self.reload()
+        handler = _COMMANDS.get(command)
+        if handler is None:
+            raise ControlError(f"unknown command {command!r} "
+                               f"(known: {', '.join(sorted([*_COMMANDS, 'reload']))})")
+        with self.lock:
+            try:
+                return handler(self.services(), args)
+            except OperatorError as exc:
+                raise ControlError(str(exc)) from None
 
 
 def _no_args(command: str, args: dict[str, Any]) -> None:
@@ -48,116 +72,99 @@ def _no_args(command: str, args: dict[str, Any]) -> None:
         raise ControlError(f"{command}: takes no arguments (got {', '.join(sorted(args))})")
 
 
-def status(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+def status(svc: Services, args: dict[str, Any]) -> dict[str, Any]:
     _no_args("status", args)
-    state = daemon.state
-    now = daemon.clock()
-    active: dict[str, int] = {}
-    for d in state.ledger.active(now):
-        active[d.action] = active.get(d.action, 0) + 1
-    engine = state.engine
-    cp = state.checkpoints
-    return {
-        "version": __version__, "pid": os.getpid(), "config": daemon.cfg.path,
-        "started": iso(daemon.started), "uptime": round(time.monotonic() - daemon.started_mono),
-        "mode": daemon.mode_status(), "rules": daemon.rule_files,
-        "watch": daemon.follower.backend,
-        "logs": [{"path": p, "offset": (pos := state.positions.get(p)) and pos.offset,
-                  "inode": pos and pos.inode} for p in daemon.cfg.logs],
-        "journal": daemon.journal_status(),
-        "lines": state.pipeline.stats.as_dict() | {"internal_errors": daemon.line_errors},
-        "events": engine.stats.events, "decided": dict(engine.stats.by_action),
-        "active": active,
-        "breaker": {"held_back": {rule: iso(until) for rule, until in engine.breaker
-                                  .tripped_rules(state.pipeline.stats.last_time or now).items()},
-                    "trips": dict(engine.breaker.trips)},
-        "checkpoint": {"done": cp.done, "failed": cp.failed, "last": iso(cp.last_time),
-                       "seconds": round(cp.last_seconds, 3), "error": cp.last_error,
-                       "pending_ledger_writes": state.ledger.pending},
-        "store_keys": engine.store.nkeys(), "action_errors": len(daemon.enforcer.errors),
-        "last_action_error": daemon.enforcer.errors[-1] if daemon.enforcer.errors else None,
-        "actions": [a.name for a in daemon.actions],
-        "reloads": daemon.reloads, "last_reload_error": daemon.last_reload_error,
-        "fleet": _fleet_status(daemon),
-    }
+    return svc.status()
 
 
-def _fleet_status(daemon: Daemon) -> dict[str, Any] | None:
-    if daemon.fleet is None:
-        return None
-    status = daemon.fleet.status()
-    return status | {"since": iso(status["since"])}
+def list_decisions(svc: Services, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Active decisions (or every one with ``all``), each with its ``status``; the CLI
+    filters and formats them."""
+    every = args.get("all", False)
+    if set(args) - {"all"} or not isinstance(every, bool):
+        raise ControlError('list: the only argument is "all": true or false')
+    now = svc.clock()
+    decisions = list(svc.ledger.all()) if every else svc.ledger.active(now)
+    if svc.fleet is None:
+        return [row_json(d, now) for d in decisions]
+    return [row_json(d, now) | {"host": _host(svc.fleet, d)} for d in decisions]
 
 
-def _host(daemon: Daemon, d: Any) -> str:
+def _host(fleet: Any, d: Decision) -> str:
     """Where a decision was made (fleet mode): this host, or the one it came from."""
     from ..fleet.wire import origin_of
 
     origin = origin_of(d)
-    return origin[1] if origin is not None else daemon.fleet.host
+    return origin[1] if origin is not None else fleet.host
 
 
-def list_decisions(daemon: Daemon, args: dict[str, Any]) -> list[dict[str, Any]]:
-    every = args.get("all", False)
-    if set(args) - {"all"} or not isinstance(every, bool):
-        raise ControlError('list: the only argument is "all": true or false')
-    ledger = daemon.state.ledger
-    decisions = list(ledger.all()) if every else ledger.active(daemon.clock())
-    fleet = daemon.fleet is not None
-    return [decision_json(d) | {"id": d.id, "revoked": iso(d.revoked)}
-            | ({"host": _host(daemon, d)} if fleet else {}) for d in decisions]
-
-
-def ban(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+def ban(svc: Services, args: dict[str, Any]) -> dict[str, Any]:
     """The same request, checked by the same parser, as ``ban`` on the command line;
     the answer says which actions carried it out and which failed."""
-    banned = _operator(daemon).ban(BanRequest.parse(args))
+    banned = svc.operator.ban(BanRequest.parse(args))
     d = banned.decision
-    daemon.log_decision(d, "manual")
-    if daemon.fleet is not None:
-        daemon.fleet.publish(d)
+    svc.log_decision(d, "manual")
+    if svc.fleet is not None:
+        svc.fleet.publish(d)
     return decision_json(d) | {"id": d.id, "carried_by": banned.outcome.carried_by,
                                "failed": banned.outcome.failed}
 
 
-def unban(daemon: Daemon, args: dict[str, Any]) -> list[dict[str, Any]]:
-    key, dimension = parse_key_request(args, "unban")
-    operator = _operator(daemon)
-    revoked = operator.unban(key, dimension=dimension)
+def _forgive(svc: Services, revoked: list[Decision]) -> list[dict[str, Any]]:
+    """After a lift: the keys' points go with their penalties, each lift is logged."""
     for d in revoked:
-        daemon.state.engine.forgive(d.dimension, d.key)
-        daemon.log_decision(d, "lifted")
-    if daemon.fleet is not None:  # lifted on every host, whether this one had it or not
-        dimension, key = operator.resolve(key, dimension)
-        daemon.fleet.publish_unban(dimension, key, daemon.clock())
+        svc.engine.forgive(d.dimension, d.key)
+        svc.log_decision(d, "lifted")
     return [decision_json(d) | {"id": d.id} for d in revoked]
 
 
-def explain(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+def unban(svc: Services, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Lift every active decision on the key; an address only covered by a network
+    decision is an error naming that network (OperatorError from the operator)."""
+    key, dimension = parse_key_request(args, "unban")
+    lifted = _forgive(svc, svc.operator.unban(key, dimension=dimension))
+    if svc.fleet is not None:  # lifted on every host, whether this one had it or not
+        dimension, key = svc.operator.resolve(key, dimension)
+        svc.fleet.publish_unban(dimension, key, svc.clock())
+    return lifted
+
+
+def unban_all(svc: Services, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Lift every active decision, as ``unban`` does for one key."""
+    _no_args("unban-all", args)
+    revoked = svc.operator.unban_all()
+    if svc.fleet is not None:  # what this host lifted, lifted on every host
+        now = svc.clock()
+        for dimension, key in sorted({(d.dimension, d.key) for d in revoked}):
+            svc.fleet.publish_unban(dimension, key, now)
+    return _forgive(svc, revoked)
+
+
+def explain(svc: Services, args: dict[str, Any]) -> dict[str, Any]:
     key, dimension = parse_key_request(args, "explain")
-    dimension, key = _operator(daemon).resolve(key, dimension)
-    engine = daemon.state.engine
-    now = max(daemon.clock(), engine.store.clock or 0.0)
-    data = explain_key(engine, dimension, key, now)
+    dimension, key = svc.operator.resolve(key, dimension)
+    now = max(svc.clock(), svc.engine.store.clock or 0.0)
+    data = explain_key(svc.engine, dimension, key, now)
     data["decisions"] = [decision_json(d) | {"id": d.id, "revoked": iso(d.revoked)}
-                         for d in daemon.state.ledger.for_key(dimension, key)[-20:]]
+                         for d in svc.ledger.for_key(dimension, key)[-20:]]
     return data
 
 
-def reconcile(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+def reconcile(svc: Services, args: dict[str, Any]) -> dict[str, Any]:
     """The operator's ``reconcile`` while the daemon runs: against the daemon's ledger,
     which holds decisions a direct reconcile would not see yet (not checkpointed)."""
     _no_args("reconcile", args)
-    errors_before = len(daemon.enforcer.errors)
-    reports = daemon._reconcile("operator")
-    operator = _operator(daemon)
+    errors_before = len(svc.action_errors)
+    reports = svc.reconcile("operator")
+    operator = svc.operator
     return {"reports": {name: {"added": r.added, "removed": r.removed, "refused": r.refused}
                         for name, r in reports.items()},
-            "errors": daemon.enforcer.errors[errors_before:],
+            "errors": svc.action_errors[errors_before:],
             "unenforced": [f"decision {d.id} ({d.action} {d.dimension} {d.key}): "
                            f"{operator.nobody_carries_out(d)}"
                            for d in operator.unenforceable(operator.active())]}
 
 
-_COMMANDS = {"status": status, "list": list_decisions, "ban": ban, "unban": unban,
-             "explain": explain, "reconcile": reconcile}
+_COMMANDS: dict[str, Callable[[Services, dict[str, Any]], Any]] = {
+    "status": status, "list": list_decisions, "ban": ban, "unban": unban,
+    "unban-all": unban_all, "explain": explain, "reconcile": reconcile}

@@ -1,5 +1,6 @@
-"""The control socket: how ``status``, ``list``, ``ban``, ``unban``, ``explain --key``
-and ``reload`` reach the running daemon.
+"""The control socket: how ``status``, ``list``, ``ban``, ``unban`` (and ``unban
+--all``), ``explain --key``, ``reconcile`` and ``reload`` reach the running daemon
+(what each answers: :mod:`.commands`).
 
 A Unix stream socket, mode 0600 in a 0750 directory, and every peer's uid checked
 with SO_PEERCRED (root, or the daemon's own user): whoever may talk to it may ban

@@ -32,15 +32,19 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
+from .. import __version__
 from ..actions.base import ActionError, build_actions
 from ..actions.enforcer import Enforcer
 from ..config import Config, ConfigError, load_config
 from ..engine.ledger import Decision
 from ..follow import Follower
 from ..follow.follower import Item
+from ..metrics import Figures, parse_listen, snapshot
+from ..operator import Operator
 from ..report import iso
-from ..rules import RuleError, default_rules_path
+from ..rules import RuleError
 from ..rules.conditions import fmt_duration
+from ..rules.loader import DEFAULT_RULES_TOKEN
 from ..scan import ScanBusy, StateLock, _report_follow_warning
 from ..state import State, breaker_of, rules_of
 from . import commands
@@ -48,6 +52,19 @@ from .control import ControlServer
 from .jobs import build_scheduler
 
 log = logging.getLogger("smtpguard_logwatch.daemon")
+
+
+def follows_journal(cfg: Config) -> bool:
+    """Whether the daemon reads the systemd journal. ``[daemon] journal = "auto"`` (the
+    Debian package's default) follows it only when none of ``[logs] files`` exists at
+    start: a host without rsyslog has no /var/log/mail.log, and one with rsyslog would
+    see every line twice if both were read."""
+    if cfg.daemon.journal != "auto":
+        return bool(cfg.daemon.journal)
+    present = [p for p in cfg.logs if os.path.exists(p)]
+    log.info("[daemon] journal = auto: %s", f"following {', '.join(present)}, not the journal"
+             if present else "no [logs] file exists, following the systemd journal")
+    return not present
 
 STALE_NOTICE = 300.0  # a notification older than this (catching up) is not mailed
 
@@ -85,10 +102,11 @@ class Daemon:
             self.state = State(cfg, clock=clock, on_decision=self._fresh.append)
             self.state.engine.on_extend = self._extended.append
             self.state.engine.on_revoke = self._revoked.append
-            self.rule_files = cfg.rules or [str(default_rules_path())]
+            self.rule_files = cfg.rules or [DEFAULT_RULES_TOKEN]
             self.actions = actions if actions is not None else _build_actions(cfg)
             self.enforcer = Enforcer(self.actions, self.state.ruleset.allowlist,
                                      self.state.local)
+            self.state.action_failures = self.enforcer.failures
             self.follower = self._follower(cfg)
             self.journal = self._journal(cfg)
             self._lifted_until = self.started
@@ -97,6 +115,7 @@ class Daemon:
             self.scheduler = build_scheduler(self)
             self.control: ControlServer | None = None
             self.fleet = self._fleet(cfg)
+            self.metrics: Any = None  # the /metrics server, when [metrics] listen is set
         except BaseException:
             self._state_lock.__exit__()
             raise
@@ -111,7 +130,7 @@ class Daemon:
             poll_interval=settings.poll_interval)
 
     def _journal(self, cfg: Config):
-        if not cfg.daemon.journal:
+        if not follows_journal(cfg):
             return None
         from .journal import JournalReader
 
@@ -137,8 +156,8 @@ class Daemon:
             link.store = engine.store = FleetStore(engine.store, prefix=cfg.fleet.prefix,
                                                    dimensions=cfg.fleet.dimensions,
                                                    clock=self.clock)
-            link.reevaluate = lambda d, k, metrics: engine.reevaluate(d, k, metrics,
-                                                                      self.clock())
+            link.reevaluate = lambda d, k, metrics: self.state.engine.reevaluate(
+                d, k, metrics, self.clock())
         return link
 
     def journal_status(self) -> dict[str, Any] | None:
@@ -153,8 +172,9 @@ class Daemon:
         """Until SIGTERM/SIGINT: follow, count, decide, enforce. Returns the exit status."""
         self._install_signals()
         try:
-            self.control = ControlServer(self.cfg.control_socket,
-                                         lambda c, a: commands.handle(self, c, a))
+            self._start_metrics()  # up before the socket that says the daemon is
+            control = commands.Control(self.lock, self.services, self.request_reload)
+            self.control = ControlServer(self.cfg.control_socket, control.handle)
             self.control.start()
             if self.journal is not None:
                 self._start_journal()
@@ -177,6 +197,28 @@ class Daemon:
         finally:
             self.shutdown()
         return 0
+
+    def _start_metrics(self) -> None:
+        settings = self.cfg.metrics
+        if settings.listen is None:
+            return
+        from ..metrics_prom import MetricsServer
+
+        host, port = parse_listen(settings.listen, allow_remote=settings.allow_remote)
+        try:
+            self.metrics = MetricsServer(host, port, self.figures)
+        except OSError as exc:
+            raise ConfigError(f"[metrics] listen {settings.listen}: "
+                              f"{exc.strerror or exc}") from None
+        self.metrics.start()
+        log.info("metrics on %s", self.metrics.url)
+
+    def figures(self) -> Figures:
+        """Every metric now (``/metrics`` and ``status``), under the daemon's lock."""
+        with self.lock:
+            sources = [*self.cfg.logs, *(["journal"] if self.journal is not None else [])]
+            return snapshot(self.state, origin=f"daemon pid {os.getpid()}", now=self.clock(),
+                            sources=sources, backends=[a.name for a in self.actions])
 
     def _turn(self) -> None:
         """One round of the main loop: wait for lines, count and enforce, reload."""
@@ -271,6 +313,61 @@ class Daemon:
                  ",".join(d.rules), " simulated=yes" if d.simulated else "",
                  "" if what != "stale" else
                  " (ended before it was read: recorded, not enforced)")
+
+    def services(self) -> commands.Services:
+        """What a control command works on (:mod:`.commands`), as of now: a reload
+        replaces the rules, engine and actions. Caller holds the lock."""
+        state = self.state
+        operator = Operator(state.ledger, self.actions, state.ruleset, state.local,
+                            clock=self.clock, commit=self.checkpoint_or_warn,
+                            enforcer=self.enforcer, widest=self.cfg.widest_prefix)
+        return commands.Services(
+            ledger=state.ledger, engine=state.engine, operator=operator, clock=self.clock,
+            log_decision=self.log_decision, reconcile=self._reconcile,
+            action_errors=self.enforcer.errors, status=self.status_report, fleet=self.fleet)
+
+    def status_report(self) -> dict[str, Any]:
+        """What ``status`` prints: JSON-ready. Caller holds the lock."""
+        state = self.state
+        now = self.clock()
+        active: dict[str, int] = {}
+        for d in state.ledger.active(now):
+            active[d.action] = active.get(d.action, 0) + 1
+        engine = state.engine
+        cp = state.checkpoints
+        return {
+            "version": __version__, "pid": os.getpid(), "config": self.cfg.path,
+            "started": iso(self.started),
+            "uptime": round(time.monotonic() - self.started_mono),
+            "mode": self.mode_status(), "rules": self.rule_files,
+            "watch": self.follower.backend,
+            "logs": [{"path": p, "offset": (pos := state.positions.get(p)) and pos.offset,
+                      "inode": pos and pos.inode} for p in self.cfg.logs],
+            "journal": self.journal_status(),
+            "lines": state.pipeline.stats.as_dict() | {"internal_errors": self.line_errors},
+            "events": engine.stats.events, "decided": dict(engine.stats.by_action),
+            "active": active,
+            "breaker": {"held_back": {
+                rule: iso(until) for rule, until in engine.breaker.tripped_rules(
+                    state.pipeline.stats.last_time or now).items()},
+                "trips": dict(engine.breaker.trips)},
+            "checkpoint": {"done": cp.done, "failed": cp.failed, "last": iso(cp.last_time),
+                           "seconds": round(cp.last_seconds, 3), "error": cp.last_error,
+                           "pending_ledger_writes": state.ledger.pending},
+            "store_keys": engine.store.nkeys(), "action_errors": len(self.enforcer.errors),
+            "last_action_error": self.enforcer.errors[-1] if self.enforcer.errors else None,
+            "actions": [a.name for a in self.actions],
+            "reloads": self.reloads, "last_reload_error": self.last_reload_error,
+            "metrics": self.figures().as_json(),
+            "metrics_url": self.metrics.url if self.metrics is not None else None,
+            "fleet": self._fleet_status(),
+        }
+
+    def _fleet_status(self) -> dict[str, Any] | None:
+        if self.fleet is None:
+            return None
+        status = self.fleet.status()
+        return status | {"since": iso(status["since"])}
 
     def mode_status(self) -> dict[str, Any]:
         """Enforcing or simulating, why, and until when (``status``)."""
@@ -424,6 +521,9 @@ class Daemon:
             if cfg.state != self.cfg.state or cfg.control_socket != self.cfg.control_socket:
                 log.warning("reload: [state] changes take effect at the next restart")
                 cfg.state, cfg.control_socket = self.cfg.state, self.cfg.control_socket
+            if cfg.metrics != self.cfg.metrics:
+                log.warning("reload: [metrics] changes take effect at the next restart")
+                cfg.metrics = self.cfg.metrics
             state = self.state
             state.ruleset = ruleset
             state.engine.set_rules(ruleset)
@@ -438,12 +538,13 @@ class Daemon:
                 _close_actions(self.actions)
                 self.actions = actions
             self.enforcer = Enforcer(self.actions, ruleset.allowlist, state.local,
-                                     errors=self.enforcer.errors)
+                                     errors=self.enforcer.errors,
+                                     failures=self.enforcer.failures)
             if cfg.logs != self.cfg.logs or cfg.daemon.watch != self.cfg.daemon.watch:
                 self.follower.close()
                 self.follower = self._follower(cfg)
             self.cfg = cfg
-            self.rule_files = cfg.rules or [str(default_rules_path())]
+            self.rule_files = cfg.rules or [DEFAULT_RULES_TOKEN]
             self.reloads += 1
             self.last_reload_error = None
             self._reconcile("reload")
@@ -479,6 +580,8 @@ class Daemon:
             self.scheduler.shutdown(wait=True)
         if self.control is not None:
             self.control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.journal is not None:
             self.journal.stop()
         if self.fleet is not None:
@@ -499,7 +602,7 @@ class Daemon:
 
 def _build_actions(cfg: Config) -> list[Any]:
     try:
-        return build_actions(cfg.actions)  # simulated decisions: see Enforcer
+        return build_actions(cfg.actions, origin=cfg.path)  # simulated decisions: see Enforcer
     except TypeError as exc:
         raise ActionError(f"{cfg.path}: bad action option: {exc}") from None
 

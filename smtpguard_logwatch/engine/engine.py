@@ -37,7 +37,7 @@ from ..store import FrequencyStore
 from .breaker import CircuitBreaker
 from .ledger import Decision, Ledger
 from .local import LocalNetworks
-from .observe import event_keys, observe
+from .observe import event_keys, observe, wanted_distinct
 from .points import Scores
 
 DEFAULT_MIN_HISTORY = 86400.0  # a key needs a day of history before "x usual" applies
@@ -47,6 +47,8 @@ DEFAULT_FLOOR = 1.0
 DISTINCT = "#"
 ENFORCING = frozenset({"delay", "throttle", "defer", "hold", "refuse"})
 _RANK = {a: i for i, a in enumerate(ACTION_ORDER)}
+# distinct metric name -> its store name (observe's few fixed names)
+_PREFIXED: dict[str, str] = {}
 
 
 class KeyViewOverStore:
@@ -71,9 +73,9 @@ class KeyViewOverStore:
                                                             window, self.now)
         return value
 
-    def distinct(self, metric: str, window: float) -> int:
+    def distinct(self, metric: str, window: float, limit: int | None = None) -> int:
         return self.store.distinct(self.dimension, self.key, DISTINCT + metric, window,
-                                   self.now)
+                                   self.now, limit)
 
     def baseline(self, metric: str, window: float,
                  min_history: float | None = None) -> float | None:
@@ -100,6 +102,7 @@ class EngineStats:
     skipped_allowlisted: int = 0
     breaker_trips: int = 0
     by_action: dict[str, int] = field(default_factory=dict)
+    by_type: dict[type, int] = field(default_factory=dict)  # events per class (metrics)
 
 
 class Engine:
@@ -143,7 +146,9 @@ class Engine:
     def set_rules(self, ruleset: RuleSet) -> None:
         """Use new rules (after a reload); counts and points are kept."""
         self.ruleset = ruleset
-        self._allow_cache: dict[tuple[str, str], bool] = {}
+        # dimension -> key -> allowlisted (per dimension: no (dimension, key) tuple per
+        # key held, nor built per evaluation)
+        self._allow_cache: dict[str, dict[str, bool]] = {}
         dims = set(ruleset.dimensions()) | set(ruleset.ladders)
         self.scores._half_life = {d: ruleset.half_life(d) for d in dims} | {
             "*": ruleset.half_life("*")}
@@ -177,6 +182,8 @@ class Engine:
                       for rule in ruleset.rules
                       if rule.cap_action is not None and rule.dimension in ruleset.ladders}
         self._needed = needed
+        self._wanted = wanted_distinct((d, m[len(DISTINCT):]) for d, ms in needed.items()
+                                       for m in ms if m.startswith(DISTINCT))
         self._distinct_history = {k: sorted(set(v)) for k, v in history.items()}
         self._rules_for = rules_for
         self._candidate_cache: dict[tuple[str, ...], tuple[Rule, ...]] = {}
@@ -192,7 +199,9 @@ class Engine:
 
     def consume(self, ev: Event) -> None:
         """Take one event (the pipeline's sink)."""
-        self.stats.events += 1
+        stats = self.stats
+        stats.events += 1
+        stats.by_type[ev.__class__] = stats.by_type.get(ev.__class__, 0) + 1
         now = ev.time
         if self.watch_start is None:
             self.watch_start = now
@@ -200,7 +209,7 @@ class Engine:
             self.housekeeping(now)
         if self._enforced:
             self._extend_on_activity(ev, now)
-        adds, members = observe(ev)
+        adds, members = observe(ev, self._wanted)
         if not adds and not members:
             return
         needed = self._needed
@@ -211,8 +220,11 @@ class Engine:
             if wanted is not None and metric in wanted:
                 store.add(d, k, metric, now, n)
                 touched.setdefault((d, k), []).append(metric)
+        prefixed = _PREFIXED
         for d, k, name, member in members:
-            metric = DISTINCT + name
+            metric = prefixed.get(name)
+            if metric is None:  # one string per name, not one per key held
+                metric = prefixed[name] = DISTINCT + name
             wanted = needed.get(d)
             if wanted is not None and metric in wanted:
                 before = store.add_member(d, k, metric, member, now)
@@ -309,13 +321,15 @@ class Engine:
     def is_allowlisted(self, dimension: str, key: str) -> bool:
         """No rule may score these: the rule files' allowlist, loopback and this host.
         Answers are cached: the same few keys come back event after event."""
-        cache = self._allow_cache
-        answer = cache.get((dimension, key))
+        cache = self._allow_cache.get(dimension)
+        if cache is None:
+            cache = self._allow_cache[dimension] = {}
+        answer = cache.get(key)
         if answer is None:
             answer = self._allowlisted_uncached(dimension, key)
             if len(cache) >= 65536:
                 cache.clear()
-            cache[(dimension, key)] = answer
+            cache[key] = answer
         return answer
 
     def _allowlisted_uncached(self, dimension: str, key: str) -> bool:

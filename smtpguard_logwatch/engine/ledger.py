@@ -146,6 +146,14 @@ class Ledger:
                            bool(simulated))
 
 
+def count_active(conn: sqlite3.Connection, now: float) -> dict[tuple[str, bool], int]:
+    """Decisions in force at ``now`` per (action, simulated), in SQL (``status`` reads
+    a state database opened read-only, where a Ledger would try to create tables)."""
+    rows = conn.execute(f"SELECT action, simulated, COUNT(*) FROM decisions WHERE {_ACTIVE}"
+                        " GROUP BY action, simulated", (now,))
+    return {(action, bool(simulated)): n for action, simulated, n in rows}
+
+
 def _add_simulated_column(conn: sqlite3.Connection) -> None:
     """Databases written before simulation mode existed lack the column: add it (their
     decisions were all enforced, which the default 0 says)."""

@@ -121,17 +121,19 @@ class FleetStore:
         self._fresh.add((dimension, key))
 
     def distinct(self, dimension: str, key: str, metric: str, window: float,
-                 now: float) -> int:
+                 now: float, limit: int | None = None) -> int:
         """The larger of this host's exact count and the fleet's HyperLogLog estimate
         (read back within about a second) for windows up to ``span``; a longer window
         is this host's own count (a union over more one-minute HyperLogLogs per key and
         second costs Redis more than the rules gain)."""
-        local = self.local.distinct(dimension, key, metric, window, now)
+        local = self.local.distinct(dimension, key, metric, window, now, limit)
         if dimension not in self.dimensions:
             return local
         self._distinct_windows.setdefault((dimension, metric), set()).add(window)
         fleet = self._fleet_distinct.get((dimension, key, metric, window))
-        return local if fleet is None or fleet < local else fleet
+        if fleet is None or fleet < local:
+            return local
+        return fleet if limit is None else min(fleet, limit)
 
     # -- once a second, on the main thread ----------------------------------------------------
 

@@ -42,8 +42,7 @@ def _timed(index: int, source: LogSource, clock: Clock) -> Iterator[tuple[float,
 
 
 def feed_fleet(sources: list[LogSource], make_clock: Callable[[LogSource], Clock],
-               make_pipeline: Callable[[], Pipeline],
-               progress: Callable[[LineStats], None] | None = None) -> LineStats:
+               make_pipeline: Callable[[], Pipeline]) -> LineStats:
     """Feed every host's lines, merged in time order, to its own pipeline; returns the
     line statistics of all of them together."""
     clocks = [make_clock(s) for s in sources]
@@ -58,8 +57,6 @@ def feed_fleet(sources: list[LogSource], make_clock: Callable[[LogSource], Clock
         lines: Iterable[str] = (line for _t, _i, _h, line in run)
         while chunk := list(itertools.islice(lines, CHUNK)):
             pipeline.feed(chunk, clocks[index])
-        if progress is not None:
-            progress(_sum(pipelines.values()))
     for pipeline in pipelines.values():
         pipeline.finish()
     return _sum(pipelines.values())

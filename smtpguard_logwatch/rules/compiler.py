@@ -401,7 +401,8 @@ class Compiler:
         if st.append:
             if name not in self.lists:
                 raise RuleError.at(src, st.name.loc, f"cannot add to list '{name}': it is not "
-                                   f"defined (yet){suggest(name, list(self.lists))}")
+                                   f"defined (yet){suggest(name, list(self.lists))}"
+                                   f"{_shipped_hint(name)}")
             self.lists[name].items.extend((src, it) for it in st.items)
             return
         self._define(src, st.name, "list")
@@ -655,3 +656,17 @@ def compile_statements(statements: Sequence[Located], files: Sequence[str] = (),
                        watch: Sequence[str] = ()) -> RuleSet:
     """Compile parsed statements (in order, includes already spliced in)."""
     return Compiler(statements, files, watch).compile()
+
+
+def _shipped_hint(name: str) -> str:
+    """A list that the shipped default.rules defines is extended by loading those first: say
+    so, since `check local.rules` without @default is the usual first mistake."""
+    from .loader import default_rules_path  # the loader imports this module
+
+    try:
+        text = default_rules_path().read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    if re.search(rf"^list[ \t]+{re.escape(name)}[ \t]*=", text, re.MULTILINE):
+        return " (the shipped default rules define it: load @default before this file)"
+    return ""

@@ -13,6 +13,7 @@ condition does not fire. Sub-trees that cannot be unknown use plain two-valued c
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,14 +110,25 @@ _SUM_CONST: dict[str, Callable[[str, float, float], Callable[[KeyView], bool]]] 
     "==": lambda m, w, c: lambda v: v.count(m, w) == c,
     "!=": lambda m, w, c: lambda v: v.count(m, w) != c,
 }
+# A distinct count is a walk over a member set: compared with a constant it is only
+# counted as far as the answer needs (``limit``, below), however many members there are.
 _DISTINCT_CONST: dict[str, Callable[[str, float, float], Callable[[KeyView], bool]]] = {
-    ">": lambda m, w, c: lambda v: v.distinct(m, w) > c,
-    ">=": lambda m, w, c: lambda v: v.distinct(m, w) >= c,
-    "<": lambda m, w, c: lambda v: v.distinct(m, w) < c,
-    "<=": lambda m, w, c: lambda v: v.distinct(m, w) <= c,
-    "==": lambda m, w, c: lambda v: v.distinct(m, w) == c,
-    "!=": lambda m, w, c: lambda v: v.distinct(m, w) != c,
+    ">": lambda m, w, c: (lambda n: lambda v: v.distinct(m, w, n) > c)(_enough(">", c)),
+    ">=": lambda m, w, c: (lambda n: lambda v: v.distinct(m, w, n) >= c)(_enough(">=", c)),
+    "<": lambda m, w, c: (lambda n: lambda v: v.distinct(m, w, n) < c)(_enough("<", c)),
+    "<=": lambda m, w, c: (lambda n: lambda v: v.distinct(m, w, n) <= c)(_enough("<=", c)),
+    "==": lambda m, w, c: (lambda n: lambda v: v.distinct(m, w, n) == c)(_enough("==", c)),
+    "!=": lambda m, w, c: (lambda n: lambda v: v.distinct(m, w, n) != c)(_enough("!=", c)),
 }
+
+
+def _enough(op: str, c: float) -> int | None:
+    """How far a distinct count (a whole number n >= 0) compared with ``c`` by ``op``
+    must be counted: ``min(n, limit) op c`` equals ``n op c``. None: all of it."""
+    if not math.isfinite(c):
+        return None
+    limit = math.ceil(c) if op in (">=", "<") else math.floor(c) + 1
+    return max(0, limit)
 
 
 def fmt_duration(seconds: float, short: bool = False) -> str:
@@ -495,7 +507,7 @@ class _Steady:
     def count(self, metric: str, window: float) -> float:
         return self.RATE * min(window, self.watched)
 
-    def distinct(self, metric: str, window: float) -> float:
+    def distinct(self, metric: str, window: float, limit: int | None = None) -> float:
         return self.RATE * min(window, self.watched)
 
     def baseline(self, metric: str, window: float, min_history: float | None = None) -> None:
@@ -681,8 +693,16 @@ def combine(op: str, parts: list[Cond], text: str) -> Cond:
     exs = tuple(p.ex for p in flat)
 
     def ex(v: KeyView, out: list[Evidence]) -> bool | None:
-        results = [e(v, out) for e in exs]  # all of them: the ledger shows every test
-        return _kleene_values(results, is_and)
+        # Every part is evaluated. When the whole holds, only the parts that held are
+        # its reasons ("a or b" fired by a: b's "= 9 > 20 (false)" is no reason); when
+        # it does not hold, every test is shown, so an admin sees what each one read.
+        found: list[list[Evidence]] = [[] for _ in exs]
+        results = [e(v, part) for e, part in zip(exs, found, strict=True)]
+        r = _kleene_values(results, is_and)
+        for result, part in zip(results, found, strict=True):
+            if r is not True or result is True:
+                out.extend(part)
+        return r
 
     key_fn = None
     if all(p.key_fn is not None for p in flat):

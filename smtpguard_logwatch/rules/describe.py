@@ -120,11 +120,10 @@ def describe_decay(ruleset: RuleSet) -> str:
 
 
 def describe(ruleset: RuleSet) -> str:
-    """The whole rule set in plain English."""
+    """The whole rule set in plain English. Warnings are not part of it: ``check``
+    prints them once, on stderr, where a script tells them from the description."""
     blocks = [describe_allowlist(ruleset), describe_decay(ruleset)]
     blocks += [describe_rule(r) for r in ruleset.rules]
     order = [d for d in DIMENSIONS if d in ruleset.ladders]
     blocks += [describe_ladder(ruleset.ladders[d]) for d in order]
-    if ruleset.warnings:
-        blocks.append("Warnings:\n" + "\n".join(f"  {w}" for w in ruleset.warnings))
     return "\n\n".join(blocks) + "\n"

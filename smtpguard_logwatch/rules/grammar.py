@@ -164,6 +164,29 @@ class _Named(pp.ParseElementEnhance):
             raise
 
 
+class _FirstOf(pp.MatchFirst):
+    """The first alternative that matches, reporting the deepest failure's own message
+    (pyparsing >= 3.1 does this; 3.0.9, Debian 12's, replaces it with the list of the
+    alternatives, "expected {Located:(…) | a condition}"), so an error reads the same on
+    every supported pyparsing."""
+
+    def parseImpl(self, instring: str, loc: int, do_actions: bool = True):
+        deepest: pp.ParseException | None = None
+        for expr in self.exprs:
+            try:
+                return expr._parse(instring, loc, do_actions)
+            except pp.ParseFatalException:
+                raise
+            except pp.ParseException as exc:
+                if deepest is None or exc.loc > deepest.loc:
+                    deepest = exc
+        if deepest is None:
+            raise pp.ParseException(instring, loc, self.errmsg, self)
+        if deepest.loc == loc:  # every alternative failed at once: name them all
+            deepest.msg = self.errmsg
+        raise deepest
+
+
 def node_end(node: object) -> int:
     """End offset of an expression node (Num/Name have no stored end)."""
     if isinstance(node, S.Num):
@@ -238,7 +261,7 @@ def file_grammar() -> pp.ParserElement:
     number = pp.Regex(r"\d+(?:\.\d+)*(?:[A-Za-wyz%][A-Za-z0-9_%]*)?")
     number.set_parse_action(lambda s, loc, t: classify_number(loc, t[0]))
     number.set_name("a number")
-    value = _Named(number | name, "a number or duration")
+    value = _Named(_FirstOf([number, name]), "a number or duration")
 
     # ---- list items
     def item(kind: str, expr: pp.ParserElement) -> pp.ParserElement:
@@ -273,7 +296,7 @@ def file_grammar() -> pp.ParserElement:
                      lambda a, b, t: S.Usual(a, b, _g(t, "metric")))
     paren_arith = _located(pp.Suppress("(") + arith - pp.Suppress(")"),
                            lambda a, b, t: S.Paren(a, b, t[0]))
-    factor = _Named(number | usual | metric | paren_arith | name, "a number or metric")
+    factor = _Named(_FirstOf([number, usual, metric, paren_arith, name]), "a number or metric")
     mulop = pp.Regex(r"\*|/|x(?![A-Za-z0-9_])").set_parse_action(
         lambda s, loc, t: _Op(loc, t[0])).set_name("an operator")
     addop = pp.Regex(r"[+-]").set_parse_action(lambda s, loc, t: _Op(loc, t[0]))
@@ -302,10 +325,10 @@ def file_grammar() -> pp.ParserElement:
     authenticated = _located(_kw("authenticated"), lambda a, b, t: S.Authenticated(a, b))
     paren_cond = _located(pp.Suppress("(") + cond - pp.Suppress(")"),
                           lambda a, b, t: S.Paren(a, b, t[0]))
-    atom = _Named(paren_cond | key_pred | authenticated | comparison, "a condition")
+    atom = _Named(_FirstOf([paren_cond, key_pred, authenticated, comparison]), "a condition")
     not_expr = pp.Forward()
-    not_expr <<= _Named(
-        _located(_kw("not") - not_expr, lambda a, b, t: S.Not(a, b, t[1])) | atom, "a condition")
+    not_expr <<= _Named(_FirstOf([
+        _located(_kw("not") - not_expr, lambda a, b, t: S.Not(a, b, t[1])), atom]), "a condition")
     and_expr = (not_expr + pp.ZeroOrMore(_kw("and") - not_expr)).set_parse_action(
         _boolop("and"))
     cond <<= (and_expr + pp.ZeroOrMore(_kw("or") - and_expr)).set_parse_action(_boolop("or"))
@@ -351,7 +374,7 @@ def file_grammar() -> pp.ParserElement:
             | (_kw("floor") - value("floor")) | pp.Suppress(","))
     ).set_parse_action(lambda s, loc, t: S.BaselineClause(
             _skip_blank(s, loc), _g(t, "min_history"), _g(t, "floor")))
-    clause = _Named(when | add | baseline, "a rule clause (when, unless, where, add)")
+    clause = _Named(_FirstOf([when, add, baseline]), "a rule clause (when, unless, where, add)")
 
     def build_rule(a: int, b: int, t: pp.ParseResults) -> S.RuleDef:
         return S.RuleDef(a, b, _g(t, "name"), _g(t, "dim"), tuple(t["clauses"]))

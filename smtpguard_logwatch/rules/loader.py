@@ -190,13 +190,22 @@ class _Loader:
             self.load(m, shown, stack, chain)
 
 
+DEFAULT_RULES_TOKEN = "@default"
+"""Names the shipped default.rules wherever a rule file is given (command line, config)."""
+
+
 def load_rules(paths: Iterable[PathLike]) -> RuleSet:
     """Read, include, parse and compile rule files (in the order given) into one
-    RuleSet. Raises RuleError at the first error."""
+    RuleSet. Raises RuleError at the first error. ``@default`` is the shipped
+    default.rules; every location (``@default:92``, ``./local.rules:3``) names a file
+    as the user gave it, not where the package happens to be installed."""
     loader = _Loader()
     for p in paths:
         p = os.fspath(p)
-        loader.load(p, p, (), ())
+        if p == DEFAULT_RULES_TOKEN:
+            loader.load(str(default_rules_path()), p, (), ())
+        else:
+            loader.load(p, p, (), ())
     return compile_statements(loader.statements, loader.files, loader.watch)
 
 

@@ -37,8 +37,9 @@ class KeyView(Protocol):
         """Sum of ``metric`` for this key over the last ``window`` seconds."""
         ...
 
-    def distinct(self, metric: str, window: float) -> int:
-        """Number of distinct values of ``metric`` over the last ``window`` seconds."""
+    def distinct(self, metric: str, window: float, limit: int | None = None) -> int:
+        """Number of distinct values of ``metric`` over the last ``window`` seconds; with
+        ``limit``, at most that (the caller needs no more: counting stops there)."""
         ...
 
     def baseline(self, metric: str, window: float,

@@ -33,7 +33,7 @@ import sys
 from array import array
 from typing import TYPE_CHECKING
 
-from .buckets import Geometry, Resolution, Series
+from .buckets import NO_BUCKET, Geometry, Resolution, Series
 from .distinct import MemberSet
 
 if TYPE_CHECKING:
@@ -139,15 +139,11 @@ def unpack_members(data: bytes) -> MemberSet:
     off += 8 * n
     lengths = _from_le(_u32_array([]).typecode, data[off:off + 4 * n])
     off += 4 * n
-    ms = MemberSet()
-    d = ms.last
+    d: dict[str, float] = {}
     for t, ln in zip(times, lengths, strict=True):
         d[data[off:off + ln].decode("utf-8", "surrogatepass")] = t
         off += ln
-    if d:
-        vals = list(d.values())
-        ms.ordered = all(a <= b for a, b in zip(vals, vals[1:], strict=False))
-        ms.tail = vals[-1] if ms.ordered else max(vals)
+    ms = MemberSet.from_sightings(d)
     return ms
 
 
@@ -266,6 +262,7 @@ def load(cls: type[FrequencyStore], conn: sqlite3.Connection, **kwargs) -> Frequ
         rec.first = first
         rec.id = kid
         rec.dirty = False
+        rec.due = NO_BUCKET
         recs[kid] = rec
     entries = 0
     dcap = store.distinct_cap

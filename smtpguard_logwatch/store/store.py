@@ -21,7 +21,11 @@ Bounded memory under hostile cardinality (forged senders, random recipients):
   forged keys always go first. Cost: one C-speed pass over the dimension per batch,
   i.e. amortised O(1) (~10 cheap steps) per new key; see :mod:`.evict`.
 * EXPIRY: ``expire(now)`` (call it every few minutes) folds aged buckets and forgets
-  series, and then keys, whose newest bucket is older than the longest retention.
+  series, and then keys, whose newest bucket is older than the longest retention. Each
+  key remembers (``due``) the earliest store clock at which any of its data can reach a
+  cut; until then expiry skips it with one comparison, so an hourly pass costs about a
+  step per key instead of a look at every series (adds that could make data older than
+  that, i.e. anything off the in-order hot path, reset it).
 * LENGTH: keys and distinct members longer than ``MAX_KEY_CHARS`` (320, the longest
   valid address) are stored as a prefix plus a 128-bit BLAKE2b digest of the whole
   string (:func:`bounded_key`); lookups apply the same mapping, so this is invisible
@@ -84,11 +88,12 @@ def bounded_key(key: str) -> str:
 
 
 class KeyRec(dict):
-    """``metric -> Series | MemberSet`` for one key, plus its eviction score ``hits``
-    and ``first``, the level-0 index of the first bucket it was seen in. (No __init__:
-    creating one is on the hot path of hostile cardinality.)"""
+    """``metric -> Series | MemberSet`` for one key, plus its eviction score ``hits``,
+    ``first``, the level-0 index of the first bucket it was seen in, and ``due``, the
+    store clock (level-0 index) before which expiry has nothing to do for it. (No
+    __init__: creating one is on the hot path of hostile cardinality.)"""
 
-    __slots__ = ("hits", "first", "dirty", "id")
+    __slots__ = ("hits", "first", "dirty", "id", "due")
 
 
 class FrequencyStore:
@@ -106,6 +111,12 @@ class FrequencyStore:
         self._geo = Geometry(resolutions)
         self._level_of = self._geo.level_cache  # window -> level, filled by level_for
         self._w0 = self._geo.w[0]
+        # per level: how long (level-0 buckets) data stays before that level's cut can
+        # reach it; one bucket less, so float rounding can only make expiry look early
+        self._stay = tuple(k / self._w0 - 1.0 for k in self._geo.keep)
+        # data added at level-0 index b lands in a bucket starting at most one bucket of
+        # its level earlier: the soonest any of it can reach a cut, counted from b
+        self._soonest = min(st - r for st, r in zip(self._stay, self._geo.r0, strict=True))
         self._cap = int(max_keys_per_dimension)
         self._batch = max(1, self._cap // 10)
         self._dcap = int(distinct_cap)
@@ -182,6 +193,11 @@ class FrequencyStore:
     def _add_slow(self, rec: KeyRec, metric: str, s: Series | None, b: float, n: float) -> None:
         if b != b:
             raise ValueError("time must be a finite number of seconds")
+        # A new series, a head moving into history or a late add: the new data is no
+        # older than the older of ``b`` and the head, at whatever level it lands.
+        due = (b if s is None or b < s.b else s.b) + self._soonest
+        if due < rec.due:
+            rec.due = due
         if b > self._clock_b:
             self._advance(b)
         if b < rec.first:
@@ -223,6 +239,9 @@ class FrequencyStore:
             self._entries += 1
         elif type(ms) is not MemberSet:
             raise TypeError(f"metric {metric!r} holds counts; use add")
+        due = b + self._stay[-1]
+        if due < rec.due:
+            rec.due = due
         old = ms.add(member, b, self._dcap)
         return None if old is None else old * self._w0
 
@@ -255,6 +274,7 @@ class FrequencyStore:
         rec.first = t // self._w0
         rec.dirty = True
         rec.id = 0
+        rec.due = NO_BUCKET
         return rec
 
     def _evict(self, dimension: str, keys: dict[str, KeyRec]) -> None:
@@ -288,30 +308,52 @@ class FrequencyStore:
             return 0
         geo, cuts, drop0 = self._geo, self._cuts, self._drop0
         cut0 = cuts[0]
+        clock = self._clock_b
+        stay = self._stay
+        stay0, stay_last = stay[0], stay[-1]
+        r0 = geo.r0
         gone = 0
-        # The hot loop of housekeeping (every series, hourly): the common cases — a
-        # head-only or still-recent series, an unchanged member set — cost no call.
+        # The hot loop of housekeeping (hourly): a key whose data cannot have reached a
+        # cut yet costs one comparison; in the others, the common cases — a head-only or
+        # still-recent series, an unchanged member set — cost no call.
         for keys in self._dims.values():
             dead_keys = []
             for key, rec in keys.items():
+                if clock < rec.due:
+                    continue
                 dead = None
+                due = math.inf if rec else NO_BUCKET
                 for metric, s in rec.items():
                     if type(s) is Series:
                         if s.b < drop0:  # even the head is older than anything retained
                             dead = [metric] if dead is None else [*dead, metric]
                             continue
                         h = s.h
-                        if s.up is None and (h is None or not h or h[0] >= cut0):
-                            continue  # nothing old enough to fold
-                        if fold(s, geo, cuts):
+                        if (s.up is not None or (h is not None and h and h[0] < cut0)) \
+                                and fold(s, geo, cuts):
                             rec.dirty = True
+                        # when this series next has something to fold or drop
+                        t = s.b + stay_last
+                        h = s.h
+                        if h is not None:
+                            t = min(t, h[0] + stay0) if h else NO_BUCKET
+                        if s.up is not None:
+                            for j, pair in enumerate(s.up, 1):
+                                if pair is not None and pair[0]:
+                                    tj = pair[0][0] * r0[j] + stay[j]
+                                    if tj < t:
+                                        t = tj
+                        if t < due:
+                            due = t
                     else:
-                        members = s.last
-                        s.prune(drop0)
-                        if s.last is not members:
+                        if s.prune(drop0):
                             rec.dirty = True
-                        if not s.last:
+                        oldest = s.oldest()
+                        if oldest is None:
                             dead = [metric] if dead is None else [*dead, metric]
+                        elif oldest + stay_last < due:
+                            due = oldest + stay_last
+                rec.due = due
                 if dead is not None:
                     for metric in dead:
                         del rec[metric]
@@ -361,9 +403,11 @@ class FrequencyStore:
         w = self._w0  # a series that is just its head
         return s.v if (now - window) // w < s.b <= now // w else 0.0
 
-    def distinct(self, dimension: str, key: str, metric: str, window: float, now: float) -> int:
+    def distinct(self, dimension: str, key: str, metric: str, window: float, now: float,
+                 limit: int | None = None) -> int:
         """Distinct members seen in buckets starting after ``now - window`` (same bucket
-        rule as :meth:`count`), exact up to ``distinct_cap`` and saturating there."""
+        rule as :meth:`count`), exact up to ``distinct_cap`` and saturating there (and
+        at ``limit``, when given: a caller that needs no more stops the count there)."""
         lvl = self._level_of.get(window)
         if lvl is None:
             lvl = self._geo.level_for(window)
@@ -377,7 +421,8 @@ class FrequencyStore:
             raise TypeError(f"metric {metric!r} holds counts; use count")
         geo = self._geo
         w = geo.w[lvl]
-        return ms.count_since(((now - window) // w + 1.0) * geo.r0[lvl], self._dcap)
+        cap = self._dcap if limit is None or limit > self._dcap else limit
+        return ms.count_since(((now - window) // w + 1.0) * geo.r0[lvl], cap)
 
     def baseline(
         self,
