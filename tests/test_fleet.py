@@ -596,3 +596,21 @@ def test_a_simulating_host_simulates_what_the_fleet_decides(
     assert [(d["key"], d["simulated"], d["host"]) for d in listed] == [
         ("203.0.113.61", True, "mx1")]
     assert keys_of(a_rec) == ["203.0.113.61"] and not b_rec.applied
+
+
+def test_unban_all_lifts_on_every_host(tmp_path: Path, redis_server: RedisServer,
+                                       running) -> None:
+    a_rec, b_rec = Recorder(), Recorder()
+    a = host(tmp_path, "mx1", redis_server.url)
+    b = host(tmp_path, "mx2", redis_server.url)
+    running(a, [a_rec])
+    running(b, [b_rec])
+    for cfg in (a, b):
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
+                 5, "up")
+    for ip in ("203.0.113.71", "203.0.113.72"):
+        request(a.control_socket, "ban", key=ip, duration=600)
+    wait_for(lambda: len(b_rec.applied) == 2, 5, "both bans on mx2")
+    request(a.control_socket, "unban-all")
+    wait_for(lambda: len(b_rec.revoked) == 2, 5, "both lifted on mx2")
+    assert request(b.control_socket, "list") == []
