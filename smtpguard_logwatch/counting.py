@@ -43,6 +43,14 @@ DIMENSIONS = (
 )
 CONNECTIONS, MESSAGES, RECIPIENTS, REJECTS, AUTH_FAILURES = range(5)
 _MESSAGE_DOMAINS_MAX = 200_000
+_FEW_DOMAINS = 8  # a message's recipient domains are a tuple up to this many, then a set
+
+
+def _message_key(host: str, queue_id: str | None) -> str:
+    """One string for (host, queue id): a tuple would cost a second object per message
+    held. Neither part holds a newline (lines are split on it), so keys cannot collide;
+    a missing queue id is an empty one plus a second newline."""
+    return f"{host}\n{queue_id}" if queue_id is not None else f"{host}\n\n"
 
 
 def _row() -> list[int]:
@@ -83,15 +91,16 @@ class Counts:
         self.sasl_user = _Rows()
         self.recipient_domain = _Rows()
         self.kinds: Counter[type] = Counter()
-        # (host, queue id) -> recipient domains already counted for that message;
-        # bounded, and reset when a queue id is reused for a new message.
-        self._message_domains: dict[tuple[str, str], str | set[str]] = {}
+        # host + queue id (_message_key) -> recipient domains already counted for that
+        # message; bounded, and reset when a queue id is reused for a new message.
+        self._message_domains: dict[str, str | tuple[str, ...] | set[str]] = {}
 
-    def _first_to_domain(self, host: str, queue_id: str, domain: str) -> bool:
-        """Most messages go to one domain: it is kept as a string (a set only from the
-        second), because up to _MESSAGE_DOMAINS_MAX of these live until evicted."""
+    def _first_to_domain(self, host: str, queue_id: str | None, domain: str) -> bool:
+        """Most messages go to one domain: it is kept as a string (a tuple from the
+        second, a set only past _FEW_DOMAINS), because up to _MESSAGE_DOMAINS_MAX of
+        these live until evicted."""
         seen = self._message_domains
-        key = (host, queue_id)
+        key = _message_key(host, queue_id)
         domains = seen.get(key)
         if domains is None:
             if len(seen) >= _MESSAGE_DOMAINS_MAX:
@@ -102,18 +111,21 @@ class Counts:
         if type(domains) is str:
             if domains == domain:
                 return False
-            seen[key] = {domains, domain}
+            seen[key] = (domains, domain)
             return True
         if domain in domains:
             return False
-        domains.add(domain)
+        if type(domains) is tuple:
+            seen[key] = (*domains, domain) if len(domains) < _FEW_DOMAINS else {*domains, domain}
+        else:
+            domains.add(domain)
         return True
 
     def consume(self, ev: Event) -> None:
         kind = type(ev)
         self.kinds[kind] += 1
         if kind is MessageAccepted:
-            self._message_domains.pop((ev.mta_host, ev.queue_id), None)
+            self._message_domains.pop(_message_key(ev.mta_host, ev.queue_id), None)
             n = ev.nrcpt
             for rows, key in ((self.client_ip, ev.ip), (self.sender, ev.sender),
                               (self.sasl_user, ev.sasl_user)):
