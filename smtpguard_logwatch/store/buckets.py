@@ -147,11 +147,13 @@ class Series:
     sums (``hc[i] - hc[j] = hv[j+1] + … + hv[i]``) so that a short-window count is two
     lookups however busy the key; ``up`` is ``None`` or a list whose item ``j - 1`` is
     ``None`` or the ``(indices, values)`` of level ``j``.
-    ``ver`` counts late (out-of-order) adds and ``lb`` is the level-0 index of the
-    latest one; ``memo`` holds memoised baselines (see :mod:`.baseline`), which use
-    ``ver``/``lb`` to notice history that changed."""
+    ``memo`` is ``None`` or ``[ver, lb, entries]``: memoised baselines (``entries``,
+    see :mod:`.baseline`) with ``ver``, the late (out-of-order) adds since the memo was
+    made, and ``lb``, the level-0 index of the latest one, which tell the entries that
+    history changed. (Kept only once a baseline was asked: most series never are, and
+    two slots less is 16 bytes on each of the ~100k series of a busy store.)"""
 
-    __slots__ = ("b", "v", "h", "hv", "hc", "up", "ver", "lb", "memo")
+    __slots__ = ("b", "v", "h", "hv", "hc", "up", "memo")
 
     def __init__(self, b: float, v: float) -> None:
         self.b = b
@@ -160,9 +162,7 @@ class Series:
         self.hv: array | None = None
         self.hc: array | None = None
         self.up: list[tuple[array, array] | None] | None = None
-        self.ver = 0
-        self.lb = b
-        self.memo: dict | None = None
+        self.memo: list | None = None
 
     def levels(self) -> Iterator[tuple[int, array, array]]:
         """``(level, indices, values)`` of every non-empty history level."""
@@ -252,8 +252,10 @@ def push(s: Series, b: float, n: float, geo: Geometry, cuts: tuple[float, ...]) 
                 _acc(_pair(s, j, geo.n), c, n)
             else:
                 acc0(s, c, n)
-            s.ver += 1
-            s.lb = b
+            memo = s.memo
+            if memo is not None:  # the memoised baselines must know
+                memo[0] += 1
+                memo[1] = b
             return
     # Older than everything retained: dropped.
 

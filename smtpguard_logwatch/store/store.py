@@ -467,26 +467,27 @@ class FrequencyStore:
                        window: float, q: float, daily: bool = False) -> float:
         """history_quantile, memoised on the series per (W, q). An entry stays valid while
         (hi, k, head token) are unchanged and no late add touched the history: a single
-        late add since the entry was made is checked precisely (``s.lb``); several force
-        a recompute."""
+        late add since the entry was made is checked precisely (its index ``lb``);
+        several force a recompute. ``s.memo`` is ``[ver, lb, entries]`` (see Series)."""
         geo = self._geo
         token = (hi, k, head_token(s, geo, lvl, hi, per))
         memo = s.memo
         if memo is None:
-            memo = s.memo = {}
-        hit = memo.get((window, q, daily))
+            memo = s.memo = [0, s.b, {}]
+        now_ver, lb, entries = memo
+        hit = entries.get((window, q, daily))
         if hit is not None and hit[0] == token:
             ver = hit[1]
-            if ver == s.ver:
+            if ver == now_ver:
                 return hit[2]
-            if ver + 1 == s.ver and s.lb > history_end0(geo, lvl, hi, per):
-                memo[window, q, daily] = (token, s.ver, hit[2])
+            if ver + 1 == now_ver and lb > history_end0(geo, lvl, hi, per):
+                entries[window, q, daily] = (token, now_ver, hit[2])
                 return hit[2]
         value = history_quantile(s, geo, lvl, hi, per, k, q,
                                  same_time_of_day(window) if daily else ())
-        if len(memo) >= 8:  # a handful of rules per series; never grow without bound
-            memo.clear()
-        memo[window, q, daily] = (token, s.ver, value)
+        if len(entries) >= 8:  # a handful of rules per series; never grow without bound
+            entries.clear()
+        entries[window, q, daily] = (token, now_ver, value)
         return value
 
     def keys(self, dimension: str) -> Iterable[str]:
