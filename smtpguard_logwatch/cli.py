@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, core
 from .actions.base import ActionError
 from .config import DEFAULT_PATH as DEFAULT_CONFIG
 from .config import ConfigError, parse_duration
@@ -76,7 +76,8 @@ def _wants_progress(args: argparse.Namespace) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="smtpguard-logwatch", description=DESCRIPTION,
                             formatter_class=MainHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__version__}; {core.description()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
 
     replay = sub.add_parser(

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import core
 from .envelope import Clock, split_line, split_tag
 from .events import Event
 from .follow.segment import MAX_LINE
@@ -67,7 +68,10 @@ class Pipeline:
         parsers: list[str] | None = None,
         options: ParserOptions | None = None,
         max_samples: int = 10,
+        compiled: bool | None = None,
     ) -> None:
+        """``compiled``: None runs the active core (see core.py), False the pure-Python
+        reference, True the compiled twin (ImportError if it was not built)."""
         self.sink = sink
         self.stats = LineStats()
         self.max_samples = max_samples
@@ -76,6 +80,15 @@ class Pipeline:
                         for cls in load_parser_classes(parsers).values()]
         self._tags: dict[str, tuple[Handler | None, str, str | None]] = {}
         self._handlers: dict[str, Handler | None] = {}
+        if compiled is None:
+            module = core.compiled
+        elif compiled:
+            module = core.load_compiled()
+            if module is None:
+                raise ImportError("the compiled core (smtpguard_logwatch._core) was not built")
+        else:
+            module = None
+        self._compiled_feed = module.feed if module is not None else None
 
     def _resolve_tag(self, tag: str) -> tuple[Handler | None, str, str | None]:
         program, pid = split_tag(tag)
@@ -97,6 +110,9 @@ class Pipeline:
     def feed(self, lines: Iterable[str], clock: Clock,
              progress: Callable[[LineStats], None] | None = None) -> None:
         """Parse every line of one source (with that source's clock)."""
+        if self._compiled_feed is not None:
+            self._compiled_feed(self, lines, clock, progress, MAX_LINE, EXPIRE_EVERY)
+            return
         stats = self.stats
         tags = self._tags
         resolve_tag = self._resolve_tag

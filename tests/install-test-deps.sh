@@ -30,6 +30,9 @@ PACKAGES=(postfix libsasl2-modules sasl2-bin nftables iproute2 iptables ipset sy
 # chromium - headless, renders the HTML report (tests/test_report_browser.py): the
 #            screenshot is not blank and the page logs nothing to the console.
 PACKAGES+=(chromium)
+# gcc, python3-dev - `pip install .` builds the compiled parsing core (Cython) with them, so
+#                    the tests run the compiled twin beside the pure-Python one.
+PACKAGES+=(gcc python3-dev)
 # The Debian package test (tests/test_debian_package.py): build the .deb from Debian's own
 # packages, lint it, and install it into a debootstrap'ed Debian 12 root (cached under
 # /var/cache/smtpguard-test/). python3-apscheduler/-prometheus-client/-redis: the
