@@ -9,12 +9,18 @@ build must never fail ``pip install .``.
 
 from __future__ import annotations
 
+import re
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 CORE = "smtpguard_logwatch._core"
+# The MTA state machines, compiled from their unchanged Python source as twin modules
+# smtpguard_logwatch.parsers._c_<name> (Cython 3 only: 0.29 lacks parts of the syntax).
+TWINS = ("fields", "postfix", "exim", "sendmail")
+TWIN_DIR = Path("build") / "cython-twins"
 
 
 def _warn(why: object) -> None:
@@ -38,16 +44,37 @@ class OptionalBuildExt(build_ext):
             _warn(exc)
 
 
+def twin_sources() -> list[Extension]:
+    """Copies of parsers/<name>.py as _c_<name>.py (importing each other's twins), so the
+    compiled and the pure module live side by side and the tests can compare them."""
+    TWIN_DIR.mkdir(parents=True, exist_ok=True)
+    exts = []
+    for name in TWINS:
+        text = Path("parsers", f"{name}.py").read_text(encoding="utf-8")
+        text = re.sub(r"^from \.(fields) import", r"from ._c_\1 import", text, flags=re.M)
+        target = TWIN_DIR / f"_c_{name}.py"
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+        exts.append(Extension(f"smtpguard_logwatch.parsers._c_{name}", [str(target)]))
+    return exts
+
+
 def ext_modules() -> list[Extension]:
     try:
+        import Cython
         from Cython.Build import cythonize
     except ImportError:
         _warn("Cython is not installed")
         return []
+    exts = [Extension(CORE, ["smtpguard_logwatch/_core.pyx"])]
+    if int(Cython.__version__.split(".")[0]) >= 3:
+        exts += twin_sources()
     try:
         return cythonize(
-            [Extension(CORE, ["smtpguard_logwatch/_core.pyx"])],
-            compiler_directives={"language_level": 3},
+            exts,
+            # annotation_typing off: annotations stay hints, as in the pure modules
+            # (otherwise `x: int` would reject a bool and change behaviour).
+            compiler_directives={"language_level": 3, "annotation_typing": False},
             quiet=True,
         )
     except Exception as exc:  # noqa: BLE001

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from smtpguard_logwatch.envelope import Clock
 from smtpguard_logwatch.envelope import split_line as py_split
 from smtpguard_logwatch.follow.segment import MAX_LINE
+from smtpguard_logwatch.parsers.base import JoinTable
 from smtpguard_logwatch.pipeline import EXPIRE_EVERY, Pipeline
 
 from corpus_oracle import CORPUS
@@ -255,3 +256,63 @@ def test_compiled_split_linear(cc, prefix: str) -> None:
     one, four = best(1 << 20), best(4 << 20)
     assert one < 0.5
     assert four < 10 * one + 0.01
+
+
+# ------------------------------------------------- the state machines' twins, join state
+
+def test_compiled_pipeline_runs_the_compiled_state_machines(cc) -> None:
+    from smtpguard_logwatch import core
+
+    if not core.twin_parser_modules():
+        pytest.skip("the parser twins were not built (Cython < 3 at install time)")
+    compiled = Pipeline(lambda e: None, compiled=True)
+    pure = Pipeline(lambda e: None, compiled=False)
+    assert [type(p).__module__ for p in compiled.parsers] == [
+        core.twin_module_name(type(p).__module__) for p in pure.parsers]
+
+
+def _halves() -> list[tuple[list[str], list[str]]]:
+    buf = io.StringIO()
+    gen.generate(gen.Config(lines=20_000, seed=3), buf)
+    logs = [buf.getvalue().splitlines(keepends=True)]
+    logs += [_sample_lines(ROOT / "samples" / n)
+             for n in ("exim-mainlog.log", "sendmail-maillog.log")]
+    return [(log[:_open_point(log)], log[_open_point(log):]) for log in logs]
+
+
+def _open_point(log: list[str]) -> int:
+    """The first line from the middle on after which a message is half joined."""
+    probe = Pipeline(lambda e: None, compiled=False)
+    clock = Clock(dt.UTC, year=2026)
+    for i, line in enumerate(log, 1):
+        probe.feed([line], clock)
+        if i >= len(log) // 2 and probe.state_size():
+            return i
+    raise AssertionError("no line leaves join state open")
+
+
+@pytest.mark.parametrize(("first", "second"), [(False, True), (True, False), (True, True)])
+def test_join_state_moves_between_cores(cc, first: bool, second: bool) -> None:
+    """``scan`` saves the half-joined messages and the next run (perhaps after a
+    reinstall with the other core) goes on with them: same events as one run."""
+    for head, tail in _halves():
+        whole = run(head + tail, False)[0]
+        events: list = []
+        a = Pipeline(events.append, compiled=first)
+        a.feed(head, Clock(dt.UTC, year=2026))
+        assert a.state_size() > 0
+        blob = a.join_state()
+        b = Pipeline(events.append, compiled=second)
+        b.restore_join_state(blob)
+        assert b.state_size() == a.state_size()
+        # Records now belong to the core that runs (a reinstall without a compiler
+        # has no _c_ modules to load the compiled core's records from).
+        for parser in b.parsers:
+            for table in vars(parser).values():
+                if isinstance(table, JoinTable):
+                    for _key, record in table.items():
+                        if type(record).__module__.startswith("smtpguard_logwatch.parsers"):
+                            assert type(record).__module__ == type(parser).__module__
+        b.feed(tail, Clock(dt.UTC, year=2026))
+        b.finish()
+        assert events == whole
