@@ -33,3 +33,18 @@ def split_twin(request: pytest.FixtureRequest) -> Callable[[str], object]:
     if request.param == "compiled":
         return compiled_or_skip().split_line
     return envelope.split_line
+
+
+@pytest.fixture(params=TWINS)
+def parser_classes_twin(request: pytest.FixtureRequest) -> dict[str, type]:
+    """The registered parser classes, or their compiled twins (the state machines built
+    with Cython from the same source)."""
+    from smtpguard_logwatch.parsers import load_parser_classes
+
+    classes = load_parser_classes()
+    if request.param == "pure":
+        return classes
+    compiled_or_skip()
+    if not core.twin_parser_modules():
+        pytest.skip("the parser twins were not built (Cython < 3 at install time)")
+    return {name: core.twin_parser_class(cls) for name, cls in classes.items()}

@@ -68,3 +68,37 @@ def test_install_without_compiler_runs_pure_core(tmp_path: Path) -> None:
                           cwd=tmp_path)
     assert ours.returncode == 0, ours.stderr
     assert pure.stdout == ours.stdout
+
+
+def test_core_compiles_with_debian_cython(tmp_path: Path) -> None:
+    """The compiled core builds with Debian 12's cython3 (0.29) as well as Cython 3, and
+    that build splits lines like the reference."""
+    import sysconfig
+
+    cython3 = shutil.which("cython3")
+    if cython3 is None or shutil.which("gcc") is None:
+        pytest.skip("Debian's cython3 or gcc not installed (apt-get install cython3 gcc)")
+    version = subprocess.run([cython3, "--version"], capture_output=True, text=True)
+    if "0.29" not in version.stdout + version.stderr:
+        pytest.skip(f"cython3 is not 0.29 ({version.stdout}{version.stderr})")
+    c_file = tmp_path / "_core.c"
+    subprocess.run([cython3, "-3", str(ROOT / "smtpguard_logwatch" / "_core.pyx"), "-o",
+                    str(c_file)], check=True, capture_output=True, timeout=300)
+    so = tmp_path / f"_core{sysconfig.get_config_var('EXT_SUFFIX')}"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", f"-I{sysconfig.get_paths()['include']}",
+                    str(c_file), "-o", str(so)], check=True, capture_output=True, timeout=600)
+    probe = (
+        "import _core\n"
+        "from smtpguard_logwatch.envelope import split_line\n"
+        "lines = ['Nov  7 22:52:22 mx postfix/smtpd[1]: connect from a[192.0.2.1]\\n',\n"
+        "         '2026-11-07T22:52:22+00:00 mx exim[2]: x', '', 'Nov  7 22:52:22 ',\n"
+        "         'Nov  7 22:52:22 <mail.info> mx: postfix/smtpd[1]: x',\n"
+        "         '2026-11-07 22:52:22 [7] H=(x) [192.0.2.1] rejected']\n"
+        "for line in lines:\n"
+        "    assert _core.split_line(line) == split_line(line), line\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert out.stdout.strip() == "ok", out.stderr
