@@ -532,6 +532,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"smtpguard-logwatch {answer['version']} pid {answer['pid']}, up "
           f"{answer['uptime']}s since {answer['started']}")
     print(f"  mode: {describe_mode(answer['mode'])}")
+    if "core" in answer:
+        print(f"  {answer['core']}")
     print(f"  config {answer['config'] or '-'}; rules {', '.join(answer['rules'])}")
     print(f"  following ({answer['watch']}):")
     for f in answer["logs"]:

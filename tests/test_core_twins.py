@@ -316,3 +316,19 @@ def test_join_state_moves_between_cores(cc, first: bool, second: bool) -> None:
         b.feed(tail, Clock(dt.UTC, year=2026))
         b.finish()
         assert events == whole
+
+
+def test_version_names_the_active_core(cc) -> None:
+    import subprocess
+    import sys
+
+    def version(**env: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "smtpguard_logwatch", "--version"],
+                             env={**os.environ, **env}, capture_output=True, text=True,
+                             check=True, cwd="/")
+        assert len(out.stdout.splitlines()) == 1
+        return out.stdout
+
+    assert "; parsing core: compiled (Cython)" in version(SMTPGUARD_PURE_PYTHON="0")
+    assert "; parsing core: pure Python (SMTPGUARD_PURE_PYTHON is set)" in \
+        version(SMTPGUARD_PURE_PYTHON="1")
