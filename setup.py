@@ -9,6 +9,7 @@ build must never fail ``pip install .``.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 CORE = "smtpguard_logwatch._core"
+# Set by debian/rules: the Debian package is Architecture: all, pure Python.
+PURE_BUILD = "SMTPGUARD_PURE_BUILD"
 # The MTA state machines, compiled from their unchanged Python source as twin modules
 # smtpguard_logwatch.parsers._c_<name> (Cython 3 only: 0.29 lacks parts of the syntax).
 TWINS = ("fields", "postfix", "exim", "sendmail")
@@ -60,6 +63,9 @@ def twin_sources() -> list[Extension]:
 
 
 def ext_modules() -> list[Extension]:
+    if os.environ.get(PURE_BUILD, "") not in ("", "0"):
+        _warn(f"{PURE_BUILD} is set")
+        return []
     try:
         import Cython
         from Cython.Build import cythonize
