@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, core
 from .actions.base import ActionError
 from .config import DEFAULT_PATH as DEFAULT_CONFIG
 from .config import ConfigError, parse_duration
@@ -78,7 +78,8 @@ DIMENSION_CHOICES = ", ".join(DIMENSIONS)
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="smtpguard-logwatch", description=DESCRIPTION,
                             formatter_class=MainHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__version__}; {core.description()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
 
     replay = sub.add_parser(
@@ -552,6 +553,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"smtpguard-logwatch {answer['version']} pid {answer['pid']}, up "
           f"{answer['uptime']}s since {answer['started']}")
     print(f"  mode: {describe_mode(answer['mode'])}")
+    if "core" in answer:
+        print(f"  {answer['core']}")
     print(f"  config {answer['config'] or '-'}; rules {', '.join(answer['rules'])}")
     print(f"  following ({answer['watch']}):")
     for f in answer["logs"]:

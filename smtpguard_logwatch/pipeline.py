@@ -8,11 +8,13 @@ resolved to a parser handler once and cached; lines of programs no parser claims
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import core
 from .envelope import Clock, split_line, split_tag
 from .events import Event
 from .follow.segment import MAX_LINE
@@ -103,15 +105,29 @@ class Pipeline:
         parsers: list[str] | None = None,
         options: ParserOptions | None = None,
         max_samples: int = 10,
+        compiled: bool | None = None,
     ) -> None:
+        """``compiled``: None runs the active core (see core.py), False the pure-Python
+        reference, True the compiled twin (ImportError if it was not built)."""
         self.sink = sink
         self.stats = LineStats()
         self.max_samples = max_samples
         options = options or ParserOptions()
-        self.parsers = [cls(sink, options=options)
-                        for cls in load_parser_classes(parsers).values()]
+        classes = list(load_parser_classes(parsers).values())
         self._tags: dict[str, tuple[Handler | None, str, str | None]] = {}
         self._handlers: dict[str, Handler | None] = {}
+        if compiled is None:
+            module = core.compiled
+        elif compiled:
+            module = core.load_compiled()
+            if module is None:
+                raise ImportError("the compiled core (smtpguard_logwatch._core) was not built")
+        else:
+            module = None
+        self._compiled_feed = module.feed if module is not None else None
+        if module is not None:  # the compiled twins of the built-in state machines
+            classes = [core.twin_parser_class(cls) for cls in classes]
+        self.parsers = [cls(sink, options=options) for cls in classes]
 
     def _resolve_tag(self, tag: str) -> tuple[Handler | None, str, str | None]:
         program, pid = split_tag(tag)
@@ -133,6 +149,9 @@ class Pipeline:
     def feed(self, lines: Iterable[str], clock: Clock,
              progress: Callable[[LineStats], None] | None = None) -> None:
         """Parse every line of one source (with that source's clock)."""
+        if self._compiled_feed is not None:
+            self._compiled_feed(self, lines, clock, progress, MAX_LINE, EXPIRE_EVERY)
+            return
         stats = self.stats
         tags = self._tags
         resolve_tag = self._resolve_tag
@@ -222,12 +241,34 @@ class Pipeline:
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore_join_state(self, blob: bytes) -> None:
-        state = pickle.loads(blob)  # noqa: S301 - our own state database, root-owned
+        state = _JoinUnpickler(io.BytesIO(blob), self._record_modules()).load()
         for parser in self.parsers:
             for attr, snapshot in state.get(parser.name, {}).items():
                 table = getattr(parser, attr, None)
                 if isinstance(table, JoinTable):
                     table.restore(snapshot)
 
+    def _record_modules(self) -> dict[str, str]:
+        """Join records saved by a parser's pure module or by its compiled twin load as
+        records of the module this pipeline runs (the core may change between runs)."""
+        modules = {}
+        for parser in self.parsers:
+            running = type(parser).__module__
+            pure = running.replace("._c_", ".", 1) if "._c_" in running else running
+            modules[pure] = modules[core.twin_module_name(pure)] = running
+        return modules
+
     def state_size(self) -> int:
         return sum(p.state_size() for p in self.parsers)
+
+
+class _JoinUnpickler(pickle.Unpickler):
+    """Unpickles join state (our own, root-owned state database) with the parser
+    modules mapped to the twin this pipeline runs."""
+
+    def __init__(self, fh: io.BytesIO, modules: dict[str, str]) -> None:
+        super().__init__(fh)
+        self._modules = modules
+
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(self._modules.get(module, module), name)

@@ -35,6 +35,11 @@ PACKAGES+=(redis-server)
 # chromium - headless, renders the HTML report (tests/test_report_browser.py): the
 #            screenshot is not blank and the page logs nothing to the console.
 PACKAGES+=(chromium)
+# gcc, python3-dev - `pip install .` builds the compiled parsing core (Cython) with them, so
+#                    the tests run the compiled twin beside the pure-Python one.
+PACKAGES+=(gcc python3-dev)
+# cython3 - Debian's Cython 0.29: tests/test_core_install.py checks the core compiles with it.
+PACKAGES+=(cython3)
 # The Debian package test (tests/test_debian_package.py): build the .deb from Debian's own
 # packages, lint it, and install it into a debootstrap'ed Debian 12 root (cached under
 # /var/cache/smtpguard-test/). python3-apscheduler/-prometheus-client/-redis: the

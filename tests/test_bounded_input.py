@@ -19,6 +19,9 @@ from smtpguard_logwatch.follow.segment import MAX_LINE
 
 from feed import feed
 
+# Every test runs against the pure-Python and the compiled parsing core.
+pytestmark = pytest.mark.usefixtures("core_twin")
+
 LIMIT = 1 << 30  # RLIMIT_AS of the replay process
 BIG = 600 * (1 << 20)  # bytes of hostile input (more than fits the limit as one line)
 

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from smtpguard_logwatch.envelope import Clock, split_line, split_tag, zone_from_name
+from smtpguard_logwatch.envelope import Clock, split_tag, zone_from_name
 
 UTC = dt.UTC
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -47,14 +47,15 @@ def epoch(*args: int, tz: dt.tzinfo = UTC) -> float:
          "Nov  7 22:52:22", "mx", "kernel", "[12.3] eth0 up"),
     ],
 )
-def test_split_line_formats(line: str, stamp: str, host: str, tag: str, msg: str) -> None:
-    assert split_line(line) == (stamp, host, tag, msg)
+def test_split_line_formats(line: str, stamp: str, host: str, tag: str, msg: str,
+                            split_twin) -> None:
+    assert split_twin(line) == (stamp, host, tag, msg)
 
 
 @pytest.mark.parametrize("line", ["", "\n", "garbage", "Nov  7 22:52:22 mx last message",
                                   "-- Journal begins at Mon 2026-11-02 --"])
-def test_split_line_rejects_non_syslog(line: str) -> None:
-    assert split_line(line) is None
+def test_split_line_rejects_non_syslog(line: str, split_twin) -> None:
+    assert split_twin(line) is None
 
 
 def test_split_tag() -> None:

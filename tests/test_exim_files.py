@@ -38,6 +38,9 @@ from smtpguard_logwatch.events import Rejection
 
 from feed import feed
 
+# Every test runs against the pure-Python and the compiled parsing core.
+pytestmark = pytest.mark.usefixtures("core_twin")
+
 NOW = 1_800_000_000.0
 UNTIL = NOW + 3600
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +23,9 @@ from smtpguard_logwatch.parsers.base import ParserOptions
 from smtpguard_logwatch.parsers.exim import EximParser, is_message_id, parse_fullhost
 
 from feed import feed, of_kind
+
+# Every test runs against the pure-Python and the compiled parsing core.
+pytestmark = pytest.mark.usefixtures("core_twin")
 
 MID = "1uA2dT-000000002ZZ-3c4D"  # Exim 4.97+ (23 characters)
 OLD = "16ZCW1-0005MB-00"  # before 4.97 (16 characters)

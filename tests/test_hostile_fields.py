@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,9 @@ from smtpguard_logwatch.events import (
 )
 
 from feed import feed
+
+# Every test runs against the pure-Python and the compiled parsing core.
+pytestmark = pytest.mark.usefixtures("core_twin")
 
 REAL_IP = "192.0.2.10"
 VICTIM = "203.0.113.9"

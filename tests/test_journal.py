@@ -28,6 +28,9 @@ from smtpguard_logwatch.envelope import Clock, split_line
 from smtpguard_logwatch.events import Rejection
 from smtpguard_logwatch.pipeline import Pipeline
 
+# Every test runs against the pure-Python and the compiled parsing core.
+pytestmark = pytest.mark.usefixtures("core_twin")
+
 JOURNALCTL = shutil.which("journalctl")
 REMOTE = next((p for p in (shutil.which("systemd-journal-remote"),
                            "/lib/systemd/systemd-journal-remote",

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_daemon import Recorder, config, reject, running, wait_for  # noqa: F401
 from test_daemon import _conf_file as daemon_conf_file
 
+from smtpguard_logwatch import core
 from smtpguard_logwatch.config import ConfigError, MetricsSettings, config_from_dict
 from smtpguard_logwatch.follow import LogCursor
 from smtpguard_logwatch.metrics import SPECS, from_database, snapshot
@@ -118,6 +119,7 @@ def test_the_daemon_serves_what_it_was_fed_and_status_prints_it(tmp_path: Path,
     row = next(line for line in table.stdout.splitlines() if line.startswith(f"  {source} "))
     assert row.split()[1:7] == ["10", "6", "1", "3", "0", "0"]
     assert "Metrics from the daemon pid" in table.stdout
+    assert f"\n  {core.description()}\n" in table.stdout  # which parsing core runs
     answer = json.loads(cli("status", "--json", "--config", str(conf)).stdout)
     assert answer["metrics_url"] == url
     by_name = {m["name"]: m for m in answer["metrics"]["metrics"]}

@@ -21,6 +21,12 @@ from smtpguard_logwatch.parsers.sendmail import unescape
 
 REAL = "192.0.2.10"
 CLASSES = load_parser_classes()
+
+
+@pytest.fixture(autouse=True)
+def _both_twins(parser_classes_twin: dict[str, type], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs with the pure parsers and with their compiled twins."""
+    monkeypatch.setitem(globals(), "CLASSES", parser_classes_twin)
 MARKERS = {
     "postfix": ["; from=<", "; proto=ESMTP", " to=<", " helo=<", ">: ", ", orig_client=x[",
                 ", sasl_sender=", "[203.0.113.9]", "unknown[203.0.113.9]"],

@@ -15,6 +15,12 @@ from linear_lines import ALL, filled
 from smtpguard_logwatch.parsers import load_parser_classes
 
 CLASSES = load_parser_classes()
+
+
+@pytest.fixture(autouse=True)
+def _both_twins(parser_classes_twin: dict[str, type], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs with the pure parsers and with their compiled twins."""
+    monkeypatch.setitem(globals(), "CLASSES", parser_classes_twin)
 CASES = [(name, prog, tmpl) for name, (tmpls, _fills) in ALL.items() for prog, tmpl in tmpls]
 IDS = [f"{name}-{i}" for name, (tmpls, _f) in ALL.items() for i in range(len(tmpls))]
 MB = 1 << 20

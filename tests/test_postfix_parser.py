@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from smtpguard_logwatch.envelope import Clock
 from smtpguard_logwatch.events import (
     AuthFailure,
@@ -19,6 +21,9 @@ from smtpguard_logwatch.parsers.base import ParserOptions
 from smtpguard_logwatch.pipeline import Pipeline
 
 from feed import feed, of_kind
+
+# Every test runs against the pure-Python and the compiled parsing core.
+pytestmark = pytest.mark.usefixtures("core_twin")
 
 H = "Jun 18 07:24:{:02d} mx postfix/{}: {}"
 

@@ -42,6 +42,9 @@ from smtpguard_logwatch.parsers.sendmail import address as sendmail_address
 
 from feed import feed
 
+# Every test runs against the pure-Python and the compiled parsing core.
+pytestmark = pytest.mark.usefixtures("core_twin")
+
 NOW = 1_800_000_000.0
 UNTIL = NOW + 3600
 REFUSE = ("ERROR:5.7.1:550 Too much traffic from your address - contact your postmaster"

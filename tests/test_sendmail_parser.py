@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,9 @@ from smtpguard_logwatch.parsers.base import ParserOptions
 from smtpguard_logwatch.parsers.sendmail import SendmailParser, client_ip
 
 from feed import feed, of_kind
+
+# Every test runs against the pure-Python and the compiled parsing core.
+pytestmark = pytest.mark.usefixtures("core_twin")
 
 QID = "622900103001"
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
-from .. import __version__
+from .. import __version__, core
 from ..actions.base import ActionError, build_actions
 from ..actions.enforcer import Enforcer
 from ..config import Config, ConfigError, load_config
@@ -337,6 +337,7 @@ class Daemon:
         cp = state.checkpoints
         return {
             "version": __version__, "pid": os.getpid(), "config": self.cfg.path,
+            "core": core.description(),
             "started": iso(self.started),
             "uptime": round(time.monotonic() - self.started_mono),
             "mode": self.mode_status(), "rules": self.rule_files,

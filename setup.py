@@ -1,0 +1,91 @@
+"""Build the optional compiled parsing core (smtpguard_logwatch/_core.pyx).
+
+Everything else is declared in pyproject.toml. The extension is built when Cython,
+a C compiler and Python's headers are there; when any of them is missing or the
+compile fails, the install goes on without it and the program runs its
+pure-Python twin (``--version`` says which core is active). A failed optional
+build must never fail ``pip install .``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+CORE = "smtpguard_logwatch._core"
+# Set by debian/rules: the Debian package is Architecture: all, pure Python.
+PURE_BUILD = "SMTPGUARD_PURE_BUILD"
+# The MTA state machines, compiled from their unchanged Python source as twin modules
+# smtpguard_logwatch.parsers._c_<name> (Cython 3 only: 0.29 lacks parts of the syntax).
+TWINS = ("fields", "postfix", "exim", "sendmail")
+TWIN_DIR = Path("build") / "cython-twins"
+
+
+def _warn(why: object) -> None:
+    print(f"smtpguard-logwatch: building without the compiled core ({why}); "
+          "the pure-Python core will be used", file=sys.stderr)
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that reports and skips an extension it cannot build."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any failure means: no compiled core
+            _warn(exc)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            _warn(exc)
+
+
+def twin_sources() -> list[Extension]:
+    """Copies of parsers/<name>.py as _c_<name>.py (importing each other's twins), so the
+    compiled and the pure module live side by side and the tests can compare them."""
+    TWIN_DIR.mkdir(parents=True, exist_ok=True)
+    exts = []
+    for name in TWINS:
+        text = Path("parsers", f"{name}.py").read_text(encoding="utf-8")
+        text = re.sub(r"^from \.(fields) import", r"from ._c_\1 import", text, flags=re.M)
+        target = TWIN_DIR / f"_c_{name}.py"
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+        exts.append(Extension(f"smtpguard_logwatch.parsers._c_{name}", [str(target)]))
+    return exts
+
+
+def ext_modules() -> list[Extension]:
+    if os.environ.get(PURE_BUILD, "") not in ("", "0"):
+        _warn(f"{PURE_BUILD} is set")
+        return []
+    try:
+        import Cython
+        from Cython.Build import cythonize
+    except ImportError:
+        _warn("Cython is not installed")
+        return []
+    exts = [Extension(CORE, ["smtpguard_logwatch/_core.pyx"])]
+    if int(Cython.__version__.split(".")[0]) >= 3:
+        exts += twin_sources()
+    try:
+        return cythonize(
+            exts,
+            # annotation_typing off: annotations stay hints, as in the pure modules
+            # (otherwise `x: int` would reject a bool and change behaviour).
+            compiler_directives={"language_level": 3, "annotation_typing": False},
+            quiet=True,
+        )
+    except Exception as exc:  # noqa: BLE001
+        _warn(exc)
+        return []
+
+
+setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,73 @@
+"""Which per-line core is active: the compiled one (``_core``, Cython) when the install
+built it, else the pure-Python reference in envelope.py and pipeline.py.
+
+Why a switch: a machine without a compiler still installs and runs the same
+program, only slower, and the tests run the pure and the compiled twin side by
+side. ``SMTPGUARD_PURE_PYTHON=1`` in the environment forces the pure one (to rule
+the compiled core out when something looks wrong).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+PURE_ENV = "SMTPGUARD_PURE_PYTHON"
+
+
+def _load() -> tuple[ModuleType | None, str]:
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        return None, f"pure Python ({PURE_ENV} is set)"
+    try:
+        from . import _core  # type: ignore[attr-defined]
+    except ImportError:
+        return None, "pure Python (the compiled core was not built)"
+    return _core, "compiled (Cython)" + ("" if twin_parser_modules() else ", parsers pure")
+
+
+PARSERS_PACKAGE = "smtpguard_logwatch.parsers"
+PARSER_MODULES = ("postfix", "exim", "sendmail")
+
+
+def twin_module_name(pure: str) -> str:
+    """``smtpguard_logwatch.parsers.postfix`` -> ``smtpguard_logwatch.parsers._c_postfix``."""
+    package, _, name = pure.rpartition(".")
+    return f"{package}._c_{name}"
+
+
+def twin_parser_modules() -> dict[str, ModuleType]:
+    """The compiled twins of the built-in MTA parsers that were built, by pure module name."""
+    found = {}
+    for name in PARSER_MODULES:
+        pure = f"{PARSERS_PACKAGE}.{name}"
+        try:
+            found[pure] = importlib.import_module(twin_module_name(pure))
+        except ImportError:
+            continue
+    return found
+
+
+def twin_parser_class(cls: type) -> type:
+    """The compiled twin of a built-in parser class, or ``cls`` itself (a third-party
+    parser, or a twin that was not built)."""
+    module = twin_parser_modules().get(cls.__module__)
+    twin = getattr(module, cls.__name__, None) if module is not None else None
+    return twin if isinstance(twin, type) else cls
+
+
+compiled, _description = _load()
+
+
+def description() -> str:
+    """One line for ``--version`` and ``status``: which parsing core runs."""
+    return f"parsing core: {_description}"
+
+
+def load_compiled() -> ModuleType | None:
+    """The compiled module if it was built, whatever the environment says (for tests)."""
+    try:
+        from . import _core  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _core
