@@ -614,3 +614,45 @@ def test_unban_all_lifts_on_every_host(tmp_path: Path, redis_server: RedisServer
     request(a.control_socket, "unban-all")
     wait_for(lambda: len(b_rec.revoked) == 2, 5, "both lifted on mx2")
     assert request(b.control_socket, "list") == []
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+def test_metrics_show_the_fleet_connection_and_what_travelled(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    """A scrape of a fleet daemon: connected 1 and what it published; Redis killed:
+    connected 0 and what it owes; no per-key label anywhere."""
+    from test_metrics import scrape
+
+    from smtpguard_logwatch.config import MetricsSettings
+
+    a, b = (host(tmp_path, name, redis_server.url) for name in ("mx1", "mx2"))
+    a.metrics = MetricsSettings(listen="127.0.0.1:0")
+    b_rec = Recorder()
+    running(a, [Recorder()])
+    running(b, [b_rec])
+    for cfg in (a, b):
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
+                 5, "up")
+    url = request(a.control_socket, "status")["metrics_url"]
+    request(a.control_socket, "ban", key="198.51.100.10", duration=600)
+    wait_for(lambda: "198.51.100.10" in keys_of(b_rec), 5, "the ban on mx2")
+    got = scrape(url)
+    assert got[("smtpguard_fleet_connected", frozenset())] == 1
+    assert got[("smtpguard_fleet_decisions_published_total", frozenset())] >= 1
+    assert got[("smtpguard_fleet_owed_entries", frozenset())] == 0
+    fleet = {name: labels for name, labels in got if name.startswith("smtpguard_fleet_")}
+    assert len(fleet) == 10 and all(not labels for labels in fleet.values())
+
+    redis_server.kill()
+    request(a.control_socket, "ban", key="198.51.100.11", duration=600)
+    got = wait_for(lambda: (s := scrape(url))[("smtpguard_fleet_connected", frozenset())]
+                   == 0 and s, 5, "the gauge at 0")
+    assert got[("smtpguard_fleet_owed_entries", frozenset())] >= 1
+    text = request(a.control_socket, "status")
+    assert text["fleet"]["state"] == "down"
+    redis_server.start()
+    wait_for(lambda: scrape(url)[("smtpguard_fleet_connected", frozenset())] == 1, 40,
+             "the gauge back at 1")
+    wait_for(lambda: scrape(url)[("smtpguard_fleet_owed_entries", frozenset())] == 0, 5,
+             "nothing owed")
