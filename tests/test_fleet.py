@@ -656,3 +656,83 @@ def test_metrics_show_the_fleet_connection_and_what_travelled(
              "the gauge back at 1")
     wait_for(lambda: scrape(url)[("smtpguard_fleet_owed_entries", frozenset())] == 0, 5,
              "nothing owed")
+
+
+QUIET_RULES = """\
+rule many_rejects for client_ip:
+    when rejects in 10m > 1000
+    add 100 points
+rule account_spread for sasl_user:
+    when distinct client_ips in 10m > 1000
+    add 100 points
+ladder client_ip:
+    at 100 points refuse for 1h
+ladder sasl_user:
+    at 100 points refuse for 1h
+"""
+
+
+def test_counts_converge_after_redis_is_killed_and_restarted_empty(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    """Item 5(d): Redis killed mid-run and restarted without its data. Afterwards each
+    host's fleet-wide count of a key is the sum of what the three hosts fed (before,
+    during and after the outage), and its fleet-wide distinct count is within the
+    HyperLogLog error of the true one; so are Redis's own buckets."""
+    from smtpguard_logwatch.fleet.counters import HLL_ERROR, tag_prefix
+
+    ip, user = "203.0.113.61", "bob@example.net"
+    fleet = [running(host(tmp_path, f"mx{i}", redis_server.url, rules=QUIET_RULES),
+                     [Recorder()]) for i in (1, 2, 3)]
+    cfgs = [r.daemon.cfg for r in fleet]
+    for cfg in cfgs:
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
+                 5, "up")
+    fed = {"rejects": 0, "ips": set()}
+
+    def feed(rejects: int, sessions: int) -> None:
+        for cfg in cfgs:
+            with open(cfg.logs[0], "a") as fh:
+                fh.writelines(reject(ip) for _ in range(rejects))
+                for _ in range(sessions):
+                    n = len(fed["ips"])
+                    fh.write(submission(f"198.51.100.{n + 1}", user, n))
+                    fed["ips"].add(n)
+            fed["rejects"] += rejects
+            time.sleep(0.05)
+
+    def seen(r) -> tuple[float, int]:
+        with r.daemon.lock:
+            store, now = r.daemon.state.engine.store, time.time()
+            return (store.count("client_ip", ip, "rejects", 600, now),
+                    store.distinct("sasl_user", user, "#client_ips", 600, now))
+
+    def converged() -> bool:
+        tolerance = max(1, HLL_ERROR * 3 * len(fed["ips"]))
+        return all(c == fed["rejects"] and abs(n - len(fed["ips"])) <= tolerance
+                   for c, n in map(seen, fleet))
+
+    feed(rejects=4, sessions=2)
+    admin = redis_server.client()
+
+    def in_redis() -> float:
+        tag = tag_prefix(cfgs[0].fleet.prefix, "client_ip", ip)
+        return sum(float(admin.get(k) or 0) for k in admin.scan_iter(f"{tag}rejects:*"))
+
+    wait_for(lambda: in_redis() == 12, 5, "the counts in Redis before the outage")
+    redis_server.kill()
+    feed(rejects=3, sessions=2)  # counted locally, owed to Redis
+    for cfg in cfgs:
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "down",
+                 5, "down")
+    redis_server.start()  # empty: no persistence
+    for cfg in cfgs:
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
+                 40, "up again")
+    feed(rejects=2, sessions=1)
+    wait_for(converged, 15, f"counts converged on {fed['rejects']} rejects and "
+             f"{len(fed['ips'])} addresses; got {[seen(r) for r in fleet]}")
+    assert all(request(c.control_socket, "status")["fleet"]["resets"] == 1 for c in cfgs)
+    admin = redis_server.client()
+    assert in_redis() == fed["rejects"] == 3 * (4 + 3 + 2)
+    tag = tag_prefix(cfgs[0].fleet.prefix, "sasl_user", user)
+    assert abs(admin.pfcount(*admin.scan_iter(f"{tag}#client_ips:*")) - 15) <= 1

@@ -93,6 +93,13 @@ def stream_key(prefix: str) -> str:
     return f"{prefix}:{{decisions}}"
 
 
+def epoch_key(prefix: str) -> str:
+    """A random name this Redis's data goes by (SET NX by the first host to connect):
+    a host that reconnects and finds another one (or none) knows that Redis lost what
+    it held (restarted without persistence, flushed) and sends its counts again."""
+    return f"{prefix}:{{epoch}}"
+
+
 def claim_key(prefix: str, dimension: str, key: str, action: str) -> str:
     """The warning-mail claim for one key and action (SET NX; it expires with the
     decision)."""
@@ -117,6 +124,9 @@ class Bus:
         self._outbox: deque[tuple[str, Any]] = deque()
         self._counts: dict[str, Any] | None = None  # counters owed (one merged batch)
         self._script: Any = None  # COUNT_SCRIPT, registered on first use
+        self.epoch: bytes | None = None  # the Redis data's name (see epoch_key)
+        self._resending = False  # Redis lost its counts: wait for the main thread's resend
+        self.resets = 0
         self.commands = 0  # Redis commands sent (for the benchmark)
         self._inbox: deque[tuple[str, Any]] = deque()
         self._lock = threading.Lock()
@@ -167,6 +177,13 @@ class Bus:
                 old["read"] = group["read"] or old["read"]
             owed.update({k: batch[k] for k in ("lo", "hi", "ttl", "width")})
 
+    def resend_counts(self, batch: dict[str, Any] | None) -> None:
+        """Everything this host counted in the span, after Redis lost its counts: it
+        replaces the batch owed (whose increments it includes)."""
+        with self._lock:
+            self._counts = batch
+            self._resending = False
+
     def claim(self, token: int, key: str, ttl: int) -> None:
         """Ask whether this host is the first to mail about ``key``; the answer comes
         back through :meth:`drain` as ``("claimed", (token, bool))``. With Redis down
@@ -181,7 +198,7 @@ class Bus:
 
     def drain(self) -> list[tuple[str, Any]]:
         """What arrived: ``("entries", [(stream id, fields), …])``, ``("synced", None)``,
-        ``("counts", answer)``,
+        ``("counts", answer)``, ``("reset", None)`` (Redis lost the counts),
         ``("claimed", (token, bool))``."""
         with self._lock:
             items = list(self._inbox)
@@ -193,7 +210,7 @@ class Bus:
                 "state": self.state, "since": self.since, "last_error": self.last_error,
                 "owed": len(self._outbox), "dropped": self.dropped,
                 "counters_owed": len(self._counts["keys"]) if self._counts else 0,
-                "commands": self.commands,
+                "commands": self.commands, "resets": self.resets,
                 "published": self.published, "received": self.received,
                 "last_id": self.last_id}
 
@@ -225,6 +242,7 @@ class Bus:
             client = redis.Redis.from_url(self.settings.redis, **self._options())
             client.ping()
             self._client = client
+            self._check_epoch()
             self._flush()
             while batch := self._read(None):  # catch up on everything missed, at once
                 missed += batch
@@ -243,6 +261,26 @@ class Bus:
                  redacted(self.settings.redis), self.host, self.last_id)
         self._put("synced", None)
         return True
+
+    def _check_epoch(self) -> None:
+        """Whether Redis still holds what this host sent before (see epoch_key); if not,
+        the owed counts are dropped and the main thread asked (``("reset", None)``)
+        to send everything it counted in the span again, so the fleet's totals come
+        back to the sum of what the hosts fed."""
+        import secrets
+
+        name = epoch_key(self.settings.prefix)
+        self._client.set(name, secrets.token_hex(8), nx=True)
+        epoch = self._client.get(name)
+        self.commands += 2
+        if self.epoch is not None and epoch != self.epoch:
+            log.warning("fleet: Redis %s lost the fleet's counts (restarted empty?); "
+                        "sending this host's again", redacted(self.settings.redis))
+            with self._lock:
+                self._counts, self._resending = None, True
+            self.resets += 1
+            self._put("reset", None)
+        self.epoch = epoch
 
     def _options(self) -> dict[str, Any]:
         s = self.settings
@@ -313,6 +351,8 @@ class Bus:
         back the fleet's buckets of the keys this host saw: one pipeline, one round trip.
         On failure the increments stay owed (merged with the next batch)."""
         with self._lock:
+            if self._resending:
+                return  # the main thread's resend replaces what is owed
             batch, self._counts = self._counts, None
         if batch is None:
             return
