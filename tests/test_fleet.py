@@ -736,3 +736,50 @@ def test_counts_converge_after_redis_is_killed_and_restarted_empty(
     assert in_redis() == fed["rejects"] == 3 * (4 + 3 + 2)
     tag = tag_prefix(cfgs[0].fleet.prefix, "sasl_user", user)
     assert abs(admin.pfcount(*admin.scan_iter(f"{tag}#client_ips:*")) - 15) <= 1
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster"])
+def test_one_script_call_carries_many_keys_and_a_cluster_one_slot_each(
+        tmp_path: Path, monkeypatch, cluster: bool) -> None:
+    """Many keys' counts travel in few script calls (the Python work per call is paid
+    once per CALL_KEYS keys); a real single-node Redis Cluster refuses calls across
+    slots, and the bus then sends one slot per call, without counting anything twice."""
+    import redis
+
+    from smtpguard_logwatch.fleet import bus as bus_module
+    from smtpguard_logwatch.fleet.bus import Bus
+    from smtpguard_logwatch.fleet.counters import FleetStore
+    from smtpguard_logwatch.store import FrequencyStore
+
+    extra = ("--cluster-enabled", "yes", "--cluster-config-file",
+             str(tmp_path / "nodes.conf")) if cluster else ()
+    server = RedisServer(tmp_path / "redis", extra=extra)
+    try:
+        admin = server.client()
+        if cluster:
+            admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            wait_for(lambda: b"cluster_state:ok" in admin.execute_command("CLUSTER", "INFO"),
+                     10, "the one-node cluster")
+        monkeypatch.setattr(bus_module, "CALL_KEYS", 4)
+        store = FleetStore(FrequencyStore(), prefix="t", dimensions=["client_ip"],
+                           clock=lambda: NOW)
+        for i in range(10):
+            for _ in range(i + 1):
+                store.add("client_ip", f"192.0.2.{i}", "rejects", NOW)
+            store.add_member("client_ip", f"192.0.2.{i}", "#senders", f"s{i}@x.example", NOW)
+        batch = store.take_batch()
+        bus = Bus(FleetSettings(redis=server.url, host="mx1"), "mx1", lambda: None)
+        bus._client = redis.Redis.from_url(server.url)
+        answer = bus._count_round_trip(batch)
+        b = int(NOW // 60)
+        assert answer["counts"] == {("client_ip", f"192.0.2.{i}", "rejects", b): i + 1.0
+                                    for i in range(10)}
+        assert bus._per_slot is cluster
+        calls = bus.commands
+        assert calls == (5 + 10 if cluster else 5)  # 2 groups (4 keys) per call
+        for i in range(10):  # in Redis once each, however many calls it took
+            tag = f"t:c:{{client_ip:192.0.2.{i}}}:"
+            assert int(admin.get(f"{tag}rejects:{b}")) == i + 1
+            assert admin.pfcount(f"{tag}#senders:{b}") == 1
+    finally:
+        server.stop()
