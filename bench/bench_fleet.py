@@ -15,9 +15,10 @@ It starts its own redis-server (unix socket, temp dir, no persistence), then:
    fleet.counters.FleetStore and a real fleet Bus thread, the counts batched and handed
    over once per second of LOG time (what the daemon does per second of wall time when
    it follows a live log): lines/s of both;
-2. counts the Redis commands per log line: those the replay sent (one script call per
-   key and batch: INCRBY/PFADD/EXPIRE/read-back inside), and those a batch per LOG
-   second would need (the pace of a followed log);
+2. counts the Redis commands per log line: those the replay sent (script calls of up
+   to CALL_KEYS bucket keys each: INCRBY/PFADD/EXPIRE/read-back inside) and the
+   operations inside them, and those a batch per LOG second would need (the pace of a
+   followed log);
 3. Redis memory per 100,000 active counter keys and per 100,000 HyperLogLog keys;
 4. pipelined INCRBY throughput of this Redis, and the projection for 100 hosts at
    1,000 log lines/s each.
@@ -44,7 +45,7 @@ import bench_replay  # noqa: E402
 from smtpguard_logwatch.config import FleetSettings  # noqa: E402
 from smtpguard_logwatch.engine import Engine  # noqa: E402
 from smtpguard_logwatch.envelope import Clock, zone_from_name  # noqa: E402
-from smtpguard_logwatch.fleet.bus import Bus  # noqa: E402
+from smtpguard_logwatch.fleet.bus import CALL_KEYS, Bus  # noqa: E402
 from smtpguard_logwatch.fleet.counters import DEFAULT_DIMENSIONS, FleetStore  # noqa: E402
 from smtpguard_logwatch.pipeline import Pipeline  # noqa: E402
 from smtpguard_logwatch.rules import default_rules_path, load_rules  # noqa: E402
@@ -73,9 +74,22 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("bench_fleet: redis-server did not start")
 
 
-def live_commands(batch: dict) -> int:
-    """Commands one batch needs when sent on its own: one script call per key."""
-    return len(batch["keys"])
+def live_commands(batch: dict) -> tuple[int, int]:
+    """(script calls, operations inside them) one batch needs when sent on its own:
+    up to CALL_KEYS bucket keys per call; an INCRBY or PFADD per bucket key sent, a GET
+    per bucket read back, a PFCOUNT per distinct window."""
+    keys = ops = 0
+    hi, lo = batch["hi"], batch["lo"]
+    for group in batch["keys"].values():
+        sent = len(group["incr"]) + len(group["members"])
+        keys += sent
+        ops += sent
+        read = group["read"]
+        if read is not None:
+            gets = len(read["counts"]) * (hi - max(lo, read.get("from", lo)) + 1)
+            keys += gets + len(read["distinct"])  # (a PFCOUNT over several keys)
+            ops += gets + len(read["distinct"])
+    return -(-keys // CALL_KEYS), ops
 
 
 def replay(log: Path, sock: str | None, *, live: bool = False) -> dict:
@@ -85,7 +99,7 @@ def replay(log: Path, sock: str | None, *, live: bool = False) -> dict:
     gc.collect()
     engine = Engine(load_rules([str(default_rules_path())]), warmup=0.0)
     now = [0.0]
-    result = {"live_commands": 0, "batches": 0}
+    result = {"live_commands": 0, "live_operations": 0, "batches": 0}
     bus = fleet = None
     if sock is not None or live:
         if sock is not None:
@@ -110,7 +124,9 @@ def replay(log: Path, sock: str | None, *, live: bool = False) -> dict:
                     return
                 result["batches"] += 1
                 if live:
-                    result["live_commands"] += live_commands(batch)
+                    calls, ops = live_commands(batch)
+                    result["live_commands"] += calls
+                    result["live_operations"] += ops
                     return
                 bus.send_counts(batch)
                 for kind, value in bus.drain():
@@ -131,6 +147,7 @@ def replay(log: Path, sock: str | None, *, live: bool = False) -> dict:
             time.sleep(0.05)
         result["drain_seconds"] = time.perf_counter() - t1
         result["sent_commands"] = bus.commands
+        result["sent_operations"] = bus.operations
         bus.close()
     return result
 
@@ -206,15 +223,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Redis commands the replay sent (a batch per wall second, {fleet['batches']:,} "
           f"batches): {fleet['sent_commands']:,} = {sent:.3f} per line (target <= "
           f"{COMMANDS_TARGET}: {'met' if sent <= COMMANDS_TARGET else 'MISSED'})")
+    print(f"  operations inside those calls (INCRBY, PFADD, GET, PFCOUNT; EXPIRE not "
+          f"counted): {fleet['sent_operations']:,} = {fleet['sent_operations'] / lines:.3f} "
+          "per line")
     print(f"Redis commands per line at the pace of a followed log (a batch per log "
-          f"second, {paced['batches']:,} batches): {per_line:.3f}")
+          f"second, {paced['batches']:,} batches): {per_line:.3f} script calls, "
+          f"{paced['live_operations'] / lines:.3f} operations inside them")
     print(f"Redis memory: {mem['counter_bytes_per_key']:.0f} bytes per counter key "
           f"({mem['counter_bytes_per_key'] * 1e5 / 2**20:.1f} MiB per 100k), "
           f"{mem['hll_bytes_per_key']:.0f} bytes per small HyperLogLog key "
           f"({mem['hll_bytes_per_key'] * 1e5 / 2**20:.1f} MiB per 100k)")
     print(f"pipelined INCRBY on this Redis: {mem['incrby_per_second']:,.0f} /s")
-    fleet_rate = 100 * 1000 * per_line
-    print(f"projection, 100 hosts x 1,000 lines/s: {fleet_rate:,.0f} commands/s on Redis "
+    fleet_rate = 100 * 1000 * paced["live_operations"] / lines
+    print(f"projection, 100 hosts x 1,000 lines/s: {fleet_rate:,.0f} operations/s on Redis "
+          f"in {100 * 1000 * per_line:,.0f} script calls/s "
           f"({fleet_rate / mem['incrby_per_second']:.0%} of this Redis's pipelined INCRBY "
           "rate)")
     return 0

@@ -24,7 +24,7 @@ import json
 import math
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +86,43 @@ SPECS: dict[str, Spec] = {
         "gauge", ("source",), "Bytes of the log not read yet."),
     "smtpguard_last_checkpoint_timestamp_seconds": Spec(
         "gauge", (), "When the state was last saved (Unix time)."),
+    "smtpguard_fleet_connected": Spec(
+        "gauge", (), "Fleet mode: 1 while the fleet's Redis answers, 0 while it is down "
+        "(the host goes on alone)."),
+    "smtpguard_fleet_owed_entries": Spec(
+        "gauge", (), "Fleet mode: decisions, unbans and mail claims waiting for Redis."),
+    "smtpguard_fleet_owed_counter_keys": Spec(
+        "gauge", (), "Fleet mode: keys whose counts wait for Redis."),
+    "smtpguard_fleet_decisions_published_total": Spec(
+        "counter", (), "Fleet mode: entries this host appended to the decision stream."),
+    "smtpguard_fleet_decisions_received_total": Spec(
+        "counter", (), "Fleet mode: entries read from the decision stream."),
+    "smtpguard_fleet_decisions_applied_total": Spec(
+        "counter", (), "Fleet mode: other hosts' decisions enforced here."),
+    "smtpguard_fleet_decisions_lifted_total": Spec(
+        "counter", (), "Fleet mode: decisions lifted here by another host's unban."),
+    "smtpguard_fleet_entries_malformed_total": Spec(
+        "counter", (), "Fleet mode: stream entries skipped as malformed."),
+    "smtpguard_fleet_dropped_total": Spec(
+        "counter", (), "Fleet mode: owed entries or keys dropped during a long outage."),
+    "smtpguard_fleet_redis_commands_total": Spec(
+        "counter", (), "Fleet mode: Redis commands (script calls, XADD, SET) sent."),
 }
+
+FLEET_FIGURES: dict[str, str] = {
+    "smtpguard_fleet_owed_entries": "owed",
+    "smtpguard_fleet_owed_counter_keys": "counters_owed",
+    "smtpguard_fleet_decisions_published_total": "published",
+    "smtpguard_fleet_decisions_received_total": "received",
+    "smtpguard_fleet_decisions_applied_total": "applied",
+    "smtpguard_fleet_decisions_lifted_total": "lifted",
+    "smtpguard_fleet_entries_malformed_total": "malformed",
+    "smtpguard_fleet_dropped_total": "dropped",
+    "smtpguard_fleet_redis_commands_total": "commands",
+}
+"""The fleet figures taken from the Link's ``status`` (fleet.link.Link.status) when a
+scrape asks: they live in the daemon's memory, not in the Tally (a counter restarts
+at 0 with the daemon, as Prometheus expects of a process's counters)."""
 
 Samples = dict[tuple[str, ...], float]
 
@@ -128,7 +164,7 @@ class Tally:
     def __init__(self) -> None:
         self.counts: dict[str, Samples] = {  # a counter without labels shows from 0
             name: {} if spec.labels else {(): 0} for name, spec in SPECS.items()
-            if spec.kind == "counter"}
+            if spec.kind == "counter" and name not in FLEET_FIGURES}
         self.checkpoint = Histogram.empty()
         self._seen: dict[tuple[str, tuple[str, ...]], float] = {}
 
@@ -252,9 +288,10 @@ def _follow(path: str, position: Any, last_line: float | None) -> tuple[float, f
 
 
 def snapshot(state: State, *, origin: str, now: float, sources: Iterable[str],
-             backends: Iterable[str] = ()) -> Figures:
+             backends: Iterable[str] = (), fleet: Mapping[str, Any] | None = None
+             ) -> Figures:
     """Every figure of a running State (the daemon's or a scan's); ``backends``: the
-    configured actions' names."""
+    configured actions' names; ``fleet``: the fleet link's status in fleet mode."""
     tally = state.sync_tally()
     values: dict[str, Samples] = {name: dict(samples) for name, samples in tally.counts.items()}
     sources = list(sources)
@@ -279,7 +316,19 @@ def snapshot(state: State, *, origin: str, now: float, sources: Iterable[str],
     if state.checkpoints.last_time is not None:
         values["smtpguard_last_checkpoint_timestamp_seconds"] = {
             (): state.checkpoints.last_time}
+    if fleet is not None:
+        values |= fleet_values(fleet)
     return Figures(values, tally.checkpoint, origin)
+
+
+def fleet_values(status: Mapping[str, Any]) -> dict[str, Samples]:
+    """The ``smtpguard_fleet_*`` samples from a fleet link's status (no labels: the
+    figures are the host's, never per key)."""
+    values: dict[str, Samples] = {
+        "smtpguard_fleet_connected": {(): 1.0 if status.get("state") == "up" else 0.0}}
+    for name, field in FLEET_FIGURES.items():
+        values[name] = {(): float(status.get(field) or 0)}
+    return values
 
 
 def from_database(path: str, *, now: float) -> Figures | None:

@@ -83,8 +83,27 @@ def format_figures(data: dict[str, Any]) -> str:
                  [[lb["backend"], _number(v)]
                   for lb, v in sorted(_samples(data, "smtpguard_action_errors_total"),
                                       key=lambda s: s[0]["backend"])])
+    out += _fleet(data)
     out += _checkpoints(data)
     return "\n".join(out)
+
+
+def _fleet(data: dict[str, Any]) -> list[str]:
+    """The fleet figures, when the daemon runs in fleet mode (else nothing)."""
+    connected = _samples(data, "smtpguard_fleet_connected")
+    if not connected:
+        return []
+
+    def one(name: str) -> str:
+        return _number(sum(v for _, v in _samples(data, f"smtpguard_fleet_{name}")))
+
+    state = "connected" if connected[0][1] else "DOWN (going on alone)"
+    return table("Fleet", ["Redis", "Published", "Received", "Applied", "Lifted",
+                           "Malformed", "Owed", "Owed keys", "Dropped"],
+                 [[state, one("decisions_published_total"), one("decisions_received_total"),
+                   one("decisions_applied_total"), one("decisions_lifted_total"),
+                   one("entries_malformed_total"), one("owed_entries"),
+                   one("owed_counter_keys"), one("dropped_total")]])
 
 
 def _checkpoints(data: dict[str, Any]) -> list[str]:

@@ -614,3 +614,172 @@ def test_unban_all_lifts_on_every_host(tmp_path: Path, redis_server: RedisServer
     request(a.control_socket, "unban-all")
     wait_for(lambda: len(b_rec.revoked) == 2, 5, "both lifted on mx2")
     assert request(b.control_socket, "list") == []
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+def test_metrics_show_the_fleet_connection_and_what_travelled(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    """A scrape of a fleet daemon: connected 1 and what it published; Redis killed:
+    connected 0 and what it owes; no per-key label anywhere."""
+    from test_metrics import scrape
+
+    from smtpguard_logwatch.config import MetricsSettings
+
+    a, b = (host(tmp_path, name, redis_server.url) for name in ("mx1", "mx2"))
+    a.metrics = MetricsSettings(listen="127.0.0.1:0")
+    b_rec = Recorder()
+    running(a, [Recorder()])
+    running(b, [b_rec])
+    for cfg in (a, b):
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
+                 5, "up")
+    url = request(a.control_socket, "status")["metrics_url"]
+    request(a.control_socket, "ban", key="198.51.100.10", duration=600)
+    wait_for(lambda: "198.51.100.10" in keys_of(b_rec), 5, "the ban on mx2")
+    got = scrape(url)
+    assert got[("smtpguard_fleet_connected", frozenset())] == 1
+    assert got[("smtpguard_fleet_decisions_published_total", frozenset())] >= 1
+    assert got[("smtpguard_fleet_owed_entries", frozenset())] == 0
+    fleet = {name: labels for name, labels in got if name.startswith("smtpguard_fleet_")}
+    assert len(fleet) == 10 and all(not labels for labels in fleet.values())
+
+    redis_server.kill()
+    request(a.control_socket, "ban", key="198.51.100.11", duration=600)
+    got = wait_for(lambda: (s := scrape(url))[("smtpguard_fleet_connected", frozenset())]
+                   == 0 and s, 5, "the gauge at 0")
+    assert got[("smtpguard_fleet_owed_entries", frozenset())] >= 1
+    text = request(a.control_socket, "status")
+    assert text["fleet"]["state"] == "down"
+    redis_server.start()
+    wait_for(lambda: scrape(url)[("smtpguard_fleet_connected", frozenset())] == 1, 40,
+             "the gauge back at 1")
+    wait_for(lambda: scrape(url)[("smtpguard_fleet_owed_entries", frozenset())] == 0, 5,
+             "nothing owed")
+
+
+QUIET_RULES = """\
+rule many_rejects for client_ip:
+    when rejects in 10m > 1000
+    add 100 points
+rule account_spread for sasl_user:
+    when distinct client_ips in 10m > 1000
+    add 100 points
+ladder client_ip:
+    at 100 points refuse for 1h
+ladder sasl_user:
+    at 100 points refuse for 1h
+"""
+
+
+def test_counts_converge_after_redis_is_killed_and_restarted_empty(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    """Item 5(d): Redis killed mid-run and restarted without its data. Afterwards each
+    host's fleet-wide count of a key is the sum of what the three hosts fed (before,
+    during and after the outage), and its fleet-wide distinct count is within the
+    HyperLogLog error of the true one; so are Redis's own buckets."""
+    from smtpguard_logwatch.fleet.counters import HLL_ERROR, tag_prefix
+
+    ip, user = "203.0.113.61", "bob@example.net"
+    fleet = [running(host(tmp_path, f"mx{i}", redis_server.url, rules=QUIET_RULES),
+                     [Recorder()]) for i in (1, 2, 3)]
+    cfgs = [r.daemon.cfg for r in fleet]
+    for cfg in cfgs:
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
+                 5, "up")
+    fed = {"rejects": 0, "ips": set()}
+
+    def feed(rejects: int, sessions: int) -> None:
+        for cfg in cfgs:
+            with open(cfg.logs[0], "a") as fh:
+                fh.writelines(reject(ip) for _ in range(rejects))
+                for _ in range(sessions):
+                    n = len(fed["ips"])
+                    fh.write(submission(f"198.51.100.{n + 1}", user, n))
+                    fed["ips"].add(n)
+            fed["rejects"] += rejects
+            time.sleep(0.05)
+
+    def seen(r) -> tuple[float, int]:
+        with r.daemon.lock:
+            store, now = r.daemon.state.engine.store, time.time()
+            return (store.count("client_ip", ip, "rejects", 600, now),
+                    store.distinct("sasl_user", user, "#client_ips", 600, now))
+
+    def converged() -> bool:
+        tolerance = max(1, HLL_ERROR * 3 * len(fed["ips"]))
+        return all(c == fed["rejects"] and abs(n - len(fed["ips"])) <= tolerance
+                   for c, n in map(seen, fleet))
+
+    feed(rejects=4, sessions=2)
+    admin = redis_server.client()
+
+    def in_redis() -> float:
+        tag = tag_prefix(cfgs[0].fleet.prefix, "client_ip", ip)
+        return sum(float(admin.get(k) or 0) for k in admin.scan_iter(f"{tag}rejects:*"))
+
+    wait_for(lambda: in_redis() == 12, 5, "the counts in Redis before the outage")
+    redis_server.kill()
+    feed(rejects=3, sessions=2)  # counted locally, owed to Redis
+    for cfg in cfgs:
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "down",
+                 5, "down")
+    redis_server.start()  # empty: no persistence
+    for cfg in cfgs:
+        wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
+                 40, "up again")
+    feed(rejects=2, sessions=1)
+    wait_for(converged, 15, f"counts converged on {fed['rejects']} rejects and "
+             f"{len(fed['ips'])} addresses; got {[seen(r) for r in fleet]}")
+    assert all(request(c.control_socket, "status")["fleet"]["resets"] == 1 for c in cfgs)
+    admin = redis_server.client()
+    assert in_redis() == fed["rejects"] == 3 * (4 + 3 + 2)
+    tag = tag_prefix(cfgs[0].fleet.prefix, "sasl_user", user)
+    assert abs(admin.pfcount(*admin.scan_iter(f"{tag}#client_ips:*")) - 15) <= 1
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster"])
+def test_one_script_call_carries_many_keys_and_a_cluster_one_slot_each(
+        tmp_path: Path, monkeypatch, cluster: bool) -> None:
+    """Many keys' counts travel in few script calls (the Python work per call is paid
+    once per CALL_KEYS keys); a real single-node Redis Cluster refuses calls across
+    slots, and the bus then sends one slot per call, without counting anything twice."""
+    import redis
+
+    from smtpguard_logwatch.fleet import bus as bus_module
+    from smtpguard_logwatch.fleet.bus import Bus
+    from smtpguard_logwatch.fleet.counters import FleetStore
+    from smtpguard_logwatch.store import FrequencyStore
+
+    extra = ("--cluster-enabled", "yes", "--cluster-config-file",
+             str(tmp_path / "nodes.conf")) if cluster else ()
+    server = RedisServer(tmp_path / "redis", extra=extra)
+    try:
+        admin = server.client()
+        if cluster:
+            admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            wait_for(lambda: b"cluster_state:ok" in admin.execute_command("CLUSTER", "INFO"),
+                     10, "the one-node cluster")
+        monkeypatch.setattr(bus_module, "CALL_KEYS", 4)
+        store = FleetStore(FrequencyStore(), prefix="t", dimensions=["client_ip"],
+                           clock=lambda: NOW)
+        for i in range(10):
+            for _ in range(i + 1):
+                store.add("client_ip", f"192.0.2.{i}", "rejects", NOW)
+            store.add_member("client_ip", f"192.0.2.{i}", "#senders", f"s{i}@x.example", NOW)
+        batch = store.take_batch()
+        bus = Bus(FleetSettings(redis=server.url, host="mx1"), "mx1", lambda: None)
+        bus._client = redis.Redis.from_url(server.url)
+        answer = bus._count_round_trip(batch)
+        b = int(NOW // 60)
+        assert answer["counts"] == {("client_ip", f"192.0.2.{i}", "rejects", b): i + 1.0
+                                    for i in range(10)}
+        assert bus._per_slot is cluster
+        calls = bus.commands
+        assert calls == (5 + 10 if cluster else 5)  # 2 groups (4 keys) per call
+        for i in range(10):  # in Redis once each, however many calls it took
+            tag = f"t:c:{{client_ip:192.0.2.{i}}}:"
+            assert int(admin.get(f"{tag}rejects:{b}")) == i + 1
+            assert admin.pfcount(f"{tag}#senders:{b}") == 1
+    finally:
+        server.stop()

@@ -218,7 +218,8 @@ class Daemon:
         with self.lock:
             sources = [*self.cfg.logs, *(["journal"] if self.journal is not None else [])]
             return snapshot(self.state, origin=f"daemon pid {os.getpid()}", now=self.clock(),
-                            sources=sources, backends=[a.name for a in self.actions])
+                            sources=sources, backends=[a.name for a in self.actions],
+                            fleet=None if self.fleet is None else self.fleet.status())
 
     def _turn(self) -> None:
         """One round of the main loop: wait for lines, count and enforce, reload."""

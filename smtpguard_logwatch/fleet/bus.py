@@ -36,33 +36,43 @@ counted): a host that comes back republishes its active decisions anyway."""
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 
 
+CALL_KEYS = 2000
+"""Bucket keys per script call at most: a call runs a few thousand INCRBY/PFADD inside
+Redis (a few milliseconds), and carries many of the tool's keys, so the Python work
+per call (redis-py's packing and parsing) is paid once per few thousand keys."""
+
 COUNT_SCRIPT = """
--- One key's counts: INCRBY (or INCRBYFLOAT) and PFADD, EXPIRE on each, then the
--- bucket totals and the HyperLogLog unions asked for. KEYS all share one hash tag.
+-- Counts of many keys in one call. ARGV: ttl, the number of groups, then per group
+-- (one key's buckets, one hash tag): INCRBY (INCRBYFLOAT) and PFADD, EXPIRE on each,
+-- then the bucket totals and the HyperLogLog unions asked for. KEYS: the bucket keys
+-- of all groups, in order. On Redis Cluster a call carries one slot's groups only.
 local ttl = tonumber(ARGV[1])
-local a, k = 2, 1
-local n = tonumber(ARGV[a]); a = a + 1
-for _ = 1, n do
-  local by = ARGV[a]; a = a + 1
-  if string.find(by, '[.eE]') then redis.call('INCRBYFLOAT', KEYS[k], by)
-  else redis.call('INCRBY', KEYS[k], by) end
-  redis.call('EXPIRE', KEYS[k], ttl); k = k + 1
-end
-n = tonumber(ARGV[a]); a = a + 1
-for _ = 1, n do
-  local m = tonumber(ARGV[a]); a = a + 1
-  redis.call('PFADD', KEYS[k], unpack(ARGV, a, a + m - 1)); a = a + m
-  redis.call('EXPIRE', KEYS[k], ttl); k = k + 1
-end
+local groups = tonumber(ARGV[2])
+local a, k = 3, 1
 local out = {}
-n = tonumber(ARGV[a]); a = a + 1
-for _ = 1, n do
-  out[#out + 1] = redis.call('GET', KEYS[k]) or false; k = k + 1
-end
-n = tonumber(ARGV[a]); a = a + 1
-for _ = 1, n do
-  local g = tonumber(ARGV[a]); a = a + 1
-  out[#out + 1] = redis.call('PFCOUNT', unpack(KEYS, k, k + g - 1)); k = k + g
+for _ = 1, groups do
+  local n = tonumber(ARGV[a]); a = a + 1
+  for _ = 1, n do
+    local by = ARGV[a]; a = a + 1
+    if string.find(by, '[.eE]') then redis.call('INCRBYFLOAT', KEYS[k], by)
+    else redis.call('INCRBY', KEYS[k], by) end
+    redis.call('EXPIRE', KEYS[k], ttl); k = k + 1
+  end
+  n = tonumber(ARGV[a]); a = a + 1
+  for _ = 1, n do
+    local m = tonumber(ARGV[a]); a = a + 1
+    redis.call('PFADD', KEYS[k], unpack(ARGV, a, a + m - 1)); a = a + m
+    redis.call('EXPIRE', KEYS[k], ttl); k = k + 1
+  end
+  n = tonumber(ARGV[a]); a = a + 1
+  for _ = 1, n do
+    out[#out + 1] = redis.call('GET', KEYS[k]) or false; k = k + 1
+  end
+  n = tonumber(ARGV[a]); a = a + 1
+  for _ = 1, n do
+    local g = tonumber(ARGV[a]); a = a + 1
+    out[#out + 1] = redis.call('PFCOUNT', unpack(KEYS, k, k + g - 1)); k = k + g
+  end
 end
 return out
 """
@@ -78,6 +88,13 @@ def _number(value: Any) -> float:
     return number if 0.0 <= number < 1e15 else 0.0
 
 
+def _cross_slot(exc: Exception) -> bool:
+    """A Redis Cluster's CROSSSLOT refusal (redis-py names it, without the code)."""
+    from redis.exceptions import ClusterCrossSlotError
+
+    return isinstance(exc, ClusterCrossSlotError) or "CROSSSLOT" in str(exc)
+
+
 def redacted(url: str) -> str:
     """The URL without its password, for logs and ``status``."""
     parts = urlsplit(url)
@@ -91,6 +108,13 @@ def redacted(url: str) -> str:
 def stream_key(prefix: str) -> str:
     """The decision stream. One key, so Redis Cluster keeps it in one slot."""
     return f"{prefix}:{{decisions}}"
+
+
+def epoch_key(prefix: str) -> str:
+    """A random name this Redis's data goes by (SET NX by the first host to connect):
+    a host that reconnects and finds another one (or none) knows that Redis lost what
+    it held (restarted without persistence, flushed) and sends its counts again."""
+    return f"{prefix}:{{epoch}}"
 
 
 def claim_key(prefix: str, dimension: str, key: str, action: str) -> str:
@@ -117,7 +141,12 @@ class Bus:
         self._outbox: deque[tuple[str, Any]] = deque()
         self._counts: dict[str, Any] | None = None  # counters owed (one merged batch)
         self._script: Any = None  # COUNT_SCRIPT, registered on first use
+        self.epoch: bytes | None = None  # the Redis data's name (see epoch_key)
+        self._resending = False  # Redis lost its counts: wait for the main thread's resend
+        self.resets = 0
         self.commands = 0  # Redis commands sent (for the benchmark)
+        self.operations = 0  # INCRBY, PFADD, GET, PFCOUNT run inside the script calls
+        self._per_slot = False  # a Redis Cluster refused a call across slots (CROSSSLOT)
         self._inbox: deque[tuple[str, Any]] = deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -167,6 +196,13 @@ class Bus:
                 old["read"] = group["read"] or old["read"]
             owed.update({k: batch[k] for k in ("lo", "hi", "ttl", "width")})
 
+    def resend_counts(self, batch: dict[str, Any] | None) -> None:
+        """Everything this host counted in the span, after Redis lost its counts: it
+        replaces the batch owed (whose increments it includes)."""
+        with self._lock:
+            self._counts = batch
+            self._resending = False
+
     def claim(self, token: int, key: str, ttl: int) -> None:
         """Ask whether this host is the first to mail about ``key``; the answer comes
         back through :meth:`drain` as ``("claimed", (token, bool))``. With Redis down
@@ -181,7 +217,7 @@ class Bus:
 
     def drain(self) -> list[tuple[str, Any]]:
         """What arrived: ``("entries", [(stream id, fields), …])``, ``("synced", None)``,
-        ``("counts", answer)``,
+        ``("counts", answer)``, ``("reset", None)`` (Redis lost the counts),
         ``("claimed", (token, bool))``."""
         with self._lock:
             items = list(self._inbox)
@@ -193,7 +229,7 @@ class Bus:
                 "state": self.state, "since": self.since, "last_error": self.last_error,
                 "owed": len(self._outbox), "dropped": self.dropped,
                 "counters_owed": len(self._counts["keys"]) if self._counts else 0,
-                "commands": self.commands,
+                "commands": self.commands, "resets": self.resets,
                 "published": self.published, "received": self.received,
                 "last_id": self.last_id}
 
@@ -225,6 +261,7 @@ class Bus:
             client = redis.Redis.from_url(self.settings.redis, **self._options())
             client.ping()
             self._client = client
+            self._check_epoch()
             self._flush()
             while batch := self._read(None):  # catch up on everything missed, at once
                 missed += batch
@@ -243,6 +280,26 @@ class Bus:
                  redacted(self.settings.redis), self.host, self.last_id)
         self._put("synced", None)
         return True
+
+    def _check_epoch(self) -> None:
+        """Whether Redis still holds what this host sent before (see epoch_key); if not,
+        the owed counts are dropped and the main thread asked (``("reset", None)``)
+        to send everything it counted in the span again, so the fleet's totals come
+        back to the sum of what the hosts fed."""
+        import secrets
+
+        name = epoch_key(self.settings.prefix)
+        self._client.set(name, secrets.token_hex(8), nx=True)
+        epoch = self._client.get(name)
+        self.commands += 2
+        if self.epoch is not None and epoch != self.epoch:
+            log.warning("fleet: Redis %s lost the fleet's counts (restarted empty?); "
+                        "sending this host's again", redacted(self.settings.redis))
+            with self._lock:
+                self._counts, self._resending = None, True
+            self.resets += 1
+            self._put("reset", None)
+        self.epoch = epoch
 
     def _options(self) -> dict[str, Any]:
         s = self.settings
@@ -313,6 +370,8 @@ class Bus:
         back the fleet's buckets of the keys this host saw: one pipeline, one round trip.
         On failure the increments stay owed (merged with the next batch)."""
         with self._lock:
+            if self._resending:
+                return  # the main thread's resend replaces what is owed
             batch, self._counts = self._counts, None
         if batch is None:
             return
@@ -328,47 +387,97 @@ class Bus:
             self._put("counts", answer)
 
     def _count_round_trip(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """One script call per key (see COUNT_SCRIPT), all in one pipeline."""
+        """Script calls of up to CALL_KEYS bucket keys each (see COUNT_SCRIPT), all in
+        one pipeline; on a Redis Cluster (once it refused a call across slots) one
+        call per hash slot."""
         if self._script is None:
             self._script = self._client.register_script(COUNT_SCRIPT)
-        pipe = self._client.pipeline(transaction=False)
         ttl, lo, hi, width = batch["ttl"], batch["lo"], batch["hi"], batch["width"]
-        calls = []
+        Call = tuple[list[str], list[Any], list[tuple[Any, ...]], list[tuple[str, str]]]
+        calls: list[Call] = []
+        by_slot: dict[int, Call] = {}
+        if self._per_slot:
+            from redis.crc import key_slot
+        current: Call | None = None
         for (d, raw), group in batch["keys"].items():
             tag = group["tag"]
-            keys: list[str] = []
-            args: list[Any] = [ttl, len(group["incr"])]
-            for (metric, b), n in group["incr"].items():
+            if self._per_slot:
+                slot = key_slot(tag.encode())
+                current = by_slot.get(slot)
+                if current is None:
+                    current = by_slot[slot] = ([], [ttl, 0], [], [])
+                    calls.append(current)
+            elif current is None or len(current[0]) >= CALL_KEYS:
+                current = ([], [ttl, 0], [], [])
+                calls.append(current)
+            keys, args, wanted, carried = current
+            carried.append((d, raw))
+            incr, members = group["incr"], group["members"]
+            args.append(len(incr))
+            for (metric, b), n in incr.items():
                 keys.append(f"{tag}{metric}:{b}")
                 args.append(int(n) if float(n).is_integer() else n)
-            args.append(len(group["members"]))
-            for (metric, b), members in group["members"].items():
+            args.append(len(members))
+            for (metric, b), names in members.items():
                 keys.append(f"{tag}{metric}:{b}")
-                args += [len(members), *members]
-            read = group["read"] or {"from": hi, "counts": [], "distinct": []}
-            names = [(m, b) for m in read["counts"]
-                     for b in range(max(lo, read.get("from", lo)), hi + 1)]
-            args.append(len(names))
-            keys += [f"{tag}{m}:{b}" for m, b in names]
-            args.append(len(read["distinct"]))
-            for metric, window in read["distinct"]:
-                first = max(int((hi * width - window) // width) + 1, hi - 1000)
-                args.append(hi - first + 1)
-                keys += [f"{tag}{metric}:{b}" for b in range(first, hi + 1)]
-            self._script(keys=keys, args=args, client=pipe)
-            calls.append((d, raw, names, read["distinct"]))
+                args.append(len(names))
+                args += names
+            read = group["read"]
+            if read is None:
+                args += (0, 0)
+                names = distinct = ()
+            else:
+                start = max(lo, read.get("from", lo))
+                names = [(m, b) for m in read["counts"] for b in range(start, hi + 1)]
+                args.append(len(names))
+                keys += [f"{tag}{m}:{b}" for m, b in names]
+                distinct = read["distinct"]
+                args.append(len(distinct))
+                for metric, window in distinct:
+                    first = max(int((hi * width - window) // width) + 1, hi - 1000)
+                    args.append(hi - first + 1)
+                    keys += [f"{tag}{metric}:{b}" for b in range(first, hi + 1)]
+            args[1] += 1
+            self.operations += len(incr) + len(members) + len(names) + len(distinct)
+            if names or distinct:
+                wanted.append((d, raw, names, distinct))
         if not calls:
             return {"counts": {}, "distinct": {}}
-        results = pipe.execute()
+        pipe = self._client.pipeline(transaction=False)
+        for keys, args, _, _ in calls:
+            self._script(keys=keys, args=args, client=pipe)
+        results = pipe.execute(raise_on_error=False)
         self.commands += len(calls)
         answer: dict[str, Any] = {"counts": {}, "distinct": {}}
-        for (d, raw, names, distinct), result in zip(calls, results, strict=True):
+        counts, distincts = answer["counts"], answer["distinct"]
+        refused = [(call, r) for call, r in zip(calls, results, strict=True)
+                   if isinstance(r, Exception)]
+        if refused:
+            if self._per_slot or not all(_cross_slot(r) for _, r in refused):
+                raise refused[0][1]
+            # a Cluster refuses a call across slots before running it: those groups go
+            # again one slot per call (the calls that ran are not sent twice)
+            self._per_slot = True
+            log.info("fleet: Redis is a Cluster; one script call per hash slot from now on")
+            again = {dk: batch["keys"][dk] for call, _ in refused for dk in call[3]}
+            answer = self._count_round_trip(batch | {"keys": again})
+            counts, distincts = answer["counts"], answer["distinct"]
+        for (_keys, _args, wanted, _), result in zip(calls, results, strict=True):
+            if isinstance(result, Exception):
+                continue
             values = list(result or [])
-            for (metric, b), value in zip(names, values[:len(names)], strict=False):
-                if value is not None:
-                    answer["counts"][(d, raw, metric, b)] = _number(value)
-            for (metric, window), value in zip(distinct, values[len(names):], strict=False):
-                answer["distinct"][(d, raw, metric, window)] = int(_number(value))
+            at = 0
+            for d, raw, names, distinct in wanted:
+                for (metric, b), value in zip(names, values[at:at + len(names)],
+                                              strict=False):
+                    if value is not None:
+                        counts[(d, raw, metric, b)] = _number(value)
+                at += len(names)
+                for (metric, window), value in zip(distinct,
+                                                   values[at:at + len(distinct)],
+                                                   strict=False):
+                    distincts[(d, raw, metric, window)] = int(_number(value))
+                at += len(distinct)
         return answer
 
     def _read(self, block: int | None) -> list[tuple[str, Any]]:

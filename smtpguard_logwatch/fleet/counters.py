@@ -24,6 +24,11 @@ the store are not changed: it delegates everything and only watches ``add`` and
 * Never twice. Merged amounts only grow: a total that went down (Redis restarted empty)
   adds nothing until it passes what was merged; buckets older than the daemon's start
   are not merged (they may already be in the saved store).
+* Converging. When Redis comes back without what it held (the bus sees a new epoch),
+  every host sends again all it counted in the span (:meth:`FleetStore.resend_batch`:
+  its increments per bucket and the distinct members it sent), so the fleet's totals
+  become the sum of what the hosts fed again, and each host's merged share of the
+  others catches up (exact for counts, within the HyperLogLog error for distinct).
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class FleetStore:
         self._shared: dict[tuple[str, str], float] = {}  # others counted it: when seen
         self._sent: dict[tuple[str, str, str, int], float] = {}  # this host's, per bucket
         self._merged: dict[tuple[str, str, str, int], float] = {}  # others', merged
+        self._sent_members: dict[tuple[str, str, str, int], set[str]] = {}  # for a resend
         self._distinct_windows: dict[tuple[str, str], set[float]] = {}  # (dim, metric)
         self._fleet_distinct: dict[tuple[str, str, str, float], int] = {}
         self.merged_total = 0.0
@@ -162,6 +168,9 @@ class FleetStore:
         for (d, k, metric, b), members in self._members.items():
             if members:
                 group(d, k)["members"][(metric, b)] = sorted(members)
+                sent = self._sent_members.setdefault((d, k, metric, b), set())
+                if len(sent) < MAX_MEMBERS:
+                    sent |= members
         self._incr, self._members = {}, {}
         self._forget_old(int(now // self.width))
         # read back: the keys seen since the last batch, and for HOT_FOR seconds after
@@ -189,6 +198,33 @@ class FleetStore:
             return None
         return {"keys": groups, "ttl": int((self.span_buckets + 2) * self.width),
                 "lo": lo, "hi": hi, "width": self.width}
+
+    def resend_batch(self) -> dict[str, Any] | None:
+        """Everything this host sent for the buckets Redis still keeps, as one batch,
+        for a Redis that lost it (see the module docstring); the keys are read back
+        again over the whole span from the next batch on."""
+        now = self.clock()
+        hi = int(now // self.width)
+        oldest = hi - self.span_buckets - 1
+        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        for table, field in ((self._sent, "incr"), (self._sent_members, "members")):
+            for (d, k, metric, b), value in table.items():
+                if b < oldest or not value:
+                    continue
+                g = groups.get((d, k))
+                if g is None:
+                    g = groups[(d, k)] = {"tag": tag_prefix(self.prefix, d, k), "incr": {},
+                                          "members": {}, "read": None}
+                g[field][(metric, b)] = sorted(value) if field == "members" else value
+                seen = self._hot.get((d, k))
+                self._hot[(d, k)] = (now, (seen[1] if seen else set()) | {metric})
+                self._fresh.add((d, k))
+                self._read_to.pop((d, k), None)
+        if not groups:
+            return None
+        return {"keys": groups, "ttl": int((self.span_buckets + 2) * self.width),
+                "lo": max(hi - self.span_buckets + 1, self.start_bucket), "hi": hi,
+                "width": self.width}
 
     def merge(self, answer: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
         """Fold the other hosts' counts into the local store; returns the keys (and
@@ -220,7 +256,7 @@ class FleetStore:
 
     def _forget_old(self, hi: int) -> None:
         oldest = hi - self.span_buckets - 2
-        for table in (self._sent, self._merged):
+        for table in (self._sent, self._merged, self._sent_members):
             for index in [i for i in table if i[3] < oldest]:
                 del table[index]
         for index in [i for i in self._fleet_distinct if (i[0], i[1]) not in self._hot]:

@@ -142,6 +142,9 @@ class Link:
                 self._claimed(enforcer, *value)
             elif kind == "synced":
                 self._republish(ledger, now)
+            elif kind == "reset":  # Redis lost the counts: all of this host's again
+                self.bus.resend_counts(None if self.store is None
+                                       else self.store.resend_batch())
             elif kind == "counts":
                 if self.store is not None:
                     changed = self.store.merge(value)
