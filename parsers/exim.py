@@ -226,6 +226,9 @@ def _helo_host(s: str, i: int, name: str | None, cont: Cont, exim_tail: bool
     still read and the event still counted, for nobody."""
     found: _Host | None = None
     seen = 0
+    # IPs of ") [ip] X=" (followed by what looks like Exim's next field) before the first
+    # candidate the continuation accepts.
+    others: set[str] = set()
     k = s.find(") [", i)
     while k >= 0:
         got = _ip_at(s, k + 2)
@@ -237,7 +240,16 @@ def _helo_host(s: str, i: int, name: str | None, cont: Cont, exim_tail: bool
                 return found, True
             if found is None or exim_tail:
                 found = _Host(name, s[i + 1 : k], got[0], got[1])
+        elif (got is not None and found is None and not exim_tail
+              and len(others) <= MAX_CANDIDATES and _FIELD_START.match(s, got[1])):
+            others.add(got[0])
         k = s.find(") [", k + 2)
+    # The real field may be one the continuation misread (a sender with spaces after it)
+    # while the client's copies after it (in the sender) read well: another IP in a
+    # ") [ip]" before the first accepted one makes the line nobody's, not the client's pick.
+    if found is not None and not exim_tail and others - {found.ip}:
+        found.ip = None
+        return found, True
     return found, False
 
 

@@ -81,3 +81,11 @@ def test_fuzz_parser(name: str) -> None:
         _check(name, index, slots)
 
     run()
+
+
+def test_exim_fake_hosts_in_helo_and_sender_do_not_choose_the_ip() -> None:
+    """Found by the fuzz above: a HELO and a sender that each hold ") [203.0.113.9] H="
+    made the two fake host fields the only ones the field reader accepted (the real one
+    is followed by a sender with spaces), so the line was counted for the client's
+    choice of address."""
+    _check("exim", 2, [") [203.0.113.9] H="])
