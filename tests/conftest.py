@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
+
+# Subprocesses run the installed package, never the checkout: ``python -m`` would put
+# the current directory first on sys.path, and the source tree is not importable as is
+# (the parsers live in ./parsers, mapped into the package at install time). A test
+# that forgot cwd="/" failed in CI only because CI's working directory is the checkout.
+os.environ["PYTHONSAFEPATH"] = "1"
 
 from smtpguard_logwatch import core, envelope
 
