@@ -24,7 +24,7 @@ from .actions.base import build_actions
 from .actions.enforcer import Enforcer
 from .config import Config
 from .engine.ledger import Decision
-from .follow import FollowWarning, LogCursor, Position
+from .follow import FollowWarning, LogCursor, Position, log_notice
 from .metrics import Figures, snapshot
 from .progress import ByteMeter, Progress
 from .state import State, StateLock
@@ -156,6 +156,5 @@ def _metered(lines: Iterator[tuple[str, Position]], file: tuple[int, int], offse
 
 
 def _report_follow_warning(notice: FollowWarning) -> None:
-    """A vanished or unreadable log, a rotation that could not be followed: one line
-    on stderr (cron mails it), not a Python warning with a source line."""
-    log.warning("log file %s", notice)
+    """A vanished or unreadable log, a rotation that could not be followed."""
+    log_notice(notice, log)

@@ -37,7 +37,7 @@ from ..actions.base import ActionError, build_actions
 from ..actions.enforcer import Enforcer
 from ..config import Config, ConfigError, load_config
 from ..engine.ledger import Decision
-from ..follow import Follower
+from ..follow import Follower, log_notice
 from ..follow.follower import Item
 from ..metrics import Figures, parse_listen, snapshot
 from ..operator import Operator
@@ -45,8 +45,8 @@ from ..report import iso
 from ..rules import RuleError
 from ..rules.conditions import fmt_duration
 from ..rules.loader import DEFAULT_RULES_TOKEN
-from ..scan import ScanBusy, StateLock, _report_follow_warning
-from ..state import State, breaker_of, rules_of
+from ..state import State, StateLock, breaker_of, rules_of
+from ..state import StateBusy as ScanBusy
 from . import commands
 from .control import ControlServer
 from .jobs import build_scheduler
@@ -126,7 +126,7 @@ class Daemon:
         settings = cfg.daemon
         return Follower.for_paths(
             cfg.logs, self.state.positions, start_at_end=settings.first_start == "end",
-            notify=_report_follow_warning, watch=settings.watch,
+            notify=lambda notice: log_notice(notice, log), watch=settings.watch,
             poll_interval=settings.poll_interval)
 
     def _journal(self, cfg: Config):

@@ -49,7 +49,7 @@ does not notice copytruncate at all.
 
 from .cursor import LogCursor
 from .follower import Follower
-from .notices import FileUnreadable, FileVanished, FollowWarning, RotationGap
+from .notices import FileUnreadable, FileVanished, FollowWarning, RotationGap, log_notice
 from .position import Position
 from .table import load, load_all, save
 
@@ -57,6 +57,7 @@ __all__ = [
     "FileUnreadable",
     "FileVanished",
     "FollowWarning",
+    "log_notice",
     "Follower",
     "LogCursor",
     "Position",

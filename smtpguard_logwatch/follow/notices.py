@@ -8,6 +8,7 @@ types are ``Warning`` subclasses so that a caller can either route them to its l
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 
@@ -41,3 +42,9 @@ Notify = Callable[[FollowWarning], None]
 def warn(notice: FollowWarning) -> None:
     """Default notifier: hand the notice to :mod:`warnings`."""
     warnings.warn(notice, stacklevel=3)
+
+
+def log_notice(notice: FollowWarning, logger: logging.Logger) -> None:
+    """For scan and the daemon: one line in the log (cron mails it, journald keeps it),
+    not a Python warning with a source line."""
+    logger.warning("log file %s", notice)
