@@ -223,33 +223,32 @@ def _helo_host(s: str, i: int, name: str | None, cont: Cont, exim_tail: bool
                ) -> tuple[_Host | None, bool]:
     """(host, ambiguous). When candidates disagree (or are too many to weigh) the host
     has ip None and ends where the first candidate does, so the rest of the line is
-    still read and the event still counted, for nobody."""
+    still read and the event still counted, for nobody.
+
+    Without ``exim_tail``, the first ``) [ip]`` the continuation accepts is the host
+    unless another *plausible* one anywhere in the line — accepted too, or followed by
+    one of Exim's `` KEY=`` fields — names another IP. The real field may be one the
+    continuation misreads (a sender with spaces after it) while the client's copies
+    before and after it read well; then the line is nobody's, never the client's pick.
+    Client text after the host that merely holds an address (a SASL id) does not
+    unseat it, so a guesser cannot hide its failures behind its own user names."""
     found: _Host | None = None
     seen = 0
-    # IPs of ") [ip] X=" (followed by what looks like Exim's next field) before the first
-    # candidate the continuation accepts.
-    others: set[str] = set()
+    ips: set[str] = set()
     k = s.find(") [", i)
     while k >= 0:
         got = _ip_at(s, k + 2)
-        if got is not None and cont(s, got[1]):
-            seen += 1
-            if found is not None and not exim_tail and (
-                    seen > MAX_CANDIDATES or found.ip != got[0]):
-                found.ip = None
-                return found, True
-            if found is None or exim_tail:
+        if got is not None:
+            accepted = (found is None or exim_tail or seen <= MAX_CANDIDATES) and cont(s, got[1])
+            if accepted and (found is None or exim_tail):
                 found = _Host(name, s[i + 1 : k], got[0], got[1])
-        elif (got is not None and found is None and not exim_tail
-              and len(others) <= MAX_CANDIDATES and _FIELD_START.match(s, got[1])):
-            others.add(got[0])
+            if not exim_tail and (accepted or _FIELD_START.match(s, got[1])):
+                ips.add(got[0])
+                seen += 1
+                if found is not None and (len(ips) > 1 or seen > MAX_CANDIDATES):
+                    found.ip = None
+                    return found, True
         k = s.find(") [", k + 2)
-    # The real field may be one the continuation misread (a sender with spaces after it)
-    # while the client's copies after it (in the sender) read well: another IP in a
-    # ") [ip]" before the first accepted one makes the line nobody's, not the client's pick.
-    if found is not None and not exim_tail and others - {found.ip}:
-        found.ip = None
-        return found, True
     return found, False
 
 

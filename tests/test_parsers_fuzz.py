@@ -89,3 +89,11 @@ def test_exim_fake_hosts_in_helo_and_sender_do_not_choose_the_ip() -> None:
     is followed by a sender with spaces), so the line was counted for the client's
     choice of address."""
     _check("exim", 2, [") [203.0.113.9] H="])
+
+
+def test_exim_fake_host_fields_around_the_real_one_do_not_choose_the_ip() -> None:
+    """Found by the fuzz above in CI: with ") [203.0.113.9] rejected RCPT " as HELO,
+    sender, recipient and reason, the fake host fields before *and* after the real one
+    read well and agree, while the real one is followed by a sender with spaces the
+    field reader cannot read. Every ") [ip]" in the line is now weighed."""
+    _check("exim", 82, [") [203.0.113.9] rejected RCPT "])
