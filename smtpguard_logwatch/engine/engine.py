@@ -190,6 +190,10 @@ class Engine:
                       for rule in ruleset.rules
                       if rule.cap_action is not None and rule.dimension in ruleset.ladders}
         self._needed = needed
+        for rule in ruleset.rules:  # the gates' distinct names (see _top)
+            for kind, metric, _window in rule.metrics:
+                if kind == "distinct" and metric not in _PREFIXED:
+                    _PREFIXED[metric] = DISTINCT + metric
         self._wanted = wanted_distinct((d, m[len(DISTINCT):]) for d, ms in needed.items()
                                        for m in ms if m.startswith(DISTINCT))
         self._distinct_history = {k: sorted(set(v)) for k, v in history.items()}
@@ -342,18 +346,7 @@ class Engine:
         store = self.store
         if type(store) is not FrequencyStore:
             return None
-        read = store.bound_reader(dimension, key)
-        prefixed = _PREFIXED
-
-        def top(kind: str, metric: str) -> float:
-            if kind == "sum":
-                return read(metric)
-            name = prefixed.get(metric)
-            if name is None:
-                name = prefixed[metric] = DISTINCT + metric
-            return read(name)
-
-        return top
+        return store.bound_reader(dimension, key, _PREFIXED)
 
     def is_allowlisted(self, dimension: str, key: str) -> bool:
         """No rule may score these: the rule files' allowlist, loopback and this host.

@@ -25,14 +25,15 @@ import math
 from collections.abc import Callable
 
 Top = Callable[[str, str], float]  # (kind, metric) -> upper bound of the count
-Interval = tuple[float, float]
-# a static interval, or one computed from the bounds
-Bound = Interval | Callable[[Top], Interval]
+# one end of an interval: a number known when the rule is compiled, or one computed
+# from the bounds (only the ends a comparison needs are ever computed)
+End = float | Callable[[Top], float]
+Bound = tuple[End, End]  # (lowest, highest) value an expression can take
 # True: always possible; False: never; else: possible when it returns True
 Can = bool | Callable[[Top], bool]
 
 INF = math.inf
-ANY: Interval = (-INF, INF)
+ANY: Bound = (-INF, INF)
 
 
 def const(c: float) -> Bound:
@@ -41,7 +42,7 @@ def const(c: float) -> Bound:
 
 def metric(kind: str, name: str) -> Bound:
     """A count: between 0 and the key's bound for it."""
-    return lambda top: (0.0, top(kind, name))
+    return (0.0, lambda top: top(kind, name))
 
 
 def usual(floor: float | None) -> Bound:
@@ -49,75 +50,116 @@ def usual(floor: float | None) -> Bound:
     return (max(0.0, floor) if floor is not None and not math.isnan(floor) else 0.0, INF)
 
 
-def _clean(lo: float, hi: float) -> Interval:
-    return (-INF if lo != lo else lo, INF if hi != hi else hi)
+def _lo(x: float) -> float:
+    return -INF if x != x else x  # NaN (inf - inf, 0 * inf) bounds nothing
 
 
-def _op(op: str, a: Interval, b: Interval) -> Interval:
-    (al, ah), (bl, bh) = a, b
-    if op == "+":
-        return _clean(al + bl, ah + bh)
-    if op == "-":
-        return _clean(al - bh, ah - bl)
-    if op == "*":
-        p = (al * bl, al * bh, ah * bl, ah * bh)
-        if any(x != x for x in p):  # 0 * inf: no bound
-            return ANY
+def _hi(x: float) -> float:
+    return INF if x != x else x
+
+
+def _fn(e: End) -> Callable[[Top], float]:
+    return e if callable(e) else (lambda top: e)  # type: ignore[return-value]
+
+
+def _end(op: Callable[[float, float], float], a: End, b: End,
+         clean: Callable[[float], float]) -> End:
+    """``op(a, b)`` as an end: a number when both are, else a function of the bounds."""
+    if not callable(a) and not callable(b):
+        return clean(op(a, b))
+    fa, fb = _fn(a), _fn(b)
+    return lambda top: clean(op(fa(top), fb(top)))
+
+
+def _add(x: float, y: float) -> float:
+    return x + y
+
+
+def _sub(x: float, y: float) -> float:
+    return x - y
+
+
+def _corners(op: str, a: Bound, b: Bound) -> Callable[[Top], tuple[float, float]]:
+    """The interval of ``a * b`` or ``a / b`` from its four corners."""
+    fal, fah, fbl, fbh = _fn(a[0]), _fn(a[1]), _fn(b[0]), _fn(b[1])
+
+    def corners(top: Top) -> tuple[float, float]:
+        al, ah, bl, bh = fal(top), fah(top), fbl(top), fbh(top)
+        if op == "/":
+            if bl <= 0.0 <= bh:  # a divisor that may be 0 (or tend to it)
+                return (-INF, INF)
+            p = (al / bl, al / bh, ah / bl, ah / bh)
+        else:
+            p = (al * bl, al * bh, ah * bl, ah * bh)
+        if any(x != x for x in p):
+            return (-INF, INF)
         return (min(p), max(p))
-    # "/": a divisor that may be 0 (or tend to it) bounds nothing
-    if bl <= 0.0 <= bh:
-        return ANY
-    p = (al / bl, al / bh, ah / bl, ah / bh)
-    if any(x != x for x in p):
-        return ANY
-    return (min(p), max(p))
+
+    return corners
 
 
 def binop(op: str, a: Bound, b: Bound) -> Bound:
-    if isinstance(a, tuple) and isinstance(b, tuple):
-        return _op(op, a, b)
-    fa = a if callable(a) else (lambda top, a=a: a)
-    fb = b if callable(b) else (lambda top, b=b: b)
-    return lambda top: _op(op, fa(top), fb(top))
+    if op == "+":
+        return _end(_add, a[0], b[0], _lo), _end(_add, a[1], b[1], _hi)
+    if op == "-":
+        return _end(_sub, a[0], b[1], _lo), _end(_sub, a[1], b[0], _hi)
+    if b[0] == b[1] and not callable(b[0]):  # by a constant: the hot case (2 * count)
+        c = b[0]
+        if op == "/" and c == 0:
+            return ANY
+        f = (lambda x: x * c) if op == "*" else (lambda x: x / c)
+        lo, hi = (a[0], a[1]) if c >= 0 else (a[1], a[0])
+        return _end(lambda x, _y: f(x), lo, 0.0, _lo), _end(lambda x, _y: f(x), hi, 0.0, _hi)
+    if op == "*" and a[0] == a[1] and not callable(a[0]):
+        return binop("*", b, a)
+    corners = _corners(op, a, b)
+    if not any(callable(e) for e in (*a, *b)):
+        return corners(lambda kind, name: 0.0)
+    return (lambda top: corners(top)[0]), (lambda top: corners(top)[1])
 
 
-def _can(op: str, a: Interval, b: Interval) -> tuple[bool, bool]:
-    """Whether ``x op y`` can be true, and can be false, for x in a, y in b."""
-    (al, ah), (bl, bh) = a, b
-    if op == ">":
-        return ah > bl, al <= bh
-    if op == ">=":
-        return ah >= bl, al < bh
-    if op == "<":
-        return al < bh, ah >= bl
-    if op == "<=":
-        return al <= bh, ah > bl
-    overlap = al <= bh and bl <= ah
-    point = al == ah == bl == bh
-    if op == "==":
-        return overlap, not point
-    return not point, overlap  # "!="
+def _test(op: Callable[[float, float], bool], x: End, y: End) -> Can:
+    if not callable(x) and not callable(y):
+        return bool(op(x, y))
+    fx, fy = _fn(x), _fn(y)
+    if not callable(y):
+        return lambda top: op(fx(top), y)  # type: ignore[arg-type]
+    return lambda top: op(fx(top), fy(top))
+
+
+def _gt(x: float, y: float) -> bool:
+    return x > y
+
+
+def _ge(x: float, y: float) -> bool:
+    return x >= y
 
 
 def compare(op: str, left: Bound, right: Bound,
             count: tuple[str, str] | None = None) -> tuple[Can, Can]:
     """(can be true, can be false) of ``left op right``; ``count``: ``left`` is this
     bare (kind, metric) count."""
-    if isinstance(left, tuple) and isinstance(right, tuple):
-        return _can(op, left, right)
-    # the hot shape: a count against a constant (``rejects in 2m > 10``)
-    if count is not None and callable(left) and isinstance(right, tuple) and right[0] == right[1] \
-            and op in (">", ">="):
-        c = right[0]
-        no = _can(op, (0.0, INF), right)[1]  # what the count's lower end allows
-        kind, name = count
-        if op == ">":
-            return (lambda top: top(kind, name) > c), no
-        return (lambda top: top(kind, name) >= c), no
-    fl = left if callable(left) else (lambda top, a=left: a)
-    fr = right if callable(right) else (lambda top, b=right: b)
-    return (lambda top: _can(op, fl(top), fr(top))[0],
-            lambda top: _can(op, fl(top), fr(top))[1])
+    (al, ah), (bl, bh) = left, right
+    if count is not None and op in (">", ">=") and not callable(bl):
+        kind, name = count  # the hot shape: a count against a constant
+        c = bl
+        yes: Can = (lambda top: top(kind, name) > c) if op == ">" else (
+            lambda top: top(kind, name) >= c)
+        return yes, _test(_ge if op == ">" else _gt, bh, al)
+    if op == ">":
+        return _test(_gt, ah, bl), _test(_ge, bh, al)
+    if op == ">=":
+        return _test(_ge, ah, bl), _test(_gt, bh, al)
+    if op == "<":
+        return _test(_gt, bh, al), _test(_ge, ah, bl)
+    if op == "<=":
+        return _test(_ge, bh, al), _test(_gt, ah, bl)
+    overlap = _all([_test(_ge, bh, al), _test(_ge, ah, bl)])
+    static = not any(callable(e) for e in (al, ah, bl, bh))
+    point = static and al == ah == bl == bh
+    if op == "==":
+        return overlap, not point
+    return not point, overlap  # "!="
 
 
 def _all(cans: list[Can]) -> Can:
@@ -132,7 +174,13 @@ def _all(cans: list[Can]) -> Can:
         f1, f2 = fs
         return lambda top: f1(top) and f2(top)  # type: ignore[operator]
     t = tuple(fs)
-    return lambda top: all(f(top) for f in t)  # type: ignore[operator]
+
+    def every(top: Top) -> bool:
+        for f in t:  # noqa: SIM110 -- a loop is faster than all(genexpr)
+            if not f(top):  # type: ignore[operator]
+                return False
+        return True
+    return every
 
 
 def _any(cans: list[Can]) -> Can:
@@ -147,7 +195,13 @@ def _any(cans: list[Can]) -> Can:
         f1, f2 = fs
         return lambda top: f1(top) or f2(top)  # type: ignore[operator]
     t = tuple(fs)
-    return lambda top: any(f(top) for f in t)  # type: ignore[operator]
+
+    def some(top: Top) -> bool:
+        for f in t:  # noqa: SIM110 -- a loop is faster than any(genexpr)
+            if f(top):  # type: ignore[operator]
+                return True
+        return False
+    return some
 
 
 def combine(op: str, parts: list[tuple[Can, Can]]) -> tuple[Can, Can]:

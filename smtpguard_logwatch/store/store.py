@@ -88,7 +88,7 @@ def bounded_key(key: str) -> str:
     return f"{key[:MAX_KEY_CHARS - 33]}#{digest.hexdigest()}"
 
 
-def _zero(metric: str) -> float:
+def _zero(kind: str, metric: str) -> float:
     return 0.0
 
 
@@ -408,17 +408,19 @@ class FrequencyStore:
         w = self._w0  # a series that is just its head
         return s.v if (now - window) // w < s.b <= now // w else 0.0
 
-    def bound_reader(self, dimension: str, key: str) -> Callable[[str], float]:
-        """``top(metric)``: an upper bound of that metric's count (or distinct count)
-        over any window for this key, in O(1) for most series: the total it holds, the
-        members it holds. The engine skips rules these bounds prove cannot hold."""
+    def bound_reader(self, dimension: str, key: str,
+                     distinct_names: dict[str, str]) -> Callable[[str, str], float]:
+        """``top(kind, metric)``: an upper bound of that metric's count ("sum") or
+        distinct count ("distinct", stored under ``distinct_names[metric]``) over any
+        window for this key, in O(1) for most series: the total it holds, the members it
+        holds. The engine skips rules these bounds prove cannot hold."""
         rec = self._rec(dimension, key)
         if rec is None:
             return _zero
         get = rec.get
 
-        def top(metric: str) -> float:
-            s = get(metric)
+        def top(kind: str, metric: str) -> float:
+            s = get(metric) if kind == "sum" else get(distinct_names[metric])
             if s is None:
                 return 0.0
             if type(s) is Series:
