@@ -334,3 +334,52 @@ def test_random_conditions_fire_identically(conds: list[str], stream: list) -> N
         ref, inc = engines
         assert ref.stats.fired == inc.stats.fired, (text, ev)
         assert ref._last_fired == inc._last_fired, (text, ev)
+
+
+_SHAPES = (
+    "{m} in 10m {op} {c}",
+    "not ({m} in 10m {op} {c})",
+    "{m} in 10m - rejects in 10m {op} {c}",
+    "rejects in 10m - {m} in 10m {op} (0 - {c})",
+    "{m} in 10m * (0 - 1) {op} (0 - {c})",
+    "(0 - 2) * {m} in 10m + 7 {op} {c}",
+    "({m} in 10m + 1) / 2 {op} {c}",
+    "{c} / ({m} in 10m + 1) {op} 1",
+    "{m} in 10m / 2 {op} {c} and not authenticated",
+    "{m} in 1h / connections in 1h {op} {c}",
+    "{m} in 10m {op} {c} or rejects in 10m > 50",
+    "not ({m} in 10m {op} {c} and rejects in 10m < 50)",
+    "{m} in 10m {op} {c} x usual {m} in 10m",
+    "distinct auth_users in 10m {op} {c}",
+    "{m} in 10m {op} connections in 10m - {c}",
+)
+
+
+def test_every_shape_at_every_threshold_fires_identically() -> None:
+    """Exhaustive over small thresholds: each shape (sums, differences, negative
+    factors, ratios, not/or, usual, distinct) with each operator and constant, against
+    counts that step through the thresholds one event at a time, then fall out of the
+    window while the key's totals stay high (where a bound and a window part)."""
+    lines = []
+    for i, (shape, m, op, c) in enumerate(
+            (s, m, op, c) for s in _SHAPES for m in ("messages", "rejects", "connections")
+            for op in _OPS for c in (0, 1, 2, 3, 5)):
+        cond = shape.format(m=m, op=op, c=c)
+        lines.append(f"rule r{i} for client_ip:\n    when {cond}\n"
+                     + ("    baseline min history 30m, floor 0.5\n" if "usual" in cond
+                        else "") + "    add 1 points every 1s\n")
+    ruleset = load_rules_text("".join(lines))
+    engines = [Engine(ruleset, warmup=0.0, full_eval=full) for full in (True, False)]
+    stream = []
+    t = 1_000_000.0
+    for burst in range(4):
+        for j in range(8):
+            stream.append(_event(j % 4, "192.0.2.1", t, j))
+            t += 20
+        t += 2400 if burst % 2 else 600  # out of the 10m window, or of the 1h one
+    for ev in stream:
+        for engine in engines:
+            engine.consume(ev)
+        ref, inc = engines
+        assert ref._last_fired == inc._last_fired, ev
+    assert ref.stats.fired and inc.stats.gated
