@@ -383,3 +383,22 @@ def test_every_shape_at_every_threshold_fires_identically() -> None:
         ref, inc = engines
         assert ref._last_fired == inc._last_fired, ev
     assert ref.stats.fired and inc.stats.gated
+
+
+def test_no_gates_over_a_store_that_is_not_the_plain_one() -> None:
+    """A fleet store's distinct counts include other hosts' estimates, which the local
+    members held do not bound: over any store but the plain one every rule is evaluated."""
+    from smtpguard_logwatch.store import FrequencyStore
+
+    class Wrapped(FrequencyStore):
+        pass
+
+    ruleset = load_rules_text("rule many for client_ip:\n    when rejects in 10m > 5\n"
+                              "    add 1 points\n")
+    engines = [Engine(ruleset, store=store, warmup=0.0, full_eval=False)
+               for store in (FrequencyStore(), Wrapped())]
+    for engine in engines:
+        engine.consume(_event(2, "192.0.2.1", 1_000_000.0, 0))
+    plain, wrapped = engines
+    assert (plain.stats.gated, plain.stats.evaluations) == (1, 0)
+    assert (wrapped.stats.gated, wrapped.stats.evaluations) == (0, 1)
