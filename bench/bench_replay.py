@@ -15,7 +15,8 @@ format and a hash of generate_log.py, so a changed generator regenerates them. T
 read loop and the replay each run --runs times (default 3); the best wall time
 counts, and the peak RSS of every replay child is taken from os.wait4 (its own
 rusage). Exit status is non-zero only when something crashed (generator, replay,
-unreadable JSON) -- never for missing a target or a count mismatch.
+unreadable JSON, or --full-eval output that differs) -- never for missing a target or a
+count mismatch.
 """
 
 from __future__ import annotations
@@ -86,12 +87,13 @@ def time_read(path: Path, runs: int) -> list[float]:
 
 
 def run_replay(path: Path, extra: list[str], out_json: Path,
-               err_path: Path) -> tuple[float, float, int]:
+               err_path: Path, env: dict[str, str] | None = None) -> tuple[float, float, int]:
     """One replay child: (wall seconds, its own peak RSS in MB, exit code)."""
     cmd = [sys.executable, "-m", "smtpguard_logwatch", "replay", "--json", *extra, str(path)]
     with open(out_json, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                env=None if env is None else {**os.environ, **env})
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
@@ -185,18 +187,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compare", metavar="RULES",
                    help="also time replay --compare RULES (target: <= 1.3 x the replay "
                         "with the default rules, since the logs are parsed once)")
+    p.add_argument("--full-eval", action="store_true",
+                   help="also replay with SMTPGUARD_FULL_EVAL=1 (every rule evaluated in "
+                        "full) and check that the output is byte for byte the same")
     p.add_argument("--keep", action="store_true",
                    help="keep the last replay's JSON/stderr in bench/out/ and do not prune "
                         "cached logs of older generator versions")
     return p.parse_args(argv)
 
 
-def best_of(log: Path, extra: list[str], runs: int, out_json: Path, err_path: Path
-            ) -> list[tuple[float, float, int]] | None:
+def best_of(log: Path, extra: list[str], runs: int, out_json: Path, err_path: Path,
+            env: dict[str, str] | None = None) -> list[tuple[float, float, int]] | None:
     """``runs`` replay children; None (after printing why) if one failed."""
     replays = []
     for _ in range(runs):
-        wall, rss, code = run_replay(log, extra, out_json, err_path)
+        wall, rss, code = run_replay(log, extra, out_json, err_path, env)
         if code != 0:
             tail = err_path.read_text(errors="replace")[-2000:]
             print(f"replay {' '.join(extra)} exited {code}:\n{tail}", file=sys.stderr)
@@ -262,6 +267,19 @@ def main(argv: list[str] | None = None) -> int:
           f"runs {' '.join(f'{x:.2f}' for x in reads)}")
     print_mode("replay --no-rules (count)", lines, best_read, counting)
     print_mode("replay (default rules)", lines, best_read, ruled)
+    if a.full_eval:
+        full_json = log.with_suffix(".full.json")
+        full = best_of(log, extra, a.runs, full_json, err_path, {"SMTPGUARD_FULL_EVAL": "1"})
+        if full is None:
+            return 2
+        print_mode("replay (rules, full eval)", lines, best_read, full)
+        same = full_json.read_bytes() == out_json.read_bytes()
+        share = min(w for w, _, _ in ruled) / min(w for w, _, _ in full)
+        print(f"{'gated / full eval':<26} {share:7.2f} x   output "
+              f"{'identical' if same else 'DIFFERENT'}")
+        full_json.unlink(missing_ok=True)
+        if not same:
+            return 1
     if a.compare:
         compared = best_of(log, [*extra, "--compare", a.compare], a.runs, out_json, err_path)
         if compared is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,7 @@ class _Penalty:
 class EngineStats:
     events: int = 0
     evaluations: int = 0
+    gated: int = 0  # rules not evaluated: their gate proved they cannot hold
     fired: int = 0
     skipped_allowlisted: int = 0
     breaker_trips: int = 0
@@ -120,7 +122,13 @@ class Engine:
         on_extend: Callable[[Decision], None] | None = None,
         on_revoke: Callable[[Decision], None] | None = None,
         warmup: float = 0.0,
+        full_eval: bool | None = None,
     ) -> None:
+        # full_eval: evaluate every candidate rule's whole condition (the reference the
+        # incremental path is tested against); None: the environment's
+        # SMTPGUARD_FULL_EVAL=1 decides
+        self.full_eval = (os.environ.get("SMTPGUARD_FULL_EVAL") == "1"
+                          if full_eval is None else full_eval)
         self.store = store if store is not None else FrequencyStore()
         self.ledger = ledger if ledger is not None else Ledger()
         self.breaker = breaker if breaker is not None else CircuitBreaker()
@@ -182,6 +190,10 @@ class Engine:
                       for rule in ruleset.rules
                       if rule.cap_action is not None and rule.dimension in ruleset.ladders}
         self._needed = needed
+        for rule in ruleset.rules:  # the gates' distinct names (see _top)
+            for kind, metric, _window in rule.metrics:
+                if kind == "distinct" and metric not in _PREFIXED:
+                    _PREFIXED[metric] = DISTINCT + metric
         self._wanted = wanted_distinct((d, m[len(DISTINCT):]) for d, ms in needed.items()
                                        for m in ms if m.startswith(DISTINCT))
         self._distinct_history = {k: sorted(set(v)) for k, v in history.items()}
@@ -290,33 +302,51 @@ class Engine:
         candidates = self._candidates(dimension, metrics, phase)
         if not candidates:
             return
-        if self.is_allowlisted(dimension, key):
-            self.stats.skipped_allowlisted += 1
-            return
-        view = KeyViewOverStore(self.store, dimension, key, now, authenticated)
+        top = None if self.full_eval else self._top(dimension, key)
+        view = None
+        stats = self.stats
+        last_fired = self._last_fired
         fired: list[tuple[Rule, list[str]]] = []
         for rule in candidates:
-            last = self._last_fired.get((rule.name, key))
+            last = last_fired.get((rule.name, key))
             if last is not None and now - last < rule.every:
                 continue
-            self.stats.evaluations += 1
+            gate = rule.gate
+            if top is not None and gate is not None and not gate(top):
+                stats.gated += 1  # its counts are too small for it to hold: see gate.py
+                continue
+            if view is None:
+                if self.is_allowlisted(dimension, key):
+                    stats.skipped_allowlisted += 1
+                    return
+                view = KeyViewOverStore(self.store, dimension, key, now, authenticated)
+            stats.evaluations += 1
             if not rule.key_filter(key) or not rule.condition(view):
                 continue
             ok, evidence = rule.condition_with_evidence(view)
             if not ok:
                 continue
-            self._last_fired[(rule.name, key)] = now
+            last_fired[(rule.name, key)] = now
             points = rule.points
             cap = self._caps.get(rule.name)
             if cap is not None:  # suspicion: never lifts the key past its cap by itself
                 points = min(points, cap - self.scores.value((dimension, key), now))
                 if points <= 0:
                     continue
-            self.stats.fired += 1
+            stats.fired += 1
             self.scores.add((dimension, key), points, now, rule.temporary_for)
             fired.append((rule, [str(e) for e in evidence]))
         if fired:
             self._climb(dimension, key, now, fired)
+
+    def _top(self, dimension: str, key: str) -> Callable[[str, str], float] | None:
+        """The gates' ``top(kind, metric)`` for this key (None: no gating): an upper
+        bound of each count over any window, from the plain store only (a fleet store's
+        distinct counts include other hosts' estimates, which no local bound covers)."""
+        store = self.store
+        if type(store) is not FrequencyStore:
+            return None
+        return store.bound_reader(dimension, key, _PREFIXED)
 
     def is_allowlisted(self, dimension: str, key: str) -> bool:
         """No rule may score these: the rule files' allowlist, loopback and this host.

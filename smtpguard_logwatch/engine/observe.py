@@ -91,10 +91,12 @@ def _message_accepted(ev: MessageAccepted, wanted: Wanted) -> Observed:
     if ev.sasl_user:
         keys.append(("sasl_user", ev.sasl_user))
     adds: list[Add] = []
+    # a count never goes down: a forged "nrcpt=-5" adds nothing (the rules' gates and
+    # window sums rely on it, see rules/gate.py)
     n = float(ev.nrcpt)
     for d, k in keys:
         adds.append((d, k, "messages", 1.0))
-        if n:
+        if n > 0:
             adds.append((d, k, "recipients", n))
     members: list[Member] = _net_member(ev.ip, wanted)
     for d, k in keys:

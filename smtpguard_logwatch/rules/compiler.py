@@ -21,6 +21,7 @@ from .conditions import (
     top_level,
 )
 from .errors import RuleError, Source
+from .gate import rule_gate
 from .grammar import RESERVED, out_of_range
 from .matchers import AddressSet, DomainSet, NameSet, NetworkSet
 from .model import ALWAYS, Allowlist, Ladder, LadderStep, Rule, RuleSet
@@ -510,7 +511,7 @@ class Compiler:
             explain=explain, baseline_min_history=ctx.baseline_min_history,
             baseline_floor=ctx.baseline_floor, description=english,
             history=history, settles=settles, cap_action=cap,
-            evidence=evidence_metrics(cond),
+            evidence=evidence_metrics(cond), gate=rule_gate(cond.can[0]),
         )
 
     def action(self, src: Source, a: S.Action,

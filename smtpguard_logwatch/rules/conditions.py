@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from . import gate
 from . import syntax as S
 from .errors import RuleError
 from .model import Evidence, KeyView
@@ -56,6 +57,7 @@ class Arith:
     # (sign, window, kind, metric) of every count in it: +1 when a larger count makes the
     # value larger
     signs: frozenset[Sign] = frozenset()
+    bound: gate.Bound = gate.ANY  # the values it can take, given the counts' bounds
 
 
 @dataclass
@@ -77,6 +79,8 @@ class Cond:
     # condition more likely to hold (evidence), -1 when less likely (the past it is
     # compared with)
     signs: frozenset[Sign] = frozenset()
+    # (can it be true, can it be false), given upper bounds of the counts: see gate.py
+    can: tuple[gate.Can, gate.Can] = (True, True)
 
 
 class Context(Protocol):
@@ -206,7 +210,7 @@ class ConditionCompiler:
 
     def _const(self, c: float, text: str, english: str, literal: bool = False) -> Arith:
         return Arith(fn=lambda v: c, ex=lambda v, t: c, text=text, english=english,
-                     const=c, literal=literal)
+                     const=c, literal=literal, bound=gate.const(c))
 
     def _metric_name(self, node: S.Metric) -> tuple[str, str]:
         """Validate a metric against the vocabulary and the rule's dimension; return
@@ -273,7 +277,8 @@ class ConditionCompiler:
 
         key = (kind, m, w)
         return Arith(fn=fn, ex=ex, text=text, english=metric_english(kind, m, w),
-                     metric=key, metrics=frozenset({key}), signs=frozenset({(1, w, kind, m)}))
+                     metric=key, metrics=frozenset({key}), signs=frozenset({(1, w, kind, m)}),
+                     bound=gate.metric(kind, m))
 
     def _usual(self, node: S.Usual, other: S.Expr | None) -> Arith:
         ctx = self.ctx
@@ -320,7 +325,7 @@ class ConditionCompiler:
                    if node.metric else "usual")
         return Arith(fn=fn, ex=ex, text=ctx.text(node.loc, node.end),
                      english=english, nullable=True,
-                     metrics=frozenset({key}), has_usual=True)
+                     metrics=frozenset({key}), has_usual=True, bound=gate.usual(floor))
 
     def _binop(self, node: S.BinOp, other: S.Expr | None) -> Arith:
         a = self.arith(node.left, other)
@@ -359,7 +364,8 @@ class ConditionCompiler:
             return None if x is None or y is None else _arith_op(op, x, y)
 
         return Arith(fn=fn, ex=ex, text=text, english=english, nullable=nullable,
-                     metrics=metrics, has_usual=has_usual, signs=signs)
+                     metrics=metrics, has_usual=has_usual, signs=signs,
+                     bound=gate.binop(op, a.bound, b.bound))
 
     # ------------------------------------------------------------ conditions
 
@@ -428,9 +434,10 @@ class ConditionCompiler:
         else:  # == and != hold or fail either way as a count grows
             both = left.signs | right.signs
             signs = both | _flip(both)
+        count = left.metric[:2] if left.metric is not None else None
         return Cond(fn=fn, ex=ex, text=text, english=english, nullable=nullable,
                     metrics=metrics, cost=cost, has_usual=left.has_usual or right.has_usual,
-                    signs=signs)
+                    signs=signs, can=gate.compare(op, left.bound, right.bound, count))
 
     def _key_pred(self, node: S.KeyPred) -> Cond:
         ctx = self.ctx
@@ -657,7 +664,7 @@ def negate(inner: Cond, text: str) -> Cond:
     return Cond(fn=fn, ex=ex, text=text, english=english,
                 nullable=inner.nullable, metrics=inner.metrics, key_fn=key_fn,
                 cost=inner.cost, has_usual=inner.has_usual, signs=_flip(inner.signs),
-                pure=inner.pure)
+                pure=inner.pure, can=(inner.can[1], inner.can[0]))
 
 
 def combine(op: str, parts: list[Cond], text: str) -> Cond:
@@ -719,7 +726,7 @@ def combine(op: str, parts: list[Cond], text: str) -> Cond:
                 key_fn=key_fn, cost=max(p.cost for p in flat),
                 has_usual=any(p.has_usual for p in flat),
                 signs=frozenset().union(*(p.signs for p in flat)),
-                pure=all(p.pure for p in flat))
+                pure=all(p.pure for p in flat), can=gate.combine(op, [p.can for p in flat]))
 
 
 def _kleene(fns: tuple[Callable[[KeyView], bool | None], ...],

@@ -138,6 +138,10 @@ class Rule:
     # "up to ACTION": this rule's points never lift a key above the ladder's last step
     # with this action (suspicion, not proof); None: no cap
     cap_action: str | None = None
+    # a necessary condition on upper bounds of the key's counts (``gate(top)``, where
+    # ``top(kind, metric)`` bounds that count over any window): False proves the rule
+    # cannot hold, so it need not be evaluated; None: always evaluate (see gate.py)
+    gate: Callable[[Callable[[str, str], float]], bool] | None = None
 
     def condition_with_evidence(self, view: KeyView) -> tuple[bool, tuple[Evidence, ...]]:
         """Evaluate the condition recording every test and value (slower; use it for

@@ -295,6 +295,24 @@ def fold(s: Series, geo: Geometry, cuts: tuple[float, ...]) -> bool:
     return changed
 
 
+def total(s: Series) -> float:
+    """Everything the series holds, at every level: no window sum can exceed it, as
+    counts are never negative. (A little more than that, relatively 1e-12, for sums of
+    fractional weights, where rounding may differ from a window's.) O(1) unless the
+    series has coarse levels."""
+    t = s.v
+    h = s.h
+    if h:
+        hc = s.hc
+        t += hc[-1] - hc[0] + s.hv[0]
+    up = s.up
+    if up is not None:
+        for p in up:
+            if p is not None:
+                t += sum(p[1])
+    return t + abs(t) * 1e-12
+
+
 def _due(s: Series, cuts: tuple[float, ...]) -> bool:
     """True if some level's oldest bucket is older than its cut: the cheap test that
     lets an hourly expiry skip the many series with nothing to fold (a head only, or

@@ -48,7 +48,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .baseline import (
     baseline_level,
@@ -67,6 +67,7 @@ from .buckets import (
     fold,
 )
 from .buckets import push as _push
+from .buckets import total as _total
 from .buckets import window_sum as _window_sum
 from .distinct import MemberSet
 from .evict import decay, pick_victims
@@ -85,6 +86,10 @@ def bounded_key(key: str) -> str:
     name stays recognisable. Keys up to MAX_KEY_CHARS are stored as they are."""
     digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16)
     return f"{key[:MAX_KEY_CHARS - 33]}#{digest.hexdigest()}"
+
+
+def _zero(kind: str, metric: str) -> float:
+    return 0.0
 
 
 class KeyRec(dict):
@@ -402,6 +407,29 @@ class FrequencyStore:
             return _window_sum(s, geo, lvl, (now - window) // w, now // w)
         w = self._w0  # a series that is just its head
         return s.v if (now - window) // w < s.b <= now // w else 0.0
+
+    def bound_reader(self, dimension: str, key: str,
+                     distinct_names: dict[str, str]) -> Callable[[str, str], float]:
+        """``top(kind, metric)``: an upper bound of that metric's count ("sum") or
+        distinct count ("distinct", stored under ``distinct_names[metric]``) over any
+        window for this key, in O(1) for most series: the total it holds, the members it
+        holds. The engine skips rules these bounds prove cannot hold."""
+        rec = self._rec(dimension, key)
+        if rec is None:
+            return _zero
+        get = rec.get
+
+        def top(kind: str, metric: str) -> float:
+            s = get(metric) if kind == "sum" else get(distinct_names[metric])
+            if s is None:
+                return 0.0
+            if type(s) is Series:
+                if s.h is None and s.up is None:
+                    return s.v
+                return _total(s)
+            return float(len(s))
+
+        return top
 
     def distinct(self, dimension: str, key: str, metric: str, window: float, now: float,
                  limit: int | None = None) -> int:
