@@ -496,7 +496,7 @@ def test_merged_counts_are_never_counted_twice() -> None:
         store.add("client_ip", "203.0.113.5", "rejects", NOW, 1.0)
     batch = store.take_batch()
     [group] = batch["keys"].values()
-    assert group["incr"] == {("rejects", b): 3.0} and group["read"]["counts"] == ["rejects"]
+    assert group["incr"] == {"rejects": {b: 3.0}} and group["read"]["counts"] == ["rejects"]
 
     def total(n: float) -> dict:
         return {"counts": {("client_ip", "203.0.113.5", "rejects", b): n}, "distinct": {}}
@@ -760,26 +760,40 @@ def test_one_script_call_carries_many_keys_and_a_cluster_one_slot_each(
             admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
             wait_for(lambda: b"cluster_state:ok" in admin.execute_command("CLUSTER", "INFO"),
                      10, "the one-node cluster")
-        monkeypatch.setattr(bus_module, "CALL_KEYS", 4)
+        monkeypatch.setattr(bus_module, "CALL_KEYS", 8)
         store = FleetStore(FrequencyStore(), prefix="t", dimensions=["client_ip"],
                            clock=lambda: NOW)
+        b = int(NOW // 60)
         for i in range(10):
             for _ in range(i + 1):
                 store.add("client_ip", f"192.0.2.{i}", "rejects", NOW)
             store.add_member("client_ip", f"192.0.2.{i}", "#senders", f"s{i}@x.example", NOW)
+            store.distinct("client_ip", f"192.0.2.{i}", "#senders", 600, NOW)
+            if i % 3 == 0:  # another host counted these too
+                tag = f"t:c:{{client_ip:192.0.2.{i}}}:"
+                admin.incrby(f"{tag}rejects:{b}", 100)
+                admin.pfadd(f"{tag}#senders:{b}", "other@y.example")
         batch = store.take_batch()
         bus = Bus(FleetSettings(redis=server.url, host="mx1"), "mx1", lambda: None)
         bus._client = redis.Redis.from_url(server.url)
         answer = bus._count_round_trip(batch)
-        b = int(NOW // 60)
-        assert answer["counts"] == {("client_ip", f"192.0.2.{i}", "rejects", b): i + 1.0
-                                    for i in range(10)}
+        # only what differs from what this host knows comes back: the fleet totals of
+        # the keys another host counted too, and every distinct estimate (none known)
+        assert answer["counts"] == {("client_ip", f"192.0.2.{i}", "rejects", b): i + 101.0
+                                    for i in range(0, 10, 3)}
+        assert answer["distinct"] == {("client_ip", f"192.0.2.{i}", "#senders", 600):
+                                      2 if i % 3 == 0 else 1 for i in range(10)}
         assert bus._per_slot is cluster
         calls = bus.commands
-        assert calls == (5 + 10 if cluster else 5)  # 2 groups (4 keys) per call
+        assert calls == (5 + 10 if cluster else 5)  # 2 groups (4 keys each) per call
         for i in range(10):  # in Redis once each, however many calls it took
             tag = f"t:c:{{client_ip:192.0.2.{i}}}:"
-            assert int(admin.get(f"{tag}rejects:{b}")) == i + 1
-            assert admin.pfcount(f"{tag}#senders:{b}") == 1
+            assert int(admin.get(f"{tag}rejects:{b}")) == i + 1 + (100 if i % 3 == 0 else 0)
+            assert admin.pfcount(f"{tag}#senders:{b}") == (2 if i % 3 == 0 else 1)
+        # the same again, once merged: nothing differs, nothing comes back
+        store.merge(answer)
+        store.add("client_ip", "192.0.2.1", "rejects", NOW)
+        answer = bus._count_round_trip(store.take_batch())
+        assert answer == {"counts": {}, "distinct": {}}
     finally:
         server.stop()

@@ -42,39 +42,69 @@ Redis (a few milliseconds), and carries many of the tool's keys, so the Python w
 per call (redis-py's packing and parsing) is paid once per few thousand keys."""
 
 COUNT_SCRIPT = """
--- Counts of many keys in one call. ARGV: ttl, the number of groups, then per group
--- (one key's buckets, one hash tag): INCRBY (INCRBYFLOAT) and PFADD, EXPIRE on each,
--- then the bucket totals and the HyperLogLog unions asked for. KEYS: the bucket keys
--- of all groups, in order. On Redis Cluster a call carries one slot's groups only.
-local ttl = tonumber(ARGV[1])
-local groups = tonumber(ARGV[2])
-local a, k = 3, 1
-local out = {}
-for _ = 1, groups do
-  local n = tonumber(ARGV[a]); a = a + 1
+-- Counts of many keys in one call. KEYS: one per group, its tag (PREFIX:c:{DIM:KEY}:);
+-- every key a group touches is its tag .. METRIC:BUCKET, in the tag's slot (on Redis
+-- Cluster a call carries one slot's groups only). ARGV[1]: ttl; ARGV[2]: the groups'
+-- instructions, each token ended by a newline (one string: packing and parsing
+-- thousands of arguments is what costs the host's CPU, not Redis), per group:
+--   n, then n x SUFFIX BY          INCRBY (INCRBYFLOAT) tag..SUFFIX BY, and EXPIRE
+--                                  if that created the key
+--   n, then n x SUFFIX M MEMBERS   PFADD tag..SUFFIX the M members, EXPIRE
+--   FROM TO                        the buckets to read back
+--   n, then n x METRIC EXPECTED    the totals of METRIC's buckets FROM..TO (MGET),
+--                                  returned
+--                                  only when their sum is not EXPECTED
+--   n, then n x METRIC FIRST KNOWN PFCOUNT over METRIC's buckets FIRST..TO, returned
+--                                  only when it is not KNOWN
+-- Returns one string, a line per answer: "c G J V V ..." (the totals, '' for none) or
+-- "d G J COUNT"; G: the group, J: the metric's place in its list.
+local ttl = ARGV[1]
+local t = {}
+for token in string.gmatch(ARGV[2], '([^\\n]*)\\n') do t[#t + 1] = token end
+local i, out = 1, {}
+for g = 1, #KEYS do
+  local tag = KEYS[g]
+  local n = tonumber(t[i]); i = i + 1
   for _ = 1, n do
-    local by = ARGV[a]; a = a + 1
-    if string.find(by, '[.eE]') then redis.call('INCRBYFLOAT', KEYS[k], by)
-    else redis.call('INCRBY', KEYS[k], by) end
-    redis.call('EXPIRE', KEYS[k], ttl); k = k + 1
+    local key, by = tag .. t[i], t[i + 1]; i = i + 2
+    local now
+    if string.find(by, '[.eE]') then now = redis.call('INCRBYFLOAT', key, by)
+    else now = redis.call('INCRBY', key, by) end
+    -- the expiry is set when the increment created the key (it keeps it after)
+    if tonumber(now) == tonumber(by) then redis.call('EXPIRE', key, ttl) end
   end
-  n = tonumber(ARGV[a]); a = a + 1
+  n = tonumber(t[i]); i = i + 1
   for _ = 1, n do
-    local m = tonumber(ARGV[a]); a = a + 1
-    redis.call('PFADD', KEYS[k], unpack(ARGV, a, a + m - 1)); a = a + m
-    redis.call('EXPIRE', KEYS[k], ttl); k = k + 1
+    local key, m = tag .. t[i], tonumber(t[i + 1]); i = i + 2
+    redis.call('PFADD', key, unpack(t, i, i + m - 1)); i = i + m
+    redis.call('EXPIRE', key, ttl)
   end
-  n = tonumber(ARGV[a]); a = a + 1
-  for _ = 1, n do
-    out[#out + 1] = redis.call('GET', KEYS[k]) or false; k = k + 1
+  local from, to = tonumber(t[i]), tonumber(t[i + 1]); i = i + 2
+  n = tonumber(t[i]); i = i + 1
+  for j = 1, n do
+    local prefix, expected = tag .. t[i] .. ':', tonumber(t[i + 1]); i = i + 2
+    local names = {}
+    for b = from, to do names[#names + 1] = prefix .. b end
+    local values, sum = redis.call('MGET', unpack(names)), 0
+    for x = 1, #values do
+      local v = tonumber(values[x])
+      if v then sum = sum + v; values[x] = tostring(v) else values[x] = '' end
+    end
+    if sum ~= expected then
+      out[#out + 1] = 'c ' .. g .. ' ' .. j .. ' ' .. table.concat(values, ' ')
+    end
   end
-  n = tonumber(ARGV[a]); a = a + 1
-  for _ = 1, n do
-    local g = tonumber(ARGV[a]); a = a + 1
-    out[#out + 1] = redis.call('PFCOUNT', unpack(KEYS, k, k + g - 1)); k = k + g
+  n = tonumber(t[i]); i = i + 1
+  for j = 1, n do
+    local prefix, first, known = tag .. t[i] .. ':', tonumber(t[i + 1]), tonumber(t[i + 2])
+    i = i + 3
+    local names = {}
+    for b = first, to do names[#names + 1] = prefix .. b end
+    local count = redis.call('PFCOUNT', unpack(names))
+    if count ~= known then out[#out + 1] = 'd ' .. g .. ' ' .. j .. ' ' .. count end
   end
 end
-return out
+return table.concat(out, '\\n')
 """
 
 
@@ -121,6 +151,90 @@ def claim_key(prefix: str, dimension: str, key: str, action: str) -> str:
     """The warning-mail claim for one key and action (SET NX; it expires with the
     decision)."""
     return f"{prefix}:mailed:{{{dimension}:{key}}}:{action}"
+
+
+class _Call:
+    """One script call being built: its groups' tags (KEYS), instructions (see
+    COUNT_SCRIPT) and what to make of the answer."""
+
+    def __init__(self) -> None:
+        self.tags: list[str] = []
+        self.tokens: list[str] = []
+        self.carried: list[tuple[str, str]] = []  # (dimension, key) per group
+        self.reads: list[dict[str, Any] | None] = []
+        self.size = 0  # bucket keys touched
+
+    def add(self, dk: tuple[str, str], group: dict[str, Any], lo: int, width: float) -> int:
+        """Append one group; returns the operations it asks of Redis."""
+        tokens = self.tokens
+        incr, members, read = group["incr"], group["members"], group["read"]
+        n_incr = sum(map(len, incr.values()))
+        n_members = sum(map(len, members.values()))
+        tokens.append(str(n_incr))
+        for metric, per in incr.items():
+            for b, n in per.items():
+                tokens.append(f"{metric}:{b}")
+                tokens.append(str(int(n)) if n == int(n) else repr(float(n)))
+        tokens.append(str(n_members))
+        for metric, per in members.items():
+            for b, names in per.items():
+                tokens.append(f"{metric}:{b}")
+                tokens.append(str(len(names)))
+                tokens += names
+        reads = 0
+        if read is None:
+            tokens += ("0", "-1", "0", "0")
+        else:
+            start, to = max(lo, read["from"]), read["to"]
+            read = read | {"from": start}
+            tokens += (str(start), str(to), str(len(read["counts"])))
+            for metric, expect in zip(read["counts"], read["expect"], strict=True):
+                tokens.append(metric)
+                tokens.append(repr(float(expect)))
+            tokens.append(str(len(read["distinct"])))
+            for (metric, window), known in zip(read["distinct"], read["known"],
+                                               strict=True):
+                tokens.append(metric)
+                tokens.append(str(max(int((to * width - window) // width) + 1, to - 1000)))
+                tokens.append(str(known))
+            reads = len(read["counts"]) * max(0, to - start + 1) + len(read["distinct"])
+        self.tags.append(group["tag"])
+        self.carried.append(dk)
+        self.reads.append(read)
+        self.size += n_incr + n_members + reads
+        return n_incr + n_members + reads
+
+    def payload(self) -> str:
+        """The tokens, each ended by a newline; one that holds a newline itself (no
+        log line does: lines are split at them) has it replaced by a space."""
+        text = "\n".join(self.tokens) + "\n"
+        if text.count("\n") != len(self.tokens):
+            text = "".join(t.replace("\n", " ") + "\n" for t in self.tokens)
+        return text
+
+    def parse(self, result: Any, answer: dict[str, Any]) -> None:
+        """Fold the script's answer into ``answer`` (counts and distinct)."""
+        if isinstance(result, bytes):
+            result = result.decode("ascii", "replace")
+        for line in (result or "").split("\n"):
+            kind, _, rest = line.partition(" ")
+            g, _, rest = rest.partition(" ")
+            j, _, values = rest.partition(" ")
+            try:
+                dimension, key = self.carried[int(g) - 1]
+                read = self.reads[int(g) - 1]
+                assert read is not None
+                if kind == "c":
+                    metric = read["counts"][int(j) - 1]
+                    for b, value in enumerate(values.split(" "), start=read["from"]):
+                        if value:
+                            answer["counts"][(dimension, key, metric, b)] = _number(value)
+                elif kind == "d":
+                    metric, window = read["distinct"][int(j) - 1]
+                    answer["distinct"][(dimension, key, metric, window)] = int(
+                        _number(values))
+            except (ValueError, IndexError, AssertionError):
+                continue  # not an answer this call asked for
 
 
 class Bus:
@@ -188,11 +302,14 @@ class Bus:
                         continue
                     owed["keys"][dk] = group
                     continue
-                for index, n in group["incr"].items():
-                    old["incr"][index] = old["incr"].get(index, 0.0) + n
-                for index, members in group["members"].items():
-                    old["members"][index] = sorted(set(old["members"].get(index, ()))
-                                                   | set(members))
+                for metric, per in group["incr"].items():
+                    had = old["incr"].setdefault(metric, {})
+                    for b, n in per.items():
+                        had[b] = had.get(b, 0.0) + n
+                for metric, per in group["members"].items():
+                    had = old["members"].setdefault(metric, {})
+                    for b, names in per.items():
+                        had[b] = sorted(set(had.get(b, ())) | set(names))
                 old["read"] = group["read"] or old["read"]
             owed.update({k: batch[k] for k in ("lo", "hi", "ttl", "width")})
 
@@ -389,67 +506,36 @@ class Bus:
     def _count_round_trip(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Script calls of up to CALL_KEYS bucket keys each (see COUNT_SCRIPT), all in
         one pipeline; on a Redis Cluster (once it refused a call across slots) one
-        call per hash slot."""
+        call per hash slot. The answer: the bucket totals and distinct estimates that
+        differ from what this host knows."""
         if self._script is None:
             self._script = self._client.register_script(COUNT_SCRIPT)
-        ttl, lo, hi, width = batch["ttl"], batch["lo"], batch["hi"], batch["width"]
-        Call = tuple[list[str], list[Any], list[tuple[Any, ...]], list[tuple[str, str]]]
-        calls: list[Call] = []
-        by_slot: dict[int, Call] = {}
+        ttl, lo, width = batch["ttl"], batch["lo"], batch["width"]
+        calls: list[_Call] = []
+        by_slot: dict[int, _Call] = {}
         if self._per_slot:
             from redis.crc import key_slot
-        current: Call | None = None
-        for (d, raw), group in batch["keys"].items():
+        current: _Call | None = None
+        for dk, group in batch["keys"].items():
             tag = group["tag"]
             if self._per_slot:
                 slot = key_slot(tag.encode())
                 current = by_slot.get(slot)
                 if current is None:
-                    current = by_slot[slot] = ([], [ttl, 0], [], [])
+                    current = by_slot[slot] = _Call()
                     calls.append(current)
-            elif current is None or len(current[0]) >= CALL_KEYS:
-                current = ([], [ttl, 0], [], [])
+            elif current is None or current.size >= CALL_KEYS:
+                current = _Call()
                 calls.append(current)
-            keys, args, wanted, carried = current
-            carried.append((d, raw))
-            incr, members = group["incr"], group["members"]
-            args.append(len(incr))
-            for (metric, b), n in incr.items():
-                keys.append(f"{tag}{metric}:{b}")
-                args.append(int(n) if float(n).is_integer() else n)
-            args.append(len(members))
-            for (metric, b), names in members.items():
-                keys.append(f"{tag}{metric}:{b}")
-                args.append(len(names))
-                args += names
-            read = group["read"]
-            if read is None:
-                args += (0, 0)
-                names = distinct = ()
-            else:
-                start = max(lo, read.get("from", lo))
-                names = [(m, b) for m in read["counts"] for b in range(start, hi + 1)]
-                args.append(len(names))
-                keys += [f"{tag}{m}:{b}" for m, b in names]
-                distinct = read["distinct"]
-                args.append(len(distinct))
-                for metric, window in distinct:
-                    first = max(int((hi * width - window) // width) + 1, hi - 1000)
-                    args.append(hi - first + 1)
-                    keys += [f"{tag}{metric}:{b}" for b in range(first, hi + 1)]
-            args[1] += 1
-            self.operations += len(incr) + len(members) + len(names) + len(distinct)
-            if names or distinct:
-                wanted.append((d, raw, names, distinct))
+            self.operations += current.add(dk, group, lo, width)
         if not calls:
             return {"counts": {}, "distinct": {}}
         pipe = self._client.pipeline(transaction=False)
-        for keys, args, _, _ in calls:
-            self._script(keys=keys, args=args, client=pipe)
+        for call in calls:
+            self._script(keys=call.tags, args=[ttl, call.payload()], client=pipe)
         results = pipe.execute(raise_on_error=False)
         self.commands += len(calls)
         answer: dict[str, Any] = {"counts": {}, "distinct": {}}
-        counts, distincts = answer["counts"], answer["distinct"]
         refused = [(call, r) for call, r in zip(calls, results, strict=True)
                    if isinstance(r, Exception)]
         if refused:
@@ -459,25 +545,11 @@ class Bus:
             # again one slot per call (the calls that ran are not sent twice)
             self._per_slot = True
             log.info("fleet: Redis is a Cluster; one script call per hash slot from now on")
-            again = {dk: batch["keys"][dk] for call, _ in refused for dk in call[3]}
+            again = {dk: batch["keys"][dk] for call, _ in refused for dk in call.carried}
             answer = self._count_round_trip(batch | {"keys": again})
-            counts, distincts = answer["counts"], answer["distinct"]
-        for (_keys, _args, wanted, _), result in zip(calls, results, strict=True):
-            if isinstance(result, Exception):
-                continue
-            values = list(result or [])
-            at = 0
-            for d, raw, names, distinct in wanted:
-                for (metric, b), value in zip(names, values[at:at + len(names)],
-                                              strict=False):
-                    if value is not None:
-                        counts[(d, raw, metric, b)] = _number(value)
-                at += len(names)
-                for (metric, window), value in zip(distinct,
-                                                   values[at:at + len(distinct)],
-                                                   strict=False):
-                    distincts[(d, raw, metric, window)] = int(_number(value))
-                at += len(distinct)
+        for call, result in zip(calls, results, strict=True):
+            if not isinstance(result, Exception):
+                call.parse(result, answer)
         return answer
 
     def _read(self, block: int | None) -> list[tuple[str, Any]]:
