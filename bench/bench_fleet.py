@@ -45,8 +45,9 @@ import bench_replay  # noqa: E402
 from smtpguard_logwatch.config import FleetSettings  # noqa: E402
 from smtpguard_logwatch.engine import Engine  # noqa: E402
 from smtpguard_logwatch.envelope import Clock, zone_from_name  # noqa: E402
-from smtpguard_logwatch.fleet.bus import CALL_KEYS, Bus  # noqa: E402
+from smtpguard_logwatch.fleet.bus import Bus  # noqa: E402
 from smtpguard_logwatch.fleet.counters import DEFAULT_DIMENSIONS, FleetStore  # noqa: E402
+from smtpguard_logwatch.fleet.countwork import CALL_KEYS  # noqa: E402
 from smtpguard_logwatch.pipeline import Pipeline  # noqa: E402
 from smtpguard_logwatch.rules import default_rules_path, load_rules  # noqa: E402
 from smtpguard_logwatch.sources import iter_lines, source_for  # noqa: E402

@@ -746,7 +746,7 @@ def test_one_script_call_carries_many_keys_and_a_cluster_one_slot_each(
     slots, and the bus then sends one slot per call, without counting anything twice."""
     import redis
 
-    from smtpguard_logwatch.fleet import bus as bus_module
+    from smtpguard_logwatch.fleet import countwork
     from smtpguard_logwatch.fleet.bus import Bus
     from smtpguard_logwatch.fleet.counters import FleetStore
     from smtpguard_logwatch.store import FrequencyStore
@@ -760,7 +760,7 @@ def test_one_script_call_carries_many_keys_and_a_cluster_one_slot_each(
             admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
             wait_for(lambda: b"cluster_state:ok" in admin.execute_command("CLUSTER", "INFO"),
                      10, "the one-node cluster")
-        monkeypatch.setattr(bus_module, "CALL_KEYS", 8)
+        monkeypatch.setattr(countwork, "CALL_KEYS", 8)
         store = FleetStore(FrequencyStore(), prefix="t", dimensions=["client_ip"],
                            clock=lambda: NOW)
         b = int(NOW // 60)
@@ -775,6 +775,7 @@ def test_one_script_call_carries_many_keys_and_a_cluster_one_slot_each(
                 admin.pfadd(f"{tag}#senders:{b}", "other@y.example")
         batch = store.take_batch()
         bus = Bus(FleetSettings(redis=server.url, host="mx1"), "mx1", lambda: None)
+        bus.use_worker = False  # on this thread, with the patched CALL_KEYS
         bus._client = redis.Redis.from_url(server.url)
         answer = bus._count_round_trip(batch)
         # only what differs from what this host knows comes back: the fleet totals of
@@ -797,3 +798,44 @@ def test_one_script_call_carries_many_keys_and_a_cluster_one_slot_each(
         assert answer == {"counts": {}, "distinct": {}}
     finally:
         server.stop()
+
+
+def test_the_counts_worker_process_answers_and_is_replaced_when_it_dies(
+        redis_server: RedisServer) -> None:
+    """The script calls run in a child process (off the log loop's interpreter lock):
+    its answer is the one the bus thread would compute; a worker killed mid-run costs
+    one batch (owed again), and the next batch starts another."""
+    import signal
+
+    from smtpguard_logwatch.fleet.bus import Bus
+    from smtpguard_logwatch.fleet.counters import FleetStore
+    from smtpguard_logwatch.store import FrequencyStore
+
+    admin = redis_server.client()
+    store = FleetStore(FrequencyStore(), prefix="w", dimensions=["client_ip"],
+                       clock=lambda: NOW)
+    b = int(NOW // 60)
+    admin.incrby(f"w:c:{{client_ip:192.0.2.7}}:rejects:{b}", 5)  # another host's
+    store.add("client_ip", "192.0.2.7", "rejects", NOW, 2.0)
+    bus = Bus(FleetSettings(redis=redis_server.url, host="mx1"), "mx1", lambda: None)
+    try:
+        answer = bus._count_round_trip(store.take_batch())
+        assert answer == {"counts": {("client_ip", "192.0.2.7", "rejects", b): 7.0},
+                          "distinct": {}}
+        worker = bus._worker
+        assert worker is not None and worker.proc.poll() is None
+        assert bus.commands == 1 and bus.operations == 2  # one INCRBY, one bucket read
+        worker.proc.send_signal(signal.SIGKILL)
+        worker.proc.wait(5)
+        store.add("client_ip", "192.0.2.7", "rejects", NOW, 1.0)
+        with pytest.raises((EOFError, OSError)):
+            bus._count_round_trip(store.take_batch())
+        assert bus._worker is None
+        store.merge(answer)
+        store.add("client_ip", "192.0.2.7", "rejects", NOW, 1.0)
+        answer = bus._count_round_trip(store.take_batch())
+        assert bus._worker is not None and bus._worker is not worker
+        # the batch lost with the worker was never sent: Redis has 5 + 2 + 1
+        assert int(admin.get(f"w:c:{{client_ip:192.0.2.7}}:rejects:{b}")) == 8
+    finally:
+        bus._stop_worker()

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..config import FleetSettings
+from .countwork import Counting, CountWorker, RedisFailed
 
 log = logging.getLogger("smtpguard_logwatch.fleet")
 
@@ -34,95 +35,9 @@ MAX_OWED = 100_000
 """Entries kept for a Redis that is down; beyond this the oldest are dropped (and
 counted): a host that comes back republishes its active decisions anyway."""
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
-
-
-CALL_KEYS = 2000
-"""Bucket keys per script call at most: a call runs a few thousand INCRBY/PFADD inside
-Redis (a few milliseconds), and carries many of the tool's keys, so the Python work
-per call (redis-py's packing and parsing) is paid once per few thousand keys."""
-
-COUNT_SCRIPT = """
--- Counts of many keys in one call. KEYS: one per group, its tag (PREFIX:c:{DIM:KEY}:);
--- every key a group touches is its tag .. METRIC:BUCKET, in the tag's slot (on Redis
--- Cluster a call carries one slot's groups only). ARGV[1]: ttl; ARGV[2]: the groups'
--- instructions, each token ended by a newline (one string: packing and parsing
--- thousands of arguments is what costs the host's CPU, not Redis), per group:
---   n, then n x SUFFIX BY          INCRBY (INCRBYFLOAT) tag..SUFFIX BY, and EXPIRE
---                                  if that created the key
---   n, then n x SUFFIX M MEMBERS   PFADD tag..SUFFIX the M members, EXPIRE
---   FROM TO                        the buckets to read back
---   n, then n x METRIC EXPECTED    the totals of METRIC's buckets FROM..TO (MGET),
---                                  returned
---                                  only when their sum is not EXPECTED
---   n, then n x METRIC FIRST KNOWN PFCOUNT over METRIC's buckets FIRST..TO, returned
---                                  only when it is not KNOWN
--- Returns one string, a line per answer: "c G J V V ..." (the totals, '' for none) or
--- "d G J COUNT"; G: the group, J: the metric's place in its list.
-local ttl = ARGV[1]
-local t = {}
-for token in string.gmatch(ARGV[2], '([^\\n]*)\\n') do t[#t + 1] = token end
-local i, out = 1, {}
-for g = 1, #KEYS do
-  local tag = KEYS[g]
-  local n = tonumber(t[i]); i = i + 1
-  for _ = 1, n do
-    local key, by = tag .. t[i], t[i + 1]; i = i + 2
-    local now
-    if string.find(by, '[.eE]') then now = redis.call('INCRBYFLOAT', key, by)
-    else now = redis.call('INCRBY', key, by) end
-    -- the expiry is set when the increment created the key (it keeps it after)
-    if tonumber(now) == tonumber(by) then redis.call('EXPIRE', key, ttl) end
-  end
-  n = tonumber(t[i]); i = i + 1
-  for _ = 1, n do
-    local key, m = tag .. t[i], tonumber(t[i + 1]); i = i + 2
-    redis.call('PFADD', key, unpack(t, i, i + m - 1)); i = i + m
-    redis.call('EXPIRE', key, ttl)
-  end
-  local from, to = tonumber(t[i]), tonumber(t[i + 1]); i = i + 2
-  n = tonumber(t[i]); i = i + 1
-  for j = 1, n do
-    local prefix, expected = tag .. t[i] .. ':', tonumber(t[i + 1]); i = i + 2
-    local names = {}
-    for b = from, to do names[#names + 1] = prefix .. b end
-    local values, sum = redis.call('MGET', unpack(names)), 0
-    for x = 1, #values do
-      local v = tonumber(values[x])
-      if v then sum = sum + v; values[x] = tostring(v) else values[x] = '' end
-    end
-    if sum ~= expected then
-      out[#out + 1] = 'c ' .. g .. ' ' .. j .. ' ' .. table.concat(values, ' ')
-    end
-  end
-  n = tonumber(t[i]); i = i + 1
-  for j = 1, n do
-    local prefix, first, known = tag .. t[i] .. ':', tonumber(t[i + 1]), tonumber(t[i + 2])
-    i = i + 3
-    local names = {}
-    for b = first, to do names[#names + 1] = prefix .. b end
-    local count = redis.call('PFCOUNT', unpack(names))
-    if count ~= known then out[#out + 1] = 'd ' .. g .. ' ' .. j .. ' ' .. count end
-  end
-end
-return table.concat(out, '\\n')
-"""
-
-
-def _number(value: Any) -> float:
-    """A counter's value from Redis; anything that is not a finite number (someone
-    wrote to the tool's keys) counts as nothing."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return number if 0.0 <= number < 1e15 else 0.0
-
-
-def _cross_slot(exc: Exception) -> bool:
-    """A Redis Cluster's CROSSSLOT refusal (redis-py names it, without the code)."""
-    from redis.exceptions import ClusterCrossSlotError
-
-    return isinstance(exc, ClusterCrossSlotError) or "CROSSSLOT" in str(exc)
+WORKER_WAIT = 5.0
+"""How long the counts worker may take for a batch beyond the Redis timeouts (its
+start included)."""
 
 
 def redacted(url: str) -> str:
@@ -153,90 +68,6 @@ def claim_key(prefix: str, dimension: str, key: str, action: str) -> str:
     return f"{prefix}:mailed:{{{dimension}:{key}}}:{action}"
 
 
-class _Call:
-    """One script call being built: its groups' tags (KEYS), instructions (see
-    COUNT_SCRIPT) and what to make of the answer."""
-
-    def __init__(self) -> None:
-        self.tags: list[str] = []
-        self.tokens: list[str] = []
-        self.carried: list[tuple[str, str]] = []  # (dimension, key) per group
-        self.reads: list[dict[str, Any] | None] = []
-        self.size = 0  # bucket keys touched
-
-    def add(self, dk: tuple[str, str], group: dict[str, Any], lo: int, width: float) -> int:
-        """Append one group; returns the operations it asks of Redis."""
-        tokens = self.tokens
-        incr, members, read = group["incr"], group["members"], group["read"]
-        n_incr = sum(map(len, incr.values()))
-        n_members = sum(map(len, members.values()))
-        tokens.append(str(n_incr))
-        for metric, per in incr.items():
-            for b, n in per.items():
-                tokens.append(f"{metric}:{b}")
-                tokens.append(str(int(n)) if n == int(n) else repr(float(n)))
-        tokens.append(str(n_members))
-        for metric, per in members.items():
-            for b, names in per.items():
-                tokens.append(f"{metric}:{b}")
-                tokens.append(str(len(names)))
-                tokens += names
-        reads = 0
-        if read is None:
-            tokens += ("0", "-1", "0", "0")
-        else:
-            start, to = max(lo, read["from"]), read["to"]
-            read = read | {"from": start}
-            tokens += (str(start), str(to), str(len(read["counts"])))
-            for metric, expect in zip(read["counts"], read["expect"], strict=True):
-                tokens.append(metric)
-                tokens.append(repr(float(expect)))
-            tokens.append(str(len(read["distinct"])))
-            for (metric, window), known in zip(read["distinct"], read["known"],
-                                               strict=True):
-                tokens.append(metric)
-                tokens.append(str(max(int((to * width - window) // width) + 1, to - 1000)))
-                tokens.append(str(known))
-            reads = len(read["counts"]) * max(0, to - start + 1) + len(read["distinct"])
-        self.tags.append(group["tag"])
-        self.carried.append(dk)
-        self.reads.append(read)
-        self.size += n_incr + n_members + reads
-        return n_incr + n_members + reads
-
-    def payload(self) -> str:
-        """The tokens, each ended by a newline; one that holds a newline itself (no
-        log line does: lines are split at them) has it replaced by a space."""
-        text = "\n".join(self.tokens) + "\n"
-        if text.count("\n") != len(self.tokens):
-            text = "".join(t.replace("\n", " ") + "\n" for t in self.tokens)
-        return text
-
-    def parse(self, result: Any, answer: dict[str, Any]) -> None:
-        """Fold the script's answer into ``answer`` (counts and distinct)."""
-        if isinstance(result, bytes):
-            result = result.decode("ascii", "replace")
-        for line in (result or "").split("\n"):
-            kind, _, rest = line.partition(" ")
-            g, _, rest = rest.partition(" ")
-            j, _, values = rest.partition(" ")
-            try:
-                dimension, key = self.carried[int(g) - 1]
-                read = self.reads[int(g) - 1]
-                assert read is not None
-                if kind == "c":
-                    metric = read["counts"][int(j) - 1]
-                    for b, value in enumerate(values.split(" "), start=read["from"]):
-                        if value:
-                            answer["counts"][(dimension, key, metric, b)] = _number(value)
-                elif kind == "d":
-                    metric, window = read["distinct"][int(j) - 1]
-                    answer["distinct"][(dimension, key, metric, window)] = int(
-                        _number(values))
-            except (ValueError, IndexError, AssertionError):
-                continue  # not an answer this call asked for
-
-
 class Bus:
     """A thread that talks to Redis; see the module docstring."""
 
@@ -254,7 +85,9 @@ class Bus:
         self.last_id = "0-0"
         self._outbox: deque[tuple[str, Any]] = deque()
         self._counts: dict[str, Any] | None = None  # counters owed (one merged batch)
-        self._script: Any = None  # COUNT_SCRIPT, registered on first use
+        self._counting: Counting | None = None  # on this thread, without a worker
+        self._worker: CountWorker | None = None  # the script calls' child process
+        self.use_worker = True
         self.epoch: bytes | None = None  # the Redis data's name (see epoch_key)
         self._resending = False  # Redis lost its counts: wait for the main thread's resend
         self.resets = 0
@@ -369,6 +202,7 @@ class Bus:
             with contextlib.suppress(Exception):  # stopping: the owed are republished
                 self._flush()
             self._client.close()
+        self._stop_worker()
 
     def _connect(self) -> bool:
         import redis
@@ -504,53 +338,45 @@ class Bus:
             self._put("counts", answer)
 
     def _count_round_trip(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Script calls of up to CALL_KEYS bucket keys each (see COUNT_SCRIPT), all in
-        one pipeline; on a Redis Cluster (once it refused a call across slots) one
-        call per hash slot. The answer: the bucket totals and distinct estimates that
-        differ from what this host knows."""
-        if self._script is None:
-            self._script = self._client.register_script(COUNT_SCRIPT)
-        ttl, lo, width = batch["ttl"], batch["lo"], batch["width"]
-        calls: list[_Call] = []
-        by_slot: dict[int, _Call] = {}
-        if self._per_slot:
-            from redis.crc import key_slot
-        current: _Call | None = None
-        for dk, group in batch["keys"].items():
-            tag = group["tag"]
-            if self._per_slot:
-                slot = key_slot(tag.encode())
-                current = by_slot.get(slot)
-                if current is None:
-                    current = by_slot[slot] = _Call()
-                    calls.append(current)
-            elif current is None or current.size >= CALL_KEYS:
-                current = _Call()
-                calls.append(current)
-            self.operations += current.add(dk, group, lo, width)
-        if not calls:
-            return {"counts": {}, "distinct": {}}
-        pipe = self._client.pipeline(transaction=False)
-        for call in calls:
-            self._script(keys=call.tags, args=[ttl, call.payload()], client=pipe)
-        results = pipe.execute(raise_on_error=False)
-        self.commands += len(calls)
-        answer: dict[str, Any] = {"counts": {}, "distinct": {}}
-        refused = [(call, r) for call, r in zip(calls, results, strict=True)
-                   if isinstance(r, Exception)]
-        if refused:
-            if self._per_slot or not all(_cross_slot(r) for _, r in refused):
-                raise refused[0][1]
-            # a Cluster refuses a call across slots before running it: those groups go
-            # again one slot per call (the calls that ran are not sent twice)
-            self._per_slot = True
-            log.info("fleet: Redis is a Cluster; one script call per hash slot from now on")
-            again = {dk: batch["keys"][dk] for call, _ in refused for dk in call.carried}
-            answer = self._count_round_trip(batch | {"keys": again})
-        for call, result in zip(calls, results, strict=True):
-            if not isinstance(result, Exception):
-                call.parse(result, answer)
+        """The batch's script calls (see countwork), through the worker process
+        (started on first use, replaced when it fails), or on this thread when no
+        worker can run."""
+        if self.use_worker and self._worker is None:
+            try:
+                self._worker = CountWorker(self.settings.redis, self._options())
+            except OSError as exc:
+                log.warning("fleet: cannot start the counts worker (%s); counting on the "
+                            "bus thread", exc)
+                self.use_worker = False
+        if self._worker is None:
+            if self._counting is None or self._counting.client is not self._client:
+                self._counting = Counting(self._client)
+                self._counting.per_slot = self._per_slot
+            counting = self._counting
+            before = (counting.commands, counting.operations)
+            try:
+                return counting.round_trip(batch)
+            finally:
+                self.commands += counting.commands - before[0]
+                self.operations += counting.operations - before[1]
+                self._per_slot = counting.per_slot
+        try:
+            answer, calls, operations, self._per_slot = self._worker.round_trip(
+                batch, WORKER_WAIT + 4 * self.settings.timeout)
+        except RedisFailed:
+            raise  # the worker itself is fine
+        except Exception:
+            self._stop_worker()  # dead, late or confused: the next batch starts another
+            raise
+        self.commands += calls
+        self.operations += operations
         return answer
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            with contextlib.suppress(Exception):
+                self._worker.close()
+            self._worker = None
 
     def _read(self, block: int | None) -> list[tuple[str, Any]]:
         """One XREAD from the last id: the entries that arrived, as (id, fields)."""
