@@ -839,3 +839,46 @@ def test_the_counts_worker_process_answers_and_is_replaced_when_it_dies(
         assert int(admin.get(f"w:c:{{client_ip:192.0.2.7}}:rejects:{b}")) == 8
     finally:
         bus._stop_worker()
+
+
+def test_known_fleet_ids_stay_bounded_in_a_long_running_daemon() -> None:
+    """The map of fleet ids to this host's decisions forgets the decisions that have
+    been over for KNOWN_GRACE (ended or lifted); those in force stay, and an old entry
+    read again after it was forgotten is not enforced (it is over)."""
+    from smtpguard_logwatch.actions.enforcer import Enforcer
+    from smtpguard_logwatch.engine.ledger import Ledger
+    from smtpguard_logwatch.fleet import link as link_module
+    from smtpguard_logwatch.fleet import wire
+    from smtpguard_logwatch.fleet.link import Link
+
+    link = Link(FleetSettings(redis="redis://127.0.0.1:9", host="mx1"), "mx1", lambda: None)
+    ledger, enforcer, applied = Ledger(), Enforcer([]), []
+
+    def inbox(fields: dict, now: float) -> None:
+        link.bus._put("entries", [(f"{now:.0f}-0", fields)])
+        link.apply_inbox(ledger, enforcer, now, lambda _now: {}, lambda _d, _k: None,
+                         lambda d, _why: applied.append(d.key))
+
+    forever = decision(id=1, key="198.51.100.1", until=None, time=NOW)
+    inbox(wire.encode_decision("mx2", forever), NOW)
+    first = decision(id=2, key="198.51.100.2", until=NOW + 600, time=NOW)
+    inbox(wire.encode_decision("mx2", first), NOW)
+    lifted = decision(id=3, key="198.51.100.3", until=None, time=NOW)
+    inbox(wire.encode_decision("mx2", lifted), NOW)
+    inbox(wire.encode_unban("mx3", "client_ip", "198.51.100.3", NOW + 1), NOW + 1)
+    sizes = []
+    for i in range(2000):  # a decision every 10 s for five and a half hours
+        t = NOW + 10 * (i + 1)
+        d = decision(id=100 + i, key=f"10.{i >> 8 & 255}.{i & 255}.1", until=t + 600,
+                     time=t)
+        inbox(wire.encode_decision("mx2", d), t)
+        sizes.append(len(link.known))
+    bound = (600 + link_module.KNOWN_GRACE + link_module.PRUNE_EVERY) / 10 + 3
+    assert max(sizes) <= bound and len(link.known) <= bound, (max(sizes), bound)
+    assert wire.fleet_id("mx2", forever) in link.known  # in force: still known
+    assert wire.fleet_id("mx2", lifted) not in link.known
+    assert wire.fleet_id("mx2", first) not in link.known
+    # the first one, read again much later (a host republishing history): over, ignored
+    applied.clear()
+    inbox(wire.encode_decision("mx2", first), NOW + 20_010)
+    assert applied == [] and wire.fleet_id("mx2", first) not in link.known
