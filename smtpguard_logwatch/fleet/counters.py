@@ -194,8 +194,7 @@ class FleetStore:
             if g is None:
                 g = groups[dk] = {"tag": tag_prefix(self.prefix, *dk), "incr": {},
                                   "members": {}, "read": None}
-            g["members"] = {metric: {b: list(names) for b, names in per.items()}
-                            for metric, per in entries.items()}
+            g["members"] = entries  # (sets: no longer added to here)
             self._seen(dk, now, set(entries))
             sent = self._sent_members.setdefault(dk, {})
             for metric, per in entries.items():
