@@ -350,19 +350,26 @@ def test_a_botnet_spread_over_the_fleet_is_refused_everywhere_and_missed_alone(
         tmp_path: Path, redis_server: RedisServer, running) -> None:
     fleet = [(host(tmp_path, f"mx{i}", redis_server.url, rules=SPREAD_RULES), Recorder())
              for i in (1, 2, 3)]
-    for cfg, rec in fleet:
+    # a fourth host that never sees the botnet: it does not count the key, it enforces
+    # the decision a host that counted it published
+    quiet = (host(tmp_path, "mx4", redis_server.url, rules=SPREAD_RULES), Recorder())
+    for cfg, rec in [*fleet, quiet]:
         running(cfg, [rec])
-    for cfg, _ in fleet:
+    for cfg, _ in [*fleet, quiet]:
         wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
                  5, "up")
     crossed = _spread_attack([cfg for cfg, _ in fleet], "203.0.113.77", per_host=4)
-    for cfg, rec in fleet:
+    for cfg, rec in [*fleet, quiet]:
         wait_for(lambda r=rec: "203.0.113.77" in keys_of(r), 5, f"the refusal on {cfg.fleet.host}")
         at = next(at for at, d in rec.applied if d.key == "203.0.113.77")
         assert at - crossed < 2.0, f"{cfg.fleet.host}: {at - crossed:.2f}s after the crossing"
     merged = [request(cfg.control_socket, "status")["fleet"]["merged_from_others"]
               for cfg, _ in fleet]
     assert max(merged) >= 7  # the host that decided had at most 4 of the 11 itself
+    listed = request(quiet[0].control_socket, "list")
+    assert [(d["key"], d["host"] in {"mx1", "mx2", "mx3"}) for d in listed] == [
+        ("203.0.113.77", True)]
+    assert request(quiet[0].control_socket, "status")["fleet"]["merged_from_others"] == 0
 
     alone = []  # the same log, the same rules, no [fleet]
     for i in (1, 2, 3):
