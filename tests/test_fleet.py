@@ -808,12 +808,13 @@ def test_one_script_call_carries_many_keys_and_a_cluster_one_slot_each(
 
 
 def test_the_counts_worker_process_answers_and_is_replaced_when_it_dies(
-        redis_server: RedisServer) -> None:
+        redis_server: RedisServer, monkeypatch) -> None:
     """The script calls run in a child process (off the log loop's interpreter lock):
     its answer is the one the bus thread would compute; a worker killed mid-run costs
     one batch (owed again), and the next batch starts another."""
     import signal
 
+    from smtpguard_logwatch.fleet import bus as bus_module
     from smtpguard_logwatch.fleet.bus import Bus
     from smtpguard_logwatch.fleet.counters import FleetStore
     from smtpguard_logwatch.store import FrequencyStore
@@ -844,6 +845,17 @@ def test_the_counts_worker_process_answers_and_is_replaced_when_it_dies(
         assert bus._worker is not None and bus._worker is not worker
         # the batch lost with the worker was never sent: Redis has 5 + 2 + 1
         assert int(admin.get(f"w:c:{{client_ip:192.0.2.7}}:rejects:{b}")) == 8
+        # a worker that hangs (stopped) is given up on in time, not waited for forever
+        hung = bus._worker
+        hung.proc.send_signal(signal.SIGSTOP)
+        monkeypatch.setattr(bus_module, "WORKER_WAIT", 0.5)
+        for i in range(3000):  # a batch far larger than the pipe holds
+            store.add("client_ip", f"198.51.{i >> 8}.{i & 255}", "rejects", NOW)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            bus._count_round_trip(store.take_batch())
+        assert time.monotonic() - started < 5 and bus._worker is None
+        assert hung.proc.poll() is not None  # killed
     finally:
         bus._stop_worker()
 

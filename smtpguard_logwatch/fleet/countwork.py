@@ -260,11 +260,19 @@ _FRAME = struct.Struct("!I")
 MAX_FRAME = 1 << 30
 
 
-def _send(fd: int, value: Any) -> None:
+def _send(fd: int, value: Any, deadline: float | None = None) -> None:
+    """One frame; ``deadline`` (time.monotonic) bounds the wait for a worker that does
+    not read (a pipe holds 64 KiB, a batch can be megabytes)."""
+    import time
+
     data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     view = memoryview(_FRAME.pack(len(data)) + data)
     while view:
-        view = view[os.write(fd, view):]
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([], [fd], [], wait)[1]:
+                raise TimeoutError("the counts worker does not read")
+        view = view[os.write(fd, view[:select.PIPE_BUF if deadline else len(view)]):]
 
 
 def _recv(fd: int, deadline: float | None = None) -> Any:
@@ -313,9 +321,9 @@ class CountWorker:
         as RedisFailed (the bus then counts Redis as down)."""
         import time
 
-        _send(self._out, batch)
-        kind, value, calls, operations, per_slot = _recv(self._in,
-                                                         time.monotonic() + timeout)
+        deadline = time.monotonic() + timeout
+        _send(self._out, batch, deadline)
+        kind, value, calls, operations, per_slot = _recv(self._in, deadline)
         if kind == "error":
             raise RedisFailed(value)
         return value, calls, operations, per_slot
