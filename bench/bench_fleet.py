@@ -137,10 +137,11 @@ def replay(log: Path, sock: str | None, *, live: bool = False) -> dict:
         sink = engine.consume
     pipeline = Pipeline(sink)
     source = source_for(str(log))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     pipeline.feed(iter_lines(source), Clock(zone_from_name("UTC"), anchor=source.mtime))
     pipeline.finish()
     result["seconds"] = time.perf_counter() - t0
+    result["cpu"] = time.thread_time() - c0  # the log loop's thread only
     result["lines"] = pipeline.stats.read
     if bus is not None:
         t1 = time.perf_counter()
@@ -222,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"replay with fleet:  {f_rate:>10,.0f} lines/s ({fleet['seconds']:.1f}s, then "
           f"{fleet['drain_seconds']:.1f}s to send what was owed)  = {ratio:.2f} x alone "
           f"(target >= {SPEED_TARGET:.2f}: {'met' if ratio >= SPEED_TARGET else 'MISSED'})")
+    print(f"the log loop's own CPU time: {alone['cpu']:.1f}s alone, {fleet['cpu']:.1f}s with "
+          f"the fleet = {alone['cpu'] / fleet['cpu']:.2f} x (what the wall-clock ratio "
+          "comes to when Redis, the counts worker and other work do not share its cores)")
     print(f"Redis commands the replay sent (a batch per wall second, {fleet['batches']:,} "
           f"batches): {fleet['sent_commands']:,} = {sent:.3f} per line (target <= "
           f"{COMMANDS_TARGET}: {'met' if sent <= COMMANDS_TARGET else 'MISSED'})")
