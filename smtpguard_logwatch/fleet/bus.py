@@ -9,7 +9,9 @@ warning mail with SET NX. Every round trip has a timeout of a few hundred
 milliseconds; any failure marks Redis down (one log line), keeps what is owed in the
 outbox, and retries with a doubling backoff. On (re)connecting it sends what it owes,
 reads everything it missed, then tells the main thread ``synced`` so that it can
-publish its own active decisions again (Redis may have come back empty).
+publish its own active decisions again (Redis may have come back empty). The
+counters' script calls go through a child process (:mod:`.countwork`) so that their
+Python work does not hold the log loop's interpreter lock.
 """
 
 from __future__ import annotations

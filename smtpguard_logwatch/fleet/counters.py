@@ -6,21 +6,24 @@ whole fleet saw.
 the store are not changed: it delegates everything and only watches ``add`` and
 ``add_member``, and answers ``distinct`` from the fleet's HyperLogLogs).
 
-* Pushing. Counts are batched per (key, metric, bucket) in memory and handed to the
-  Redis thread once a second. Per key it sends ONE command (EVALSHA of a short Lua
-  script over that key's bucket keys, all in one hash-tag slot): INCRBY for each
-  metric and bucket however many events there were, PFADD of the distinct members to
-  a HyperLogLog per metric and bucket, EXPIRE on each, and the read-back below; all
-  keys in one pipeline. Buckets are the store's finest (one minute by default), so a
-  fleet bucket maps onto exactly one local bucket.
+* Pushing. Counts are batched per key, metric and bucket in memory and handed to the
+  Redis thread once a second, which has the counts worker (:mod:`.countwork`, a child
+  process) run them as script calls of many keys each: INCRBY for each metric and
+  bucket however many events there were, PFADD of the distinct members to a
+  HyperLogLog per metric and bucket, EXPIRE, and the read-back below. Buckets are the
+  store's finest (one minute by default), so a fleet bucket maps onto exactly one local
+  bucket.
 * Reading. For the keys this host saw since the last batch (and, for 10 s after, those
-  that other hosts count too), the Redis thread reads the
-  bucket totals of the last ``span`` (MGET, one per key) and the HyperLogLog union of
-  each distinct window a rule asked about (PFCOUNT over the window's buckets). Back on
-  the main thread, what the other hosts added (the total minus what this host sent,
-  minus what was already merged) is added to the local store at the bucket's start, and
-  the key's rules run again (:meth:`Engine.reevaluate`), so a threshold crossed by the
-  fleet is seen within about a second even if this host's share is quiet.
+  that other hosts count too), the script reads the bucket totals since the last read
+  (the whole ``span`` the first time) and the HyperLogLog union of each distinct window
+  a rule asked about (PFCOUNT over the window's buckets), and answers only what differs
+  from what this host knows (its own increments plus what it merged; the estimate it
+  holds). Back on the main thread, what the other hosts added (the total minus what
+  this host sent, minus what was already merged) is added to the local store at the
+  bucket's start, and the key's rules run again (:meth:`Engine.reevaluate`), so a
+  threshold crossed by the fleet is seen within about a second even if this host's
+  share is quiet. A key this host never sees is not read: a host that counts it
+  decides, and the decision travels on the stream.
 * Never twice. Merged amounts only grow: a total that went down (Redis restarted empty)
   adds nothing until it passes what was merged; buckets older than the daemon's start
   are not merged (they may already be in the saved store).
