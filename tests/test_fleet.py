@@ -901,3 +901,30 @@ def test_known_fleet_ids_stay_bounded_in_a_long_running_daemon() -> None:
     applied.clear()
     inbox(wire.encode_decision("mx2", first), NOW + 20_010)
     assert applied == [] and wire.fleet_id("mx2", first) not in link.known
+
+
+def test_a_batch_owed_past_the_span_is_still_sent(redis_server: RedisServer) -> None:
+    """A batch kept owed while the span moved on (merged with a later batch whose
+    oldest bucket is past the first batch's reads) is sent, not refused by Redis over
+    and over (an empty MGET made the whole script fail: Redis looked down forever)."""
+    from smtpguard_logwatch.fleet.bus import Bus
+    from smtpguard_logwatch.fleet.counters import FleetStore
+    from smtpguard_logwatch.store import FrequencyStore
+
+    clock = [NOW]
+    store = FleetStore(FrequencyStore(), prefix="o", dimensions=["client_ip"],
+                       clock=lambda: clock[0])
+    store.add("client_ip", "192.0.2.1", "rejects", NOW, 3.0)
+    bus = Bus(FleetSettings(redis=redis_server.url, host="mx1"), "mx1", lambda: None)
+    bus.send_counts(store.take_batch())  # owed (Redis is not asked yet)
+    clock[0] = NOW + 1800  # half an hour later: the first batch's buckets are old
+    store.add("client_ip", "192.0.2.2", "rejects", clock[0], 1.0)
+    bus.send_counts(store.take_batch())  # merged with the one owed
+    try:
+        bus._flush_counts()
+        admin = redis_server.client()
+        assert int(admin.get(f"o:c:{{client_ip:192.0.2.1}}:rejects:{int(NOW // 60)}")) == 3
+        assert int(admin.get(
+            f"o:c:{{client_ip:192.0.2.2}}:rejects:{int(clock[0] // 60)}")) == 1
+    finally:
+        bus._stop_worker()
