@@ -350,19 +350,26 @@ def test_a_botnet_spread_over_the_fleet_is_refused_everywhere_and_missed_alone(
         tmp_path: Path, redis_server: RedisServer, running) -> None:
     fleet = [(host(tmp_path, f"mx{i}", redis_server.url, rules=SPREAD_RULES), Recorder())
              for i in (1, 2, 3)]
-    for cfg, rec in fleet:
+    # a fourth host that never sees the botnet: it does not count the key, it enforces
+    # the decision a host that counted it published
+    quiet = (host(tmp_path, "mx4", redis_server.url, rules=SPREAD_RULES), Recorder())
+    for cfg, rec in [*fleet, quiet]:
         running(cfg, [rec])
-    for cfg, _ in fleet:
+    for cfg, _ in [*fleet, quiet]:
         wait_for(lambda c=cfg: request(c.control_socket, "status")["fleet"]["state"] == "up",
                  5, "up")
     crossed = _spread_attack([cfg for cfg, _ in fleet], "203.0.113.77", per_host=4)
-    for cfg, rec in fleet:
+    for cfg, rec in [*fleet, quiet]:
         wait_for(lambda r=rec: "203.0.113.77" in keys_of(r), 5, f"the refusal on {cfg.fleet.host}")
         at = next(at for at, d in rec.applied if d.key == "203.0.113.77")
         assert at - crossed < 2.0, f"{cfg.fleet.host}: {at - crossed:.2f}s after the crossing"
     merged = [request(cfg.control_socket, "status")["fleet"]["merged_from_others"]
               for cfg, _ in fleet]
     assert max(merged) >= 7  # the host that decided had at most 4 of the 11 itself
+    listed = request(quiet[0].control_socket, "list")
+    assert [(d["key"], d["host"] in {"mx1", "mx2", "mx3"}) for d in listed] == [
+        ("203.0.113.77", True)]
+    assert request(quiet[0].control_socket, "status")["fleet"]["merged_from_others"] == 0
 
     alone = []  # the same log, the same rules, no [fleet]
     for i in (1, 2, 3):
@@ -496,7 +503,7 @@ def test_merged_counts_are_never_counted_twice() -> None:
         store.add("client_ip", "203.0.113.5", "rejects", NOW, 1.0)
     batch = store.take_batch()
     [group] = batch["keys"].values()
-    assert group["incr"] == {("rejects", b): 3.0} and group["read"]["counts"] == ["rejects"]
+    assert group["incr"] == {"rejects": {b: 3.0}} and group["read"]["counts"] == ["rejects"]
 
     def total(n: float) -> dict:
         return {"counts": {("client_ip", "203.0.113.5", "rejects", b): n}, "distinct": {}}
@@ -746,7 +753,7 @@ def test_one_script_call_carries_many_keys_and_a_cluster_one_slot_each(
     slots, and the bus then sends one slot per call, without counting anything twice."""
     import redis
 
-    from smtpguard_logwatch.fleet import bus as bus_module
+    from smtpguard_logwatch.fleet import countwork
     from smtpguard_logwatch.fleet.bus import Bus
     from smtpguard_logwatch.fleet.counters import FleetStore
     from smtpguard_logwatch.store import FrequencyStore
@@ -760,26 +767,164 @@ def test_one_script_call_carries_many_keys_and_a_cluster_one_slot_each(
             admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
             wait_for(lambda: b"cluster_state:ok" in admin.execute_command("CLUSTER", "INFO"),
                      10, "the one-node cluster")
-        monkeypatch.setattr(bus_module, "CALL_KEYS", 4)
+        monkeypatch.setattr(countwork, "CALL_KEYS", 8)
         store = FleetStore(FrequencyStore(), prefix="t", dimensions=["client_ip"],
                            clock=lambda: NOW)
+        b = int(NOW // 60)
         for i in range(10):
             for _ in range(i + 1):
                 store.add("client_ip", f"192.0.2.{i}", "rejects", NOW)
             store.add_member("client_ip", f"192.0.2.{i}", "#senders", f"s{i}@x.example", NOW)
+            store.distinct("client_ip", f"192.0.2.{i}", "#senders", 600, NOW)
+            if i % 3 == 0:  # another host counted these too
+                tag = f"t:c:{{client_ip:192.0.2.{i}}}:"
+                admin.incrby(f"{tag}rejects:{b}", 100)
+                admin.pfadd(f"{tag}#senders:{b}", "other@y.example")
         batch = store.take_batch()
         bus = Bus(FleetSettings(redis=server.url, host="mx1"), "mx1", lambda: None)
+        bus.use_worker = False  # on this thread, with the patched CALL_KEYS
         bus._client = redis.Redis.from_url(server.url)
         answer = bus._count_round_trip(batch)
-        b = int(NOW // 60)
-        assert answer["counts"] == {("client_ip", f"192.0.2.{i}", "rejects", b): i + 1.0
-                                    for i in range(10)}
+        # only what differs from what this host knows comes back: the fleet totals of
+        # the keys another host counted too, and every distinct estimate (none known)
+        assert answer["counts"] == {("client_ip", f"192.0.2.{i}", "rejects", b): i + 101.0
+                                    for i in range(0, 10, 3)}
+        assert answer["distinct"] == {("client_ip", f"192.0.2.{i}", "#senders", 600):
+                                      2 if i % 3 == 0 else 1 for i in range(10)}
         assert bus._per_slot is cluster
         calls = bus.commands
-        assert calls == (5 + 10 if cluster else 5)  # 2 groups (4 keys) per call
+        assert calls == (5 + 10 if cluster else 5)  # 2 groups (4 keys each) per call
         for i in range(10):  # in Redis once each, however many calls it took
             tag = f"t:c:{{client_ip:192.0.2.{i}}}:"
-            assert int(admin.get(f"{tag}rejects:{b}")) == i + 1
-            assert admin.pfcount(f"{tag}#senders:{b}") == 1
+            assert int(admin.get(f"{tag}rejects:{b}")) == i + 1 + (100 if i % 3 == 0 else 0)
+            assert admin.pfcount(f"{tag}#senders:{b}") == (2 if i % 3 == 0 else 1)
+        # the same again, once merged: nothing differs, nothing comes back
+        store.merge(answer)
+        store.add("client_ip", "192.0.2.1", "rejects", NOW)
+        answer = bus._count_round_trip(store.take_batch())
+        assert answer == {"counts": {}, "distinct": {}}
     finally:
         server.stop()
+
+
+def test_the_counts_worker_process_answers_and_is_replaced_when_it_dies(
+        redis_server: RedisServer, monkeypatch) -> None:
+    """The script calls run in a child process (off the log loop's interpreter lock):
+    its answer is the one the bus thread would compute; a worker killed mid-run costs
+    one batch (owed again), and the next batch starts another."""
+    import signal
+
+    from smtpguard_logwatch.fleet import bus as bus_module
+    from smtpguard_logwatch.fleet.bus import Bus
+    from smtpguard_logwatch.fleet.counters import FleetStore
+    from smtpguard_logwatch.store import FrequencyStore
+
+    admin = redis_server.client()
+    store = FleetStore(FrequencyStore(), prefix="w", dimensions=["client_ip"],
+                       clock=lambda: NOW)
+    b = int(NOW // 60)
+    admin.incrby(f"w:c:{{client_ip:192.0.2.7}}:rejects:{b}", 5)  # another host's
+    store.add("client_ip", "192.0.2.7", "rejects", NOW, 2.0)
+    bus = Bus(FleetSettings(redis=redis_server.url, host="mx1"), "mx1", lambda: None)
+    try:
+        answer = bus._count_round_trip(store.take_batch())
+        assert answer == {"counts": {("client_ip", "192.0.2.7", "rejects", b): 7.0},
+                          "distinct": {}}
+        worker = bus._worker
+        assert worker is not None and worker.proc.poll() is None
+        assert bus.commands == 1 and bus.operations == 2  # one INCRBY, one bucket read
+        worker.proc.send_signal(signal.SIGKILL)
+        worker.proc.wait(5)
+        store.add("client_ip", "192.0.2.7", "rejects", NOW, 1.0)
+        with pytest.raises((EOFError, OSError)):
+            bus._count_round_trip(store.take_batch())
+        assert bus._worker is None
+        store.merge(answer)
+        store.add("client_ip", "192.0.2.7", "rejects", NOW, 1.0)
+        answer = bus._count_round_trip(store.take_batch())
+        assert bus._worker is not None and bus._worker is not worker
+        # the batch lost with the worker was never sent: Redis has 5 + 2 + 1
+        assert int(admin.get(f"w:c:{{client_ip:192.0.2.7}}:rejects:{b}")) == 8
+        # a worker that hangs (stopped) is given up on in time, not waited for forever
+        hung = bus._worker
+        hung.proc.send_signal(signal.SIGSTOP)
+        monkeypatch.setattr(bus_module, "WORKER_WAIT", 0.5)
+        for i in range(3000):  # a batch far larger than the pipe holds
+            store.add("client_ip", f"198.51.{i >> 8}.{i & 255}", "rejects", NOW)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            bus._count_round_trip(store.take_batch())
+        assert time.monotonic() - started < 5 and bus._worker is None
+        assert hung.proc.poll() is not None  # killed
+    finally:
+        bus._stop_worker()
+
+
+def test_known_fleet_ids_stay_bounded_in_a_long_running_daemon() -> None:
+    """The map of fleet ids to this host's decisions forgets the decisions that have
+    been over for KNOWN_GRACE (ended or lifted); those in force stay, and an old entry
+    read again after it was forgotten is not enforced (it is over)."""
+    from smtpguard_logwatch.actions.enforcer import Enforcer
+    from smtpguard_logwatch.engine.ledger import Ledger
+    from smtpguard_logwatch.fleet import link as link_module
+    from smtpguard_logwatch.fleet import wire
+    from smtpguard_logwatch.fleet.link import Link
+
+    link = Link(FleetSettings(redis="redis://127.0.0.1:9", host="mx1"), "mx1", lambda: None)
+    ledger, enforcer, applied = Ledger(), Enforcer([]), []
+
+    def inbox(fields: dict, now: float) -> None:
+        link.bus._put("entries", [(f"{now:.0f}-0", fields)])
+        link.apply_inbox(ledger, enforcer, now, lambda _now: {}, lambda _d, _k: None,
+                         lambda d, _why: applied.append(d.key))
+
+    forever = decision(id=1, key="198.51.100.1", until=None, time=NOW)
+    inbox(wire.encode_decision("mx2", forever), NOW)
+    first = decision(id=2, key="198.51.100.2", until=NOW + 600, time=NOW)
+    inbox(wire.encode_decision("mx2", first), NOW)
+    lifted = decision(id=3, key="198.51.100.3", until=None, time=NOW)
+    inbox(wire.encode_decision("mx2", lifted), NOW)
+    inbox(wire.encode_unban("mx3", "client_ip", "198.51.100.3", NOW + 1), NOW + 1)
+    sizes = []
+    for i in range(2000):  # a decision every 10 s for five and a half hours
+        t = NOW + 10 * (i + 1)
+        d = decision(id=100 + i, key=f"10.{i >> 8 & 255}.{i & 255}.1", until=t + 600,
+                     time=t)
+        inbox(wire.encode_decision("mx2", d), t)
+        sizes.append(len(link.known))
+    bound = (600 + link_module.KNOWN_GRACE + link_module.PRUNE_EVERY) / 10 + 3
+    assert max(sizes) <= bound and len(link.known) <= bound, (max(sizes), bound)
+    assert wire.fleet_id("mx2", forever) in link.known  # in force: still known
+    assert wire.fleet_id("mx2", lifted) not in link.known
+    assert wire.fleet_id("mx2", first) not in link.known
+    # the first one, read again much later (a host republishing history): over, ignored
+    applied.clear()
+    inbox(wire.encode_decision("mx2", first), NOW + 20_010)
+    assert applied == [] and wire.fleet_id("mx2", first) not in link.known
+
+
+def test_a_batch_owed_past_the_span_is_still_sent(redis_server: RedisServer) -> None:
+    """A batch kept owed while the span moved on (merged with a later batch whose
+    oldest bucket is past the first batch's reads) is sent, not refused by Redis over
+    and over (an empty MGET made the whole script fail: Redis looked down forever)."""
+    from smtpguard_logwatch.fleet.bus import Bus
+    from smtpguard_logwatch.fleet.counters import FleetStore
+    from smtpguard_logwatch.store import FrequencyStore
+
+    clock = [NOW]
+    store = FleetStore(FrequencyStore(), prefix="o", dimensions=["client_ip"],
+                       clock=lambda: clock[0])
+    store.add("client_ip", "192.0.2.1", "rejects", NOW, 3.0)
+    bus = Bus(FleetSettings(redis=redis_server.url, host="mx1"), "mx1", lambda: None)
+    bus.send_counts(store.take_batch())  # owed (Redis is not asked yet)
+    clock[0] = NOW + 1800  # half an hour later: the first batch's buckets are old
+    store.add("client_ip", "192.0.2.2", "rejects", clock[0], 1.0)
+    bus.send_counts(store.take_batch())  # merged with the one owed
+    try:
+        bus._flush_counts()
+        admin = redis_server.client()
+        assert int(admin.get(f"o:c:{{client_ip:192.0.2.1}}:rejects:{int(NOW // 60)}")) == 3
+        assert int(admin.get(
+            f"o:c:{{client_ip:192.0.2.2}}:rejects:{int(clock[0] // 60)}")) == 1
+    finally:
+        bus._stop_worker()

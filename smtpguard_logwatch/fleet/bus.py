@@ -9,7 +9,9 @@ warning mail with SET NX. Every round trip has a timeout of a few hundred
 milliseconds; any failure marks Redis down (one log line), keeps what is owed in the
 outbox, and retries with a doubling backoff. On (re)connecting it sends what it owes,
 reads everything it missed, then tells the main thread ``synced`` so that it can
-publish its own active decisions again (Redis may have come back empty).
+publish its own active decisions again (Redis may have come back empty). The
+counters' script calls go through a child process (:mod:`.countwork`) so that their
+Python work does not hold the log loop's interpreter lock.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..config import FleetSettings
+from .countwork import Counting, CountWorker, RedisFailed
 
 log = logging.getLogger("smtpguard_logwatch.fleet")
 
@@ -34,65 +37,9 @@ MAX_OWED = 100_000
 """Entries kept for a Redis that is down; beyond this the oldest are dropped (and
 counted): a host that comes back republishes its active decisions anyway."""
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
-
-
-CALL_KEYS = 2000
-"""Bucket keys per script call at most: a call runs a few thousand INCRBY/PFADD inside
-Redis (a few milliseconds), and carries many of the tool's keys, so the Python work
-per call (redis-py's packing and parsing) is paid once per few thousand keys."""
-
-COUNT_SCRIPT = """
--- Counts of many keys in one call. ARGV: ttl, the number of groups, then per group
--- (one key's buckets, one hash tag): INCRBY (INCRBYFLOAT) and PFADD, EXPIRE on each,
--- then the bucket totals and the HyperLogLog unions asked for. KEYS: the bucket keys
--- of all groups, in order. On Redis Cluster a call carries one slot's groups only.
-local ttl = tonumber(ARGV[1])
-local groups = tonumber(ARGV[2])
-local a, k = 3, 1
-local out = {}
-for _ = 1, groups do
-  local n = tonumber(ARGV[a]); a = a + 1
-  for _ = 1, n do
-    local by = ARGV[a]; a = a + 1
-    if string.find(by, '[.eE]') then redis.call('INCRBYFLOAT', KEYS[k], by)
-    else redis.call('INCRBY', KEYS[k], by) end
-    redis.call('EXPIRE', KEYS[k], ttl); k = k + 1
-  end
-  n = tonumber(ARGV[a]); a = a + 1
-  for _ = 1, n do
-    local m = tonumber(ARGV[a]); a = a + 1
-    redis.call('PFADD', KEYS[k], unpack(ARGV, a, a + m - 1)); a = a + m
-    redis.call('EXPIRE', KEYS[k], ttl); k = k + 1
-  end
-  n = tonumber(ARGV[a]); a = a + 1
-  for _ = 1, n do
-    out[#out + 1] = redis.call('GET', KEYS[k]) or false; k = k + 1
-  end
-  n = tonumber(ARGV[a]); a = a + 1
-  for _ = 1, n do
-    local g = tonumber(ARGV[a]); a = a + 1
-    out[#out + 1] = redis.call('PFCOUNT', unpack(KEYS, k, k + g - 1)); k = k + g
-  end
-end
-return out
-"""
-
-
-def _number(value: Any) -> float:
-    """A counter's value from Redis; anything that is not a finite number (someone
-    wrote to the tool's keys) counts as nothing."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return number if 0.0 <= number < 1e15 else 0.0
-
-
-def _cross_slot(exc: Exception) -> bool:
-    """A Redis Cluster's CROSSSLOT refusal (redis-py names it, without the code)."""
-    from redis.exceptions import ClusterCrossSlotError
-
-    return isinstance(exc, ClusterCrossSlotError) or "CROSSSLOT" in str(exc)
+WORKER_WAIT = 5.0
+"""How long the counts worker may take for a batch beyond the Redis timeouts (its
+start included)."""
 
 
 def redacted(url: str) -> str:
@@ -140,7 +87,9 @@ class Bus:
         self.last_id = "0-0"
         self._outbox: deque[tuple[str, Any]] = deque()
         self._counts: dict[str, Any] | None = None  # counters owed (one merged batch)
-        self._script: Any = None  # COUNT_SCRIPT, registered on first use
+        self._counting: Counting | None = None  # on this thread, without a worker
+        self._worker: CountWorker | None = None  # the script calls' child process
+        self.use_worker = True
         self.epoch: bytes | None = None  # the Redis data's name (see epoch_key)
         self._resending = False  # Redis lost its counts: wait for the main thread's resend
         self.resets = 0
@@ -188,11 +137,14 @@ class Bus:
                         continue
                     owed["keys"][dk] = group
                     continue
-                for index, n in group["incr"].items():
-                    old["incr"][index] = old["incr"].get(index, 0.0) + n
-                for index, members in group["members"].items():
-                    old["members"][index] = sorted(set(old["members"].get(index, ()))
-                                                   | set(members))
+                for metric, per in group["incr"].items():
+                    had = old["incr"].setdefault(metric, {})
+                    for b, n in per.items():
+                        had[b] = had.get(b, 0.0) + n
+                for metric, per in group["members"].items():
+                    had = old["members"].setdefault(metric, {})
+                    for b, names in per.items():
+                        had[b] = sorted(set(had.get(b, ())) | set(names))
                 old["read"] = group["read"] or old["read"]
             owed.update({k: batch[k] for k in ("lo", "hi", "ttl", "width")})
 
@@ -252,6 +204,7 @@ class Bus:
             with contextlib.suppress(Exception):  # stopping: the owed are republished
                 self._flush()
             self._client.close()
+        self._stop_worker()
 
     def _connect(self) -> bool:
         import redis
@@ -387,98 +340,45 @@ class Bus:
             self._put("counts", answer)
 
     def _count_round_trip(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Script calls of up to CALL_KEYS bucket keys each (see COUNT_SCRIPT), all in
-        one pipeline; on a Redis Cluster (once it refused a call across slots) one
-        call per hash slot."""
-        if self._script is None:
-            self._script = self._client.register_script(COUNT_SCRIPT)
-        ttl, lo, hi, width = batch["ttl"], batch["lo"], batch["hi"], batch["width"]
-        Call = tuple[list[str], list[Any], list[tuple[Any, ...]], list[tuple[str, str]]]
-        calls: list[Call] = []
-        by_slot: dict[int, Call] = {}
-        if self._per_slot:
-            from redis.crc import key_slot
-        current: Call | None = None
-        for (d, raw), group in batch["keys"].items():
-            tag = group["tag"]
-            if self._per_slot:
-                slot = key_slot(tag.encode())
-                current = by_slot.get(slot)
-                if current is None:
-                    current = by_slot[slot] = ([], [ttl, 0], [], [])
-                    calls.append(current)
-            elif current is None or len(current[0]) >= CALL_KEYS:
-                current = ([], [ttl, 0], [], [])
-                calls.append(current)
-            keys, args, wanted, carried = current
-            carried.append((d, raw))
-            incr, members = group["incr"], group["members"]
-            args.append(len(incr))
-            for (metric, b), n in incr.items():
-                keys.append(f"{tag}{metric}:{b}")
-                args.append(int(n) if float(n).is_integer() else n)
-            args.append(len(members))
-            for (metric, b), names in members.items():
-                keys.append(f"{tag}{metric}:{b}")
-                args.append(len(names))
-                args += names
-            read = group["read"]
-            if read is None:
-                args += (0, 0)
-                names = distinct = ()
-            else:
-                start = max(lo, read.get("from", lo))
-                names = [(m, b) for m in read["counts"] for b in range(start, hi + 1)]
-                args.append(len(names))
-                keys += [f"{tag}{m}:{b}" for m, b in names]
-                distinct = read["distinct"]
-                args.append(len(distinct))
-                for metric, window in distinct:
-                    first = max(int((hi * width - window) // width) + 1, hi - 1000)
-                    args.append(hi - first + 1)
-                    keys += [f"{tag}{metric}:{b}" for b in range(first, hi + 1)]
-            args[1] += 1
-            self.operations += len(incr) + len(members) + len(names) + len(distinct)
-            if names or distinct:
-                wanted.append((d, raw, names, distinct))
-        if not calls:
-            return {"counts": {}, "distinct": {}}
-        pipe = self._client.pipeline(transaction=False)
-        for keys, args, _, _ in calls:
-            self._script(keys=keys, args=args, client=pipe)
-        results = pipe.execute(raise_on_error=False)
-        self.commands += len(calls)
-        answer: dict[str, Any] = {"counts": {}, "distinct": {}}
-        counts, distincts = answer["counts"], answer["distinct"]
-        refused = [(call, r) for call, r in zip(calls, results, strict=True)
-                   if isinstance(r, Exception)]
-        if refused:
-            if self._per_slot or not all(_cross_slot(r) for _, r in refused):
-                raise refused[0][1]
-            # a Cluster refuses a call across slots before running it: those groups go
-            # again one slot per call (the calls that ran are not sent twice)
-            self._per_slot = True
-            log.info("fleet: Redis is a Cluster; one script call per hash slot from now on")
-            again = {dk: batch["keys"][dk] for call, _ in refused for dk in call[3]}
-            answer = self._count_round_trip(batch | {"keys": again})
-            counts, distincts = answer["counts"], answer["distinct"]
-        for (_keys, _args, wanted, _), result in zip(calls, results, strict=True):
-            if isinstance(result, Exception):
-                continue
-            values = list(result or [])
-            at = 0
-            for d, raw, names, distinct in wanted:
-                for (metric, b), value in zip(names, values[at:at + len(names)],
-                                              strict=False):
-                    if value is not None:
-                        counts[(d, raw, metric, b)] = _number(value)
-                at += len(names)
-                for (metric, window), value in zip(distinct,
-                                                   values[at:at + len(distinct)],
-                                                   strict=False):
-                    distincts[(d, raw, metric, window)] = int(_number(value))
-                at += len(distinct)
+        """The batch's script calls (see countwork), through the worker process
+        (started on first use, replaced when it fails), or on this thread when no
+        worker can run."""
+        if self.use_worker and self._worker is None:
+            try:
+                self._worker = CountWorker(self.settings.redis, self._options())
+            except OSError as exc:
+                log.warning("fleet: cannot start the counts worker (%s); counting on the "
+                            "bus thread", exc)
+                self.use_worker = False
+        if self._worker is None:
+            if self._counting is None or self._counting.client is not self._client:
+                self._counting = Counting(self._client)
+                self._counting.per_slot = self._per_slot
+            counting = self._counting
+            before = (counting.commands, counting.operations)
+            try:
+                return counting.round_trip(batch)
+            finally:
+                self.commands += counting.commands - before[0]
+                self.operations += counting.operations - before[1]
+                self._per_slot = counting.per_slot
+        try:
+            answer, calls, operations, self._per_slot = self._worker.round_trip(
+                batch, WORKER_WAIT + 4 * self.settings.timeout)
+        except RedisFailed:
+            raise  # the worker itself is fine
+        except Exception:
+            self._stop_worker()  # dead, late or confused: the next batch starts another
+            raise
+        self.commands += calls
+        self.operations += operations
         return answer
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            with contextlib.suppress(Exception):
+                self._worker.close()
+            self._worker = None
 
     def _read(self, block: int | None) -> list[tuple[str, Any]]:
         """One XREAD from the last id: the entries that arrived, as (id, fields)."""

@@ -6,21 +6,24 @@ whole fleet saw.
 the store are not changed: it delegates everything and only watches ``add`` and
 ``add_member``, and answers ``distinct`` from the fleet's HyperLogLogs).
 
-* Pushing. Counts are batched per (key, metric, bucket) in memory and handed to the
-  Redis thread once a second. Per key it sends ONE command (EVALSHA of a short Lua
-  script over that key's bucket keys, all in one hash-tag slot): INCRBY for each
-  metric and bucket however many events there were, PFADD of the distinct members to
-  a HyperLogLog per metric and bucket, EXPIRE on each, and the read-back below; all
-  keys in one pipeline. Buckets are the store's finest (one minute by default), so a
-  fleet bucket maps onto exactly one local bucket.
+* Pushing. Counts are batched per key, metric and bucket in memory and handed to the
+  Redis thread once a second, which has the counts worker (:mod:`.countwork`, a child
+  process) run them as script calls of many keys each: INCRBY for each metric and
+  bucket however many events there were, PFADD of the distinct members to a
+  HyperLogLog per metric and bucket, EXPIRE, and the read-back below. Buckets are the
+  store's finest (one minute by default), so a fleet bucket maps onto exactly one local
+  bucket.
 * Reading. For the keys this host saw since the last batch (and, for 10 s after, those
-  that other hosts count too), the Redis thread reads the
-  bucket totals of the last ``span`` (MGET, one per key) and the HyperLogLog union of
-  each distinct window a rule asked about (PFCOUNT over the window's buckets). Back on
-  the main thread, what the other hosts added (the total minus what this host sent,
-  minus what was already merged) is added to the local store at the bucket's start, and
-  the key's rules run again (:meth:`Engine.reevaluate`), so a threshold crossed by the
-  fleet is seen within about a second even if this host's share is quiet.
+  that other hosts count too), the script reads the bucket totals since the last read
+  (the whole ``span`` the first time) and the HyperLogLog union of each distinct window
+  a rule asked about (PFCOUNT over the window's buckets), and answers only what differs
+  from what this host knows (its own increments plus what it merged; the estimate it
+  holds). Back on the main thread, what the other hosts added (the total minus what
+  this host sent, minus what was already merged) is added to the local store at the
+  bucket's start, and the key's rules run again (:meth:`Engine.reevaluate`), so a
+  threshold crossed by the fleet is seen within about a second even if this host's
+  share is quiet. A key this host never sees is not read: a host that counts it
+  decides, and the decision travels on the stream.
 * Never twice. Merged amounts only grow: a total that went down (Redis restarted empty)
   adds nothing until it passes what was merged; buckets older than the daemon's start
   are not merged (they may already be in the saved store).
@@ -69,6 +72,12 @@ def bucket_key(prefix: str, dimension: str, key: str, metric: str, bucket: int) 
     return f"{tag_prefix(prefix, dimension, key)}{metric}:{bucket}"
 
 
+Key = tuple[str, str]
+"""(dimension, key)"""
+PerMetric = dict[str, dict[int, Any]]
+"""metric -> bucket -> an increment (a float) or distinct members (a set, a list)"""
+
+
 class FleetStore:
     """The engine's store, with fleet-wide counts; see the module docstring."""
 
@@ -82,18 +91,26 @@ class FleetStore:
         self.span = self.span_buckets * self.width
         self.clock = clock
         self.start_bucket = int(clock() // self.width)
-        self._incr: dict[tuple[str, str, str, int], float] = {}
-        self._members: dict[tuple[str, str, str, int], set[str]] = {}
-        self._hot: dict[tuple[str, str], tuple[float, set[str]]] = {}
-        self._fresh: set[tuple[str, str]] = set()  # touched since the last batch
-        self._read_to: dict[tuple[str, str], int] = {}  # newest bucket read back, per key
-        self._shared: dict[tuple[str, str], float] = {}  # others counted it: when seen
-        self._sent: dict[tuple[str, str, str, int], float] = {}  # this host's, per bucket
-        self._merged: dict[tuple[str, str, str, int], float] = {}  # others', merged
-        self._sent_members: dict[tuple[str, str, str, int], set[str]] = {}  # for a resend
+        # since the last batch, per key: metric -> bucket -> increment, or -> members
+        self._incr: dict[Key, PerMetric] = {}
+        self._members: dict[Key, PerMetric] = {}
+        # keys seen within HOT_FOR s: (when, metrics), the least recently seen first
+        self._hot: dict[Key, tuple[float, set[str]]] = {}
+        self._read_to: dict[Key, int] = {}  # newest bucket read back, per key
+        self._shared: dict[Key, float] = {}  # hot keys that other hosts count too
+        # per key, metric and bucket, for the buckets Redis keeps
+        self._sent: dict[Key, PerMetric] = {}  # this host's increments
+        self._merged: dict[Key, PerMetric] = {}  # the others', merged
+        self._sent_members: dict[Key, PerMetric] = {}  # for a resend
+        self._forgot = 0  # the bucket up to which old ones were forgotten
         self._distinct_windows: dict[tuple[str, str], set[float]] = {}  # (dim, metric)
-        self._fleet_distinct: dict[tuple[str, str, str, float], int] = {}
+        self._fleet_distinct: dict[Key, dict[tuple[str, float], int]] = {}  # hot keys'
+        self._plans: dict[tuple[str, frozenset[str]], tuple[list[str], list[Any]]] = {}
         self.merged_total = 0.0
+        # the engine's reads go straight to the local store (no __getattr__ per call)
+        for name in ("count", "baseline", "expire", "in_good_standing"):
+            if hasattr(local, name):
+                setattr(self, name, getattr(local, name))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.local, name)
@@ -103,28 +120,32 @@ class FleetStore:
     def add(self, dimension: str, key: str, metric: str, t: float, n: float = 1.0) -> None:
         self.local.add(dimension, key, metric, t, n)
         if dimension in self.dimensions:
-            k = (dimension, key, metric, int(t // self.width))
-            self._incr[k] = self._incr.get(k, 0.0) + n
-            self._touch(dimension, key, metric)
+            incr = self._incr.get((dimension, key))
+            if incr is None:
+                incr = self._incr[(dimension, key)] = {}
+            per = incr.get(metric)
+            if per is None:
+                per = incr[metric] = {}
+            b = int(t // self.width)
+            per[b] = per.get(b, 0.0) + n
 
     def add_member(self, dimension: str, key: str, metric: str, member: str,
                    t: float) -> float | None:
         before = self.local.add_member(dimension, key, metric, member, t)
         if dimension in self.dimensions and (before is None or before < t - t % self.width):
-            members = self._members.setdefault((dimension, key, metric,
-                                                int(t // self.width)), set())
-            if len(members) < MAX_MEMBERS:
-                members.add(member if len(member) <= MAX_KEY_CHARS else bounded_key(member))
-            self._touch(dimension, key, metric)
+            members = self._members.get((dimension, key))
+            if members is None:
+                members = self._members[(dimension, key)] = {}
+            per = members.get(metric)
+            if per is None:
+                per = members[metric] = {}
+            b = int(t // self.width)
+            names = per.get(b)
+            if names is None:
+                names = per[b] = set()
+            if len(names) < MAX_MEMBERS:
+                names.add(member if len(member) <= MAX_KEY_CHARS else bounded_key(member))
         return before
-
-    def _touch(self, dimension: str, key: str, metric: str) -> None:
-        hot = self._hot.get((dimension, key))
-        if hot is None:
-            self._hot[(dimension, key)] = (self.clock(), {metric})
-        else:
-            hot[1].add(metric)
-        self._fresh.add((dimension, key))
 
     def distinct(self, dimension: str, key: str, metric: str, window: float,
                  now: float, limit: int | None = None) -> int:
@@ -135,8 +156,12 @@ class FleetStore:
         local = self.local.distinct(dimension, key, metric, window, now, limit)
         if dimension not in self.dimensions:
             return local
-        self._distinct_windows.setdefault((dimension, metric), set()).add(window)
-        fleet = self._fleet_distinct.get((dimension, key, metric, window))
+        windows = self._distinct_windows.get((dimension, metric))
+        if windows is None or window not in windows:
+            self._distinct_windows.setdefault((dimension, metric), set()).add(window)
+            self._plans.clear()
+        known = self._fleet_distinct.get((dimension, key))
+        fleet = None if known is None else known.get((metric, window))
         if fleet is None or fleet < local:
             return local
         return fleet if limit is None else min(fleet, limit)
@@ -146,58 +171,121 @@ class FleetStore:
     def take_batch(self) -> dict[str, Any] | None:
         """What to send (INCRBY, PFADD) and what to read back, for the Redis thread."""
         now = self.clock()
-        for dk in self._fresh:
-            self._hot[dk] = (now, self._hot[dk][1])
-        for dk in [dk for dk, (seen, _) in self._hot.items() if seen < now - HOT_FOR]:
-            del self._hot[dk]
-            self._shared.pop(dk, None)
-            self._read_to.pop(dk, None)
-        groups: dict[tuple[str, str], dict[str, Any]] = {}
-
-        def group(d: str, k: str) -> dict[str, Any]:
-            g = groups.get((d, k))
-            if g is None:
-                g = groups[(d, k)] = {"tag": tag_prefix(self.prefix, d, k), "incr": {},
-                                      "members": {}, "read": None}
-            return g
-
-        for (d, k, metric, b), n in self._incr.items():
-            group(d, k)["incr"][(metric, b)] = n
-            index = (d, k, metric, b)
-            self._sent[index] = self._sent.get(index, 0.0) + n
-        for (d, k, metric, b), members in self._members.items():
-            if members:
-                group(d, k)["members"][(metric, b)] = sorted(members)
-                sent = self._sent_members.setdefault((d, k, metric, b), set())
-                if len(sent) < MAX_MEMBERS:
-                    sent |= members
+        hi = int(now // self.width)
+        incr, members = self._incr, self._members
         self._incr, self._members = {}, {}
-        self._forget_old(int(now // self.width))
+        groups: dict[Key, dict[str, Any]] = {}
+        hot, sent_by = self._hot, self._sent
+        for dk, entries in incr.items():
+            groups[dk] = {"tag": tag_prefix(self.prefix, *dk), "incr": entries,
+                          "members": {}, "read": None}
+            seen = hot.pop(dk, None)
+            hot[dk] = (now, set(entries) if seen is None else seen[1].union(entries))
+            sent = sent_by.get(dk)
+            if sent is None:
+                sent_by[dk] = {metric: dict(per) for metric, per in entries.items()}
+                continue
+            for metric, per in entries.items():
+                had = sent.get(metric)
+                if had is None:
+                    sent[metric] = dict(per)
+                else:
+                    for b, n in per.items():
+                        had[b] = had.get(b, 0.0) + n
+        for dk, entries in members.items():
+            g = groups.get(dk)
+            if g is None:
+                g = groups[dk] = {"tag": tag_prefix(self.prefix, *dk), "incr": {},
+                                  "members": {}, "read": None}
+            g["members"] = entries  # (sets: no longer added to here)
+            self._seen(dk, now, set(entries))
+            sent = self._sent_members.setdefault(dk, {})
+            for metric, per in entries.items():
+                had = sent.setdefault(metric, {})
+                for b, names in per.items():
+                    already = had.setdefault(b, set())
+                    if len(already) < MAX_MEMBERS:
+                        already |= names
+        self._cool(now)
+        fresh = incr.keys() | members.keys()
+        self._forget_old(hi)
         # read back: the keys seen since the last batch, and for HOT_FOR seconds after
         # that the ones other hosts count too (their share may cross a threshold while
         # this host's is quiet); a key only this host sees costs no read when idle
-        wanted = self._fresh | {dk for dk in self._shared if dk in self._hot}
-        self._fresh = set()
+        wanted = fresh | {dk for dk in self._shared if dk in self._hot}
         if len(wanted) > MAX_READS:
             wanted = set(sorted(wanted, key=lambda dk: -self._hot[dk][0])[:MAX_READS])
-        hi = int(now // self.width)
         lo = max(hi - self.span_buckets + 1, self.start_bucket)
-        for d, k in wanted:
-            metrics = self._hot[(d, k)][1]
-            # the whole span the first time, then from the bucket before the last read
-            # (what other hosts add lands in the current bucket, or just before it)
-            last = self._read_to.get((d, k))
-            self._read_to[(d, k)] = hi
-            group(d, k)["read"] = {
-                "from": lo if last is None else max(lo, min(last, hi) - 1),
-                "counts": sorted(m for m in metrics if not m.startswith("#")),
-                "distinct": [(m, w) for m in sorted(metrics) if m.startswith("#")
-                             for w in sorted(self._distinct_windows.get((d, m), ()))
-                             if w <= self.span]}
+        for dk in wanted:
+            g = groups.get(dk)
+            if g is None:
+                g = groups[dk] = {"tag": tag_prefix(self.prefix, *dk), "incr": {},
+                                  "members": {}, "read": None}
+            g["read"] = self._read_spec(dk, lo, hi)
         if not groups:
             return None
         return {"keys": groups, "ttl": int((self.span_buckets + 2) * self.width),
                 "lo": lo, "hi": hi, "width": self.width}
+
+    def _read_spec(self, dk: Key, lo: int, hi: int) -> dict[str, Any]:
+        """What to read back for one key: its count buckets from ``from`` to ``to``
+        (the whole span the first time, then from the bucket before the last read:
+        what other hosts add lands in the current bucket, or just before it), with
+        the sum this host already knows of (its own and what it merged: Redis answers
+        only when the fleet's sum differs), and its distinct windows with the estimate
+        this host holds (Redis answers only when it changed)."""
+        metrics = self._hot[dk][1]
+        last = self._read_to.get(dk)
+        self._read_to[dk] = hi
+        start = lo if last is None else max(lo, min(last, hi) - 1)
+        counts, distinct = self._plan(dk[0], metrics)
+        expect = []
+        sent, merged = self._sent.get(dk, {}), self._merged.get(dk, {})
+        for metric in counts:
+            total = 0.0
+            for table in (sent, merged):
+                per = table.get(metric)
+                if per is not None:
+                    total += sum(n for b, n in per.items() if start <= b <= hi)
+            expect.append(total)
+        known = self._fleet_distinct.get(dk, {})
+        return {"from": start, "to": hi, "counts": counts, "expect": expect,
+                "distinct": distinct, "known": [known.get(mw, -1) for mw in distinct]}
+
+    def _plan(self, dimension: str, metrics: set[str]) -> tuple[list[str], list[Any]]:
+        """The count metrics and (distinct metric, window) pairs to read back for a key
+        with these metrics (the same few sets over and over: cached until a rule asks
+        about another distinct window)."""
+        index = (dimension, frozenset(metrics))
+        plan = self._plans.get(index)
+        if plan is None:
+            if len(self._plans) > 10_000:
+                self._plans.clear()
+            plan = self._plans[index] = (
+                sorted(m for m in metrics if not m.startswith("#")),
+                [(m, w) for m in sorted(metrics) if m.startswith("#")
+                 for w in sorted(self._distinct_windows.get((dimension, m), ()))
+                 if w <= self.span])
+        return plan
+
+    def _seen(self, dk: Key, now: float, metrics: set[str]) -> None:
+        """``dk`` was seen now: it moves to the end of the hot keys."""
+        seen = self._hot.pop(dk, None)
+        self._hot[dk] = (now, metrics if seen is None else seen[1] | metrics)
+
+    def _cool(self, now: float) -> None:
+        """Forget the keys not seen for HOT_FOR seconds (the oldest are first)."""
+        cutoff = now - HOT_FOR
+        stale = []
+        for dk, (seen, _) in self._hot.items():
+            if seen >= cutoff:
+                break
+            stale.append(dk)
+        for dk in stale:
+            del self._hot[dk]
+            self._shared.pop(dk, None)
+            self._read_to.pop(dk, None)
+            self._fleet_distinct.pop(dk, None)
 
     def resend_batch(self) -> dict[str, Any] | None:
         """Everything this host sent for the buckets Redis still keeps, as one batch,
@@ -206,20 +294,22 @@ class FleetStore:
         now = self.clock()
         hi = int(now // self.width)
         oldest = hi - self.span_buckets - 1
-        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        groups: dict[Key, dict[str, Any]] = {}
         for table, field in ((self._sent, "incr"), (self._sent_members, "members")):
-            for (d, k, metric, b), value in table.items():
-                if b < oldest or not value:
-                    continue
-                g = groups.get((d, k))
-                if g is None:
-                    g = groups[(d, k)] = {"tag": tag_prefix(self.prefix, d, k), "incr": {},
-                                          "members": {}, "read": None}
-                g[field][(metric, b)] = sorted(value) if field == "members" else value
-                seen = self._hot.get((d, k))
-                self._hot[(d, k)] = (now, (seen[1] if seen else set()) | {metric})
-                self._fresh.add((d, k))
-                self._read_to.pop((d, k), None)
+            for dk, metrics in table.items():
+                for metric, per in metrics.items():
+                    for b, value in per.items():
+                        if b < oldest or not value:
+                            continue
+                        g = groups.get(dk)
+                        if g is None:
+                            g = groups[dk] = {"tag": tag_prefix(self.prefix, *dk),
+                                              "incr": {}, "members": {}, "read": None}
+                        g[field].setdefault(metric, {})[b] = (
+                            sorted(value) if field == "members" else value)
+                        self._seen(dk, now, {metric})
+                        self._incr.setdefault(dk, {})  # read back with the next batch
+                        self._read_to.pop(dk, None)
         if not groups:
             return None
         return {"keys": groups, "ttl": int((self.span_buckets + 2) * self.width),
@@ -233,20 +323,23 @@ class FleetStore:
         for (d, k, metric, b), total in answer.get("counts", {}).items():
             if b < self.start_bucket:
                 continue
-            index = (d, k, metric, b)
-            others = total - self._sent.get(index, 0.0)
-            delta = others - self._merged.get(index, 0.0)
-            if others > 0:
+            sent = self._sent.get((d, k), {}).get(metric, {})
+            merged = self._merged.get((d, k), {}).get(metric, {})
+            others = total - sent.get(b, 0.0)
+            delta = others - merged.get(b, 0.0)
+            if others > 0 and (d, k) in self._hot:
                 self._shared[(d, k)] = total
             if delta > 0:
-                self._merged[index] = others
+                self._merged.setdefault((d, k), {}).setdefault(metric, {})[b] = others
                 self.local.add(d, k, metric, b * self.width, delta)
                 self.merged_total += delta
                 changed.setdefault((d, k), []).append(metric)
         for (d, k, metric, window), n in answer.get("distinct", {}).items():
-            index = (d, k, metric, window)
-            before = self._fleet_distinct.get(index, 0)
-            self._fleet_distinct[index] = n
+            if (d, k) not in self._hot:
+                continue  # forgotten meanwhile: read again when seen again
+            known = self._fleet_distinct.setdefault((d, k), {})
+            before = known.get((metric, window), 0)
+            known[(metric, window)] = n
             # the rules need another look only when other hosts add to what this one
             # counted itself (and then only when the estimate grew)
             if n > before and n > self.local.distinct(d, k, metric, window, self.clock()):
@@ -255,12 +348,23 @@ class FleetStore:
         return {dk: sorted(set(ms)) for dk, ms in changed.items()}
 
     def _forget_old(self, hi: int) -> None:
+        """Once per bucket: forget the buckets Redis no longer keeps (a pass over the
+        keys counted in the span, so memory stays bounded by what the span saw)."""
         oldest = hi - self.span_buckets - 2
+        if oldest <= self._forgot:
+            return
+        self._forgot = oldest
         for table in (self._sent, self._merged, self._sent_members):
-            for index in [i for i in table if i[3] < oldest]:
-                del table[index]
-        for index in [i for i in self._fleet_distinct if (i[0], i[1]) not in self._hot]:
-            del self._fleet_distinct[index]
+            for dk in list(table):
+                metrics = table[dk]
+                for metric in list(metrics):
+                    per = metrics[metric]
+                    for b in [b for b in per if b < oldest]:
+                        del per[b]
+                    if not per:
+                        del metrics[metric]
+                if not metrics:
+                    del table[dk]
 
 
 def key_text(key: str) -> str:

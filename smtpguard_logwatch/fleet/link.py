@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,12 @@ COUNT_EVERY = 1.0
 per second at most."""
 MAIL_CLAIM_NO_END = 86400
 """How long a claim on a warning mail lasts when the decision has no end."""
+KNOWN_GRACE = 3600.0
+"""A fleet decision's id stays known (fleet id -> this host's ledger id) until this long
+after the decision ended or was lifted, so that an entry read again (republished after
+a reconnect, or by a host catching up) is recognised; later it is over on every host
+and an entry for it is ignored anyway (it is not active). Decisions in force stay."""
+PRUNE_EVERY = 60.0
 
 
 @dataclass
@@ -58,6 +65,8 @@ class Link:
     def __post_init__(self) -> None:
         self.bus = Bus(self.settings, self.host, self.wake)
         self.known: dict[str, int] = {}  # fleet id -> id in this host's ledger
+        self._ends: dict[str, float] = {}  # fleet id -> when it ended (inf: in force)
+        self._pruned_at = 0.0
         self._mail: dict[int, Decision] = {}
         self._tokens = itertools.count(1)
         self.store: Any = None  # counters.FleetStore when counts are shared
@@ -70,8 +79,27 @@ class Link:
         for d in ledger.all():
             origin = wire.origin_of(d)
             if origin is not None and d.id is not None:
-                self.known[origin[0]] = d.id
+                self._remember(origin[0], d.id, _end(d))
         self.bus.start()
+
+    def _remember(self, fleet_id: str, local_id: int, end: float) -> None:
+        self.known[fleet_id] = local_id
+        self._ends[fleet_id] = end
+
+    def _ended(self, d: Decision, at: float) -> None:
+        """``d`` (from the fleet) was lifted here at ``at``."""
+        origin = wire.origin_of(d)
+        if origin is not None and origin[0] in self._ends:
+            self._ends[origin[0]] = min(self._ends[origin[0]], at)
+
+    def prune(self, now: float) -> None:
+        """At most once a minute: forget the ids of decisions over for KNOWN_GRACE."""
+        if now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        for fleet_id in [f for f, end in self._ends.items() if end + KNOWN_GRACE < now]:
+            del self._ends[fleet_id]
+            self.known.pop(fleet_id, None)
 
     def close(self) -> None:
         self.bus.close()
@@ -153,6 +181,7 @@ class Link:
                             self.reevaluate(dimension, key, metrics)
             else:
                 self._entries(ledger, enforcer, now, value, held_back, forgive, on_decision)
+        self.prune(now)
         return len(items)
 
     def _entries(self, ledger: Ledger, enforcer: Enforcer, now: float,
@@ -215,6 +244,7 @@ class Link:
             if d.id == local_id:
                 ledger.revoke(d.id, now)
                 d.revoked = now
+                self._ends[entry.fleet_id] = now
                 others(enforcer).revoke(d)
                 self.counters.lifted += 1
                 on_decision(d, f"revoked by {entry.host}")
@@ -232,7 +262,7 @@ class Link:
             return  # ended (or lifted) while this host was away, or never enforced
         held = sorted(set(d.rules) & set(held_back(now)))
         ledger.record(d)
-        self.known[entry.fleet_id] = d.id
+        self._remember(entry.fleet_id, d.id, _end(d))
         if not d.simulated and self._simulating(now):
             d.simulated = True  # (a journaled rewrite after a rollback records it so)
             ledger.conn.execute("UPDATE decisions SET simulated = 1 WHERE id = ?", (d.id,))
@@ -243,6 +273,7 @@ class Link:
                         ", ".join(held))
             ledger.revoke(d.id, now)
             d.revoked = now
+            self._ends[entry.fleet_id] = now
             return
         self.counters.applied += 1
         on_decision(d, f"fleet decision from {entry.host}")
@@ -257,6 +288,9 @@ class Link:
             if mine.id == local_id and mine.until is not None and d.until > mine.until:
                 ledger.extend(local_id, d.until)
                 mine.until = d.until
+                origin = wire.origin_of(mine)
+                if origin is not None:
+                    self._ends[origin[0]] = d.until
                 others(enforcer).apply(mine)
 
     def _unban(self, ledger: Ledger, enforcer: Enforcer, entry: wire.Entry,
@@ -269,11 +303,19 @@ class Link:
         for d in lifted:
             ledger.revoke(d.id, entry.time)
             d.revoked = entry.time
+            self._ended(d, entry.time)
             others(enforcer).revoke(d)
             self.counters.lifted += 1
             on_decision(d, f"lifted by {entry.host}")
         if lifted:
             forgive(entry.dimension, entry.key)
+
+
+def _end(d: Decision) -> float:
+    """When a decision stopped being in force (infinity while it has no end)."""
+    if d.revoked is not None:
+        return d.revoked
+    return math.inf if d.until is None else d.until
 
 
 def others(enforcer: Enforcer) -> Enforcer:

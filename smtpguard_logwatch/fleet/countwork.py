@@ -1,0 +1,369 @@
+"""The counters' round trips to Redis, in a child process of their own.
+
+Packing thousands of bucket keys and increments into script calls and reading the
+answers is Python work; on the bus thread it held the interpreter's lock (GIL) that
+the log loop needs, and the log loop ran at half its speed. :class:`CountWorker` runs
+:class:`Counting` in a child process (Python, running :func:`main`)
+that talks to Redis over its own connection: the bus thread hands it a batch through a
+pipe (one pickle, written in C) and waits for the answer without the lock. A worker
+that cannot start, or dies, or does not answer in time, is replaced by the next batch;
+until one runs, the bus thread makes the calls itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+from typing import Any
+
+log = logging.getLogger("smtpguard_logwatch.fleet")
+
+CALL_KEYS = 2000
+"""Bucket keys per script call at most: a call runs a few thousand INCRBY/PFADD inside
+Redis (a few milliseconds), and carries many of the tool's keys, so the Python work
+per call (redis-py's packing and parsing) is paid once per few thousand keys."""
+
+COUNT_SCRIPT = """
+-- Counts of many keys in one call. KEYS: one per group, its tag (PREFIX:c:{DIM:KEY}:);
+-- every key a group touches is its tag .. METRIC:BUCKET, in the tag's slot (on Redis
+-- Cluster a call carries one slot's groups only). ARGV[1]: ttl; ARGV[2]: the groups'
+-- instructions, each token ended by a newline (one string: packing and parsing
+-- thousands of arguments is what costs the host's CPU, not Redis), per group:
+--   n, then n x SUFFIX BY          INCRBY (INCRBYFLOAT) tag..SUFFIX BY, and EXPIRE
+--                                  if that created the key
+--   n, then n x SUFFIX M MEMBERS   PFADD tag..SUFFIX the M members, EXPIRE
+--   FROM TO                        the buckets to read back
+--   n, then n x METRIC EXPECTED    the totals of METRIC's buckets FROM..TO (MGET),
+--                                  returned
+--                                  only when their sum is not EXPECTED
+--   n, then n x METRIC FIRST KNOWN PFCOUNT over METRIC's buckets FIRST..TO, returned
+--                                  only when it is not KNOWN
+-- Returns one string, a line per answer: "c G J V V ..." (the totals, '' for none) or
+-- "d G J COUNT"; G: the group, J: the metric's place in its list.
+local ttl = ARGV[1]
+local t = {}
+for token in string.gmatch(ARGV[2], '([^\\n]*)\\n') do t[#t + 1] = token end
+local i, out = 1, {}
+for g = 1, #KEYS do
+  local tag = KEYS[g]
+  local n = tonumber(t[i]); i = i + 1
+  for _ = 1, n do
+    local key, by = tag .. t[i], t[i + 1]; i = i + 2
+    local now
+    if string.find(by, '[.eE]') then now = redis.call('INCRBYFLOAT', key, by)
+    else now = redis.call('INCRBY', key, by) end
+    -- the expiry is set when the increment created the key (it keeps it after)
+    if tonumber(now) == tonumber(by) then redis.call('EXPIRE', key, ttl) end
+  end
+  n = tonumber(t[i]); i = i + 1
+  for _ = 1, n do
+    local key, m = tag .. t[i], tonumber(t[i + 1]); i = i + 2
+    redis.call('PFADD', key, unpack(t, i, i + m - 1)); i = i + m
+    redis.call('EXPIRE', key, ttl)
+  end
+  local from, to = tonumber(t[i]), tonumber(t[i + 1]); i = i + 2
+  n = tonumber(t[i]); i = i + 1
+  for j = 1, n do
+    local prefix, expected = tag .. t[i] .. ':', tonumber(t[i + 1]); i = i + 2
+    local names = {}
+    for b = from, to do names[#names + 1] = prefix .. b end
+    local values, sum = {}, 0
+    if #names > 0 then values = redis.call('MGET', unpack(names)) end
+    for x = 1, #values do
+      local v = tonumber(values[x])
+      if v then sum = sum + v; values[x] = tostring(v) else values[x] = '' end
+    end
+    if sum ~= expected then
+      out[#out + 1] = 'c ' .. g .. ' ' .. j .. ' ' .. table.concat(values, ' ')
+    end
+  end
+  n = tonumber(t[i]); i = i + 1
+  for j = 1, n do
+    local prefix, first, known = tag .. t[i] .. ':', tonumber(t[i + 1]), tonumber(t[i + 2])
+    i = i + 3
+    local names = {}
+    for b = first, to do names[#names + 1] = prefix .. b end
+    local count = redis.call('PFCOUNT', unpack(names))
+    if count ~= known then out[#out + 1] = 'd ' .. g .. ' ' .. j .. ' ' .. count end
+  end
+end
+return table.concat(out, '\\n')
+"""
+
+
+def _number(value: Any) -> float:
+    """A counter's value from Redis; anything that is not a finite number (someone
+    wrote to the tool's keys) counts as nothing."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if 0.0 <= number < 1e15 else 0.0
+
+
+def _cross_slot(exc: Exception) -> bool:
+    """A Redis Cluster's CROSSSLOT refusal (redis-py names it, without the code)."""
+    from redis.exceptions import ClusterCrossSlotError
+
+    return isinstance(exc, ClusterCrossSlotError) or "CROSSSLOT" in str(exc)
+
+
+class _Call:
+    """One script call being built: its groups' tags (KEYS), instructions (see
+    COUNT_SCRIPT) and what to make of the answer."""
+
+    def __init__(self) -> None:
+        self.tags: list[str] = []
+        self.tokens: list[str] = []
+        self.carried: list[tuple[str, str]] = []  # (dimension, key) per group
+        self.reads: list[dict[str, Any] | None] = []
+        self.size = 0  # bucket keys touched
+
+    def add(self, dk: tuple[str, str], group: dict[str, Any], lo: int, width: float) -> int:
+        """Append one group; returns the operations it asks of Redis."""
+        tokens = self.tokens
+        incr, members, read = group["incr"], group["members"], group["read"]
+        n_incr = sum(map(len, incr.values()))
+        n_members = sum(map(len, members.values()))
+        tokens.append(str(n_incr))
+        for metric, per in incr.items():
+            for b, n in per.items():
+                tokens.append(f"{metric}:{b}")
+                tokens.append(str(int(n)) if n == int(n) else repr(float(n)))
+        tokens.append(str(n_members))
+        for metric, per in members.items():
+            for b, names in per.items():
+                tokens.append(f"{metric}:{b}")
+                tokens.append(str(len(names)))
+                tokens += names
+        reads = 0
+        if read is None:
+            tokens += ("0", "-1", "0", "0")
+        else:
+            start, to = max(lo, read["from"]), read["to"]
+            if start > to:  # asked for before the span moved past it (a batch owed long)
+                read = read | {"counts": [], "expect": []}
+            read = read | {"from": start}
+            tokens += (str(start), str(to), str(len(read["counts"])))
+            for metric, expect in zip(read["counts"], read["expect"], strict=True):
+                tokens.append(metric)
+                tokens.append(repr(float(expect)))
+            tokens.append(str(len(read["distinct"])))
+            for (metric, window), known in zip(read["distinct"], read["known"],
+                                               strict=True):
+                tokens.append(metric)
+                tokens.append(str(max(int((to * width - window) // width) + 1, to - 1000)))
+                tokens.append(str(known))
+            reads = len(read["counts"]) * max(0, to - start + 1) + len(read["distinct"])
+        self.tags.append(group["tag"])
+        self.carried.append(dk)
+        self.reads.append(read)
+        self.size += n_incr + n_members + reads
+        return n_incr + n_members + reads
+
+    def payload(self) -> str:
+        """The tokens, each ended by a newline; one that holds a newline itself (no
+        log line does: lines are split at them) has it replaced by a space."""
+        text = "\n".join(self.tokens) + "\n"
+        if text.count("\n") != len(self.tokens):
+            text = "".join(t.replace("\n", " ") + "\n" for t in self.tokens)
+        return text
+
+    def parse(self, result: Any, answer: dict[str, Any]) -> None:
+        """Fold the script's answer into ``answer`` (counts and distinct)."""
+        if isinstance(result, bytes):
+            result = result.decode("ascii", "replace")
+        for line in (result or "").split("\n"):
+            kind, _, rest = line.partition(" ")
+            g, _, rest = rest.partition(" ")
+            j, _, values = rest.partition(" ")
+            try:
+                dimension, key = self.carried[int(g) - 1]
+                read = self.reads[int(g) - 1]
+                assert read is not None
+                if kind == "c":
+                    metric = read["counts"][int(j) - 1]
+                    for b, value in enumerate(values.split(" "), start=read["from"]):
+                        if value:
+                            answer["counts"][(dimension, key, metric, b)] = _number(value)
+                elif kind == "d":
+                    metric, window = read["distinct"][int(j) - 1]
+                    answer["distinct"][(dimension, key, metric, window)] = int(
+                        _number(values))
+            except (ValueError, IndexError, AssertionError):
+                continue  # not an answer this call asked for
+
+
+class Counting:
+    """The script calls for one batch of counts (see COUNT_SCRIPT) on one client."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.script: Any = None  # COUNT_SCRIPT, registered on first use
+        self.per_slot = False  # a Redis Cluster refused a call across slots (CROSSSLOT)
+        self.commands = 0  # script calls sent
+        self.operations = 0  # INCRBY, PFADD, GET, PFCOUNT run inside them
+
+    def round_trip(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Script calls of up to CALL_KEYS bucket keys each (see COUNT_SCRIPT), all in
+        one pipeline; on a Redis Cluster (once it refused a call across slots) one
+        call per hash slot. The answer: the bucket totals and distinct estimates that
+        differ from what this host knows."""
+        if self.script is None:
+            self.script = self.client.register_script(COUNT_SCRIPT)
+        ttl, lo, width = batch["ttl"], batch["lo"], batch["width"]
+        calls: list[_Call] = []
+        by_slot: dict[int, _Call] = {}
+        if self.per_slot:
+            from redis.crc import key_slot
+        current: _Call | None = None
+        for dk, group in batch["keys"].items():
+            tag = group["tag"]
+            if self.per_slot:
+                slot = key_slot(tag.encode())
+                current = by_slot.get(slot)
+                if current is None:
+                    current = by_slot[slot] = _Call()
+                    calls.append(current)
+            elif current is None or current.size >= CALL_KEYS:
+                current = _Call()
+                calls.append(current)
+            self.operations += current.add(dk, group, lo, width)
+        if not calls:
+            return {"counts": {}, "distinct": {}}
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            self.script(keys=call.tags, args=[ttl, call.payload()], client=pipe)
+        results = pipe.execute(raise_on_error=False)
+        self.commands += len(calls)
+        answer: dict[str, Any] = {"counts": {}, "distinct": {}}
+        refused = [(call, r) for call, r in zip(calls, results, strict=True)
+                   if isinstance(r, Exception)]
+        if refused:
+            if self.per_slot or not all(_cross_slot(r) for _, r in refused):
+                raise refused[0][1]
+            # a Cluster refuses a call across slots before running it: those groups go
+            # again one slot per call (the calls that ran are not sent twice)
+            self.per_slot = True
+            log.info("fleet: Redis is a Cluster; one script call per hash slot from now on")
+            again = {dk: batch["keys"][dk] for call, _ in refused for dk in call.carried}
+            answer = self.round_trip(batch | {"keys": again})
+        for call, result in zip(calls, results, strict=True):
+            if not isinstance(result, Exception):
+                call.parse(result, answer)
+        return answer
+
+
+_FRAME = struct.Struct("!I")
+MAX_FRAME = 1 << 30
+
+
+def _send(fd: int, value: Any, deadline: float | None = None) -> None:
+    """One frame; ``deadline`` (time.monotonic) bounds the wait for a worker that does
+    not read (a pipe holds 64 KiB, a batch can be megabytes)."""
+    import time
+
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_FRAME.pack(len(data)) + data)
+    while view:
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([], [fd], [], wait)[1]:
+                raise TimeoutError("the counts worker does not read")
+        view = view[os.write(fd, view[:select.PIPE_BUF if deadline else len(view)]):]
+
+
+def _recv(fd: int, deadline: float | None = None) -> Any:
+    """One frame; ``deadline`` (time.monotonic) bounds the wait for the first byte
+    and each later one."""
+    import time
+
+    def read(n: int) -> bytes:
+        chunks, left = [], n
+        while left:
+            if deadline is not None:
+                wait = deadline - time.monotonic()
+                if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                    raise TimeoutError("the counts worker did not answer in time")
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                raise EOFError("the counts worker is gone")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    (size,) = _FRAME.unpack(read(_FRAME.size))
+    if size > MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes")
+    return pickle.loads(read(size))
+
+
+class RedisFailed(Exception):
+    """Redis refused or failed a batch in the worker (which itself is fine)."""
+
+
+class CountWorker:
+    """The parent's side: one child process, one batch at a time."""
+
+    def __init__(self, url: str, options: dict[str, Any]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from smtpguard_logwatch.fleet.countwork import main; "
+             "raise SystemExit(main())"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._out, self._in = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        _send(self._out, (url, options))  # the password travels here, never in argv
+
+    def round_trip(self, batch: dict[str, Any], timeout: float) -> tuple[Any, ...]:
+        """(answer, script calls, operations, per_slot), or the worker's error raised
+        as RedisFailed (the bus then counts Redis as down)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        _send(self._out, batch, deadline)
+        kind, value, calls, operations, per_slot = _recv(self._in, deadline)
+        if kind == "error":
+            raise RedisFailed(value)
+        return value, calls, operations, per_slot
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def main() -> int:
+    """The child: read (url, options), then answer each batch until stdin closes."""
+    import redis
+
+    fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
+    url, options = _recv(fd_in)
+    counting: Counting | None = None
+    per_slot = False  # kept across reconnections
+    while True:
+        try:
+            batch = _recv(fd_in)
+        except EOFError:
+            return 0
+        try:
+            if counting is None:
+                counting = Counting(redis.Redis.from_url(url, **options))
+                counting.per_slot = per_slot
+            before = (counting.commands, counting.operations)
+            answer = counting.round_trip(batch)
+            per_slot = counting.per_slot
+            _send(fd_out, ("ok", answer, counting.commands - before[0],
+                           counting.operations - before[1], per_slot))
+        except Exception as exc:  # noqa: BLE001 - told to the bus, which logs it
+            if counting is not None:
+                counting.client.close()
+                counting = None  # a new connection for the next batch
+            _send(fd_out, ("error", f"{type(exc).__name__}: {exc}", 0, 0, per_slot))
