@@ -67,6 +67,10 @@ PROGRAMS = frozenset({"exim", "exim4"})
 # Exim keeps quoted local parts as they were sent, and quotes T="subject" / DN="…".
 _VALUE = r'(?:[^\s"]+|"(?:[^"\\]|\\.)*"?)+'
 _TOKEN = re.compile(_VALUE)
+# A sender Exim accepted: each quoted run of its local part is closed and followed by
+# "@" or "." ("a b"@x, a."b c"@x). A token whose quote closes anywhere else spans into
+# the client's other text (an id= or subject quote), so it may hide the real H= field.
+_WELL_QUOTED = re.compile(r'<?(?:[^\s"]|"(?:[^"\\]|\\.)*"(?=[@.]))*>?')
 # A run of " KEY=value" fields (I=, U=, X=, CV=, SNI=, F=, Ci=, D=, C= …) and one of them.
 _FIELD_RUN = re.compile(r"(?: [A-Za-z][A-Za-z0-9]{0,5}=" + _VALUE + ")*")
 _FIELD_ITEM = re.compile(r" ([A-Za-z][A-Za-z0-9]{0,5})=(" + _VALUE + ")")
@@ -485,6 +489,10 @@ class EximParser:
             hostinfo, size, sasl_user, recipients = _arrival_fields(rest, pos)
         else:
             hostinfo, size, sasl_user, recipients = _arrival_fields_plain(rest, pos)
+        if (hostinfo is not None and '"' in sender
+                and _WELL_QUOTED.fullmatch(sender) is None):
+            # Not an address Exim would log: where H= begins was the client's say.
+            hostinfo = _Host(None, None, None, hostinfo.end)
         ip = hostinfo.ip if hostinfo is not None else None
         clean_sender = clean_address(sender) or "<>"
         self.messages.put((host, mid), _Message(ip, clean_sender, sasl_user), t)

@@ -97,3 +97,10 @@ def test_exim_fake_host_fields_around_the_real_one_do_not_choose_the_ip() -> Non
     read well and agree, while the real one is followed by a sender with spaces the
     field reader cannot read. Every ") [ip]" in the line is now weighed."""
     _check("exim", 82, [") [203.0.113.9] rejected RCPT "])
+
+
+def test_exim_sender_quote_closed_by_the_message_id_does_not_choose_the_ip() -> None:
+    """Found by a long run of the fuzz above: a sender ``" H=() [203.0.113.9]`` whose
+    quote the client closes in the message id (``id="``) swallowed the real H= field,
+    and the fake one after it was read as the host. Exim never logs such a sender."""
+    _check("exim", 4, ['" H=() [203.0.113.9]', ""])
