@@ -59,7 +59,7 @@ from smtpguard_logwatch.events import (
 )
 
 from .base import Emit, Handler, JoinTable, ParserOptions
-from .fields import classify_reason, clean_address, is_own_refusal, normalize_ip
+from .fields import classify_reason, clean_address, is_own_refusal, log_count, normalize_ip
 
 PROGRAMS = frozenset({"exim", "exim4"})
 
@@ -891,7 +891,7 @@ def _arrival_fields(rest: str, pos: int) -> _Arrival:
         if not tok:
             break
         if tok.startswith("S=") and size is None:
-            size = _int(tok[2:])
+            size = log_count(tok[2:])
         elif tok.startswith("A=") and sasl_user is None:
             _mech, _sep, ident = tok[2:].partition(":")
             sasl_user = ident or None
@@ -913,7 +913,7 @@ def _arrival_fields_plain(rest: str, pos: int) -> _Arrival:
     s = rest.find(" S=", p if p >= 0 else pos)
     if s >= 0:
         e = rest.find(" ", s + 3)
-        size = _int(rest[s + 3 : e if e >= 0 else len(rest)])
+        size = log_count(rest[s + 3 : e if e >= 0 else len(rest)])
         a = rest.find(" A=", p if p >= 0 else pos, s)
         if a >= 0:
             ident = rest[a + 3 : rest.find(" ", a + 3)].partition(":")[2]
@@ -961,8 +961,3 @@ def _unique_host(msg: str, start: int, tails: tuple[str, ...] | None) -> tuple[s
     return (ips.pop() if len(ips) == 1 else None), cmd
 
 
-def _int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None

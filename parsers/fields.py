@@ -64,6 +64,20 @@ def split_client(field: str) -> tuple[str | None, str | None]:
     return name, normalize_ip(field[i + 1 : j])
 
 
+# A size or recipient count has at most this many digits (a petabyte; 10^15 recipients):
+# longer is not a count an MTA wrote, and int() of thousands of digits would raise.
+MAX_COUNT_DIGITS = 15
+
+
+def log_count(text: str) -> int | None:
+    """A count an MTA writes (``size=``, ``nrcpt=``, ``S=``): ASCII digits only, so
+    ``-5``, ``+5``, ``1_0``, `` 5`` and non-ASCII digits, which int() would take, are
+    None, as is anything longer than MAX_COUNT_DIGITS."""
+    if 0 < len(text) <= MAX_COUNT_DIGITS and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
 def clean_address(text: str | None) -> str | None:
     """Envelope address as logged -> lower-case key without angle brackets; the null
     sender (``<>`` or empty) is ``"<>"``. None stays None (not logged)."""

@@ -52,7 +52,14 @@ from smtpguard_logwatch.events import (
 )
 
 from .base import Emit, Handler, JoinTable, ParserOptions
-from .fields import classify_reason, clean_address, is_own_refusal, split_client, split_dsn
+from .fields import (
+    classify_reason,
+    clean_address,
+    is_own_refusal,
+    log_count,
+    split_client,
+    split_dsn,
+)
 
 DELIVERY_AGENTS = frozenset(
     {"smtp", "lmtp", "local", "virtual", "pipe", "error", "discard", "retry", "relay"}
@@ -70,7 +77,8 @@ QUIET_PROGRAMS = frozenset(
 _REJECT_HEAD = re.compile(
     r"(?P<stage>[A-Z-]+) from (?P<client>[^\[\s]*\[[^\]]*\])(?::\d+)?: (?P<reply>.*)", re.S
 )
-_COUNTER = re.compile(r"(\w+)=(\d+)(?:/(\d+))?")
+# ASCII digits, at most 15 (int() takes other digits and raises on thousands of them).
+_COUNTER = re.compile(r"(\w+)=([0-9]{1,15})(?:/([0-9]{1,15}))?(?![0-9])")
 _RATE_WARNING = re.compile(
     r"(?P<what>[A-Za-z ]+) (?:rate|count|concurrency) limit exceeded: \d+ from "
     r"(?P<client>[^\[\s]*\[[^\]]*\])"
@@ -403,9 +411,9 @@ class PostfixParser:
             size = nrcpt = None
             for field in rest[end + 3 :].split(", "):
                 if field.startswith("size="):
-                    size = _int(field[5:])
+                    size = log_count(field[5:])
                 elif field.startswith("nrcpt="):
-                    nrcpt = _int(field[6:].split(" ", 1)[0])
+                    nrcpt = log_count(field[6:].split(" ", 1)[0])
             self.emit(MessageAccepted(t, host, record.ip, qid, sender or "<>", size, nrcpt or 0,
                                       record.sasl_user, record.name, record.helo))
             return True
@@ -680,11 +688,6 @@ def _xforward_tail(rest: str, start: int) -> tuple[int, str | None, str | None, 
     return at, qid, name, ip
 
 
-def _int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None
 
 
 _STATUS = {"sent": DELIVERED, "deferred": DEFERRED, "bounced": BOUNCED}

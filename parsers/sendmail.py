@@ -69,7 +69,9 @@ _ANGLE = re.compile(r'<(?:[^<>"\\]|\\.|"(?:[^"\\]|\\.)*")*>')
 # One address of a ``to=`` list: commas inside quotes or <…> do not split.
 _LIST_ITEM = re.compile(r'(?:[^,"<]|"(?:[^"\\]|\\.)*"?|<(?:[^<>"\\]|\\.|"(?:[^"\\]|\\.)*")*>?)+')
 _ENVELOPE = re.compile(
-    r", size=(\d+), class=-?\d+, (?:pri=\d+, )?nrcpts=(\d+)(?P<rest>.*)", re.S
+    r", size=([0-9]{1,15}), class=-?[0-9]+, (?:pri=[0-9]+, )?nrcpts=([0-9]{1,15})(?![0-9])"
+    r"(?P<rest>.*)",
+    re.S
 )
 _STAGES = {
     "check_relay": "CONNECT", "check_mail": "MAIL", "check_rcpt": "RCPT",
