@@ -489,8 +489,7 @@ class EximParser:
             hostinfo, size, sasl_user, recipients = _arrival_fields(rest, pos)
         else:
             hostinfo, size, sasl_user, recipients = _arrival_fields_plain(rest, pos)
-        if (hostinfo is not None and '"' in sender
-                and _WELL_QUOTED.fullmatch(sender) is None):
+        if hostinfo is not None and not _sender_well_formed(rest, sender, pos):
             # Not an address Exim would log: where H= begins was the client's say.
             hostinfo = _Host(None, None, None, hostinfo.end)
         ip = hostinfo.ip if hostinfo is not None else None
@@ -867,6 +866,16 @@ class EximParser:
 
 
 _Arrival = tuple[_Host | None, int | None, str | None, list[str]]
+
+
+def _sender_well_formed(rest: str, sender: str, pos: int) -> bool:
+    """The ``<=`` line's sender, ending at ``rest[pos]``, is one Exim would log: its
+    quoted runs close before "@" or ".", and Exim's own `` KEY=`` fields (or the end)
+    follow it. A sender with spaces outside quotes leaves client text where the
+    fields should start, and the client then chooses which ``H=`` is read first."""
+    if pos < len(rest) and _FIELD_START.match(rest, pos) is None:
+        return False
+    return '"' not in sender or _WELL_QUOTED.fullmatch(sender) is not None
 
 
 def _arrival_fields(rest: str, pos: int) -> _Arrival:

@@ -104,3 +104,10 @@ def test_exim_sender_quote_closed_by_the_message_id_does_not_choose_the_ip() -> 
     quote the client closes in the message id (``id="``) swallowed the real H= field,
     and the fake one after it was read as the host. Exim never logs such a sender."""
     _check("exim", 4, ['" H=() [203.0.113.9]', ""])
+
+
+def test_exim_sender_with_spaces_does_not_choose_the_ip() -> None:
+    """Found by the same long fuzz run: a sender ``) [203.0.113.9] H=) [203.0.113.9]``
+    (spaces outside quotes, which Exim refuses in MAIL FROM) put a fake ``H=`` before
+    the real one. The first thing after the sender must be Exim's own field."""
+    _check("exim", 44, [") [203.0.113.9] H=) [203.0.113.9]"])
