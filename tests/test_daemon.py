@@ -28,7 +28,6 @@ from smtpguard_logwatch.actions.base import ActionError, ReconcileReport
 from smtpguard_logwatch.config import Config, DaemonSettings
 from smtpguard_logwatch.daemon import Daemon
 from smtpguard_logwatch.daemon.control import ControlError, DaemonUnavailable, request
-from smtpguard_logwatch.daemon.jobs import send_digest
 from smtpguard_logwatch.engine.ledger import Decision
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules/default.rules"
@@ -472,7 +471,7 @@ def test_daily_digest_reaches_the_admins(tmp_path: Path, running, smtpd,  # noqa
         fh.writelines(reject("192.0.2.9") for _ in range(7))
     [warning] = handler.wait_for(1)
     assert "192.0.2.9" in warning.body
-    send_digest(r.daemon)  # what the 07:00 job runs
+    r.daemon.digest_job()  # what the 07:00 job runs
     received = handler.wait_for(2)
     assert len(received) == 2
     digest = received[1]

@@ -388,7 +388,7 @@ def test_daemon_status_digest_and_reload(tmp_path: Path) -> None:
                                               guesses(T0).splitlines()])
         daemon.process([])
         assert site.recorder.calls == [("apply", "sasl_user", "alice")]
-        _, body = digest_text(daemon, T0 - 60, T0 + 60)
+        _, body = digest_text(daemon.digest_facts(), T0 - 60, T0 + 60)
         assert "Mode: enforcing; ladders in simulation: client_ip" in body
         assert f"refuse   client_ip    {ATTACKER} until" in body
         assert [line.endswith("(simulated)") for line in body.splitlines()

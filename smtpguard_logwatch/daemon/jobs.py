@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -23,40 +25,56 @@ from ..report import iso
 from ..simulation import describe_mode
 
 if TYPE_CHECKING:
-    from .service import Daemon
+    from ..config import DaemonSettings
+    from ..engine.ledger import Ledger
 
 log = logging.getLogger("smtpguard_logwatch.jobs")
 
 HOUSEKEEPING_EVERY = 60.0
 MAINTENANCE_EVERY = 3600.0
 
+Job = Callable[[], None]
 
-def build_scheduler(daemon: Daemon) -> BackgroundScheduler:
-    """Every periodic job of ``daemon``, not started yet."""
-    settings = daemon.cfg.daemon
+
+@dataclass(frozen=True)
+class Jobs:
+    """The periodic work the scheduler runs: the daemon hands over these callables,
+    not itself, so what a job may touch is what it was given."""
+
+    checkpoint: Job
+    expire: Job
+    reconcile: Job
+    housekeeping: Job
+    maintenance: Job
+    journal: Job | None = None  # only when the daemon follows the journal
+    digest: Job | None = None  # only with [daemon] digest
+
+
+def build_scheduler(settings: DaemonSettings, jobs: Jobs) -> BackgroundScheduler:
+    """Every periodic job, at the intervals of ``settings``; not started yet."""
     scheduler = BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(max_workers=1)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
 
-    def every(seconds: float, func, name: str) -> None:
+    def every(seconds: float, func: Job, name: str) -> None:
         scheduler.add_job(_guarded(func, name), IntervalTrigger(seconds=max(seconds, 0.1)),
                           id=name, name=name)
 
-    every(settings.checkpoint, daemon.checkpoint_job, "checkpoint")
-    every(settings.expire_every, daemon.lift_expired, "expire")
-    every(settings.reconcile, daemon.reconcile_job, "reconcile")
-    every(HOUSEKEEPING_EVERY, daemon.housekeeping, "housekeeping")
-    every(MAINTENANCE_EVERY, daemon.maintenance, "maintenance")
-    if daemon.journal is not None:
-        every(5.0, daemon.watch_journal, "journal")
-    if settings.digest:
+    every(settings.checkpoint, jobs.checkpoint, "checkpoint")
+    every(settings.expire_every, jobs.expire, "expire")
+    every(settings.reconcile, jobs.reconcile, "reconcile")
+    every(HOUSEKEEPING_EVERY, jobs.housekeeping, "housekeeping")
+    every(MAINTENANCE_EVERY, jobs.maintenance, "maintenance")
+    if jobs.journal is not None:
+        every(5.0, jobs.journal, "journal")
+    if settings.digest and jobs.digest is not None:
         hour, minute = (int(x) for x in settings.digest.split(":"))
-        scheduler.add_job(_guarded(lambda: send_digest(daemon), "digest"),
+        scheduler.add_job(_guarded(jobs.digest, "digest"),
                           CronTrigger(hour=hour, minute=minute), id="digest", name="digest")
     return scheduler
 
 
-def _guarded(func, name: str):
+def _guarded(func: Job, name: str) -> Job:
     def run() -> None:
         try:
             func()
@@ -66,26 +84,38 @@ def _guarded(func, name: str):
     return run
 
 
-def digest_text(daemon: Daemon, since: float, now: float) -> tuple[str, str]:
+@dataclass(frozen=True)
+class DigestFacts:
+    """What the daily summary reports on, taken under the daemon's lock."""
+
+    host: str
+    ledger: Ledger
+    mode: dict
+    lines_read: int
+    unparsed: int
+    action_errors: list[str]
+
+
+def digest_text(facts: DigestFacts, since: float, now: float) -> tuple[str, str]:
     """Subject and body of the daily summary: what was decided, what is in force."""
-    ledger = daemon.state.ledger
+    ledger = facts.ledger
     recent = [d for d in ledger.all() if d.time >= since]
     active = ledger.active(now)
     by_action = Counter(d.action for d in recent)
     keys = Counter((d.dimension, d.key) for d in recent)
-    host = daemon.hostname
+    host = facts.host
     subject = (f"smtpguard-logwatch on {host}: {len(recent)} decisions in 24h, "
                f"{len(active)} in force")
-    stats = daemon.state.pipeline.stats
     lines = [f"From {iso(since)} to {iso(now)} on {host}:", ""]
-    lines.append(f"Mode: {describe_mode(daemon.mode_status())}")
+    lines.append(f"Mode: {describe_mode(facts.mode)}")
     lines.append("Decisions: " + (", ".join(f"{n} {a}" for a, n in by_action.most_common())
                                   or "none"))
     lines.append(f"In force now: {len(active)}")
-    lines.append(f"Log lines read since start: {stats.read} ({stats.unparsed} not understood)")
-    if daemon.enforcer.errors:
-        lines.append(f"Action errors since start: {len(daemon.enforcer.errors)}; last: "
-                     f"{quote(daemon.enforcer.errors[-1])}")
+    lines.append(f"Log lines read since start: {facts.lines_read} "
+                 f"({facts.unparsed} not understood)")
+    if facts.action_errors:
+        lines.append(f"Action errors since start: {len(facts.action_errors)}; last: "
+                     f"{quote(facts.action_errors[-1])}")
     if keys:
         lines += ["", "Most decided-on keys:"]
         for (dim, key), n in keys.most_common(20):
@@ -99,16 +129,3 @@ def digest_text(daemon: Daemon, since: float, now: float) -> tuple[str, str]:
         if len(active) > 50:
             lines.append(f"  ... and {len(active) - 50} more (smtpguard-logwatch list)")
     return subject, "\n".join(lines) + "\n"
-
-
-def send_digest(daemon: Daemon) -> None:
-    """Mail the summary through the mail action (if one is configured)."""
-    mail = next((a for a in daemon.actions if hasattr(a, "send_report")), None)
-    if mail is None:
-        log.warning("digest: no mail action configured; nothing sent")
-        return
-    with daemon.lock:
-        now = daemon.clock()
-        subject, body = digest_text(daemon, now - 86400, now)
-    mail.send_report(subject, body)
-    log.info("digest: queued for %s", ", ".join(getattr(mail, "admins", ())))

@@ -49,7 +49,7 @@ from ..state import State, StateLock, breaker_of, rules_of
 from ..state import StateBusy as ScanBusy
 from . import commands
 from .control import ControlServer
-from .jobs import build_scheduler
+from .jobs import DigestFacts, Jobs, build_scheduler, digest_text
 
 log = logging.getLogger("smtpguard_logwatch.daemon")
 
@@ -112,7 +112,12 @@ class Daemon:
             self._lifted_until = self.started
             self._journal_retry_at = 0.0
             self._journal_backoff = 5.0
-            self.scheduler = build_scheduler(self)
+            self.scheduler = build_scheduler(cfg.daemon, Jobs(
+                checkpoint=self.checkpoint_job, expire=self.lift_expired,
+                reconcile=self.reconcile_job, housekeeping=self.housekeeping,
+                maintenance=self.maintenance,
+                journal=self.watch_journal if self.journal is not None else None,
+                digest=self.digest_job))
             self.control: ControlServer | None = None
             self.fleet = self._fleet(cfg)
             self.metrics: Any = None  # the /metrics server, when [metrics] listen is set
@@ -376,6 +381,25 @@ class Daemon:
         return self.state.simulation.status(self.state.ruleset)
 
     # -- periodic work (jobs.py schedules these) -------------------------------------------
+
+    def digest_facts(self) -> DigestFacts:
+        """What the daily summary reports on. Caller holds the lock."""
+        stats = self.state.pipeline.stats
+        return DigestFacts(host=self.hostname, ledger=self.state.ledger,
+                           mode=self.mode_status(), lines_read=stats.read,
+                           unparsed=stats.unparsed, action_errors=list(self.enforcer.errors))
+
+    def digest_job(self) -> None:
+        """Mail the daily summary through the mail action (if one is configured)."""
+        mail = next((a for a in self.actions if hasattr(a, "send_report")), None)
+        if mail is None:
+            log.warning("digest: no mail action configured; nothing sent")
+            return
+        with self.lock:
+            now = self.clock()
+            subject, body = digest_text(self.digest_facts(), now - 86400, now)
+        mail.send_report(subject, body)
+        log.info("digest: queued for %s", ", ".join(getattr(mail, "admins", ())))
 
     def checkpoint_job(self) -> None:
         with self.lock:
