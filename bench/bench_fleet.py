@@ -38,8 +38,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))  # the bench helpers; the tool itself as installed
 import bench_replay  # noqa: E402
 
 from smtpguard_logwatch.config import FleetSettings  # noqa: E402
