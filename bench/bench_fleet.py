@@ -47,7 +47,7 @@ from smtpguard_logwatch.envelope import Clock, zone_from_name  # noqa: E402
 from smtpguard_logwatch.fleet.bus import Bus  # noqa: E402
 from smtpguard_logwatch.fleet.counters import DEFAULT_DIMENSIONS, FleetStore  # noqa: E402
 from smtpguard_logwatch.fleet.countwork import CALL_KEYS  # noqa: E402
-from smtpguard_logwatch.pipeline import Pipeline  # noqa: E402
+from smtpguard_logwatch.pipeline import Pipeline, tune_collector  # noqa: E402
 from smtpguard_logwatch.rules import default_rules_path, load_rules  # noqa: E402
 from smtpguard_logwatch.sources import iter_lines, source_for  # noqa: E402
 
@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args(argv)
+    tune_collector()  # as `run`, `scan` and `replay` do
     log, _truth, gen = bench_replay.cached_log(args.lines, args.seed, "bsd", keep=True)
     print(f"log: {log} ({args.lines:,} lines{'' if gen is None else f', generated in {gen:.0f}s'})")
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:

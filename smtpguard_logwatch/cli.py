@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from .limits import CONFIG_RANGES, OutOfRange
 from .operator import OperatorError
 from .parsers import load_parser_classes
 from .parsers.base import ParserOptions
-from .pipeline import Pipeline, fan_out
+from .pipeline import Pipeline, fan_out, tune_collector
 from .progress import ByteMeter, Progress
 from .report import iso, write_header, write_summary
 from .rules import RuleError, check_main, load_rules
@@ -451,6 +450,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     from .scan import EX_TEMPFAIL, ScanBusy, ScanFailed, run_scan
 
+    tune_collector()
     cfg = _load_config(args)
     if cfg.path is None:
         raise UsageError(f"no config file ({DEFAULT_CONFIG} does not exist): scan reads "
@@ -497,6 +497,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .daemon.logsetup import setup_logging
     from .scan import EX_TEMPFAIL, ScanBusy
 
+    tune_collector()
     setup_logging(args.log_level, args.log_format)
     try:
         cfg = _load_config(args)
@@ -742,9 +743,7 @@ def _engine(paths: list[str], warmup: float) -> Engine:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    # A replay allocates millions of small objects that live until the end and form
-    # no cycles; the default collector thresholds make it rescan them constantly.
-    gc.set_threshold(200_000, 50, 1000)
+    tune_collector()
     sources = [source_for(f) for f in args.files]
     make_clock = _clock_factory(args)
     rules = [] if args.no_rules else (args.rules or [DEFAULT_RULES_TOKEN])

@@ -8,6 +8,7 @@ resolved to a parser handler once and cached; lines of programs no parser claims
 
 from __future__ import annotations
 
+import gc
 import io
 import pickle
 from collections.abc import Callable, Iterable
@@ -23,6 +24,19 @@ from .parsers.base import Handler, JoinTable, ParserOptions
 
 EXPIRE_EVERY = 1 << 16  # lines between join-state expiry sweeps
 _TAG_CACHE_MAX = 65536
+
+
+GC_THRESHOLDS = (200_000, 50, 1000)
+
+
+def tune_collector() -> None:
+    """Set the cyclic garbage collector for a process that reads logs: the store,
+    the parsers' tables and (in fleet mode) the counters' books are millions of small
+    objects that live long and form no cycles, and with Python's default thresholds
+    (700, 10, 10) the collector rescans them over and over (measured on 300k lines:
+    0.1-0.3 s of a replay's 4 s, and 0.7 s more with fleet counters). Collections
+    are rarer with these; memory held in real cycles is freed a little later."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @dataclass
