@@ -518,6 +518,20 @@ def test_an_account_spread_over_the_fleet_for_40_minutes_is_flagged_on_its_1h_ip
         ("sasl_user", ("account_spread_hour",))}
 
 
+def test_the_daemon_tells_its_fleet_store_the_rules_long_windows_at_start_and_reload(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    """Hourly keys collect members from the start, not from the first time a rule asks
+    (a distinct count behind an 'and' is asked late), and follow a reload."""
+    cfg = host(tmp_path, "sub1", redis_server.url, rules=LONG_RULES)
+    daemon = running(cfg, [Recorder()]).daemon
+    store = daemon.fleet.store
+    assert store.long_settings()["metrics"] == {("sasl_user", "#client_ips"): 86400 + 7200,
+                                                ("sasl_user", "#recipients"): 3600 + 7200}
+    Path(cfg.rules[0]).write_text(SPREAD_ACCOUNT_RULES)
+    assert daemon.reload()["ok"]
+    assert store.long_settings() is None  # 10 minutes: the minute HyperLogLogs
+
+
 LONG_RULES = """\
 rule hour_spread for sasl_user:
     when auth_failures in 1h > 100 and distinct client_ips in 1h > 5
