@@ -48,7 +48,7 @@ COUNT_SCRIPT = """
 --                                  (METRIC: minute buckets, METRIC:h: hours),
 --                                  returned only when it is not KNOWN
 -- Returns one string, a line per answer: "c G J V V ..." (the totals, '' for none) or
--- "d G J COUNT"; G: the group, J: the metric's place in its list.
+-- "d G J COUNT"; G: the group, J: the metric's (or union's) place in its list.
 local ttl = ARGV[1]
 local t = {}
 for token in string.gmatch(ARGV[2], '([^\\n]*)\\n') do t[#t + 1] = token end
@@ -141,12 +141,10 @@ def _hourly(dimension: str, members: dict[str, dict[int, Any]],
         return hourly
     per_hour, wanted = long["per"], long["metrics"]
     by_hour = [(metric, b // per_hour, names) for metric, per in members.items()
-               for b, names in per.items()]
+               if (dimension, metric) in wanted for b, names in per.items()]
     by_hour += [(metric, hour, names) for metric, per in (given or {}).items()
-                for hour, names in per.items()]
+                if (dimension, metric) in wanted for hour, names in per.items()]
     for metric, hour, names in by_hour:
-        if (dimension, metric) not in wanted:
-            continue
         hours = hourly.setdefault(metric, {})
         had = hours.get(hour)
         merged = names if had is None else set(had) | set(names)
