@@ -80,15 +80,21 @@ def live_commands(batch: dict) -> tuple[int, int]:
     per bucket read back, a PFCOUNT per distinct window."""
     keys = ops = 0
     hi, lo = batch["hi"], batch["lo"]
-    for group in batch["keys"].values():
+    long = batch.get("long")
+    for (dimension, _), group in batch["keys"].items():
         sent = len(group["incr"]) + len(group["members"])
+        if long is not None:  # an hourly PFADD per metric read over long windows, hour
+            sent += sum(len({b // long["per"] for b in per})
+                        for metric, per in group["members"].items()
+                        if (dimension, metric) in long["metrics"])
         keys += sent
         ops += sent
         read = group["read"]
         if read is not None:
             gets = len(read["counts"]) * (hi - max(lo, read.get("from", lo)) + 1)
-            keys += gets + len(read["distinct"])  # (a PFCOUNT over several keys)
-            ops += gets + len(read["distinct"])
+            unions = len(read["distinct"]) + len(read.get("long", ()))
+            keys += gets + unions  # (a PFCOUNT over several keys)
+            ops += gets + unions
     return -(-keys // CALL_KEYS), ops
 
 
@@ -109,6 +115,7 @@ def replay(log: Path, sock: str | None, *, live: bool = False) -> dict:
         fleet = engine.store = FleetStore(engine.store, prefix="bench",
                                           dimensions=DEFAULT_DIMENSIONS,
                                           clock=lambda: now[0])
+        fleet.expect(engine.ruleset)  # as the daemon does: hourly keys for long windows
         fleet.start_bucket = 0
         next_flush = [0.0]
         consume = engine.consume

@@ -434,9 +434,10 @@ ladder sasl_user:
 """
 
 
-def submission(ip: str, user: str, n: int) -> str:
-    """One authenticated submission through Postfix from ``ip`` as ``user``."""
-    st = time.strftime("%b %e %H:%M:%S", time.gmtime())
+def submission(ip: str, user: str, n: int, at: float | None = None) -> str:
+    """One authenticated submission through Postfix from ``ip`` as ``user`` (now, or
+    at ``at``)."""
+    st = time.strftime("%b %e %H:%M:%S", time.gmtime(at))
     pid, qid = 300 + n, f"4B{n:08X}"
     smtpd = f"{st} sub postfix/submission/smtpd[{pid}]"
     return "".join(line + "\n" for line in (
@@ -451,17 +452,20 @@ def submission(ip: str, user: str, n: int) -> str:
         " commands=6"))
 
 
-def test_an_account_spread_over_the_fleet_is_flagged_on_its_fleet_wide_ip_spread(
-        tmp_path: Path, redis_server: RedisServer, running) -> None:
-    user = "alice@example.net"
+def _account_spread_fleet_and_alone(tmp_path: Path, redis_server: RedisServer, running,
+                                    rules: str, user: str, at) -> list[Decision]:
+    """Nine sessions of ``user`` from nine addresses, round robin over three hosts (each
+    sees three; ``at(n)``: the n-th one's time, None: now), on a fleet, then the same
+    log on three hosts alone: returns what the fleet applied (on every host), and
+    checks that the hosts alone applied nothing."""
 
-    def sessions(cfgs: list) -> None:  # nine addresses, each host sees three
+    def sessions(cfgs: list) -> None:
         for n in range(9):
             with open(cfgs[n % 3].logs[0], "a") as fh:
-                fh.write(submission(f"203.0.113.{n + 20}", user, n))
+                fh.write(submission(f"203.0.113.{n + 20}", user, n, at=at(n)))
             time.sleep(0.05)
 
-    fleet = [(host(tmp_path, f"sub{i}", redis_server.url, rules=SPREAD_ACCOUNT_RULES),
+    fleet = [(host(tmp_path, f"sub{i}", redis_server.url, rules=rules),
               Recorder()) for i in (1, 2, 3)]
     for cfg, rec in fleet:
         running(cfg, [rec])
@@ -470,12 +474,11 @@ def test_an_account_spread_over_the_fleet_is_flagged_on_its_fleet_wide_ip_spread
                  5, "up")
     sessions([cfg for cfg, _ in fleet])
     for _, rec in fleet:
-        wait_for(lambda r=rec: user in keys_of(r), 5, "the account refused on every host")
-    assert {d.dimension for _, rec in fleet for _, d in rec.applied} == {"sasl_user"}
+        wait_for(lambda r=rec: user in keys_of(r), 15, "the account refused on every host")
 
-    alone = []
+    alone = []  # the same log, the same rules, no [fleet]
     for i in (1, 2, 3):
-        cfg = host(tmp_path, f"alone{i}", redis_server.url, rules=SPREAD_ACCOUNT_RULES)
+        cfg = host(tmp_path, f"alone{i}", redis_server.url, rules=rules)
         cfg.fleet = None
         rec = Recorder()
         running(cfg, [rec])
@@ -486,6 +489,178 @@ def test_an_account_spread_over_the_fleet_is_flagged_on_its_fleet_wide_ip_spread
                  "the lines read")
     time.sleep(1.5)
     assert all(not rec.applied for _, rec in alone)
+    return [d for _, rec in fleet for _, d in rec.applied]
+
+
+def test_an_account_spread_over_the_fleet_is_flagged_on_its_fleet_wide_ip_spread(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    applied = _account_spread_fleet_and_alone(tmp_path, redis_server, running,
+                                              SPREAD_ACCOUNT_RULES, "alice@example.net",
+                                              lambda n: None)
+    assert {d.dimension for d in applied} == {"sasl_user"}
+
+
+HOUR_SPREAD_RULES = SPREAD_ACCOUNT_RULES.replace(
+    "account_spread for", "account_spread_hour for").replace("in 10m", "in 1h")
+
+
+def test_an_account_spread_over_the_fleet_for_40_minutes_is_flagged_on_its_1h_ip_spread(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    """A stolen login whose sessions a load balancer spreads over three submission
+    hosts for 40 minutes (one every five), from nine addresses: each host sees three,
+    the fleet nine. The one-hour window is longer than the minute HyperLogLogs' span:
+    it is read from the hourly ones."""
+    start = time.time() - 40 * 60
+    applied = _account_spread_fleet_and_alone(tmp_path, redis_server, running,
+                                              HOUR_SPREAD_RULES, "carol@example.net",
+                                              lambda n: start + n * 300)
+    assert {(d.dimension, d.rules) for d in applied} == {
+        ("sasl_user", ("account_spread_hour",))}
+
+
+def test_the_daemon_tells_its_fleet_store_the_rules_long_windows_at_start_and_reload(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    """Hourly keys collect members from the start, not from the first time a rule asks
+    (a distinct count behind an 'and' is asked late), and follow a reload."""
+    cfg = host(tmp_path, "sub1", redis_server.url, rules=LONG_RULES)
+    daemon = running(cfg, [Recorder()]).daemon
+    store = daemon.fleet.store
+    assert store.long_settings()["metrics"] == {("sasl_user", "#client_ips"): 86400 + 7200,
+                                                ("sasl_user", "#recipients"): 3600 + 7200}
+    Path(cfg.rules[0]).write_text(SPREAD_ACCOUNT_RULES)
+    assert daemon.reload()["ok"]
+    assert store.long_settings() is None  # 10 minutes: the minute HyperLogLogs
+
+
+LONG_RULES = """\
+rule hour_spread for sasl_user:
+    when auth_failures in 1h > 100 and distinct client_ips in 1h > 5
+    add 10 points
+rule day_spread for sasl_user:
+    when distinct client_ips in 1d > 50
+    add 10 points
+rule week_spread for sasl_user:
+    when distinct client_ips in 2d > 80
+    add 10 points
+rule hour_recipients for sasl_user:
+    when distinct recipients in 1h > 500
+    add 10 points
+rule short for sasl_user:
+    when distinct senders in 10m > 50
+    add 10 points
+ladder sasl_user:
+    at 100 points refuse for 1h
+"""
+
+
+def test_hourly_hyperloglogs_answer_long_windows_expire_and_stay_in_the_key_slot(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """The hourly HyperLogLogs: written only for the metrics the rules read over a
+    window longer than the span (known from the rules, before any of them asked), with
+    an expiry of the metric's longest such window (up to a day) plus two hours, in the key's
+    Cluster slot; a long window is the union of the hours from the one holding the
+    window's first bucket to now (never fewer members than the window holds, at most an
+    hour's worth more), read from the hourly keys alone, at most every LONG_EVERY s;
+    after Redis lost them, the resend puts every member the local store holds back in
+    the hour of its latest sighting."""
+    import redis
+    from redis.crc import key_slot
+
+    from smtpguard_logwatch.fleet import counters
+    from smtpguard_logwatch.fleet.bus import Bus
+    from smtpguard_logwatch.fleet.counters import FleetStore, bucket_key, hour_key
+    from smtpguard_logwatch.rules import load_rules
+    from smtpguard_logwatch.store import FrequencyStore
+
+    (tmp_path / "long.rules").write_text(LONG_RULES)
+    ruleset = load_rules([str(tmp_path / "long.rules")])
+    admin = redis_server.client()
+    bus = Bus(FleetSettings(redis=redis_server.url, host="mx1"), "mx1", lambda: None)
+    bus.use_worker = False
+    bus._client = redis.Redis.from_url(redis_server.url)
+    hour0 = int(NOW // 3600) * 3600.0  # an hour's start
+    clock = [hour0 + 1800]  # the window's end: half past
+    user, metric = "dave@example.net", "#client_ips"
+
+    def make(name: str) -> FleetStore:
+        store = FleetStore(FrequencyStore(), prefix="h", dimensions=["sasl_user"],
+                           clock=lambda: clock[0])
+        store.start_bucket = 0
+        store.expect(ruleset)
+        return store
+
+    def sighting(store: FleetStore, ip: str, at: float) -> dict:
+        clock[0] = at
+        store.add("sasl_user", user, "messages", at)
+        store.add_member("sasl_user", user, metric, ip, at)
+        store.add_member("sasl_user", user, "#recipients", f"r@{ip}", at)
+        store.add_member("sasl_user", user, "#senders", f"s@{ip}", at)
+        return bus._count_round_trip(store.take_batch())
+
+    mx1, mx2 = make("mx1"), make("mx2")
+    assert mx1.long_settings() == {"metrics": {("sasl_user", metric): 86400 + 7200,
+                                               ("sasl_user", "#recipients"): 3600 + 7200},
+                                   "per": 60}
+    end = hour0 + 1800
+    sighting(mx1, "192.0.2.1", end - 100 * 60)  # two hours back: outside
+    sighting(mx1, "192.0.2.2", end - 80 * 60)  # the window's first hour, before its start
+    sighting(mx2, "192.0.2.3", end - 50 * 60)  # in the window
+    sighting(mx1, "192.0.2.4", end - 20 * 60)
+    sighting(mx2, "192.0.2.5", end - 5 * 60)
+    tag = counters.tag_prefix("h", "sasl_user", user)
+    hours = sorted(admin.scan_iter(f"{tag}{metric}:h:*"))
+    assert [int(k.rsplit(b":", 1)[1]) for k in hours] == [int(hour0 // 3600) - 2 + i
+                                                          for i in range(3)]
+    for key in hours:  # expiry: the longest long window (1d; 2d is not read) + 2 h
+        assert 86400 + 3600 < admin.ttl(key) <= 86400 + 7200
+        assert key_slot(key) == key_slot(bucket_key("h", "sasl_user", user, metric, 1).encode())
+    for key in admin.scan_iter(f"{tag}#recipients:h:*"):  # read over 1h at most
+        assert 3600 + 3600 < admin.ttl(key) <= 3600 + 7200
+    assert not list(admin.scan_iter(f"{tag}#senders:h:*"))  # no long window reads it
+    assert hour_key("h", "sasl_user", user, metric, 7) == f"{tag}{metric}:h:7"
+
+    # the 1h window at half past: hours H-1 and H (192.0.2.2 over-covered), from the
+    # hourly keys alone (the minute ones deleted: they expire after 12 minutes)
+    for key in admin.scan_iter(f"{tag}*"):
+        if b":h:" not in key:
+            admin.delete(key)
+    clock[0] = end
+    mx1.add_member("sasl_user", user, metric, "192.0.2.4", end)  # seen again: a read
+    batch = mx1.take_batch()
+    read = batch["keys"][("sasl_user", user)]["read"]
+    assert read["long"] == [(metric, 3600.0), (metric, 86400.0), ("#recipients", 3600.0)]
+    first = int(hour0 // 3600)
+    assert read["hours"] == [(first - 1, first), (first - 24, first), (first - 1, first)]
+    mx1.merge(bus._count_round_trip(batch))
+    local = mx1.local.distinct("sasl_user", user, metric, 3600, end)
+    assert local == 1  # 192.0.2.4 only: 192.0.2.2 is older than the hour
+    assert mx1.distinct("sasl_user", user, metric, 3600, end) == 4  # .2 .3 .4 .5
+    assert mx1.distinct("sasl_user", user, metric, 86400, end) == 5
+    assert mx1.distinct("sasl_user", user, metric, 2 * 86400, end) == 3  # local only
+    # within LONG_EVERY the long windows are not read again; then they are
+    clock[0] = end + 1
+    mx1.add_member("sasl_user", user, metric, "192.0.2.4", end + 1)
+    assert mx1.take_batch()["keys"][("sasl_user", user)]["read"]["long"] == []
+    clock[0] = end + 1 + counters.LONG_EVERY
+    mx1.add_member("sasl_user", user, metric, "192.0.2.4", clock[0])
+    assert len(mx1.take_batch()["keys"][("sasl_user", user)]["read"]["long"]) == 3
+
+    # Redis lost everything: each host resends what its local store holds
+    admin.flushall()
+    for store in (mx1, mx2):
+        bus._count_round_trip(store.resend_batch())
+    union = admin.pfcount(*admin.scan_iter(f"{tag}{metric}:h:*"))
+    assert union == 5
+    assert admin.pfcount(hour_key("h", "sasl_user", user, metric, first - 1)) == 2  # .2 .3
+
+    # rules reloaded without long windows: no more hourly keys, nor long reads
+    (tmp_path / "short.rules").write_text(SPREAD_ACCOUNT_RULES)
+    mx1.expect(load_rules([str(tmp_path / "short.rules")]))
+    assert mx1.long_settings() is None
+    admin.flushall()
+    clock[0] += 3600
+    sighting(mx1, "192.0.2.9", clock[0])
+    assert not list(admin.scan_iter(f"{tag}*:h:*"))
 
 
 def test_merged_counts_are_never_counted_twice() -> None:

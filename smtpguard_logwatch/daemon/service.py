@@ -161,6 +161,7 @@ class Daemon:
             link.store = engine.store = FleetStore(engine.store, prefix=cfg.fleet.prefix,
                                                    dimensions=cfg.fleet.dimensions,
                                                    clock=self.clock)
+            link.store.expect(self.state.ruleset)
             link.reevaluate = lambda d, k, metrics: self.state.engine.reevaluate(
                 d, k, metrics, self.clock())
         return link
@@ -553,6 +554,8 @@ class Daemon:
             state = self.state
             state.ruleset = ruleset
             state.engine.set_rules(ruleset)
+            if self.fleet is not None and self.fleet.store is not None:
+                self.fleet.store.expect(ruleset)  # the distinct windows the rules read
             state.engine.warmup = cfg.warmup
             state.simulation.configure(cfg)
             state.simulation.refresh(state.engine, ruleset, force=True)

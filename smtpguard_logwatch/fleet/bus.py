@@ -141,12 +141,14 @@ class Bus:
                     had = old["incr"].setdefault(metric, {})
                     for b, n in per.items():
                         had[b] = had.get(b, 0.0) + n
-                for metric, per in group["members"].items():
-                    had = old["members"].setdefault(metric, {})
-                    for b, names in per.items():
-                        had[b] = sorted(set(had.get(b, ())) | set(names))
+                for field in ("members", "hourly"):
+                    for metric, per in group.get(field, {}).items():
+                        had = old.setdefault(field, {}).setdefault(metric, {})
+                        for b, names in per.items():
+                            had[b] = sorted(set(had.get(b, ())) | set(names))
                 old["read"] = group["read"] or old["read"]
-            owed.update({k: batch[k] for k in ("lo", "hi", "ttl", "width")})
+            owed.update({k: batch[k] for k in ("lo", "hi", "ttl", "width", "long")
+                         if k in batch})
 
     def resend_counts(self, batch: dict[str, Any] | None) -> None:
         """Everything this host counted in the span, after Redis lost its counts: it

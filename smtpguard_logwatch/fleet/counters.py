@@ -32,6 +32,23 @@ the store are not changed: it delegates everything and only watches ``add`` and
   its increments per bucket and the distinct members it sent), so the fleet's totals
   become the sum of what the hosts fed again, and each host's merged share of the
   others catches up (exact for counts, within the HyperLogLog error for distinct).
+  The hourly HyperLogLogs below are sent again from the local store (each member in
+  the hour of its latest sighting here: :meth:`FleetStore._resend_hourly`).
+* Long distinct windows. A distinct window longer than ``span`` (``distinct client_ips
+  in 1h``, ``distinct sasl_users in 1d``), up to LONG_SPAN, is read from a second,
+  hourly HyperLogLog per key and metric (``#METRIC:h:HOUR``, epoch hours), which the
+  script PFADDs every member to as well, for the (dimension, metric) pairs a rule
+  reads over such a window (:meth:`FleetStore.expect`). The read is the PFCOUNT
+  union of the hours that hold the window's start and end (at most 25 for a day):
+  the local store answers a window from the buckets starting after ``now - window``
+  (one-minute buckets up to 12 h, five-minute ones up to 2 days), the hourly union
+  also counts what was seen earlier in the hour of the window's first bucket, so it
+  may count members up to an hour older than the window (never fewer than it holds,
+  within the HyperLogLog error). Hourly keys expire after the longest such window
+  plus LONG_SLACK (at most a day + 2 h), per metric. A hot key's long windows are read when it is
+  first read and then every LONG_EVERY seconds, not every second: a union of up to
+  25 keys costs Redis far more than the 10-minute ones, and an hour-long window
+  moves little in a few seconds.
 """
 
 from __future__ import annotations
@@ -56,6 +73,17 @@ MAX_READS = 5000
 """Keys read back per second at most (the most recently seen first)."""
 HLL_ERROR = 0.0081
 """Redis HyperLogLog standard error (documented by Redis: 0.81 %)."""
+HOUR = 3600.0
+LONG_SPAN = 86400.0
+"""The longest distinct window read from the hourly HyperLogLogs (a union of at most
+25 keys); longer ones read this host's own count."""
+LONG_SLACK = 7200.0
+"""Hourly keys live the longest window plus this: the window's oldest hour is read
+until an hour after it ended, and an hour more for late batches and clock skew."""
+LONG_EVERY = 5.0
+"""A hot key's long windows are read back at most this often (seconds)."""
+DISTINCT = "#"
+"""The engine's prefix of distinct metrics (engine.engine.DISTINCT)."""
 
 
 def tag_prefix(prefix: str, dimension: str, key: str) -> str:
@@ -70,6 +98,26 @@ def tag_prefix(prefix: str, dimension: str, key: str) -> str:
 def bucket_key(prefix: str, dimension: str, key: str, metric: str, bucket: int) -> str:
     """``PREFIX:c:{DIMENSION:KEY}:METRIC:BUCKET``."""
     return f"{tag_prefix(prefix, dimension, key)}{metric}:{bucket}"
+
+
+def hour_key(prefix: str, dimension: str, key: str, metric: str, hour: int) -> str:
+    """``PREFIX:c:{DIMENSION:KEY}:#METRIC:h:HOUR`` (epoch hours), in the key's slot."""
+    return f"{tag_prefix(prefix, dimension, key)}{metric}:h:{hour}"
+
+
+def rule_windows(ruleset: Any) -> set[tuple[str, str, float]]:
+    """(dimension, #metric, window) of every distinct count the rules (and the ladders'
+    'enforce only where') read."""
+    found = set()
+    for rule in ruleset.rules:
+        for kind, metric, window in rule.metrics:
+            if kind == "distinct":
+                found.add((rule.dimension, DISTINCT + metric, float(window)))
+    for dimension, ladder in ruleset.ladders.items():
+        for kind, metric, window in getattr(ladder, "enforce_only_metrics", ()):
+            if kind == "distinct":
+                found.add((dimension, DISTINCT + metric, float(window)))
+    return found
 
 
 Key = tuple[str, str]
@@ -105,7 +153,14 @@ class FleetStore:
         self._forgot = 0  # the bucket up to which old ones were forgotten
         self._distinct_windows: dict[tuple[str, str], set[float]] = {}  # (dim, metric)
         self._fleet_distinct: dict[Key, dict[tuple[str, float], int]] = {}  # hot keys'
-        self._plans: dict[tuple[str, frozenset[str]], tuple[list[str], list[Any]]] = {}
+        self._plans: dict[tuple[str, frozenset[str]], tuple[list[str], list[Any],
+                                                            list[Any]]] = {}
+        # hourly HyperLogLogs: buckets per hour (0: the buckets do not divide an hour,
+        # no hourly keys), and (dimension, metric) -> its longest window over span
+        self.hour_buckets = int(HOUR // self.width) if HOUR % self.width == 0 else 0
+        self._long: dict[tuple[str, str], float] = {}
+        self._long_at: dict[Key, float] = {}  # hot keys: when their long windows were read
+        self._hours_of: dict[float, tuple[int, tuple[int, int]]] = {}  # see _hours
         self.merged_total = 0.0
         # the engine's reads go straight to the local store (no __getattr__ per call)
         for name in ("count", "baseline", "expire", "in_good_standing"):
@@ -150,21 +205,73 @@ class FleetStore:
     def distinct(self, dimension: str, key: str, metric: str, window: float,
                  now: float, limit: int | None = None) -> int:
         """The larger of this host's exact count and the fleet's HyperLogLog estimate
-        (read back within about a second) for windows up to ``span``; a longer window
-        is this host's own count (a union over more one-minute HyperLogLogs per key and
-        second costs Redis more than the rules gain)."""
+        (read back within about a second) for windows up to ``span``, and from the
+        hourly HyperLogLogs (within LONG_EVERY s) for windows up to LONG_SPAN; a longer
+        window is this host's own count."""
         local = self.local.distinct(dimension, key, metric, window, now, limit)
         if dimension not in self.dimensions:
             return local
         windows = self._distinct_windows.get((dimension, metric))
         if windows is None or window not in windows:
-            self._distinct_windows.setdefault((dimension, metric), set()).add(window)
-            self._plans.clear()
+            self._want(dimension, metric, window)
         known = self._fleet_distinct.get((dimension, key))
         fleet = None if known is None else known.get((metric, window))
         if fleet is None or fleet < local:
             return local
         return fleet if limit is None else min(fleet, limit)
+
+    def expect(self, ruleset: Any) -> None:
+        """The distinct windows the rules read (at start and after a reload): the
+        hourly HyperLogLogs of a metric read over a long window must get its members
+        from the first one on, not from the first time a rule asked (a condition
+        behind an 'and' is asked late)."""
+        self._distinct_windows, self._long = {}, {}
+        for dimension, metric, window in rule_windows(ruleset):
+            if dimension in self.dimensions:
+                self._want(dimension, metric, window)
+        self._plans.clear()
+
+    def _want(self, dimension: str, metric: str, window: float) -> None:
+        """Read (dimension, metric) over ``window`` from now on."""
+        self._distinct_windows.setdefault((dimension, metric), set()).add(window)
+        if self._is_long(window):
+            dm = (dimension, metric)
+            self._long[dm] = max(window, self._long.get(dm, 0.0))
+        self._plans.clear()
+
+    def _is_long(self, window: float) -> bool:
+        """Read from the hourly HyperLogLogs (longer than span, up to LONG_SPAN, and a
+        local resolution that answers it)."""
+        return (self.span < window <= LONG_SPAN and self.hour_buckets > 0
+                and any(window <= r.span for r in self._resolutions()))
+
+    def _resolutions(self) -> tuple[Any, ...]:
+        return tuple(getattr(self.local, "resolutions", ()))
+
+    def long_settings(self) -> dict[str, Any] | None:
+        """For the script: which (dimension, metric) get hourly PFADDs, each with its
+        expiry (its longest long window plus LONG_SLACK), and how many buckets make an
+        hour."""
+        if not self._long:
+            return None
+        return {"metrics": {dm: int(w + LONG_SLACK) for dm, w in self._long.items()},
+                "per": self.hour_buckets}
+
+    def _hours(self, window: float, hi: int) -> tuple[int, int]:
+        """The hours whose union answers ``window`` ending in bucket ``hi``: the hour of
+        the first bucket the local store counts for that window (its resolution's
+        grid) to the hour of ``hi``. (The same for every key of a batch: kept.)"""
+        known = self._hours_of.get(window)
+        if known is not None and known[0] == hi:
+            return known[1]
+        now = hi * self.width
+        step = next(r.width for r in self._resolutions() if window <= r.span)
+        start = ((now - window) // step + 1) * step
+        hours = int(start // HOUR), int(now // HOUR)
+        if len(self._hours_of) > 100:
+            self._hours_of.clear()
+        self._hours_of[window] = (hi, hours)
+        return hours
 
     # -- once a second, on the main thread ----------------------------------------------------
 
@@ -221,24 +328,32 @@ class FleetStore:
             if g is None:
                 g = groups[dk] = {"tag": tag_prefix(self.prefix, *dk), "incr": {},
                                   "members": {}, "read": None}
-            g["read"] = self._read_spec(dk, lo, hi)
+            g["read"] = self._read_spec(dk, lo, hi, now)
         if not groups:
             return None
         return {"keys": groups, "ttl": int((self.span_buckets + 2) * self.width),
-                "lo": lo, "hi": hi, "width": self.width}
+                "lo": lo, "hi": hi, "width": self.width, "long": self.long_settings()}
 
-    def _read_spec(self, dk: Key, lo: int, hi: int) -> dict[str, Any]:
+    def _read_spec(self, dk: Key, lo: int, hi: int, now: float) -> dict[str, Any]:
         """What to read back for one key: its count buckets from ``from`` to ``to``
         (the whole span the first time, then from the bucket before the last read:
         what other hosts add lands in the current bucket, or just before it), with
         the sum this host already knows of (its own and what it merged: Redis answers
         only when the fleet's sum differs), and its distinct windows with the estimate
-        this host holds (Redis answers only when it changed)."""
+        this host holds (Redis answers only when it changed); its long windows (the
+        hours to union, see :meth:`_hours`) only when the key's were not read in the
+        last LONG_EVERY seconds."""
         metrics = self._hot[dk][1]
         last = self._read_to.get(dk)
         self._read_to[dk] = hi
         start = lo if last is None else max(lo, min(last, hi) - 1)
-        counts, distinct = self._plan(dk[0], metrics)
+        counts, distinct, long = self._plan(dk[0], metrics)
+        if long:
+            read_at = self._long_at.get(dk)
+            if read_at is None or now - read_at >= LONG_EVERY:
+                self._long_at[dk] = now
+            else:
+                long = []
         expect = []
         sent, merged = self._sent.get(dk, {}), self._merged.get(dk, {})
         for metric in counts:
@@ -250,22 +365,26 @@ class FleetStore:
             expect.append(total)
         known = self._fleet_distinct.get(dk, {})
         return {"from": start, "to": hi, "counts": counts, "expect": expect,
-                "distinct": distinct, "known": [known.get(mw, -1) for mw in distinct]}
+                "distinct": distinct, "known": [known.get(mw, -1) for mw in distinct],
+                "long": long, "hours": [self._hours(w, hi) for _, w in long],
+                "long_known": [known.get(mw, -1) for mw in long]}
 
-    def _plan(self, dimension: str, metrics: set[str]) -> tuple[list[str], list[Any]]:
+    def _plan(self, dimension: str,
+              metrics: set[str]) -> tuple[list[str], list[Any], list[Any]]:
         """The count metrics and (distinct metric, window) pairs to read back for a key
-        with these metrics (the same few sets over and over: cached until a rule asks
-        about another distinct window)."""
+        with these metrics, the short windows and the long ones (the same few sets over
+        and over: cached until a rule asks about another distinct window)."""
         index = (dimension, frozenset(metrics))
         plan = self._plans.get(index)
         if plan is None:
             if len(self._plans) > 10_000:
                 self._plans.clear()
+            windows = [(m, w) for m in sorted(metrics) if m.startswith(DISTINCT)
+                       for w in sorted(self._distinct_windows.get((dimension, m), ()))]
             plan = self._plans[index] = (
-                sorted(m for m in metrics if not m.startswith("#")),
-                [(m, w) for m in sorted(metrics) if m.startswith("#")
-                 for w in sorted(self._distinct_windows.get((dimension, m), ()))
-                 if w <= self.span])
+                sorted(m for m in metrics if not m.startswith(DISTINCT)),
+                [(m, w) for m, w in windows if w <= self.span],
+                [(m, w) for m, w in windows if self._is_long(w)])
         return plan
 
     def _seen(self, dk: Key, now: float, metrics: set[str]) -> None:
@@ -286,6 +405,7 @@ class FleetStore:
             self._shared.pop(dk, None)
             self._read_to.pop(dk, None)
             self._fleet_distinct.pop(dk, None)
+            self._long_at.pop(dk, None)
 
     def resend_batch(self) -> dict[str, Any] | None:
         """Everything this host sent for the buckets Redis still keeps, as one batch,
@@ -310,11 +430,40 @@ class FleetStore:
                         self._seen(dk, now, {metric})
                         self._incr.setdefault(dk, {})  # read back with the next batch
                         self._read_to.pop(dk, None)
+        self._resend_hourly(groups, now)
         if not groups:
             return None
         return {"keys": groups, "ttl": int((self.span_buckets + 2) * self.width),
                 "lo": max(hi - self.span_buckets + 1, self.start_bucket), "hi": hi,
-                "width": self.width}
+                "width": self.width, "long": self.long_settings()}
+
+    def _resend_hourly(self, groups: dict[Key, dict[str, Any]], now: float) -> None:
+        """The hourly HyperLogLogs again, from the local store: each member it holds
+        goes to the hour of its latest sighting here. A union of the hours up to now
+        holds a member iff one of its sightings is in them, and then its latest is
+        too, so that is all a long window needs. Lost: the members the local store no
+        longer holds (beyond its distinct cap, or of keys it evicted)."""
+        settings = self.long_settings()
+        sightings = getattr(self.local, "sightings", None)
+        if settings is None or sightings is None:
+            return
+        for (dimension, metric), ttl in settings["metrics"].items():
+            oldest = now - ttl
+            for key in self.local.keys(dimension):
+                hours: dict[int, list[str]] = {}
+                for member, t in sightings(dimension, key, metric).items():
+                    if t >= oldest:
+                        names = hours.setdefault(int(t // HOUR), [])
+                        if len(names) < MAX_MEMBERS:
+                            names.append(member)
+                if not hours:
+                    continue
+                dk = (dimension, key)
+                g = groups.get(dk)
+                if g is None:
+                    g = groups[dk] = {"tag": tag_prefix(self.prefix, *dk), "incr": {},
+                                      "members": {}, "read": None}
+                g.setdefault("hourly", {})[metric] = hours
 
     def merge(self, answer: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
         """Fold the other hosts' counts into the local store; returns the keys (and

@@ -33,22 +33,37 @@ COUNT_SCRIPT = """
 -- every key a group touches is its tag .. METRIC:BUCKET, in the tag's slot (on Redis
 -- Cluster a call carries one slot's groups only). ARGV[1]: ttl; ARGV[2]: the groups'
 -- instructions, each token ended by a newline (one string: packing and parsing
--- thousands of arguments is what costs the host's CPU, not Redis), per group:
+-- thousands of arguments is what costs the host's CPU, not Redis). Per group:
 --   n, then n x SUFFIX BY          INCRBY (INCRBYFLOAT) tag..SUFFIX BY, and EXPIRE
 --                                  if that created the key
 --   n, then n x SUFFIX M MEMBERS   PFADD tag..SUFFIX the M members, EXPIRE
+--   n, then n x SUFFIX TTL M MEMBERS
+--                                  the same for hourly keys, with their own EXPIRE
 --   FROM TO                        the buckets to read back
 --   n, then n x METRIC EXPECTED    the totals of METRIC's buckets FROM..TO (MGET),
 --                                  returned
 --                                  only when their sum is not EXPECTED
---   n, then n x METRIC FIRST KNOWN PFCOUNT over METRIC's buckets FIRST..TO, returned
---                                  only when it is not KNOWN
+--   n, then n x PREFIX FIRST LAST KNOWN
+--                                  PFCOUNT over tag..PREFIX..B for B in FIRST..LAST
+--                                  (METRIC: minute buckets, METRIC:h: hours),
+--                                  returned only when it is not KNOWN
 -- Returns one string, a line per answer: "c G J V V ..." (the totals, '' for none) or
--- "d G J COUNT"; G: the group, J: the metric's place in its list.
+-- "d G J COUNT"; G: the group, J: the metric's (or union's) place in its list.
 local ttl = ARGV[1]
 local t = {}
 for token in string.gmatch(ARGV[2], '([^\\n]*)\\n') do t[#t + 1] = token end
 local i, out = 1, {}
+local function pfadds(tag, expiry)
+  local n = tonumber(t[i]); i = i + 1
+  for _ = 1, n do
+    local key = tag .. t[i]; i = i + 1
+    local ttl_here = expiry
+    if not ttl_here then ttl_here = t[i]; i = i + 1 end
+    local m = tonumber(t[i]); i = i + 1
+    redis.call('PFADD', key, unpack(t, i, i + m - 1)); i = i + m
+    redis.call('EXPIRE', key, ttl_here)
+  end
+end
 for g = 1, #KEYS do
   local tag = KEYS[g]
   local n = tonumber(t[i]); i = i + 1
@@ -60,12 +75,8 @@ for g = 1, #KEYS do
     -- the expiry is set when the increment created the key (it keeps it after)
     if tonumber(now) == tonumber(by) then redis.call('EXPIRE', key, ttl) end
   end
-  n = tonumber(t[i]); i = i + 1
-  for _ = 1, n do
-    local key, m = tag .. t[i], tonumber(t[i + 1]); i = i + 2
-    redis.call('PFADD', key, unpack(t, i, i + m - 1)); i = i + m
-    redis.call('EXPIRE', key, ttl)
-  end
+  pfadds(tag, ttl)
+  pfadds(tag, nil)
   local from, to = tonumber(t[i]), tonumber(t[i + 1]); i = i + 2
   n = tonumber(t[i]); i = i + 1
   for j = 1, n do
@@ -84,10 +95,11 @@ for g = 1, #KEYS do
   end
   n = tonumber(t[i]); i = i + 1
   for j = 1, n do
-    local prefix, first, known = tag .. t[i] .. ':', tonumber(t[i + 1]), tonumber(t[i + 2])
-    i = i + 3
+    local prefix, first, last = tag .. t[i], tonumber(t[i + 1]), tonumber(t[i + 2])
+    local known = tonumber(t[i + 3])
+    i = i + 4
     local names = {}
-    for b = first, to do names[#names + 1] = prefix .. b end
+    for b = first, last do names[#names + 1] = prefix .. b end
     local count = redis.call('PFCOUNT', unpack(names))
     if count ~= known then out[#out + 1] = 'd ' .. g .. ' ' .. j .. ' ' .. count end
   end
@@ -113,6 +125,33 @@ def _cross_slot(exc: Exception) -> bool:
     return isinstance(exc, ClusterCrossSlotError) or "CROSSSLOT" in str(exc)
 
 
+HOURLY_MAX = 1000
+"""Members per hourly PFADD at most (counters.MAX_MEMBERS: one Lua unpack)."""
+
+
+def _hourly(dimension: str, members: dict[str, dict[int, Any]],
+            given: dict[str, dict[int, Any]] | None,
+            long: dict[str, Any] | None) -> dict[str, dict[int, Any]]:
+    """metric -> hour -> members for the hourly HyperLogLogs (``long["metrics"]``:
+    (dimension, metric) -> their expiry, s): the members of the
+    metrics read over long windows, by the hour of their bucket, and those ``given``
+    (a resend from the local store)."""
+    hourly: dict[str, dict[int, Any]] = {}
+    if long is None:
+        return hourly
+    per_hour, wanted = long["per"], long["metrics"]
+    by_hour = [(metric, b // per_hour, names) for metric, per in members.items()
+               if (dimension, metric) in wanted for b, names in per.items()]
+    by_hour += [(metric, hour, names) for metric, per in (given or {}).items()
+                if (dimension, metric) in wanted for hour, names in per.items()]
+    for metric, hour, names in by_hour:
+        hours = hourly.setdefault(metric, {})
+        had = hours.get(hour)
+        merged = names if had is None else set(had) | set(names)
+        hours[hour] = merged if len(merged) <= HOURLY_MAX else sorted(merged)[:HOURLY_MAX]
+    return hourly
+
+
 class _Call:
     """One script call being built: its groups' tags (KEYS), instructions (see
     COUNT_SCRIPT) and what to make of the answer."""
@@ -124,12 +163,16 @@ class _Call:
         self.reads: list[dict[str, Any] | None] = []
         self.size = 0  # bucket keys touched
 
-    def add(self, dk: tuple[str, str], group: dict[str, Any], lo: int, width: float) -> int:
-        """Append one group; returns the operations it asks of Redis."""
+    def add(self, dk: tuple[str, str], group: dict[str, Any], lo: int, width: float,
+            long: dict[str, Any] | None = None) -> int:
+        """Append one group; returns the operations it asks of Redis. ``long``: which
+        metrics' members go to the hourly HyperLogLogs too (FleetStore.long_settings)."""
         tokens = self.tokens
         incr, members, read = group["incr"], group["members"], group["read"]
+        hourly = _hourly(dk[0], members, group.get("hourly"), long)
         n_incr = sum(map(len, incr.values()))
         n_members = sum(map(len, members.values()))
+        n_hourly = sum(map(len, hourly.values()))
         tokens.append(str(n_incr))
         for metric, per in incr.items():
             for b, n in per.items():
@@ -139,6 +182,14 @@ class _Call:
         for metric, per in members.items():
             for b, names in per.items():
                 tokens.append(f"{metric}:{b}")
+                tokens.append(str(len(names)))
+                tokens += names
+        tokens.append(str(n_hourly))
+        for metric, per in hourly.items():
+            expiry = str(long["metrics"][(dk[0], metric)]) if long else "0"
+            for hour, names in per.items():
+                tokens.append(f"{metric}:h:{hour}")
+                tokens.append(expiry)
                 tokens.append(str(len(names)))
                 tokens += names
         reads = 0
@@ -153,18 +204,28 @@ class _Call:
             for metric, expect in zip(read["counts"], read["expect"], strict=True):
                 tokens.append(metric)
                 tokens.append(repr(float(expect)))
-            tokens.append(str(len(read["distinct"])))
+            long_reads = read.get("long", [])
+            tokens.append(str(len(read["distinct"]) + len(long_reads)))
             for (metric, window), known in zip(read["distinct"], read["known"],
                                                strict=True):
-                tokens.append(metric)
+                tokens.append(f"{metric}:")
                 tokens.append(str(max(int((to * width - window) // width) + 1, to - 1000)))
+                tokens.append(str(to))
                 tokens.append(str(known))
-            reads = len(read["counts"]) * max(0, to - start + 1) + len(read["distinct"])
+            for (metric, _), (first, last), known in zip(
+                    long_reads, read["hours"], read["long_known"], strict=True):
+                tokens.append(f"{metric}:h:")
+                tokens.append(str(max(first, last - 24)))  # at most 25 keys
+                tokens.append(str(last))
+                tokens.append(str(known))
+            reads = (len(read["counts"]) * max(0, to - start + 1) + len(read["distinct"])
+                     + len(long_reads))
         self.tags.append(group["tag"])
         self.carried.append(dk)
         self.reads.append(read)
-        self.size += n_incr + n_members + reads
-        return n_incr + n_members + reads
+        ops = n_incr + n_members + n_hourly + reads
+        self.size += ops
+        return ops
 
     def payload(self) -> str:
         """The tokens, each ended by a newline; one that holds a newline itself (no
@@ -192,7 +253,7 @@ class _Call:
                         if value:
                             answer["counts"][(dimension, key, metric, b)] = _number(value)
                 elif kind == "d":
-                    metric, window = read["distinct"][int(j) - 1]
+                    metric, window = (read["distinct"] + read.get("long", []))[int(j) - 1]
                     answer["distinct"][(dimension, key, metric, window)] = int(
                         _number(values))
             except (ValueError, IndexError, AssertionError):
@@ -217,6 +278,7 @@ class Counting:
         if self.script is None:
             self.script = self.client.register_script(COUNT_SCRIPT)
         ttl, lo, width = batch["ttl"], batch["lo"], batch["width"]
+        long = batch.get("long")
         calls: list[_Call] = []
         by_slot: dict[int, _Call] = {}
         if self.per_slot:
@@ -233,7 +295,7 @@ class Counting:
             elif current is None or current.size >= CALL_KEYS:
                 current = _Call()
                 calls.append(current)
-            self.operations += current.add(dk, group, lo, width)
+            self.operations += current.add(dk, group, lo, width, long)
         if not calls:
             return {"counts": {}, "distinct": {}}
         pipe = self.client.pipeline(transaction=False)

@@ -522,6 +522,16 @@ class FrequencyStore:
         """A snapshot of the keys held for ``dimension`` (safe to iterate while adding)."""
         return list(self._dims.get(dimension, ()))
 
+    def sightings(self, dimension: str, key: str, metric: str) -> dict[str, float]:
+        """``member -> start of the level-0 bucket of its latest sighting`` of a
+        distinct metric (a copy; empty when not held): what a fleet host sends again
+        after Redis lost the hourly HyperLogLogs."""
+        ms = self._lookup(dimension, key, metric)
+        if type(ms) is not MemberSet:
+            return {}
+        w0 = self._w0
+        return {member: b * w0 for member, b in ms.last.items()}
+
     def dimensions(self) -> list[str]:
         return list(self._dims)
 
