@@ -586,9 +586,9 @@ class Daemon:
             self.metrics.close()
         if self.journal is not None:
             self.journal.stop()
-        if self.fleet is not None:
-            self.fleet.close()
         with self.lock:
+            if self.fleet is not None:
+                self.fleet.close(self.state.conn)  # what it owes is saved below
             saved = self.state.checkpoint()
             if self.cfg.daemon.on_stop == "remove":
                 log.info("stopping: removing enforcement (on_stop = remove); the ledger "

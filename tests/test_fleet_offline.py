@@ -1,0 +1,147 @@
+"""Fleet mode without a running daemon: ``ban``/``unban`` from the command line and
+``scan`` from cron publish on the decision stream as the daemon does, enforce what the
+other hosts decided, and keep what Redis could not be told for the next start."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from redis_server import RedisServer, free_port
+from test_daemon import Recorder, wait_for
+from test_daemon import running as running  # the fixture
+from test_fleet import host, keys_of
+
+from smtpguard_logwatch.daemon.control import request
+from smtpguard_logwatch.fleet import wire
+from smtpguard_logwatch.fleet.bus import stream_key
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+def offline_config(tmp_path: Path, name: str, url: str, *, extra: str = "") -> Path:
+    """A config for a host whose daemon is not running: nftables in dry run (it
+    prints, it does not touch the kernel), a control socket nobody answers on."""
+    directory = tmp_path / name
+    directory.mkdir(exist_ok=True)
+    path = directory / "config.toml"
+    path.write_text(f'[state]\ndatabase = "{directory}/state.sqlite"\n'
+                    f'control_socket = "{directory}/control.sock"\n'
+                    "[actions.nftables]\nenabled = true\ndry_run = true\n"
+                    f'[fleet]\nredis = "{url}"\nhost = "{name}"\ntimeout = 0.3\n{extra}')
+    return path
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "smtpguard_logwatch", *args,
+                           "--config", str(config)], capture_output=True, text=True,
+                          check=False, cwd="/", timeout=60)
+
+
+def stream(server: RedisServer) -> list[wire.Entry]:
+    raw = server.client().xrange(stream_key("smtpguard"))
+    return [wire.decode(fields, time.time()) for _id, fields in raw]
+
+
+def dead_url() -> str:
+    return f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+
+
+# -- ban / unban without a daemon ---------------------------------------------------------
+
+def test_offline_ban_and_unban_are_published_like_the_daemons(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    """Regression: offline, they were recorded and enforced on this host only; a
+    running daemon on another host never heard of them."""
+    rec = Recorder()
+    mx1 = host(tmp_path, "mx1", redis_server.url)
+    running(mx1, [rec])
+    wait_for(lambda: request(mx1.control_socket, "status")["fleet"]["state"] == "up", 5, "up")
+    mx2 = offline_config(tmp_path, "mx2", redis_server.url)
+
+    banned = cli(mx2, "ban", "203.0.113.9", "--for", "10m", "--reason", "seen on mx2")
+    assert banned.returncode == 0, banned.stderr
+    assert "told the fleet" in banned.stdout
+    wait_for(lambda: "203.0.113.9" in keys_of(rec), 5, "the offline ban on mx1")
+    [entry] = stream(redis_server)
+    assert (entry.kind, entry.host, entry.key, entry.decision.origin,
+            entry.decision.until - entry.time) == ("decision", "mx2", "203.0.113.9",
+                                                   "manual", 600)
+
+    lifted = cli(mx2, "unban", "203.0.113.9")
+    assert lifted.returncode == 0, lifted.stderr
+    wait_for(lambda: "203.0.113.9" in [d.key for _, d in rec.revoked], 5, "the unban on mx1")
+    assert [e.kind for e in stream(redis_server)] == ["decision", "unban"]
+
+    # an unban of a key only another host had: lifted there, as from a daemon
+    request(mx1.control_socket, "ban", key="203.0.113.10", duration=600)
+    assert cli(mx2, "unban", "203.0.113.10").returncode == 1  # none here
+    wait_for(lambda: "203.0.113.10" not in
+             {d["key"] for d in request(mx1.control_socket, "list")}, 5, "mx1's ban lifted")
+
+
+def test_offline_unban_all_is_published_per_key(tmp_path: Path,
+                                                 redis_server: RedisServer) -> None:
+    mx2 = offline_config(tmp_path, "mx2", redis_server.url)
+    for ip in ("203.0.113.1", "203.0.113.2"):
+        assert cli(mx2, "ban", ip).returncode == 0
+    done = cli(mx2, "unban", "--all", "--yes")
+    assert done.returncode == 0, done.stderr
+    unbans = [(e.kind, e.key) for e in stream(redis_server) if e.kind == "unban"]
+    assert unbans == [("unban", "203.0.113.1"), ("unban", "203.0.113.2")]
+
+
+def test_redis_down_says_so_in_one_line_keeps_the_local_part_and_the_debt(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    """Regression: offline, nothing was ever published; now Redis down is one line and
+    a non-zero exit after the local part, and the next daemon start sends what is owed
+    (an unban included, which republishing the decisions in force would not)."""
+    down = offline_config(tmp_path, "mx2", dead_url())
+    started = time.monotonic()
+    banned = cli(down, "ban", "203.0.113.20", "--for", "10m")
+    assert banned.returncode == 1
+    assert banned.stdout.startswith("refuse client_ip 203.0.113.20 until ")  # done here
+    [line] = fleet_lines(banned.stderr)  # (the rest: nftables' dry-run notes)
+    assert "unreachable" in line and "NOT told" in line
+    assert json.loads(cli(down, "list", "--json").stdout)[0]["key"] == "203.0.113.20"
+    lifted = cli(down, "unban", "203.0.113.20")
+    assert lifted.returncode == 1 and "lifted refuse client_ip 203.0.113.20" in lifted.stdout
+    assert len(fleet_lines(lifted.stderr)) == 1
+    assert time.monotonic() - started < 20
+
+    # mx1 got the ban another way (say, from mx2's daemon before it stopped)
+    rec = Recorder()
+    mx1 = host(tmp_path, "mx1", redis_server.url)
+    running(mx1, [rec])
+    wait_for(lambda: request(mx1.control_socket, "status")["fleet"]["state"] == "up", 5, "up")
+    request(mx1.control_socket, "ban", key="203.0.113.20", duration=600)
+    assert keys_of(rec) == ["203.0.113.20"]
+    # mx2's daemon starts on the same state database, Redis reachable now: it sends
+    # the unban it owes (dated before mx1's ban: mx1's stands) and the ban's entry
+    mx2 = host(tmp_path, "mx2-daemon", redis_server.url)
+    mx2.state = str(tmp_path / "mx2" / "state.sqlite")
+    mx2.fleet.host = "mx2"
+    running(mx2, [Recorder()])
+    wait_for(lambda: [e.kind for e in stream(redis_server) if e.host == "mx2"]
+             == ["decision", "unban"], 5, "the owed entries on the stream")
+    assert "203.0.113.20" in {d["key"] for d in request(mx1.control_socket, "list")}
+    wait_for(lambda: owed_rows(mx2.state) == 0, 5, "the debt cleared at a checkpoint")
+
+
+def fleet_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "fleet" in line]
+
+
+def owed_rows(state: str) -> int:
+    with sqlite3.connect(state) as conn:
+        return conn.execute("SELECT COUNT(*) FROM fleet_owed").fetchone()[0]
