@@ -514,7 +514,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
             "lines": result.lines, "cut": result.cut,
             "decisions": [decision_json(d) | {"id": d.id, "stale": d.id in result.stale}
                           for d in result.decisions],
-            "unenforced": result.unenforced, "errors": result.errors}, indent=1))
+            "unenforced": result.unenforced, "errors": result.errors}
+            | ({} if cfg.fleet is None else {"fleet": result.fleet,
+                                              "fleet_error": result.fleet_error}),
+            indent=1))
         return 1 if result.errors or result.unenforced else 0
     stale = f" ({len(result.stale)} stale, not enforced)" if result.stale else ""
     print(f"scan: {result.lines} lines ({result.cut} cut at {MAX_LINE} characters), "
@@ -526,6 +529,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(f"  {iso(d.time)} {d.dimension} {d.key} {d.action}"
               f"{' (simulated)' if d.simulated else ''}{until} "
               f"[{', '.join(d.rules)}]{note}")
+    for line in result.fleet:
+        print(f"  {line}")
     for line in result.unenforced:
         print(f"smtpguard-logwatch: {line}", file=sys.stderr)
     return 1 if result.errors or result.unenforced else 0

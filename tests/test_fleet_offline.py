@@ -13,13 +13,17 @@ from pathlib import Path
 
 import pytest
 from redis_server import RedisServer, free_port
-from test_daemon import Recorder, wait_for
+from test_daemon import Recorder, reject, wait_for
 from test_daemon import running as running  # the fixture
 from test_fleet import host, keys_of
 
 from smtpguard_logwatch.daemon.control import request
+from smtpguard_logwatch.engine.ledger import Decision
 from smtpguard_logwatch.fleet import wire
 from smtpguard_logwatch.fleet.bus import stream_key
+from smtpguard_logwatch.operator import open_ledger
+from smtpguard_logwatch.report import iso
+from smtpguard_logwatch.scan import run_scan
 
 
 @pytest.fixture
@@ -145,3 +149,112 @@ def fleet_lines(stderr: str) -> list[str]:
 def owed_rows(state: str) -> int:
     with sqlite3.connect(state) as conn:
         return conn.execute("SELECT COUNT(*) FROM fleet_owed").fetchone()[0]
+
+
+# -- scan from cron -------------------------------------------------------------------------
+
+def scan_host(tmp_path: Path, name: str, url: str):
+    cfg = host(tmp_path, name, url)
+    cfg.actions = {}
+    return cfg
+
+
+def write_rejects(cfg, ip: str, n: int = 6) -> None:
+    with open(cfg.logs[0], "a") as fh:
+        fh.writelines(reject(ip) for _ in range(n))
+
+
+def test_scan_enforces_the_fleets_decisions_once_and_publishes_its_own(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    """Regression: scan ignored [fleet]: it neither enforced what the daemons decided
+    nor published what it decided."""
+    rec1 = Recorder()
+    mx1 = host(tmp_path, "mx1", redis_server.url)
+    running(mx1, [rec1])
+    wait_for(lambda: request(mx1.control_socket, "status")["fleet"]["state"] == "up", 5, "up")
+    request(mx1.control_socket, "ban", key="203.0.113.5", duration=600)
+    wait_for(lambda: stream(redis_server), 5, "the ban sent")
+
+    mx2, rec2 = scan_host(tmp_path, "mx2", redis_server.url), Recorder()
+    first = run_scan(mx2, actions=[rec2])
+    assert first.fleet_error is None and first.errors == []
+    assert keys_of(rec2) == ["203.0.113.5"]
+    assert first.fleet == [f"fleet decision from mx1: refuse client_ip 203.0.113.5 until "
+                           f"{iso(rec2.applied[0][1].until)}"]
+
+    write_rejects(mx2, "192.0.2.9")  # the sixth reject crosses "> 5"
+    second = run_scan(mx2, actions=[rec2])
+    assert [d.key for d in second.decisions] == ["192.0.2.9"] and second.fleet == []
+    assert keys_of(rec2) == ["203.0.113.5", "192.0.2.9"]  # the fleet's: once
+    wait_for(lambda: "192.0.2.9" in keys_of(rec1), 5, "mx2's decision on mx1")
+    listed = {(d["key"], d["host"]) for d in request(mx1.control_socket, "list")}
+    assert ("192.0.2.9", "mx2") in listed
+
+    request(mx1.control_socket, "unban", key="203.0.113.5")
+    wait_for(lambda: "unban" in [e.kind for e in stream(redis_server)], 5, "the unban sent")
+    third = run_scan(mx2, actions=[rec2])
+    assert [d.key for _, d in rec2.revoked] == ["203.0.113.5"]
+    assert third.fleet == ["lifted by mx1: refuse client_ip 203.0.113.5 until "
+                           f"{iso(rec2.applied[0][1].until)}"]
+    assert [d.key for d in open_ledger(mx2.state).active(time.time())] == ["192.0.2.9"]
+
+
+def test_scan_checks_what_it_reads_like_the_daemon(tmp_path: Path,
+                                                   redis_server: RedisServer) -> None:
+    now = time.time()
+    good = wire.encode_decision("mx1", Decision(now, "client_ip", "203.0.113.77", "refuse",
+                                                now + 600, ("burst",), id=1))
+    local = wire.encode_decision("mx1", Decision(now, "client_ip", "127.0.0.1", "refuse",
+                                                 now + 600, ("burst",), id=2))
+    forged = dict(good, key="203.0.113.78; nft flush ruleset", id=f"mx1:3:{int(now)}")
+    held = wire.encode_decision("mx1", Decision(now, "client_ip", "203.0.113.79", "refuse",
+                                                now + 600, ("held",), id=4))
+    client = redis_server.client()
+    for fields in (forged, local, held, good):
+        client.xadd(stream_key("smtpguard"), fields)
+    mx2, rec = scan_host(tmp_path, "mx2", redis_server.url), Recorder()
+    state_breaker_holds(mx2, "held")
+    result = run_scan(mx2, actions=[rec])
+    assert keys_of(rec) == ["203.0.113.77"]
+    assert result.errors == []
+
+
+def state_breaker_holds(cfg, rule: str) -> None:
+    """The rule is held back by this host's circuit breaker (as saved by a run)."""
+    from smtpguard_logwatch.state import State
+
+    state = State(cfg)
+    try:
+        state.engine.breaker.restore([(rule, time.time() + 3600, 1)])
+        assert state.checkpoint()
+    finally:
+        state.close()
+
+
+def test_scan_with_redis_down_goes_on_alone_and_a_later_run_publishes(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    mx2, rec = scan_host(tmp_path, "mx2", dead_url()), Recorder()
+    write_rejects(mx2, "192.0.2.44")
+    alone = run_scan(mx2, actions=[rec])
+    assert [d.key for d in alone.decisions] == ["192.0.2.44"]
+    assert keys_of(rec) == ["192.0.2.44"]  # enforced here all the same
+    assert "unreachable" in alone.fleet_error and len(alone.errors) == 1
+    mx2.fleet.redis = redis_server.url  # Redis is back for the next run
+    again = run_scan(mx2, actions=[rec])
+    assert again.errors == [] and again.decisions == []
+    assert [(e.kind, e.host, e.key) for e in stream(redis_server)] == [
+        ("decision", "mx2", "192.0.2.44")]
+
+
+def test_cli_scan_with_redis_down_is_one_line_and_status_1(tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'[logs]\nfiles = ["{log}"]\n[state]\ndatabase = "{tmp_path}/s.sqlite"\n'
+                    f'[fleet]\nredis = "{dead_url()}"\nhost = "mx2"\n')
+    done = subprocess.run([sys.executable, "-m", "smtpguard_logwatch", "scan", "--config",
+                           str(conf)], capture_output=True, text=True, cwd="/", check=False,
+                          timeout=60)
+    assert done.returncode == 1 and done.stdout.startswith("scan: 0 lines")
+    [line] = done.stderr.strip().splitlines()
+    assert "fleet" in line and "unreachable" in line and "scan goes on" in line

@@ -200,6 +200,17 @@ class Link:
         self.prune(now)
         return len(items)
 
+    def apply_entries(self, ledger: Ledger, enforcer: Enforcer, now: float,
+                      raw: list[tuple[str, Mapping[Any, Any]]],
+                      held_back: Callable[[float], Mapping[str, float]],
+                      forgive: Callable[[str, str], None],
+                      on_decision: Callable[[Decision, str], None],
+                      simulating: Callable[[float], bool]) -> None:
+        """Stream entries read by the caller (``scan`` reads the stream itself), with
+        the same checks as those the bus brings; see :meth:`apply_inbox`."""
+        self._simulating = simulating
+        self._entries(ledger, enforcer, now, raw, held_back, forgive, on_decision)
+
     def _entries(self, ledger: Ledger, enforcer: Enforcer, now: float,
                  raw: list[tuple[str, Mapping[Any, Any]]],
                  held_back: Callable[[float], Mapping[str, float]],
