@@ -106,6 +106,7 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
     if fleet is not None:
         state.engine.on_revoke = revoked.append
         state.engine.on_extend = extended.append
+        fleet.share_counts(state.engine)
     starts = {path: _unread(path, state.positions.get(path)) for path in cfg.logs}
     meter = ByteMeter()
     # The bytes still to read in each log's current file; lines of rotated files read
@@ -116,7 +117,7 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
     for path in cfg.logs:
         cursor = LogCursor(path, state.positions.get(path), notify=_report_follow_warning)
         meter.next_input()
-        lines = cursor.read()
+        lines = cursor.read() if fleet is None else fleet.counted(cursor.read())
         st, offset = starts[path]
         if shown is not None and st is not None:
             lines = _metered(lines, (st.st_ino, st.st_dev), offset, meter)
@@ -126,6 +127,9 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
             cursor.close()
     if shown is not None:
         shown.end(state.pipeline.stats)
+    if fleet is not None:
+        fleet.sync()  # the last lines' counts, and the fleet's back
+        fleet.save_counts()  # committed with the counts they describe
     result.lines = state.pipeline.stats.read
     result.cut = state.pipeline.stats.cut
     if not state.checkpoint():  # positions, counts, points, joins and decisions

@@ -177,8 +177,8 @@ def test_scan_enforces_the_fleets_decisions_once_and_publishes_its_own(
 
     mx2, rec2 = scan_host(tmp_path, "mx2", redis_server.url), Recorder()
     first = run_scan(mx2, actions=[rec2])
-    assert first.fleet_error is None and first.errors == []
     assert keys_of(rec2) == ["203.0.113.5"]
+    assert first.fleet_error is None and first.errors == []
     assert first.fleet == [f"fleet decision from mx1: refuse client_ip 203.0.113.5 until "
                            f"{iso(rec2.applied[0][1].until)}"]
 
@@ -238,7 +238,7 @@ def test_scan_with_redis_down_goes_on_alone_and_a_later_run_publishes(
     alone = run_scan(mx2, actions=[rec])
     assert [d.key for d in alone.decisions] == ["192.0.2.44"]
     assert keys_of(rec) == ["192.0.2.44"]  # enforced here all the same
-    assert "unreachable" in alone.fleet_error and len(alone.errors) == 1
+    assert len(alone.errors) == 1 and "unreachable" in alone.fleet_error
     mx2.fleet.redis = redis_server.url  # Redis is back for the next run
     again = run_scan(mx2, actions=[rec])
     assert again.errors == [] and again.decisions == []
@@ -258,3 +258,44 @@ def test_cli_scan_with_redis_down_is_one_line_and_status_1(tmp_path: Path) -> No
     assert done.returncode == 1 and done.stdout.startswith("scan: 0 lines")
     [line] = done.stderr.strip().splitlines()
     assert "fleet" in line and "unreachable" in line and "scan goes on" in line
+
+
+def test_scans_share_counts_so_the_rules_read_the_fleets_window(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """Regression: each scan counted alone; 3 rejects on mx1 and 3 on mx2 in the same
+    minute never crossed "rejects in 1m > 5"."""
+    minute = (int(time.time()) // 60 - 1) * 60 + 30  # one log minute, already over
+    mx1, rec1 = scan_host(tmp_path, "mx1", redis_server.url), Recorder()
+    mx2, rec2 = scan_host(tmp_path, "mx2", redis_server.url), Recorder()
+    for cfg in (mx1, mx2):
+        with open(cfg.logs[0], "a") as fh:
+            fh.writelines(reject("192.0.2.60", minute + i) for i in range(3))
+    assert run_scan(mx1, actions=[rec1]).decisions == []  # 3 of its own, alone so far
+    decided = run_scan(mx2, actions=[rec2])  # its 3 and mx1's 3
+    assert [(d.key, d.action) for d in decided.decisions] == [("192.0.2.60", "refuse")]
+    assert keys_of(rec2) == ["192.0.2.60"]
+    assert run_scan(mx1, actions=[rec1]).fleet[0].startswith(
+        "fleet decision from mx2: refuse client_ip 192.0.2.60")
+
+    # a later run of mx2 in the same minute: neither mx1's share nor its own counted twice
+    with open(mx2.logs[0], "a") as fh:
+        fh.write(reject("192.0.2.60", minute + 10))
+    assert run_scan(mx2, actions=[rec2]).errors == []
+    assert count_of(mx2, "192.0.2.60", minute) == 7
+    # mx1 read the key back only in its first run (a host reads the keys it sees),
+    # before mx2 had counted: it holds its own 3; mx2's decision reached it anyway
+    assert count_of(mx1, "192.0.2.60", minute) == 3
+    total = sum(int(v) for k in redis_server.client().keys("smtpguard:c:*192.0.2.60*")
+                for v in [redis_server.client().get(k)] if v is not None and v.isdigit())
+    assert total == 7
+
+
+def count_of(cfg, ip: str, minute: float) -> float:
+    from smtpguard_logwatch.state import State
+
+    state = State(cfg)
+    try:
+        return state.engine.store.count("client_ip", ip, "rejects", 60, minute)
+    finally:
+        state.close()
+

@@ -13,8 +13,12 @@ the next run or daemon start.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from collections.abc import Callable, Mapping
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..actions.enforcer import Enforcer
@@ -23,6 +27,7 @@ from ..engine.ledger import Decision
 from ..report import iso
 from . import direct, wire
 from .bus import claim_key
+from .countwork import Counting
 from .link import MAIL_CLAIM_NO_END, Link, only, others
 
 log = logging.getLogger("smtpguard_logwatch.fleet")
@@ -30,6 +35,13 @@ log = logging.getLogger("smtpguard_logwatch.fleet")
 CURSOR = "fleet"
 """The name of the stream position in the state's source cursors: ``EPOCH LAST_ID``
 (a Redis that lost its data numbers its stream from the start again)."""
+
+
+SYNC_LINES = 5000
+SYNC_SECONDS = 60.0
+"""Counts are exchanged with the fleet every SYNC_LINES lines or SYNC_SECONDS of log
+time, whichever comes first, and once at the end of the run."""
+_BOOKS_TABLE = "CREATE TABLE IF NOT EXISTS fleet_books (id INTEGER PRIMARY KEY, books TEXT)"
 
 
 class ScanFleet:
@@ -46,6 +58,10 @@ class ScanFleet:
         self.error: str | None = None
         self.applied: list[str] = []  # one line per decision taken from (or lifted by) others
         self._out: list[dict[str, str]] = []
+        self.store: Any = None  # counters.FleetStore when counts are shared
+        self.engine: Any = None
+        self._counting: Counting | None = None
+        self._synced_at = -math.inf
 
     def connect(self) -> None:
         try:
@@ -97,6 +113,78 @@ class ScanFleet:
             log.info("fleet: warning mail for %s %s %s already sent by another host",
                      d.action, d.dimension, d.key)
         return bool(first)
+
+    # -- counts --------------------------------------------------------------------------------
+
+    def share_counts(self, engine: Any) -> None:
+        """Put the fleet's counters in front of the engine's store (the dimensions of
+        ``[fleet] dimensions``), with what earlier runs sent and merged. The store's
+        clock is the log's: a run reads the fleet's buckets of the minutes it reads."""
+        from .counters import FleetStore
+
+        if not self.settings.dimensions or not self.up:
+            return  # (Redis down: the books stay as they were, true of what Redis holds)
+        local = engine.store
+
+        def log_time() -> float:
+            t = local.clock
+            return t if math.isfinite(t) else time.time()
+
+        store = FleetStore(local, prefix=self.settings.prefix,
+                           dimensions=self.settings.dimensions, clock=log_time)
+        # Every bucket may be merged: the books say what earlier runs sent and merged
+        # (a daemon, without them, merges only the buckets after its start).
+        store.start_bucket = 0
+        self.state.conn.execute(_BOOKS_TABLE)
+        row = self.state.conn.execute("SELECT books FROM fleet_books WHERE id = 1").fetchone()
+        if row is not None:
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                store.restore_books(json.loads(row[0]))  # a bad row: start afresh
+        engine.store = self.store = store
+        self.engine = engine
+
+    def counted(self, lines: Iterable[Any]) -> Iterator[Any]:
+        """The lines, with the counts exchanged every SYNC_LINES lines or SYNC_SECONDS
+        of log time (between two lines, as the daemon does between two batches)."""
+        if self.store is None:
+            yield from lines
+            return
+        n = 0
+        for item in lines:
+            yield item
+            n += 1
+            if n % 256 == 0 and (n >= SYNC_LINES
+                                 or self.store.clock() - self._synced_at >= SYNC_SECONDS):
+                self.sync()
+                n = 0
+
+    def sync(self) -> None:
+        """This run's counts out, the fleet's back into the store; the keys whose
+        fleet counts grew are evaluated again (at the log's time)."""
+        store = self.store
+        if store is None:
+            return
+        self._synced_at = store.clock()
+        batch = store.take_batch()
+        if batch is None or not self.up:
+            return  # (Redis down: they stay local; the books say sent, so a later run
+            # undercounts the others in those buckets rather than count them twice)
+        try:
+            if self._counting is None:
+                self._counting = Counting(self.redis.client)
+            answer = self._counting.round_trip(batch)
+        except Exception as exc:  # noqa: BLE001 - redis errors, and OSError under them
+            self._down(direct.Unreachable(direct.one_line(self.settings, exc)))
+            return
+        now = store.clock()
+        for (dimension, key), metrics in store.merge(answer).items():
+            self.engine.reevaluate(dimension, key, metrics, now)
+
+    def save_counts(self) -> None:
+        """The books, in the transaction the caller's checkpoint commits."""
+        if self.store is not None:
+            self.state.conn.execute("INSERT OR REPLACE INTO fleet_books VALUES (1, ?)",
+                                    (json.dumps(self.store.books()),))
 
     # -- at the end of the run ----------------------------------------------------------------
 
