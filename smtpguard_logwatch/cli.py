@@ -284,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Like SIGHUP, but waits for the outcome: exit status "
                                         "1 and the error (FILE:LINE:COLUMN) if the new "
                                         "config or rules are refused; the old ones then "
-                                        "stay in force.")
+                                        "stay in force. Exit status 1 too when [state], "
+                                        "[metrics] or [fleet] changed: those need a "
+                                        "restart (the rest is applied).")
     add_config(reload)
 
     report = sub.add_parser(
@@ -676,6 +678,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
               f"{answer.get('error')}", file=sys.stderr)
         return 1
     print(f"reloaded: {answer['rules']} rules, following {', '.join(answer['logs'])}")
+    restart = answer.get("restart_needed") or []
+    if restart:
+        sections = ", ".join(f"[{name}]" for name in restart)
+        print(f"smtpguard-logwatch: reload: changes to {sections} NOT applied: they need a "
+              "restart of the daemon (the old settings stay in force until then)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

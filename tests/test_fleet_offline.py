@@ -1,6 +1,7 @@
 """Fleet mode without a running daemon: ``ban``/``unban`` from the command line and
 ``scan`` from cron publish on the decision stream as the daemon does, enforce what the
-other hosts decided, and keep what Redis could not be told for the next start."""
+other hosts decided, share counts, and keep what Redis could not be told for the next
+start; and a daemon's ``reload`` says that a changed ``[fleet]`` needs a restart."""
 
 from __future__ import annotations
 
@@ -299,3 +300,48 @@ def count_of(cfg, ip: str, minute: float) -> float:
     finally:
         state.close()
 
+
+
+# -- reload ---------------------------------------------------------------------------------
+
+def test_reload_says_a_fleet_change_needs_a_restart(tmp_path: Path,
+                                                    redis_server: RedisServer) -> None:
+    """Regression: a reload took the new [fleet] into its config without a word while
+    the old connection went on; now it says in one line that a restart is needed, and
+    `reload` exits 1 (the rules are reloaded all the same)."""
+    from test_daemon import Running
+
+    from smtpguard_logwatch.config import load_config
+
+    base = tmp_path / "mx1"
+    base.mkdir()
+    (base / "mail.log").touch()
+    (base / "t.rules").write_text("rule burst for client_ip:\n    when rejects in 1m > 5\n"
+                                  "    add 100 points\nladder client_ip:\n"
+                                  "    at 100 points refuse for 1h\n")
+    path = base / "config.toml"
+
+    def write(name: str) -> None:
+        path.write_text(f'[logs]\nfiles = ["{base}/mail.log"]\n'
+                        f'[rules]\nfiles = ["{base}/t.rules"]\n'
+                        f'[state]\ndatabase = "{base}/state.sqlite"\n'
+                        f'control_socket = "{base}/control.sock"\n'
+                        f'[fleet]\nredis = "{redis_server.url}"\nhost = "{name}"\n')
+
+    write("mx1")
+    cfg = load_config(str(path))
+    daemon = Running(cfg, [Recorder()])
+    try:
+        wait_for(lambda: request(cfg.control_socket, "status")["fleet"]["state"] == "up", 5,
+                 "up")
+        assert cli(path, "reload").returncode == 0  # nothing changed
+        write("mx9")
+        out = cli(path, "reload")
+        assert out.returncode == 1 and out.stdout.startswith("reloaded: 1 rules")
+        [line] = out.stderr.strip().splitlines()
+        assert "[fleet]" in line and "restart" in line
+        answer = request(cfg.control_socket, "reload", timeout=15)  # until the restart
+        assert answer["ok"] and answer["restart_needed"] == ["fleet"]
+        assert request(cfg.control_socket, "status")["fleet"]["host"] == "mx1"
+    finally:
+        daemon.stop()
