@@ -152,6 +152,26 @@ def owed_rows(state: str) -> int:
         return conn.execute("SELECT COUNT(*) FROM fleet_owed").fetchone()[0]
 
 
+
+def test_a_daemon_stopping_with_redis_down_keeps_what_it_owes(
+        tmp_path: Path, redis_server: RedisServer, running) -> None:
+    """An unban made through a daemon whose Redis is down: the daemon stops before Redis
+    comes back; the next start (Redis reachable) sends it. Republishing the decisions
+    in force, all the daemon did before, never brings an unban back."""
+    down = host(tmp_path, "mx2", dead_url())
+    first = running(down, [Recorder()])
+    request(down.control_socket, "ban", key="203.0.113.30", duration=600)
+    request(down.control_socket, "unban", key="203.0.113.30")
+    first.stop()
+    assert owed_rows(down.state) == 2  # the ban's entry and the unban's
+
+    again = host(tmp_path, "mx2-again", redis_server.url)
+    again.state, again.fleet.host = down.state, "mx2"
+    running(again, [Recorder()])
+    wait_for(lambda: [(e.kind, e.key) for e in stream(redis_server)] == [
+        ("decision", "203.0.113.30"), ("unban", "203.0.113.30")], 5, "the owed entries")
+
+
 # -- scan from cron -------------------------------------------------------------------------
 
 def scan_host(tmp_path: Path, name: str, url: str):
