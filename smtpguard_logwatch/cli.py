@@ -368,8 +368,8 @@ def cmd_ban(args: argparse.Namespace) -> int:
             if wire.shareable(banned.decision) else []))
     if args.json:
         enforced = bool(by) and not failed
-        fleet = {} if where or cfg.fleet is None else {"fleet_told": untold is None,
-                                                        "fleet_error": untold}
+        fleet = {} if where or cfg.fleet is None else {"fleet_told": untold == "",
+                                                        "fleet_error": untold or None}
         print(json.dumps(d | {"carried_by": by, "failed": failed, "enforced": enforced,
                               "daemon": bool(where)} | fleet, indent=1))
         return 0 if enforced and not untold else 1
@@ -389,16 +389,19 @@ def cmd_ban(args: argparse.Namespace) -> int:
 
 def _tell_fleet(cfg, conn, entries: Callable[[str], list[dict[str, str]]]) -> str | None:
     """Without a daemon, in fleet mode: publish what this command did on the stream as
-    the daemon would; the one-line reason when Redis could not be told (the entries are
-    then kept in the state database for the next daemon start or scan), else None."""
+    the daemon would. The one-line reason when Redis could not be told (the entries are
+    then kept in the state database for the next daemon start or scan); "" when the
+    fleet was told; None when there was nothing to tell (no [fleet], a simulated or
+    notify-only decision)."""
     if cfg.fleet is None:
         return None
     from .fleet import direct
 
     settings = cfg.fleet
-    untold = direct.tell(settings, conn, entries(direct.host_name(settings)))
+    new = entries(direct.host_name(settings))
+    untold = direct.tell(settings, conn, new)
     if untold is None:
-        return None
+        return "" if new else None
     print(f"smtpguard-logwatch: fleet: {untold}; done on this host only, the other hosts "
           "were NOT told (kept in the state database: the next daemon start or scan "
           "sends it)", file=sys.stderr)
@@ -407,7 +410,7 @@ def _tell_fleet(cfg, conn, entries: Callable[[str], list[dict[str, str]]]) -> st
 
 def _told(cfg, where: str, untold: str | None) -> None:
     """The line that says the fleet was told (offline, in fleet mode, not --json)."""
-    if cfg.fleet is not None and not where and untold is None:
+    if cfg.fleet is not None and not where and untold == "":
         from .fleet.bus import redacted
 
         print(f"told the fleet ({redacted(cfg.fleet.redis)})")

@@ -150,6 +150,8 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
             result.unenforced.append(
                 f"decision {decision.id}: no configured action can {decision.action} a "
                 f"{decision.dimension} key (configured: {names or 'none'})")
+            if fleet is not None:
+                fleet.publish(decision)  # other hosts may carry it out
             continue
         if fleet is None:
             enforcer.apply(decision)
