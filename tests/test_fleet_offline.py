@@ -16,7 +16,7 @@ import pytest
 from redis_server import RedisServer, free_port
 from test_daemon import Recorder, reject, wait_for
 from test_daemon import running as running  # the fixture
-from test_fleet import host, keys_of
+from test_fleet import Teller, host, keys_of
 
 from smtpguard_logwatch.daemon.control import request
 from smtpguard_logwatch.engine.ledger import Decision
@@ -309,6 +309,24 @@ def test_scans_share_counts_so_the_rules_read_the_fleets_window(
     total = sum(int(v) for k in redis_server.client().keys("smtpguard:c:*192.0.2.60*")
                 for v in [redis_server.client().get(k)] if v is not None and v.isdigit())
     assert total == 7
+
+
+
+def test_scans_mail_a_warning_once_per_fleet(tmp_path: Path,
+                                             redis_server: RedisServer) -> None:
+    """Two cron hosts decide on the same key: the first to claim it mails, the other
+    enforces without mailing (before, every scan mailed its own)."""
+    minute = (int(time.time()) // 60 - 1) * 60 + 30
+    tellers = []
+    for name in ("mx1", "mx2"):
+        cfg, rec, teller = scan_host(tmp_path, name, redis_server.url), Recorder(), Teller()
+        with open(cfg.logs[0], "a") as fh:
+            fh.writelines(reject("192.0.2.70", minute + i) for i in range(6))
+        assert [d.key for d in run_scan(cfg, actions=[rec, teller]).decisions] == [
+            "192.0.2.70"]
+        assert "192.0.2.70" in keys_of(rec)  # (mx2: its own and mx1's, as a daemon)
+        tellers.append(teller)
+    assert [keys_of(t) for t in tellers] == [["192.0.2.70"], []]
 
 
 def count_of(cfg, ip: str, minute: float) -> float:
