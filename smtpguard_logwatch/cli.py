@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, core
@@ -283,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Like SIGHUP, but waits for the outcome: exit status "
                                         "1 and the error (FILE:LINE:COLUMN) if the new "
                                         "config or rules are refused; the old ones then "
-                                        "stay in force.")
+                                        "stay in force. Exit status 1 too when [state], "
+                                        "[metrics] or [fleet] changed: those need a "
+                                        "restart (the rest is applied).")
     add_config(reload)
 
     report = sub.add_parser(
@@ -338,6 +340,7 @@ def _ask_daemon(cfg, command: str, **request: Any) -> Any:
 
 
 def cmd_ban(args: argparse.Namespace) -> int:
+    from .fleet import wire
     from .operator import BanRequest, Operator
 
     try:  # the same checks the daemon makes on the socket, before asking it
@@ -351,32 +354,69 @@ def cmd_ban(args: argparse.Namespace) -> int:
     if answer is not _NO_DAEMON:
         d = answer
         until, by, failed = d["until"], d.get("carried_by", []), d.get("failed", [])
-        where = ", by the running daemon"
+        where, untold = ", by the running daemon", None
     else:
-        banned = Operator.from_config(cfg).ban(request)
+        operator = Operator.from_config(cfg)
+        banned = operator.ban(request)
         d = decision_json(banned.decision) | {"id": banned.decision.id}
         until, by, failed = iso(banned.decision.until), banned.outcome.carried_by, \
             banned.outcome.failed
         where = ""
+        untold = _tell_fleet(cfg, operator.ledger.conn, lambda host: (
+            [wire.encode_decision(host, banned.decision)]
+            if wire.shareable(banned.decision) else []))
     if args.json:
         enforced = bool(by) and not failed
+        fleet = {} if where or cfg.fleet is None else {"fleet_told": untold == "",
+                                                        "fleet_error": untold or None}
         print(json.dumps(d | {"carried_by": by, "failed": failed, "enforced": enforced,
-                              "daemon": bool(where)}, indent=1))
-        return 0 if enforced else 1
+                              "daemon": bool(where)} | fleet, indent=1))
+        return 0 if enforced and not untold else 1
     until_text = f" until {until}" if until else " with no end"
     done = f"; carried out by {', '.join(by)}" if by else ""
     print(f"{d['action']} {d['dimension']} {d['key']}{until_text} (decision {d['id']}"
           f"{where}{done})")
+    _told(cfg, where, untold)
     for error in failed:
         print(f"smtpguard-logwatch: not carried out: {error}", file=sys.stderr)
     if failed or not by:
         print(f"smtpguard-logwatch: decision {d['id']} is recorded but NOT fully enforced; "
               "`reconcile` retries", file=sys.stderr)
         return 1
-    return 0
+    return 1 if untold else 0
+
+
+def _tell_fleet(cfg, conn, entries: Callable[[str], list[dict[str, str]]]) -> str | None:
+    """Without a daemon, in fleet mode: publish what this command did on the stream as
+    the daemon would. The one-line reason when Redis could not be told (the entries are
+    then kept in the state database for the next daemon start or scan); "" when the
+    fleet was told; None when there was nothing to tell (no [fleet], a simulated or
+    notify-only decision)."""
+    if cfg.fleet is None:
+        return None
+    from .fleet import direct
+
+    settings = cfg.fleet
+    new = entries(direct.host_name(settings))
+    untold = direct.tell(settings, conn, new)
+    if untold is None:
+        return "" if new else None
+    print(f"smtpguard-logwatch: fleet: {untold}; done on this host only, the other hosts "
+          "were NOT told (kept in the state database: the next daemon start or scan "
+          "sends it)", file=sys.stderr)
+    return untold
+
+
+def _told(cfg, where: str, untold: str | None) -> None:
+    """The line that says the fleet was told (offline, in fleet mode, not --json)."""
+    if cfg.fleet is not None and not where and untold == "":
+        from .fleet.bus import redacted
+
+        print(f"told the fleet ({redacted(cfg.fleet.redis)})")
 
 
 def cmd_unban(args: argparse.Namespace) -> int:
+    from .fleet import wire
     from .operator import Operator
 
     if args.all == (args.key is not None):
@@ -389,7 +429,7 @@ def cmd_unban(args: argparse.Namespace) -> int:
     command, request = (("unban-all", {}) if args.all
                         else ("unban", {"key": args.key, "dimension": args.dimension}))
     answer = _ask_daemon(cfg, command, **request)
-    where = ""
+    where, untold = "", None
     if answer is not _NO_DAEMON:
         lifted, where = answer, ", by the running daemon"
     else:
@@ -397,19 +437,26 @@ def cmd_unban(args: argparse.Namespace) -> int:
         revoked = (operator.unban_all() if args.all
                    else operator.unban(args.key, dimension=args.dimension))
         lifted = [decision_json(d) | {"id": d.id} for d in revoked]
+        now = operator.clock()
+        keys = (sorted({(d.dimension, d.key) for d in revoked}) if args.all
+                else [operator.resolve(args.key, args.dimension)])  # lifted everywhere
+        untold = _tell_fleet(cfg, operator.ledger.conn, lambda host: [
+            wire.encode_unban(host, dimension, key, now) for dimension, key in keys])
     if args.json:
         print(json.dumps(lifted, indent=1))
     for d in lifted if not args.json else []:
         print(f"lifted {d['action']} {d['dimension']} {d['key']} (decision {d['id']}{where})")
+    if not args.json:
+        _told(cfg, where, untold)
     if args.all:
         if not args.json:
             print(f"lifted {len(lifted)} decision{'s' if len(lifted) != 1 else ''}")
-        return 0
+        return 1 if untold else 0
     if not lifted:
         if not args.json:
             print(f"no active decision on {args.key}")
         return 1
-    return 0
+    return 1 if untold else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -472,7 +519,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
             "lines": result.lines, "cut": result.cut,
             "decisions": [decision_json(d) | {"id": d.id, "stale": d.id in result.stale}
                           for d in result.decisions],
-            "unenforced": result.unenforced, "errors": result.errors}, indent=1))
+            "unenforced": result.unenforced, "errors": result.errors}
+            | ({} if cfg.fleet is None else {"fleet": result.fleet,
+                                              "fleet_error": result.fleet_error}),
+            indent=1))
         return 1 if result.errors or result.unenforced else 0
     stale = f" ({len(result.stale)} stale, not enforced)" if result.stale else ""
     print(f"scan: {result.lines} lines ({result.cut} cut at {MAX_LINE} characters), "
@@ -484,6 +534,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(f"  {iso(d.time)} {d.dimension} {d.key} {d.action}"
               f"{' (simulated)' if d.simulated else ''}{until} "
               f"[{', '.join(d.rules)}]{note}")
+    for line in result.fleet:
+        print(f"  {line}")
     for line in result.unenforced:
         print(f"smtpguard-logwatch: {line}", file=sys.stderr)
     return 1 if result.errors or result.unenforced else 0
@@ -630,6 +682,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
               f"{answer.get('error')}", file=sys.stderr)
         return 1
     print(f"reloaded: {answer['rules']} rules, following {', '.join(answer['logs'])}")
+    restart = answer.get("restart_needed") or []
+    if restart:
+        sections = ", ".join(f"[{name}]" for name in restart)
+        print(f"smtpguard-logwatch: reload: changes to {sections} NOT applied: they need a "
+              "restart of the daemon (the old settings stay in force until then)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -53,6 +53,10 @@ class ScanResult:
     """One line per new decision no configured action can carry out."""
     figures: Figures | None = None
     """The metrics after this run (counters since the state database was made)."""
+    fleet: list[str] = field(default_factory=list)
+    """Fleet mode: one line per decision of another host enforced or lifted here."""
+    fleet_error: str | None = None
+    """Fleet mode: why Redis could not be used (the run went on alone)."""
 
 
 def run_scan(cfg: Config, *, clock: Callable[[], float] = time.time,
@@ -96,6 +100,13 @@ def _unread(path: str, start: Position | None) -> tuple[os.stat_result | None, i
 
 def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], float],
           actions: list | None, progress: bool = False) -> None:
+    fleet = _join_fleet(cfg, state)
+    revoked: list[Decision] = []
+    extended: list[Decision] = []
+    if fleet is not None:
+        state.engine.on_revoke = revoked.append
+        state.engine.on_extend = extended.append
+        fleet.share_counts(state.engine)
     starts = {path: _unread(path, state.positions.get(path)) for path in cfg.logs}
     meter = ByteMeter()
     # The bytes still to read in each log's current file; lines of rotated files read
@@ -106,7 +117,7 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
     for path in cfg.logs:
         cursor = LogCursor(path, state.positions.get(path), notify=_report_follow_warning)
         meter.next_input()
-        lines = cursor.read()
+        lines = cursor.read() if fleet is None else fleet.counted(cursor.read())
         st, offset = starts[path]
         if shown is not None and st is not None:
             lines = _metered(lines, (st.st_ino, st.st_dev), offset, meter)
@@ -116,6 +127,9 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
             cursor.close()
     if shown is not None:
         shown.end(state.pipeline.stats)
+    if fleet is not None:
+        fleet.sync()  # the last lines' counts, and the fleet's back
+        fleet.save_counts()  # committed with the counts they describe
     result.lines = state.pipeline.stats.read
     result.cut = state.pipeline.stats.cut
     if not state.checkpoint():  # positions, counts, points, joins and decisions
@@ -136,14 +150,55 @@ def _scan(cfg: Config, state: State, result: ScanResult, clock: Callable[[], flo
             result.unenforced.append(
                 f"decision {decision.id}: no configured action can {decision.action} a "
                 f"{decision.dimension} key (configured: {names or 'none'})")
+            if fleet is not None:
+                fleet.publish(decision)  # other hosts may carry it out
             continue
-        enforcer.apply(decision)
+        if fleet is None:
+            enforcer.apply(decision)
+        else:
+            fleet.enforce_local(enforcer, decision)
+            fleet.publish(decision)
+    if fleet is not None:
+        _share(fleet, state, enforcer, now, revoked, extended, result)
     enforcer.reconcile(state.ledger.active(now), now)
-    result.errors = enforcer.errors
+    result.errors = enforcer.errors + result.errors
     state.action_failures = enforcer.failures
     state.save_tally()  # the action errors of this run, and the checkpoint's duration
     names = [getattr(a, "name", str(a)) for a in enforcer.actions]
     result.figures = snapshot(state, origin="scan", now=now, sources=cfg.logs, backends=names)
+
+
+def _join_fleet(cfg: Config, state: State):
+    """Fleet mode: this run's link to the fleet, connected (or knowing why not)."""
+    if cfg.fleet is None:
+        return None
+    from .fleet.cron import ScanFleet
+
+    fleet = ScanFleet(cfg.fleet, state, cfg.widest_prefix)
+    fleet.connect()
+    return fleet
+
+
+def _share(fleet, state: State, enforcer: Enforcer, now: float, revoked: list[Decision],
+           extended: list[Decision], result: ScanResult) -> None:
+    """After this run's own enforcement: tell the fleet what changed, enforce what the
+    others decided, and save the stream position (and what is still owed)."""
+    for d in revoked:  # by the circuit breaker
+        fleet.publish_revoke(d, now)
+    for d in extended:
+        if d.until is not None and d.until > now and d.revoked is None:
+            fleet.publish(d)  # the others extend it too
+    engine = state.engine
+    fleet.finish(enforcer, now, engine.breaker.tripped_rules, engine.forgive,
+                 lambda t: state.simulation.mode_at(t).simulating)
+    result.fleet = fleet.applied
+    if not state.checkpoint():  # (logged; the next run reads those entries again)
+        result.errors.append("could not save what the fleet decided: "
+                             f"{state.checkpoints.last_error}")
+    if fleet.error is not None:
+        result.fleet_error = fleet.error
+        result.errors.append(f"fleet: {fleet.error}; this host scanned alone (what it "
+                             "decided is sent by the next run or daemon start)")
 
 
 def _metered(lines: Iterator[tuple[str, Position]], file: tuple[int, int], offset: int,

@@ -545,12 +545,20 @@ class Daemon:
             self.last_reload_error = f"internal error: {exc!r}"
             return {"ok": False, "error": f"internal error while reloading: {exc!r}"}
         with self.lock:
+            restart = []  # sections whose changes wait for a restart (the old stay)
             if cfg.state != self.cfg.state or cfg.control_socket != self.cfg.control_socket:
                 log.warning("reload: [state] changes take effect at the next restart")
                 cfg.state, cfg.control_socket = self.cfg.state, self.cfg.control_socket
+                restart.append("state")
             if cfg.metrics != self.cfg.metrics:
                 log.warning("reload: [metrics] changes take effect at the next restart")
                 cfg.metrics = self.cfg.metrics
+                restart.append("metrics")
+            if cfg.fleet != self.cfg.fleet:  # a new Redis, prefix or name: see README
+                log.warning("reload: [fleet] changes take effect at the next restart; the "
+                            "fleet connection stays as it was")
+                cfg.fleet = self.cfg.fleet
+                restart.append("fleet")
             state = self.state
             state.ruleset = ruleset
             state.engine.set_rules(ruleset)
@@ -579,7 +587,8 @@ class Daemon:
             self._reconcile("reload")
         log.info("reloaded config=%s rules=%s rules_count=%d", cfg.path or "-",
                  ",".join(self.rule_files), len(ruleset.rules))
-        return {"ok": True, "rules": len(ruleset.rules), "logs": cfg.logs}
+        return {"ok": True, "rules": len(ruleset.rules), "logs": cfg.logs,
+                "restart_needed": restart}
 
     # -- signals and shutdown ----------------------------------------------------------------
 
@@ -613,9 +622,9 @@ class Daemon:
             self.metrics.close()
         if self.journal is not None:
             self.journal.stop()
-        if self.fleet is not None:
-            self.fleet.close()
         with self.lock:
+            if self.fleet is not None:
+                self.fleet.close(self.state.conn)  # what it owes is saved below
             saved = self.state.checkpoint()
             if self.cfg.daemon.on_stop == "remove":
                 log.info("stopping: removing enforcement (on_stop = remove); the ledger "

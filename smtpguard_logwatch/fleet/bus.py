@@ -70,6 +70,23 @@ def claim_key(prefix: str, dimension: str, key: str, action: str) -> str:
     return f"{prefix}:mailed:{{{dimension}:{key}}}:{action}"
 
 
+def client_options(s: FleetSettings) -> dict[str, Any]:
+    """The redis client's options: timeouts, password, TLS (the bus, the counts worker
+    and the one-shot commands of :mod:`.direct` connect alike)."""
+    options: dict[str, Any] = {"socket_timeout": s.timeout + BLOCK_MS / 1000,
+                               "socket_connect_timeout": s.timeout,
+                               "health_check_interval": 0}
+    if not s.redis.startswith("unix://"):
+        options["socket_keepalive"] = True
+    if s.password_file:
+        with open(s.password_file, encoding="utf-8") as fh:
+            options["password"] = fh.readline().rstrip("\n")
+    if s.redis.startswith("rediss://"):
+        options |= {"ssl_ca_certs": s.tls_ca, "ssl_certfile": s.tls_cert,
+                    "ssl_keyfile": s.tls_key}
+    return options
+
+
 class Bus:
     """A thread that talks to Redis; see the module docstring."""
 
@@ -120,6 +137,14 @@ class Bus:
                 self._outbox.popleft()
                 self.dropped += 1
             self._outbox.append(("xadd", fields))
+
+    def owed_entries(self) -> list[dict[str, str]]:
+        """The stream entries still to publish, oldest first (once the thread stopped:
+        what a stopping daemon keeps for its next start)."""
+        if self._thread.is_alive():
+            return []
+        with self._lock:
+            return [value for kind, value in self._outbox if kind == "xadd"]
 
     def send_counts(self, batch: dict[str, Any]) -> None:
         """Counter increments, distinct members and what to read back (see
@@ -257,19 +282,7 @@ class Bus:
         self.epoch = epoch
 
     def _options(self) -> dict[str, Any]:
-        s = self.settings
-        options: dict[str, Any] = {"socket_timeout": s.timeout + BLOCK_MS / 1000,
-                                   "socket_connect_timeout": s.timeout,
-                                   "health_check_interval": 0}
-        if not s.redis.startswith("unix://"):
-            options["socket_keepalive"] = True
-        if s.password_file:
-            with open(s.password_file, encoding="utf-8") as fh:
-                options["password"] = fh.readline().rstrip("\n")
-        if s.redis.startswith("rediss://"):
-            options |= {"ssl_ca_certs": s.tls_ca, "ssl_certfile": s.tls_cert,
-                        "ssl_keyfile": s.tls_key}
-        return options
+        return client_options(self.settings)
 
     def _down(self, exc: BaseException) -> None:
         """Redis failed: one log line per outage; pending mail claims say "send it"."""

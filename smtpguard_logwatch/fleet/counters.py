@@ -465,6 +465,23 @@ class FleetStore:
                                       "members": {}, "read": None}
                 g.setdefault("hourly", {})[metric] = hours
 
+    def books(self) -> dict[str, Any]:
+        """What this host sent and merged per key, metric and bucket, JSON-ready: a
+        ``scan`` keeps it from one run to the next (with the store it describes), so
+        that a bucket two runs share is neither merged twice nor taken for others'."""
+        def rows(table: dict[Key, PerMetric]) -> list[Any]:
+            return [[d, k, {m: {str(b): n for b, n in per.items()} for m, per in ms.items()}]
+                    for (d, k), ms in table.items()]
+
+        return {"sent": rows(self._sent), "merged": rows(self._merged)}
+
+    def restore_books(self, books: dict[str, Any]) -> None:
+        """Take back what :meth:`books` gave (a bucket's sums stay what they were)."""
+        for name, table in (("sent", self._sent), ("merged", self._merged)):
+            for d, k, metrics in books[name]:
+                table[(str(d), str(k))] = {str(m): {int(b): float(n) for b, n in per.items()}
+                                           for m, per in metrics.items()}
+
     def merge(self, answer: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
         """Fold the other hosts' counts into the local store; returns the keys (and
         metrics) whose fleet counts changed, for the engine to look at again."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from ..actions.enforcer import Enforcer
 from ..config import FleetSettings
 from ..engine.ledger import Decision, Ledger
 from ..limits import DEFAULT_WIDEST_PREFIX
-from . import wire
+from . import direct, wire
 from .bus import Bus, claim_key
 
 log = logging.getLogger("smtpguard_logwatch.fleet")
@@ -75,12 +76,20 @@ class Link:
         self._simulating: Callable[[float], bool] = lambda _now: False
 
     def start(self, ledger: Ledger) -> None:
-        """Remember which fleet decisions the ledger already holds, then connect."""
+        """Remember which fleet decisions the ledger already holds, take what earlier
+        commands owe the fleet (a ``ban``/``unban`` made while Redis was down; its
+        removal is saved with the next checkpoint), then connect."""
+        self.remember(ledger)
+        for fields in direct.take_owed(ledger.conn):
+            self.bus.send(fields)
+        self.bus.start()
+
+    def remember(self, ledger: Ledger) -> None:
+        """Which fleet decisions the ledger already holds (fleet id -> ledger id)."""
         for d in ledger.all():
             origin = wire.origin_of(d)
             if origin is not None and d.id is not None:
                 self._remember(origin[0], d.id, _end(d))
-        self.bus.start()
 
     def _remember(self, fleet_id: str, local_id: int, end: float) -> None:
         self.known[fleet_id] = local_id
@@ -101,8 +110,16 @@ class Link:
             del self._ends[fleet_id]
             self.known.pop(fleet_id, None)
 
-    def close(self) -> None:
+    def close(self, conn: sqlite3.Connection | None = None) -> None:
+        """Stop the bus; what it still owes (Redis down) is kept in ``conn``'s state
+        database for the next start (the caller commits)."""
         self.bus.close()
+        if conn is not None:
+            owed = self.bus.owed_entries()
+            if owed:
+                direct.owe(conn, owed)
+                log.warning("fleet: %d entries not sent to Redis; kept for the next start",
+                            len(owed))
 
     def status(self) -> dict[str, Any]:
         c = self.counters
@@ -127,8 +144,7 @@ class Link:
     def publish(self, d: Decision) -> None:
         """A decision this host made (rules, breaker or operator) goes to the stream;
         notifications stay local (nothing to enforce elsewhere)."""
-        if (d.action in wire.ENFORCING and d.id is not None and not d.simulated
-                and wire.origin_of(d) is None):
+        if wire.shareable(d):
             self.bus.send(wire.encode_decision(self.host, d))
 
     def publish_unban(self, dimension: str, key: str, now: float) -> None:
@@ -183,6 +199,17 @@ class Link:
                 self._entries(ledger, enforcer, now, value, held_back, forgive, on_decision)
         self.prune(now)
         return len(items)
+
+    def apply_entries(self, ledger: Ledger, enforcer: Enforcer, now: float,
+                      raw: list[tuple[str, Mapping[Any, Any]]],
+                      held_back: Callable[[float], Mapping[str, float]],
+                      forgive: Callable[[str, str], None],
+                      on_decision: Callable[[Decision, str], None],
+                      simulating: Callable[[float], bool]) -> None:
+        """Stream entries read by the caller (``scan`` reads the stream itself), with
+        the same checks as those the bus brings; see :meth:`apply_inbox`."""
+        self._simulating = simulating
+        self._entries(ledger, enforcer, now, raw, held_back, forgive, on_decision)
 
     def _entries(self, ledger: Ledger, enforcer: Enforcer, now: float,
                  raw: list[tuple[str, Mapping[Any, Any]]],

@@ -79,6 +79,13 @@ def origin_of(d: Decision) -> tuple[str, str] | None:
     return None
 
 
+def shareable(d: Decision) -> bool:
+    """Whether a decision goes on the stream: one this host made (not received), that
+    enforces something and is not simulated; notifications stay local."""
+    return (d.action in ENFORCING and d.id is not None and not d.simulated
+            and origin_of(d) is None)
+
+
 def encode_decision(host: str, d: Decision) -> dict[str, str]:
     """The stream fields for one decision this host made."""
     reason = "; ".join(str(e.get("manual", "")) for e in d.evidence
