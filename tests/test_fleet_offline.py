@@ -16,7 +16,7 @@ import pytest
 from redis_server import RedisServer, free_port
 from test_daemon import Recorder, reject, wait_for
 from test_daemon import running as running  # the fixture
-from test_fleet import Teller, host, keys_of
+from test_fleet import Teller, host, keys_of, submission
 
 from smtpguard_logwatch.daemon.control import request
 from smtpguard_logwatch.engine.ledger import Decision
@@ -310,6 +310,40 @@ def test_scans_share_counts_so_the_rules_read_the_fleets_window(
                 for v in [redis_server.client().get(k)] if v is not None and v.isdigit())
     assert total == 7
 
+
+
+LATE_DISTINCT_RULES = """\
+rule account_spread for sasl_user:
+    when messages in 1h > 3 and distinct client_ips in 1h > 4
+    add 100 points
+ladder sasl_user:
+    at 100 points notify
+"""
+
+
+def test_scans_read_long_distinct_windows_the_rules_ask_late(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """Regression: a scan learnt that a rule reads "distinct client_ips in 1h" only when
+    the rule first asked, and a condition behind an 'and' is asked late (here never on
+    mx1, with its 3 messages): mx1 sent its addresses to no hourly HyperLogLog, and
+    mx2, with 2 addresses of its own 20 minutes later, saw 2 where the fleet saw 5."""
+    now = time.time()
+    rules = tmp_path / "late.rules"
+    rules.write_text(LATE_DISTINCT_RULES)
+    mx1 = scan_host(tmp_path, "mx1", redis_server.url)
+    mx2 = scan_host(tmp_path, "mx2", redis_server.url)
+    for cfg in (mx1, mx2):
+        cfg.rules = [str(rules)]
+    with open(mx1.logs[0], "a") as fh:
+        fh.writelines(submission(f"192.0.2.{80 + n}", "carol", n, now - 1500 + n)
+                      for n in range(3))
+    with open(mx2.logs[0], "a") as fh:
+        fh.writelines(submission(f"192.0.2.{83 + n % 2}", "carol", 10 + n, now - 300 + n)
+                      for n in range(4))
+    assert run_scan(mx1, actions=[Recorder()]).decisions == []
+    decided = run_scan(mx2, actions=[Recorder()]).decisions
+    assert [(d.dimension, d.key, d.action) for d in decided] == [
+        ("sasl_user", "carol", "notify")]
 
 
 def test_scans_mail_a_warning_once_per_fleet(tmp_path: Path,

@@ -132,6 +132,7 @@ class ScanFleet:
 
         store = FleetStore(local, prefix=self.settings.prefix,
                            dimensions=self.settings.dimensions, clock=log_time)
+        store.expect(self.state.ruleset)  # the long distinct windows, from the first line
         # Every bucket may be merged: the books say what earlier runs sent and merged
         # (a daemon, without them, merges only the buckets after its start).
         store.start_bucket = 0
