@@ -951,21 +951,23 @@ def test_one_script_call_carries_many_keys_and_a_cluster_one_slot_each(
                 store.add("client_ip", f"192.0.2.{i}", "rejects", NOW)
             store.add_member("client_ip", f"192.0.2.{i}", "#senders", f"s{i}@x.example", NOW)
             store.distinct("client_ip", f"192.0.2.{i}", "#senders", 600, NOW)
-            if i % 3 == 0:  # another host counted these too
-                tag = f"t:c:{{client_ip:192.0.2.{i}}}:"
+            if i % 3 == 0:  # another host counted these too (and marked them, as
+                tag = f"t:c:{{client_ip:192.0.2.{i}}}:"  # every writer does)
                 admin.incrby(f"{tag}rejects:{b}", 100)
                 admin.pfadd(f"{tag}#senders:{b}", "other@y.example")
+                admin.set(f"{tag}w", "other-writer", ex=720)
         batch = store.take_batch()
         bus = Bus(FleetSettings(redis=server.url, host="mx1"), "mx1", lambda: None)
         bus.use_worker = False  # on this thread, with the patched CALL_KEYS
         bus._client = redis.Redis.from_url(server.url)
         answer = bus._count_round_trip(batch)
-        # only what differs from what this host knows comes back: the fleet totals of
-        # the keys another host counted too, and every distinct estimate (none known)
+        # only what differs from what this host knows comes back: the fleet totals and
+        # distinct estimates of the keys another host counted too (the others are read
+        # by nobody: Redis holds nothing of them this host does not know)
         assert answer["counts"] == {("client_ip", f"192.0.2.{i}", "rejects", b): i + 101.0
                                     for i in range(0, 10, 3)}
-        assert answer["distinct"] == {("client_ip", f"192.0.2.{i}", "#senders", 600):
-                                      2 if i % 3 == 0 else 1 for i in range(10)}
+        assert answer["distinct"] == {("client_ip", f"192.0.2.{i}", "#senders", 600): 2
+                                      for i in range(0, 10, 3)}
         assert bus._per_slot is cluster
         calls = bus.commands
         assert calls == (5 + 10 if cluster else 5)  # 2 groups (4 keys each) per call
@@ -999,6 +1001,7 @@ def test_the_counts_worker_process_answers_and_is_replaced_when_it_dies(
                        clock=lambda: NOW)
     b = int(NOW // 60)
     admin.incrby(f"w:c:{{client_ip:192.0.2.7}}:rejects:{b}", 5)  # another host's
+    admin.set("w:c:{client_ip:192.0.2.7}:w", "other-writer", ex=720)  # (its mark)
     store.add("client_ip", "192.0.2.7", "rejects", NOW, 2.0)
     bus = Bus(FleetSettings(redis=redis_server.url, host="mx1"), "mx1", lambda: None)
     try:
@@ -1007,7 +1010,9 @@ def test_the_counts_worker_process_answers_and_is_replaced_when_it_dies(
                           "distinct": {}}
         worker = bus._worker
         assert worker is not None and worker.proc.poll() is None
-        assert bus.commands == 1 and bus.operations == 2  # one INCRBY, one bucket read
+        # one INCRBY; EXISTS of the shared mark, SET of the writer's, SET of "shared"
+        # (another writer was there); one bucket read
+        assert bus.commands == 1 and bus.operations == 5
         worker.proc.send_signal(signal.SIGKILL)
         worker.proc.wait(5)
         store.add("client_ip", "192.0.2.7", "rejects", NOW, 1.0)
@@ -1103,3 +1108,51 @@ def test_a_batch_owed_past_the_span_is_still_sent(redis_server: RedisServer) -> 
             f"o:c:{{client_ip:192.0.2.2}}:rejects:{int(clock[0] // 60)}")) == 1
     finally:
         bus._stop_worker()
+
+
+def test_a_key_only_one_host_counts_is_not_read_back(redis_server: RedisServer) -> None:
+    """Each writer marks the keys it counts; the buckets and HyperLogLogs of a key are
+    read back only once another writer has counted it too (a key only this host counts
+    holds nothing in Redis it does not know). A distinct estimate a host still holds
+    for a key nobody else counts any longer is voided, not kept."""
+    from smtpguard_logwatch.fleet.counters import FleetStore
+    from smtpguard_logwatch.fleet.countwork import Counting
+    from smtpguard_logwatch.store import FrequencyStore
+
+    admin = redis_server.client()
+    hosts = [FleetStore(FrequencyStore(), prefix="m", dimensions=["client_ip"],
+                        clock=lambda: NOW) for _ in range(2)]
+    mx1, mx2 = hosts
+    counting = [Counting(redis_server.client()) for _ in hosts]
+    b, ip = int(NOW // 60), "192.0.2.44"
+
+    def batch(n: int, k: int, member: str) -> dict:
+        store = hosts[n]
+        store.add("client_ip", ip, "rejects", NOW, float(k))
+        store.add_member("client_ip", ip, "#senders", member, NOW)
+        store.distinct("client_ip", ip, "#senders", 600, NOW)
+        before = counting[n].operations
+        answer = counting[n].round_trip(store.take_batch())
+        store.merge(answer)
+        return answer | {"ops": counting[n].operations - before}
+
+    # mx1 alone: INCRBY, PFADD, the marks' EXISTS and SET; nothing read, nothing back
+    first = batch(0, 3, "a@x.example")
+    assert first == {"counts": {}, "distinct": {}, "ops": 4}
+    # mx2 finds mx1's mark: the key is shared, and mx2 reads mx1's share at once
+    second = batch(1, 2, "b@x.example")
+    assert second["counts"] == {("client_ip", ip, "rejects", b): 5.0}
+    assert second["distinct"] == {("client_ip", ip, "#senders", 600): 2}
+    assert admin.get(f"m:c:{{client_ip:{ip}}}:s") == b"1"
+    # and mx1, counting again, reads mx2's
+    third = batch(0, 1, "a@x.example")
+    assert third["counts"] == {("client_ip", ip, "rejects", b): 6.0}
+    assert mx1.count("client_ip", ip, "rejects", 60, NOW) == 6
+    assert mx1.distinct("client_ip", ip, "#senders", 600, NOW) == 2
+    # the shared mark gone (mx2 stopped counting it long enough ago): mx1's estimate
+    # of 2 is voided, its own exact count answers again, and nothing is read
+    admin.delete(f"m:c:{{client_ip:{ip}}}:s")
+    fourth = batch(0, 1, "a@x.example")
+    assert fourth["distinct"] == {("client_ip", ip, "#senders", 600): -1}
+    assert mx1.distinct("client_ip", ip, "#senders", 600, NOW) == 1
+    assert batch(0, 1, "a@x.example") == {"counts": {}, "distinct": {}, "ops": 3}

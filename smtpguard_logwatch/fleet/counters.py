@@ -53,6 +53,7 @@ the store are not changed: it delegates everything and only watches ``add`` and
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -139,6 +140,10 @@ class FleetStore:
         self.span = self.span_buckets * self.width
         self.clock = clock
         self.start_bucket = int(clock() // self.width)
+        # this process's name in Redis: a key another writer counts too is read back
+        # (see countwork.COUNT_SCRIPT); a restart is a new writer, whose old self counts
+        # as another until the mark expires (reads it did not need, never a miss)
+        self.writer = secrets.token_hex(8)
         # since the last batch, per key: metric -> bucket -> increment, or -> members
         self._incr: dict[Key, PerMetric] = {}
         self._members: dict[Key, PerMetric] = {}
@@ -332,7 +337,8 @@ class FleetStore:
         if not groups:
             return None
         return {"keys": groups, "ttl": int((self.span_buckets + 2) * self.width),
-                "lo": lo, "hi": hi, "width": self.width, "long": self.long_settings()}
+                "lo": lo, "hi": hi, "width": self.width, "long": self.long_settings(),
+                "writer": self.writer}
 
     def _read_spec(self, dk: Key, lo: int, hi: int, now: float) -> dict[str, Any]:
         """What to read back for one key: its count buckets from ``from`` to ``to``
@@ -435,7 +441,7 @@ class FleetStore:
             return None
         return {"keys": groups, "ttl": int((self.span_buckets + 2) * self.width),
                 "lo": max(hi - self.span_buckets + 1, self.start_bucket), "hi": hi,
-                "width": self.width, "long": self.long_settings()}
+                "width": self.width, "long": self.long_settings(), "writer": self.writer}
 
     def _resend_hourly(self, groups: dict[Key, dict[str, Any]], now: float) -> None:
         """The hourly HyperLogLogs again, from the local store: each member it holds

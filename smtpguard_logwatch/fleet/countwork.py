@@ -47,14 +47,23 @@ COUNT_SCRIPT = """
 --                                  PFCOUNT over tag..PREFIX..B for B in FIRST..LAST
 --                                  (METRIC: minute buckets, METRIC:h: hours),
 --                                  returned only when it is not KNOWN
+-- ARGV[3]: the writer (a name per host process). A group that writes sets tag..'w' to
+-- it; finding another writer there marks the key shared (tag..'s', both expiring with
+-- the minute buckets). The minute reads (MGET, PFCOUNT) run only for a shared key: a
+-- key only this writer counts holds nothing it does not know, and a distinct estimate
+-- it holds is answered -1 (forget it); hourly unions are always read (they outlive the
+-- mark).
 -- Returns one string, a line per answer: "c G J V V ..." (the totals, '' for none) or
--- "d G J COUNT"; G: the group, J: the metric's (or union's) place in its list.
-local ttl = ARGV[1]
+-- "d G J COUNT"; G: the group, J: the metric's (or union's) place in its list; and a
+-- last line "o N": the operations run (INCRBY, PFADD, the marks' EXISTS and SET, one
+-- per key an MGET reads, PFCOUNT; EXPIRE not counted).
+local ttl, writer = ARGV[1], ARGV[3]
 local t = {}
 for token in string.gmatch(ARGV[2], '([^\\n]*)\\n') do t[#t + 1] = token end
-local i, out = 1, {}
+local i, out, ops = 1, {}, 0
 local function pfadds(tag, expiry)
   local n = tonumber(t[i]); i = i + 1
+  ops = ops + n
   for _ = 1, n do
     local key = tag .. t[i]; i = i + 1
     local ttl_here = expiry
@@ -67,6 +76,8 @@ end
 for g = 1, #KEYS do
   local tag = KEYS[g]
   local n = tonumber(t[i]); i = i + 1
+  local before = ops
+  ops = ops + n
   for _ = 1, n do
     local key, by = tag .. t[i], t[i + 1]; i = i + 2
     local now
@@ -78,19 +89,31 @@ for g = 1, #KEYS do
   pfadds(tag, ttl)
   pfadds(tag, nil)
   local from, to = tonumber(t[i]), tonumber(t[i + 1]); i = i + 2
+  local shared = writer == '' or redis.call('EXISTS', tag .. 's') == 1  -- '': no name
+  ops = ops + 1
+  if ops > before + 1 then  -- it wrote: is another writer counting this key too?
+    local last = redis.call('SET', tag .. 'w', writer, 'GET', 'EX', ttl)
+    ops = ops + 1
+    if last and last ~= writer then
+      redis.call('SET', tag .. 's', '1', 'EX', ttl); shared = true
+      ops = ops + 1
+    end
+  end
   n = tonumber(t[i]); i = i + 1
   for j = 1, n do
     local prefix, expected = tag .. t[i] .. ':', tonumber(t[i + 1]); i = i + 2
-    local names = {}
-    for b = from, to do names[#names + 1] = prefix .. b end
-    local values, sum = {}, 0
-    if #names > 0 then values = redis.call('MGET', unpack(names)) end
-    for x = 1, #values do
-      local v = tonumber(values[x])
-      if v then sum = sum + v; values[x] = tostring(v) else values[x] = '' end
-    end
-    if sum ~= expected then
-      out[#out + 1] = 'c ' .. g .. ' ' .. j .. ' ' .. table.concat(values, ' ')
+    if shared and to >= from then
+      local names = {}
+      for b = from, to do names[#names + 1] = prefix .. b end
+      local values, sum = redis.call('MGET', unpack(names)), 0
+      ops = ops + #names
+      for x = 1, #values do
+        local v = tonumber(values[x])
+        if v then sum = sum + v; values[x] = tostring(v) else values[x] = '' end
+      end
+      if sum ~= expected then
+        out[#out + 1] = 'c ' .. g .. ' ' .. j .. ' ' .. table.concat(values, ' ')
+      end
     end
   end
   n = tonumber(t[i]); i = i + 1
@@ -98,12 +121,17 @@ for g = 1, #KEYS do
     local prefix, first, last = tag .. t[i], tonumber(t[i + 1]), tonumber(t[i + 2])
     local known = tonumber(t[i + 3])
     i = i + 4
-    local names = {}
-    for b = first, last do names[#names + 1] = prefix .. b end
-    local count = redis.call('PFCOUNT', unpack(names))
+    local count = -1
+    if shared or string.sub(prefix, -3) == ':h:' then
+      local names = {}
+      for b = first, last do names[#names + 1] = prefix .. b end
+      count = redis.call('PFCOUNT', unpack(names))
+      ops = ops + 1
+    end
     if count ~= known then out[#out + 1] = 'd ' .. g .. ' ' .. j .. ' ' .. count end
   end
 end
+out[#out + 1] = 'o ' .. ops
 return table.concat(out, '\\n')
 """
 
@@ -235,12 +263,17 @@ class _Call:
             text = "".join(t.replace("\n", " ") + "\n" for t in self.tokens)
         return text
 
-    def parse(self, result: Any, answer: dict[str, Any]) -> None:
-        """Fold the script's answer into ``answer`` (counts and distinct)."""
+    def parse(self, result: Any, answer: dict[str, Any]) -> int:
+        """Fold the script's answer into ``answer`` (counts and distinct); returns the
+        operations the script says it ran."""
         if isinstance(result, bytes):
             result = result.decode("ascii", "replace")
+        ops = 0
         for line in (result or "").split("\n"):
             kind, _, rest = line.partition(" ")
+            if kind == "o":
+                ops = int(_number(rest))
+                continue
             g, _, rest = rest.partition(" ")
             j, _, values = rest.partition(" ")
             try:
@@ -254,10 +287,12 @@ class _Call:
                             answer["counts"][(dimension, key, metric, b)] = _number(value)
                 elif kind == "d":
                     metric, window = (read["distinct"] + read.get("long", []))[int(j) - 1]
-                    answer["distinct"][(dimension, key, metric, window)] = int(
-                        _number(values))
+                    # -1: the key is this host's alone now; the estimate it held is void
+                    answer["distinct"][(dimension, key, metric, window)] = (
+                        -1 if values == "-1" else int(_number(values)))
             except (ValueError, IndexError, AssertionError):
                 continue  # not an answer this call asked for
+        return ops
 
 
 class Counting:
@@ -268,7 +303,8 @@ class Counting:
         self.script: Any = None  # COUNT_SCRIPT, registered on first use
         self.per_slot = False  # a Redis Cluster refused a call across slots (CROSSSLOT)
         self.commands = 0  # script calls sent
-        self.operations = 0  # INCRBY, PFADD, GET, PFCOUNT run inside them
+        self.operations = 0  # INCRBY, PFADD, GET, PFCOUNT run inside them (as counted
+        # by the script: the reads of a key no other host writes are not run)
 
     def round_trip(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Script calls of up to CALL_KEYS bucket keys each (see COUNT_SCRIPT), all in
@@ -295,12 +331,13 @@ class Counting:
             elif current is None or current.size >= CALL_KEYS:
                 current = _Call()
                 calls.append(current)
-            self.operations += current.add(dk, group, lo, width, long)
+            current.add(dk, group, lo, width, long)
         if not calls:
             return {"counts": {}, "distinct": {}}
+        writer = batch.get("writer", "")
         pipe = self.client.pipeline(transaction=False)
         for call in calls:
-            self.script(keys=call.tags, args=[ttl, call.payload()], client=pipe)
+            self.script(keys=call.tags, args=[ttl, call.payload(), writer], client=pipe)
         results = pipe.execute(raise_on_error=False)
         self.commands += len(calls)
         answer: dict[str, Any] = {"counts": {}, "distinct": {}}
@@ -317,7 +354,7 @@ class Counting:
             answer = self.round_trip(batch | {"keys": again})
         for call, result in zip(calls, results, strict=True):
             if not isinstance(result, Exception):
-                call.parse(result, answer)
+                self.operations += call.parse(result, answer)
         return answer
 
 
