@@ -14,9 +14,10 @@ The log and its truth are cached in bench/out/ (gitignored), keyed by lines, see
 format and a hash of generate_log.py, so a changed generator regenerates them. The
 read loop and the replay each run --runs times (default 3); the best wall time
 counts, and the peak RSS of every replay child is taken from os.wait4 (its own
-rusage). Exit status is non-zero only when something crashed (generator, replay,
-unreadable JSON, or --full-eval output that differs) -- never for missing a target or a
-count mismatch.
+rusage; every child is started before this process loads the truth or any
+replay's JSON, since a forked child's peak starts at its parent's RSS). Exit status
+is non-zero only when something crashed (generator, replay, unreadable JSON, or
+--full-eval output that differs) -- never for missing a target or a count mismatch.
 """
 
 from __future__ import annotations
@@ -241,22 +242,30 @@ def print_detection(truth: dict, doc: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     log, truth_path, gen_secs = cached_log(a.lines, a.seed, a.fmt, a.keep, not a.no_anomalies)
-    truth = json.loads(truth_path.read_text(encoding="utf-8"))
     reads = time_read(log, a.runs)
     out_json, err_path = log.with_suffix(".replay.json"), log.with_suffix(".replay.err")
+    count_json, full_json = log.with_suffix(".count.json"), log.with_suffix(".full.json")
+    compare_json = log.with_suffix(".compare.json")
     extra = shlex.split(a.extra_args)
-    counting = best_of(log, ["--no-rules", *extra], a.runs, out_json, err_path)
-    if counting is None:
-        return 2
-    count_doc = json.loads(out_json.read_text(encoding="utf-8"))
-    ruled = best_of(log, extra, a.runs, out_json, err_path)
-    if ruled is None:
+    # Every replay child is started before this process loads any JSON: Linux carries
+    # the parent's RSS over into a forked child's peak (ru_maxrss survives exec), so
+    # a parent holding the truth or an earlier replay's document (tens of MB) would
+    # be reported as the replay's own peak.
+    counting = best_of(log, ["--no-rules", *extra], a.runs, count_json, err_path)
+    ruled = counting and best_of(log, extra, a.runs, out_json, err_path)
+    full = ruled and a.full_eval and best_of(log, extra, a.runs, full_json, err_path,
+                                             {"SMTPGUARD_FULL_EVAL": "1"})
+    compared = ruled and a.compare and best_of(
+        log, [*extra, "--compare", a.compare], a.runs, compare_json, err_path)
+    if not counting or not ruled or (a.full_eval and not full) or (a.compare and not compared):
         return 2
     try:
+        count_doc = json.loads(count_json.read_text(encoding="utf-8"))
         rules_doc = json.loads(out_json.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         print(f"replay output is not JSON: {exc}", file=sys.stderr)
         return 2
+    truth = json.loads(truth_path.read_text(encoding="utf-8"))
     lines = truth["lines"]
     best_read = min(reads)
     size_mb = log.stat().st_size / 1e6
@@ -267,11 +276,7 @@ def main(argv: list[str] | None = None) -> int:
           f"runs {' '.join(f'{x:.2f}' for x in reads)}")
     print_mode("replay --no-rules (count)", lines, best_read, counting)
     print_mode("replay (default rules)", lines, best_read, ruled)
-    if a.full_eval:
-        full_json = log.with_suffix(".full.json")
-        full = best_of(log, extra, a.runs, full_json, err_path, {"SMTPGUARD_FULL_EVAL": "1"})
-        if full is None:
-            return 2
+    if full:
         print_mode("replay (rules, full eval)", lines, best_read, full)
         same = full_json.read_bytes() == out_json.read_bytes()
         share = min(w for w, _, _ in ruled) / min(w for w, _, _ in full)
@@ -280,10 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         full_json.unlink(missing_ok=True)
         if not same:
             return 1
-    if a.compare:
-        compared = best_of(log, [*extra, "--compare", a.compare], a.runs, out_json, err_path)
-        if compared is None:
-            return 2
+    if compared:
         print_mode("replay --compare", lines, best_read, compared)
         share = min(w for w, _, _ in compared) / min(w for w, _, _ in ruled)
         print(f"{'compare / replay':<26} {share:7.2f} x   (target <= {COMPARE_TARGET:g})   "
@@ -292,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     if truth.get("anomalies"):
         print_detection(truth, rules_doc)
     if not a.keep:
-        out_json.unlink(missing_ok=True)
-        err_path.unlink(missing_ok=True)
+        for path in (out_json, count_json, compare_json, err_path):
+            path.unlink(missing_ok=True)
     return 0
 
 

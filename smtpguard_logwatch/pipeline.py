@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import io
 import pickle
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,10 @@ from .parsers import load_parser_classes
 from .parsers.base import Handler, JoinTable, ParserOptions
 
 EXPIRE_EVERY = 1 << 16  # lines between join-state expiry sweeps
-_TAG_CACHE_MAX = 65536
+# Distinct tags (one per MTA process id) seen before the cache starts over: a busy log
+# has tens of thousands of them, but only the few hundred live processes matter, so a
+# small cache keeps nearly every hit at a tenth of the memory of a big one.
+_TAG_CACHE_MAX = 4096
 
 
 GC_THRESHOLDS = (200_000, 50, 1000)
@@ -145,6 +149,7 @@ class Pipeline:
 
     def _resolve_tag(self, tag: str) -> tuple[Handler | None, str, str | None]:
         program, pid = split_tag(tag)
+        program = sys.intern(program)  # one string per program, not one per process id
         if program in self._handlers:
             handler = self._handlers[program]
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import sys
 import tracemalloc
 from collections import defaultdict
 
@@ -130,6 +131,14 @@ def test_a_message_costs_its_queue_id_and_a_table_slot_only() -> None:
     slot."""
     per_message = _table_bytes(20_000)
     assert per_message < 150, per_message
+
+
+def test_a_row_is_a_list_without_spare_slots() -> None:
+    """A key's row of five counts: a list display over-allocates it (104 bytes, 96
+    without the spare slots); 8 bytes on each of a big replay's many keys."""
+    counts = Counts()
+    counts.consume(SessionOpened(0.0, "mx1", "192.0.2.1"))
+    assert sys.getsizeof(counts.client_ip["192.0.2.1"]) == sys.getsizeof([0] * 5)
 
 
 def _reference_json(counts: Counts) -> str:

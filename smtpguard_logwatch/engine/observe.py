@@ -40,6 +40,9 @@ Observed = tuple[list[Add], list[Member]]
 Wanted = Mapping[str, frozenset[str]]
 
 _NONE: Observed = ([], [])
+# Recipient counts as shared float objects: a new series keeps the amount it starts
+# with, and one float per series is 24 bytes on each of a big replay's many keys.
+_SMALL_FLOATS = tuple(float(i) for i in range(64))
 _NOTHING: frozenset[str] = frozenset()
 ALL_DISTINCT: Wanted = {
     d: frozenset(m for m, (dims, _) in DISTINCT_METRICS.items() if d in dims)
@@ -93,7 +96,8 @@ def _message_accepted(ev: MessageAccepted, wanted: Wanted) -> Observed:
     adds: list[Add] = []
     # a count never goes down: a forged "nrcpt=-5" adds nothing (the rules' gates and
     # window sums rely on it, see rules/gate.py)
-    n = float(ev.nrcpt)
+    nrcpt = ev.nrcpt
+    n = _SMALL_FLOATS[nrcpt] if 0 <= nrcpt < 64 else float(nrcpt)
     for d, k in keys:
         adds.append((d, k, "messages", 1.0))
         if n > 0:

@@ -30,10 +30,12 @@ Bounded memory under hostile cardinality (forged senders, random recipients):
   valid address) are stored as a prefix plus a 128-bit BLAKE2b digest of the whole
   string (:func:`bounded_key`); lookups apply the same mapping, so this is invisible
   except in ``keys()``.
-* What a key costs (CPython 3.11, 64-bit): ~0.37 KB with one count series, ~0.5 KB
-  with two, ~0.75 KB with two counts and one single-member distinct set, plus the key
-  string. Busy series grow to at most ~1,400 buckets (~28 KB). A distinct set holds at
-  most ``distinct_cap * 9/8`` members (~0.1 KB each + the string), so the worst case
+* What a key costs (CPython 3.11, 64-bit; tests/test_store_memory.py): ~0.33 KB with
+  one count series, ~0.42 KB with two, ~0.48 KB with two counts and one single-member
+  distinct set, plus the key string. (The bucket a series, key or member set is
+  stamped with is the store clock's float, one object per minute, not one per item.)
+  Busy series grow to at most ~1,400 buckets (~28 KB). A distinct set holds at most
+  ``distinct_cap * 9/8`` members (~0.1 KB each + the string), so the worst case
   is ``max_keys_per_dimension x distinct metrics x distinct_cap`` members: choose
   ``distinct_cap`` just above the largest distinct threshold the rules use.
 
@@ -188,7 +190,7 @@ class FrequencyStore:
                     s.hv.append(sv)
                     hc = s.hc
                     hc.append(hc[-1] + sv)
-                    s.b = b
+                    s.b = b if b != self._clock_b else self._clock_b  # shared: see _add_slow
                     s.v = n
                     if h[0] < self._cut0:
                         fold(s, self._geo, self._cuts)
@@ -205,6 +207,11 @@ class FrequencyStore:
             rec.due = due
         if b > self._clock_b:
             self._advance(b)
+        elif b == self._clock_b:
+            # One float object per minute, shared by every series, key and member set
+            # stamped with it, instead of one per series (24 bytes on each of the
+            # hundreds of thousands a big replay holds).
+            b = self._clock_b
         if b < rec.first:
             rec.first = b
         if s is None:
@@ -236,6 +243,8 @@ class FrequencyStore:
             return None
         if b > self._clock_b:
             self._advance(b)
+        elif b == self._clock_b:
+            b = self._clock_b  # the shared float (see _add_slow); rec.first <= clock
         elif b < rec.first:
             rec.first = b
         ms = rec.get(metric)
@@ -276,7 +285,8 @@ class FrequencyStore:
             self._evict(dimension, keys)
         rec = keys[key] = KeyRec()
         rec.hits = 0
-        rec.first = t // self._w0
+        first = t // self._w0
+        rec.first = first if first != self._clock_b else self._clock_b  # shared float
         rec.dirty = True
         rec.id = 0
         rec.due = NO_BUCKET
@@ -318,6 +328,7 @@ class FrequencyStore:
         stay0, stay_last = stay[0], stay[-1]
         r0 = geo.r0
         gone = 0
+        dues: dict[float, float] = {}  # one float object per distinct due time
         # The hot loop of housekeeping (hourly): a key whose data cannot have reached a
         # cut yet costs one comparison; in the others, the common cases — a head-only or
         # still-recent series, an unchanged member set — cost no call.
@@ -358,7 +369,7 @@ class FrequencyStore:
                             dead = [metric] if dead is None else [*dead, metric]
                         elif oldest + stay_last < due:
                             due = oldest + stay_last
-                rec.due = due
+                rec.due = dues.setdefault(due, due)
                 if dead is not None:
                     for metric in dead:
                         del rec[metric]

@@ -1,0 +1,89 @@
+"""What a big replay's store holds per key (issue 14): the objects shared between keys
+instead of copied into each. A store of a million-line log holds hundreds of
+thousands of series, keys and member sets; a float or a string per item is megabytes.
+
+* the level-0 bucket index a series, key or member set is stamped with is one float
+  object per minute (the store clock's), not one per item;
+* after ``expire``, keys due at the same time share one float;
+* the recipient count a message adds is a shared float for small counts.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+from smtpguard_logwatch.engine.observe import observe
+from smtpguard_logwatch.events import MessageAccepted
+from smtpguard_logwatch.store import FrequencyStore
+
+T0 = 1_700_000_000.0
+
+
+def test_items_stamped_in_one_minute_share_the_bucket_float() -> None:
+    store = FrequencyStore()
+    store.add("client_ip", "192.0.2.1", "messages", T0)  # the clock is at this minute
+    for i in range(2, 6):
+        store.add("client_ip", f"192.0.2.{i}", "messages", T0 + i)
+        store.add_member("sender", f"s{i}@example.org", "#client_ips", f"192.0.2.{i}",
+                         T0 + i)
+    recs = store._dims["client_ip"]
+    series = [recs[f"192.0.2.{i}"]["messages"] for i in range(2, 6)]
+    assert len({id(s.b) for s in series}) == 1  # before: one float per series
+    assert len({id(recs[f"192.0.2.{i}"].first) for i in range(2, 6)}) == 1
+    sets = [store._dims["sender"][f"s{i}@example.org"]["#client_ips"] for i in range(2, 6)]
+    assert len({id(ms.tail) for ms in sets}) == 1
+    assert series[0].b is sets[0].tail
+    # a series rolling over into the current minute takes the shared float as well
+    store.add("client_ip", "192.0.2.2", "messages", T0 + 60)
+    store.add("client_ip", "192.0.2.3", "messages", T0 + 61)
+    store.add("client_ip", "192.0.2.2", "messages", T0 + 120)
+    store.add("client_ip", "192.0.2.3", "messages", T0 + 121)
+    assert recs["192.0.2.2"]["messages"].b is recs["192.0.2.3"]["messages"].b
+    assert store.count("client_ip", "192.0.2.2", "messages", 600, T0 + 130) == 3
+
+
+def test_keys_due_at_the_same_time_share_one_float_after_expiry() -> None:
+    store = FrequencyStore()
+    for i in range(20):
+        store.add("sender", f"s{i}@example.org", "messages", T0 + i)
+        store.add("sender", f"s{i}@example.org", "messages", T0 + 60 + i)
+    store.expire(T0 + 13 * 3600)  # past the level-0 cut: history is folded, due set
+    dues = {id(rec.due) for rec in store._dims["sender"].values()}
+    assert len(dues) == 1  # before: one float per key
+
+
+def test_recipient_counts_are_shared_floats() -> None:
+    def accepted(n: int) -> MessageAccepted:
+        return MessageAccepted(T0, "mx", "192.0.2.9", "Q1", "a@example.org", 10, n)
+
+    first, _ = observe(accepted(3))
+    second, _ = observe(accepted(3))
+    amounts = [a[3] for a in first + second if a[2] == "recipients"]
+    assert amounts and all(a == 3.0 for a in amounts)
+    assert len({id(a) for a in amounts}) == 1
+    big, _ = observe(accepted(10_000))
+    assert {a[3] for a in big if a[2] == "recipients"} == {10_000.0}
+
+
+def _bytes_per_key(n: int) -> float:
+    """What a key with one count series costs the store, measured with tracemalloc
+    (keys added within one minute, as a busy log adds them)."""
+    store = FrequencyStore(max_keys_per_dimension=10 * n)
+    store.add("client_ip", "x", "messages", T0)
+    keys = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(n)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for k in keys:
+            store.add("client_ip", k, "messages", T0 + 1.0)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    return sum(s.size_diff for s in after.compare_to(before, "filename")) / n
+
+
+def test_a_one_series_key_costs_its_record_and_series_only() -> None:
+    """Before: ~370 bytes (a float each for the key's first bucket and the series' head
+    bucket); now ~320: the KeyRec with its dict, the Series and the dict slot."""
+    per_key = _bytes_per_key(20_000)
+    assert per_key < 345, per_key
