@@ -112,6 +112,11 @@ def replay(log: Path, sock: str | None, *, live: bool = False) -> dict:
     bus = fleet = None
     if sock is not None or live:
         if sock is not None:
+            import redis
+
+            # an empty Redis for every run: the keys of an earlier run of the same log
+            # (same buckets, another writer) would read as another host's counts
+            redis.Redis(unix_socket_path=sock).flushall()
             settings = FleetSettings(redis=f"unix://{sock}", host="bench")
             bus = Bus(settings, "bench", lambda: None)
             bus.start()

@@ -1156,3 +1156,45 @@ def test_a_key_only_one_host_counts_is_not_read_back(redis_server: RedisServer) 
     assert fourth["distinct"] == {("client_ip", ip, "#senders", 600): -1}
     assert mx1.distinct("client_ip", ip, "#senders", 600, NOW) == 1
     assert batch(0, 1, "a@x.example") == {"counts": {}, "distinct": {}, "ops": 3}
+
+
+def test_a_large_batch_reaches_the_worker_while_the_log_loop_is_busy(
+        redis_server: RedisServer, monkeypatch) -> None:
+    """Regression: the bus thread wrote a batch to the counts worker in 4 KiB steps,
+    taking the interpreter lock back after each one, and each time waited for the busy
+    log loop to let go of it (up to 5 ms): a batch of megabytes took seconds, and the
+    worker was given up on as "not reading" (seen on the 1M-line benchmark log)."""
+    import threading
+
+    from smtpguard_logwatch.fleet import bus as bus_module
+    from smtpguard_logwatch.fleet.bus import Bus
+    from smtpguard_logwatch.fleet.counters import FleetStore
+    from smtpguard_logwatch.store import FrequencyStore
+
+    store = FleetStore(FrequencyStore(), prefix="big", dimensions=["sender"],
+                       clock=lambda: NOW)
+    for i in range(60_000):
+        store.add("sender", f"someone-{i:05d}@sender-{i % 97}.example", "messages", NOW)
+    batch = store.take_batch()
+    bus = Bus(FleetSettings(redis=redis_server.url, host="mx1", timeout=0.3), "mx1",
+              lambda: None)
+    monkeypatch.setattr(bus_module, "WORKER_WAIT", 2.0)
+    busy = threading.Event()
+
+    def log_loop() -> None:  # pure Python work, as the log loop does
+        while not busy.is_set():
+            sum(i * i for i in range(1000))
+
+    thread = threading.Thread(target=log_loop)
+    thread.start()
+    try:
+        bus._count_round_trip({"keys": {}, "ttl": 60, "lo": 0, "hi": 0, "width": 60.0})
+        # 7.8 MB; within WORKER_WAIT + 4 x timeout = 3.2 s, or TimeoutError (the old
+        # code took longer on every run here; this one about 1 s)
+        bus._count_round_trip(batch)
+    finally:
+        busy.set()
+        thread.join()
+        bus._stop_worker()
+    assert redis_server.client().get(
+        "big:c:{sender:someone-00042@sender-42.example}:messages:" + str(int(NOW // 60)))

@@ -12,6 +12,8 @@ until one runs, the bus thread makes the calls itself.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import pickle
@@ -360,6 +362,9 @@ class Counting:
 
 _FRAME = struct.Struct("!I")
 MAX_FRAME = 1 << 30
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+PIPE_SIZE = 1 << 20
+"""The worker's pipes hold this much (Linux's default limit for any user)."""
 
 
 def _send(fd: int, value: Any, deadline: float | None = None) -> None:
@@ -374,7 +379,10 @@ def _send(fd: int, value: Any, deadline: float | None = None) -> None:
             wait = deadline - time.monotonic()
             if wait <= 0 or not select.select([], [fd], [], wait)[1]:
                 raise TimeoutError("the counts worker does not read")
-        view = view[os.write(fd, view[:select.PIPE_BUF if deadline else len(view)]):]
+        try:  # (with a deadline the fd is non-blocking: as much as the pipe takes)
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            continue
 
 
 def _recv(fd: int, deadline: float | None = None) -> Any:
@@ -416,6 +424,15 @@ class CountWorker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._out, self._in = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        # Big pipes, written without blocking: a batch of megabytes written in 4 KiB
+        # steps (the pipe's atomic size) made the bus thread take the interpreter lock
+        # back a thousand times per batch, each time waiting for the log loop to let
+        # go of it (up to 5 ms): the batch crawled, and the worker was given up on as
+        # "not reading" (seen on the 1M-line benchmark log).
+        for fd in (self._out, self._in):
+            with contextlib.suppress(OSError):  # Linux only; the default 64 KiB works
+                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+        os.set_blocking(self._out, False)
         _send(self._out, (url, options))  # the password travels here, never in argv
 
     def round_trip(self, batch: dict[str, Any], timeout: float) -> tuple[Any, ...]:
