@@ -1029,7 +1029,7 @@ def test_the_counts_worker_process_answers_and_is_replaced_when_it_dies(
         hung = bus._worker
         hung.proc.send_signal(signal.SIGSTOP)
         monkeypatch.setattr(bus_module, "WORKER_WAIT", 0.5)
-        for i in range(3000):  # a batch far larger than the pipe holds
+        for i in range(20_000):  # a batch (2.6 MB) far larger than the pipe holds
             store.add("client_ip", f"198.51.{i >> 8}.{i & 255}", "rejects", NOW)
         started = time.monotonic()
         with pytest.raises(TimeoutError):
