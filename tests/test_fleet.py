@@ -1198,3 +1198,43 @@ def test_a_large_batch_reaches_the_worker_while_the_log_loop_is_busy(
         bus._stop_worker()
     assert redis_server.client().get(
         "big:c:{sender:someone-00042@sender-42.example}:messages:" + str(int(NOW // 60)))
+
+
+def test_a_decision_is_published_while_the_counts_worker_hangs(
+        redis_server: RedisServer) -> None:
+    """Regression: the bus thread sent the counts before the decisions, so with the
+    counts worker stopped (or slow) a decision queued with a batch of counts waited for
+    the worker's deadline (5 s and more) and then for a reconnection before it went
+    out; decisions go first now. (One made while a round trip is under way still waits
+    for it.)"""
+    import signal
+
+    from smtpguard_logwatch.fleet.bus import Bus
+    from smtpguard_logwatch.fleet.counters import FleetStore
+    from smtpguard_logwatch.store import FrequencyStore
+
+    store = FleetStore(FrequencyStore(), prefix="smtpguard", dimensions=["client_ip"],
+                       clock=lambda: NOW)
+    bus = Bus(FleetSettings(redis=redis_server.url, host="mx1", timeout=0.3), "mx1",
+              lambda: None)
+    bus.start()
+    try:
+        wait_for(lambda: bus.state == "up", 5, "up")
+        before = bus.commands
+        store.add("client_ip", "192.0.2.1", "rejects", NOW)
+        bus.send_counts(store.take_batch())
+        wait_for(lambda: bus.commands > before, 5, "the worker's first batch answered")
+        worker = bus._worker
+        worker.proc.send_signal(signal.SIGSTOP)
+        try:
+            store.add("client_ip", "192.0.2.2", "rejects", NOW)
+            started = time.monotonic()
+            bus.send(wire.encode_decision("mx1", decision(key="192.0.2.99", id=99)))
+            bus.send_counts(store.take_batch())
+            wait_for(lambda: redis_server.client().xlen(stream_key("smtpguard")) == 1, 10,
+                     "the decision on the stream")
+            assert time.monotonic() - started < 1.0
+        finally:
+            worker.proc.send_signal(signal.SIGCONT)
+    finally:
+        bus.close()

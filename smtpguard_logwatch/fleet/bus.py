@@ -306,8 +306,13 @@ class Bus:
             self.wake()
 
     def _flush(self) -> None:
-        """Send the outbox in one pipeline; on failure it stays owed."""
+        """The decisions first, then the counts: a counts round trip can take seconds
+        (a big batch, a slow or stopped worker) and a decision must not wait for it."""
+        self._flush_outbox()
         self._flush_counts()
+
+    def _flush_outbox(self) -> None:
+        """Send the outbox in one pipeline; on failure it stays owed."""
         with self._lock:
             items = list(self._outbox)
         if not items:
