@@ -59,6 +59,15 @@ def exim_sender(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def sendmail_address(text: str) -> str:
+    """A Sendmail ``<…>`` address slot as Sendmail logs it: unquoted, ``<`` and ``>``
+    cannot occur inside an address (its prescan ends the ``<…>`` at the first ``>`` and
+    the argument at the next space, and refuses the rest), so a client's ``>, relay=…``
+    can never close ``arg1=<…>`` early in a real log (the same model as the hostile
+    field test in test_sendmail_parser.py; quoted forms are tested there)."""
+    return text.replace("<", "").replace(">", "")
+
+
 def _check(name: str, index: int, slots: list[str], *, as_logged: bool = True) -> None:
     """``as_logged=False`` puts the slots in as they are, even where the MTA would not
     (the parser's defence in depth against forged lines)."""
@@ -68,6 +77,9 @@ def _check(name: str, index: int, slots: list[str], *, as_logged: bool = True) -
     fill = [slots[i % len(slots)] for i in range(len(parts) - 1)]
     if as_logged and name == "exim" and parts[0].endswith(" <= "):
         fill[0] = exim_sender(fill[0])
+    if as_logged and name == "sendmail":
+        fill = [sendmail_address(f) if before.endswith("<") and after.startswith(">")
+                else f for f, before, after in zip(fill, parts[:-1], parts[1:], strict=True)]
     msg = parts[0] + "".join(f + p for f, p in zip(fill, parts[1:], strict=True))
     events: list = []
     parser = CLASSES[name](events.append)
