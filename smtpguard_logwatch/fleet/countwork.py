@@ -194,9 +194,10 @@ class _Call:
         self.size = 0  # bucket keys touched
 
     def add(self, dk: tuple[str, str], group: dict[str, Any], lo: int, width: float,
-            long: dict[str, Any] | None = None) -> int:
-        """Append one group; returns the operations it asks of Redis. ``long``: which
-        metrics' members go to the hourly HyperLogLogs too (FleetStore.long_settings)."""
+            long: dict[str, Any] | None = None) -> None:
+        """Append one group; ``size`` grows by the operations it may ask of Redis (the
+        operations run are what the script reports). ``long``: which metrics' members
+        go to the hourly HyperLogLogs too (FleetStore.long_settings)."""
         tokens = self.tokens
         incr, members, read = group["incr"], group["members"], group["read"]
         hourly = _hourly(dk[0], members, group.get("hourly"), long)
@@ -253,9 +254,7 @@ class _Call:
         self.tags.append(group["tag"])
         self.carried.append(dk)
         self.reads.append(read)
-        ops = n_incr + n_members + n_hourly + reads
-        self.size += ops
-        return ops
+        self.size += n_incr + n_members + n_hourly + reads
 
     def payload(self) -> str:
         """The tokens, each ended by a newline; one that holds a newline itself (no

@@ -28,7 +28,7 @@ from ..report import iso
 from . import direct, wire
 from .bus import claim_key
 from .countwork import Counting
-from .link import MAIL_CLAIM_NO_END, Link, only, others
+from .link import Link, claim_ttl, only, others
 
 log = logging.getLogger("smtpguard_logwatch.fleet")
 
@@ -101,11 +101,10 @@ class ScanFleet:
     def _first_to_mail(self, d: Decision) -> bool:
         if not self.up:
             return True
-        ttl = MAIL_CLAIM_NO_END if d.until is None else max(60, d.until - d.time)
         try:
             first = self.redis.client.set(
                 claim_key(self.settings.prefix, d.dimension, d.key, d.action), self.host,
-                nx=True, ex=max(1, int(ttl)))
+                nx=True, ex=claim_ttl(d))
         except Exception as exc:  # noqa: BLE001 - redis errors, and OSError under them
             self._down(direct.Unreachable(direct.one_line(self.settings, exc)))
             return True

@@ -36,6 +36,12 @@ COUNT_EVERY = 1.0
 per second at most."""
 MAIL_CLAIM_NO_END = 86400
 """How long a claim on a warning mail lasts when the decision has no end."""
+
+
+def claim_ttl(d: Decision) -> int:
+    """Seconds the fleet-wide claim on ``d``'s warning mail lasts: as long as the
+    decision (at least a minute), or MAIL_CLAIM_NO_END when it has no end."""
+    return int(MAIL_CLAIM_NO_END if d.until is None else max(60, d.until - d.time))
 KNOWN_GRACE = 3600.0
 """A fleet decision's id stays known (fleet id -> this host's ledger id) until this long
 after the decision ended or was lifted, so that an entry read again (republished after
@@ -165,9 +171,8 @@ class Link:
             return
         token = next(self._tokens)
         self._mail[token] = d
-        ttl = MAIL_CLAIM_NO_END if d.until is None else max(60, d.until - d.time)
         self.bus.claim(token, claim_key(self.settings.prefix, d.dimension, d.key, d.action),
-                       int(ttl))
+                       claim_ttl(d))
 
     # -- what the others told this host ---------------------------------------------------------
 
