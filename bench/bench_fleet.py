@@ -134,7 +134,9 @@ def replay(log: Path, sock: str | None, *, live: bool = False) -> dict:
             if t >= next_flush[0]:
                 now[0] = ev.time
                 next_flush[0] = t + 1.0
-                batch = fleet.take_batch()
+                # the daemon's way: the books are kept in the counts worker; the paced
+                # count needs the batch itself (books in-process)
+                batch = fleet.take_batch() if live else fleet.take_raw()
                 if batch is None:
                     return
                 result["batches"] += 1
@@ -147,7 +149,7 @@ def replay(log: Path, sock: str | None, *, live: bool = False) -> dict:
                 bus.send_counts(batch)
                 for kind, value in bus.drain():
                     if kind == "counts":
-                        fleet.merge(value)
+                        fleet.apply(value)
     else:
         sink = engine.consume
     pipeline = Pipeline(sink)

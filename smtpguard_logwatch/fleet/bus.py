@@ -26,7 +26,15 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..config import FleetSettings
-from .countwork import Counting, CountWorker, RedisFailed
+from .countwork import (
+    BookedCounting,
+    Counting,
+    CountWorker,
+    RedisFailed,
+    merge_batches,
+    merge_raw,
+    raw_keys,
+)
 
 log = logging.getLogger("smtpguard_logwatch.fleet")
 
@@ -40,6 +48,11 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 WORKER_WAIT = 5.0
 """How long the counts worker may take for a batch beyond the Redis timeouts (its
 start included)."""
+
+
+def _raw_meta(raw: dict[str, Any]) -> dict[str, Any]:
+    """A raw batch without its counts (what an empty one needs)."""
+    return {k: raw[k] for k in ("raw", "now", "setup", "windows")}
 
 
 def redacted(url: str) -> str:
@@ -105,6 +118,11 @@ class Bus:
         self._outbox: deque[tuple[str, Any]] = deque()
         self._counts: dict[str, Any] | None = None  # counters owed (one merged batch)
         self._counting: Counting | None = None  # on this thread, without a worker
+        self._booked: BookedCounting | None = None  # raw batches' books, ditto
+        self._books_made = 0  # books built for raw batches (a worker's, or this thread's)
+        self._fresh = False  # the current worker's books replace lost ones
+        self._held = 0  # keys of a raw batch the worker (or _booked) keeps for the next
+        self._last_raw: dict[str, Any] | None = None  # to flush what is held
         self._worker: CountWorker | None = None  # the script calls' child process
         self.use_worker = True
         self.epoch: bytes | None = None  # the Redis data's name (see epoch_key)
@@ -148,38 +166,26 @@ class Bus:
 
     def send_counts(self, batch: dict[str, Any]) -> None:
         """Counter increments, distinct members and what to read back (see
-        counters.FleetStore.take_batch); merged with a batch still owed."""
+        counters.FleetStore.take_batch), or what was counted for books kept in the
+        counts worker (FleetStore.take_raw); merged with a batch still owed."""
         with self._lock:
-            owed = self._counts
-            if owed is None:
-                self._counts = batch
-                return
-            for dk, group in batch["keys"].items():
-                old = owed["keys"].get(dk)
-                if old is None:
-                    if len(owed["keys"]) >= MAX_OWED:
-                        self.dropped += 1  # a long outage under hostile cardinality
-                        continue
-                    owed["keys"][dk] = group
-                    continue
-                for metric, per in group["incr"].items():
-                    had = old["incr"].setdefault(metric, {})
-                    for b, n in per.items():
-                        had[b] = had.get(b, 0.0) + n
-                for field in ("members", "hourly"):
-                    for metric, per in group.get(field, {}).items():
-                        had = old.setdefault(field, {}).setdefault(metric, {})
-                        for b, names in per.items():
-                            had[b] = sorted(set(had.get(b, ())) | set(names))
-                old["read"] = group["read"] or old["read"]
-            owed.update({k: batch[k] for k in ("lo", "hi", "ttl", "width", "long")
-                         if k in batch})
+            if batch.get("raw"):
+                self._counts, dropped = merge_raw(self._counts, batch)
+            else:
+                self._counts, dropped = merge_batches(self._counts, batch)
+            self.dropped += dropped  # a long outage under hostile cardinality
 
     def resend_counts(self, batch: dict[str, Any] | None) -> None:
         """Everything this host counted in the span, after Redis lost its counts: it
-        replaces the batch owed (whose increments it includes)."""
+        replaces the batch owed (whose increments it includes); for books kept in the
+        counts worker (FleetStore.resend_raw), it joins the raw batch owed, and the
+        worker sends all its books hold."""
         with self._lock:
-            self._counts = batch
+            if batch is not None and batch.get("raw"):
+                self._counts, dropped = merge_raw(self._counts, batch)
+                self.dropped += dropped
+            else:
+                self._counts = batch
             self._resending = False
 
     def claim(self, token: int, key: str, ttl: int) -> None:
@@ -207,7 +213,9 @@ class Bus:
         return {"redis": redacted(self.settings.redis), "host": self.host,
                 "state": self.state, "since": self.since, "last_error": self.last_error,
                 "owed": len(self._outbox), "dropped": self.dropped,
-                "counters_owed": len(self._counts["keys"]) if self._counts else 0,
+                "counters_owed": self._held + (
+                    0 if not self._counts else raw_keys(self._counts)
+                    if self._counts.get("raw") else len(self._counts["keys"])),
                 "commands": self.commands, "resets": self.resets,
                 "published": self.published, "received": self.received,
                 "last_id": self.last_id}
@@ -275,8 +283,10 @@ class Bus:
         if self.epoch is not None and epoch != self.epoch:
             log.warning("fleet: Redis %s lost the fleet's counts (restarted empty?); "
                         "sending this host's again", redacted(self.settings.redis))
-            with self._lock:
-                self._counts, self._resending = None, True
+            with self._lock:  # (what raw batches owe is not in any books yet: kept)
+                if not (self._counts and self._counts.get("raw")):
+                    self._counts = None
+                self._resending = True
             self.resets += 1
             self._put("reset", None)
         self.epoch = epoch
@@ -341,31 +351,53 @@ class Bus:
     def _flush_counts(self) -> None:
         """INCRBY/PFADD what this host counted (EXPIRE once per bucket key), then read
         back the fleet's buckets of the keys this host saw: one pipeline, one round trip.
-        On failure the increments stay owed (merged with the next batch)."""
+        On failure the increments stay owed (merged with the next batch): here, or in
+        the books that took them (raw batches)."""
         with self._lock:
             if self._resending:
                 return  # the main thread's resend replaces what is owed
             batch, self._counts = self._counts, None
+        if batch is None and self._held and self._last_raw is not None:
+            # nothing new, but the books hold a batch Redis refused: an empty one
+            batch = self._last_raw | {"counted": {}, "met": {}, "shared": []}
         if batch is None:
             return
         try:
             answer = self._count_round_trip(batch)
-        except Exception:
-            with self._lock:  # owed again, under what came in meanwhile
-                newer, self._counts = self._counts, batch
-            if newer is not None:
-                self.send_counts(newer)
+        except RedisFailed as exc:
+            if not batch.get("raw"):
+                self._owe_again(batch)
+            else:
+                self._held = exc.held  # the books took it: they send it with the next
+                self._last_raw = _raw_meta(batch)
             raise
-        if answer["counts"] or answer["distinct"]:
+        except Exception:
+            self._owe_again(batch)  # (raw: a worker that died, and its books with it)
+            raise
+        if batch.get("raw"):
+            self._held, self._last_raw = 0, _raw_meta(batch)
+            self.dropped += sum(answer.pop("dropped", ()))
+            if answer["deltas"] or answer["distinct"] or answer["cooled"]:
+                self._put("counts", answer)
+        elif answer["counts"] or answer["distinct"]:
             self._put("counts", answer)
+
+    def _owe_again(self, batch: dict[str, Any]) -> None:
+        """A batch no books took: owed again, under what came in meanwhile."""
+        with self._lock:
+            newer, self._counts = self._counts, batch
+        if newer is not None:
+            self.send_counts(newer)
 
     def _count_round_trip(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch's script calls (see countwork), through the worker process
         (started on first use, replaced when it fails), or on this thread when no
-        worker can run."""
+        worker can run. A raw batch goes to books of the worker's (or this thread's);
+        new books after lost ones (a replaced worker) merge only later buckets."""
         if self.use_worker and self._worker is None:
             try:
                 self._worker = CountWorker(self.settings.redis, self._options())
+                self._fresh, self._books_made = self._books_made > 0, self._books_made + 1
             except OSError as exc:
                 log.warning("fleet: cannot start the counts worker (%s); counting on the "
                             "bus thread", exc)
@@ -377,18 +409,31 @@ class Bus:
             counting = self._counting
             before = (counting.commands, counting.operations)
             try:
-                return counting.round_trip(batch)
+                if not batch.get("raw"):
+                    return counting.round_trip(batch)
+                if self._booked is None:
+                    self._booked = BookedCounting(self._books_made > 0)
+                    self._books_made += 1
+                found = self._booked.take(batch)  # taken once, come what may
+                try:
+                    self._booked.send(counting, found)
+                    return found
+                except Exception as exc:
+                    raise RedisFailed(f"{type(exc).__name__}: {exc}",
+                                      self._booked.held()) from exc
             finally:
                 self.commands += counting.commands - before[0]
                 self.operations += counting.operations - before[1]
                 self._per_slot = counting.per_slot
         try:
             answer, calls, operations, self._per_slot = self._worker.round_trip(
-                batch, WORKER_WAIT + 4 * self.settings.timeout)
+                batch | {"fresh": self._fresh} if batch.get("raw") else batch,
+                WORKER_WAIT + 4 * self.settings.timeout)
         except RedisFailed:
             raise  # the worker itself is fine
         except Exception:
             self._stop_worker()  # dead, late or confused: the next batch starts another
+            self._held = 0  # (what its books held is lost with them)
             raise
         self.commands += calls
         self.operations += operations

@@ -24,6 +24,11 @@ the store are not changed: it delegates everything and only watches ``add`` and
   threshold crossed by the fleet is seen within about a second even if this host's
   share is quiet. A key this host never sees is not read: a host that counts it
   decides, and the decision travels on the stream.
+* The books (what this host sent and merged, which keys are hot, what to read
+  back: :mod:`.books`) are kept in the counts worker when the daemon runs one, so
+  the log loop only hands over its increments (:meth:`FleetStore.take_raw`) and adds
+  the worker's deltas (:meth:`FleetStore.apply`); ``scan`` keeps them in-process
+  (:meth:`FleetStore.take_batch`, :meth:`FleetStore.merge`).
 * Never twice. Merged amounts only grow: a total that went down (Redis restarted empty)
   adds nothing until it passes what was merged; buckets older than the daemon's start
   are not merged (they may already be in the saved store).
@@ -59,41 +64,30 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..store.store import MAX_KEY_CHARS, bounded_key
+from .books import (
+    DISTINCT,
+    HOUR,
+    LONG_EVERY,
+    LONG_SPAN,
+    MAX_MEMBERS,
+    MAX_RAW,
+    Counted,
+    FleetBooks,
+    Key,
+    Met,
+    nest,
+    tag_prefix,
+)
+
+__all__ = ["DEFAULT_DIMENSIONS", "HLL_ERROR", "LONG_EVERY", "LONG_SPAN", "FleetStore",
+           "bucket_key", "hour_key", "rule_windows", "tag_prefix"]
 
 DEFAULT_DIMENSIONS = ("client_ip", "client_net", "sender", "sender_domain", "sasl_user")
 DEFAULT_SPAN = 600.0
 """How far back a key's fleet buckets are read when this host sees it (Redis keeps
 them ``span`` + 2 buckets)."""
-HOT_FOR = 10.0
-"""A key is read back from Redis while this host saw it within this many seconds."""
-MAX_MEMBERS = 1000
-"""Distinct members sent per key, metric and bucket in one batch (one Lua unpack);
-beyond that they are not sent: the local count stays exact, and the rules' distinct
-thresholds are far below this."""
-MAX_READS = 5000
-"""Keys read back per second at most (the most recently seen first)."""
 HLL_ERROR = 0.0081
 """Redis HyperLogLog standard error (documented by Redis: 0.81 %)."""
-HOUR = 3600.0
-LONG_SPAN = 86400.0
-"""The longest distinct window read from the hourly HyperLogLogs (a union of at most
-25 keys); longer ones read this host's own count."""
-LONG_SLACK = 7200.0
-"""Hourly keys live the longest window plus this: the window's oldest hour is read
-until an hour after it ended, and an hour more for late batches and clock skew."""
-LONG_EVERY = 5.0
-"""A hot key's long windows are read back at most this often (seconds)."""
-DISTINCT = "#"
-"""The engine's prefix of distinct metrics (engine.engine.DISTINCT)."""
-
-
-def tag_prefix(prefix: str, dimension: str, key: str) -> str:
-    """``PREFIX:c:{DIMENSION:KEY}:``, which ``METRIC:BUCKET`` completes: the hash tag
-    keeps every bucket of one key in one Redis Cluster slot, so one script call (or
-    MGET, PFCOUNT) over them works on a Cluster."""
-    if len(key) > MAX_KEY_CHARS:
-        key = bounded_key(key)
-    return f"{prefix}:c:{{{dimension}:{key}}}:"
 
 
 def bucket_key(prefix: str, dimension: str, key: str, metric: str, bucket: int) -> str:
@@ -121,12 +115,6 @@ def rule_windows(ruleset: Any) -> set[tuple[str, str, float]]:
     return found
 
 
-Key = tuple[str, str]
-"""(dimension, key)"""
-PerMetric = dict[str, dict[int, Any]]
-"""metric -> bucket -> an increment (a float) or distinct members (a set, a list)"""
-
-
 class FleetStore:
     """The engine's store, with fleet-wide counts; see the module docstring."""
 
@@ -144,28 +132,18 @@ class FleetStore:
         # (see countwork.COUNT_SCRIPT); a restart is a new writer, whose old self counts
         # as another until the mark expires (reads it did not need, never a miss)
         self.writer = secrets.token_hex(8)
-        # since the last batch, per key: metric -> bucket -> increment, or -> members
-        self._incr: dict[Key, PerMetric] = {}
-        self._members: dict[Key, PerMetric] = {}
-        # keys seen within HOT_FOR s: (when, metrics), the least recently seen first
-        self._hot: dict[Key, tuple[float, set[str]]] = {}
-        self._read_to: dict[Key, int] = {}  # newest bucket read back, per key
-        self._shared: dict[Key, float] = {}  # hot keys that other hosts count too
-        # per key, metric and bucket, for the buckets Redis keeps
-        self._sent: dict[Key, PerMetric] = {}  # this host's increments
-        self._merged: dict[Key, PerMetric] = {}  # the others', merged
-        self._sent_members: dict[Key, PerMetric] = {}  # for a resend
-        self._forgot = 0  # the bucket up to which old ones were forgotten
+        # since the last batch: (dimension, key, metric, bucket) -> increment, and
+        # (dimension, key, metric, bucket, member) (flat: no container per key that the
+        # collector must walk; the books nest them, in the counts worker)
+        self._counted: Counted = {}
+        self._met: Met = {}
         self._distinct_windows: dict[tuple[str, str], set[float]] = {}  # (dim, metric)
         self._fleet_distinct: dict[Key, dict[tuple[str, float], int]] = {}  # hot keys'
-        self._plans: dict[tuple[str, frozenset[str]], tuple[list[str], list[Any],
-                                                            list[Any]]] = {}
+        self._found_shared: list[Key] = []  # for the books (see apply)
         # hourly HyperLogLogs: buckets per hour (0: the buckets do not divide an hour,
-        # no hourly keys), and (dimension, metric) -> its longest window over span
+        # no hourly keys)
         self.hour_buckets = int(HOUR // self.width) if HOUR % self.width == 0 else 0
-        self._long: dict[tuple[str, str], float] = {}
-        self._long_at: dict[Key, float] = {}  # hot keys: when their long windows were read
-        self._hours_of: dict[float, tuple[int, tuple[int, int]]] = {}  # see _hours
+        self._books: FleetBooks | None = None  # in-process books (take_batch, merge)
         self.merged_total = 0.0
         # the engine's reads go straight to the local store (no __getattr__ per call)
         for name in ("count", "baseline", "expire", "in_good_standing"):
@@ -180,31 +158,18 @@ class FleetStore:
     def add(self, dimension: str, key: str, metric: str, t: float, n: float = 1.0) -> None:
         self.local.add(dimension, key, metric, t, n)
         if dimension in self.dimensions:
-            incr = self._incr.get((dimension, key))
-            if incr is None:
-                incr = self._incr[(dimension, key)] = {}
-            per = incr.get(metric)
-            if per is None:
-                per = incr[metric] = {}
-            b = int(t // self.width)
-            per[b] = per.get(b, 0.0) + n
+            counted = self._counted
+            k = (dimension, key, metric, int(t // self.width))
+            counted[k] = counted.get(k, 0.0) + n
 
     def add_member(self, dimension: str, key: str, metric: str, member: str,
                    t: float) -> float | None:
         before = self.local.add_member(dimension, key, metric, member, t)
-        if dimension in self.dimensions and (before is None or before < t - t % self.width):
-            members = self._members.get((dimension, key))
-            if members is None:
-                members = self._members[(dimension, key)] = {}
-            per = members.get(metric)
-            if per is None:
-                per = members[metric] = {}
-            b = int(t // self.width)
-            names = per.get(b)
-            if names is None:
-                names = per[b] = set()
-            if len(names) < MAX_MEMBERS:
-                names.add(member if len(member) <= MAX_KEY_CHARS else bounded_key(member))
+        if (dimension in self.dimensions and (before is None or before < t - t % self.width)
+                and len(self._met) < MAX_RAW):
+            if len(member) > MAX_KEY_CHARS:
+                member = bounded_key(member)
+            self._met[(dimension, key, metric, int(t // self.width), member)] = None
         return before
 
     def distinct(self, dimension: str, key: str, metric: str, window: float,
@@ -230,226 +195,104 @@ class FleetStore:
         hourly HyperLogLogs of a metric read over a long window must get its members
         from the first one on, not from the first time a rule asked (a condition
         behind an 'and' is asked late)."""
-        self._distinct_windows, self._long = {}, {}
+        self._distinct_windows = {}
         for dimension, metric, window in rule_windows(ruleset):
             if dimension in self.dimensions:
                 self._want(dimension, metric, window)
-        self._plans.clear()
 
     def _want(self, dimension: str, metric: str, window: float) -> None:
         """Read (dimension, metric) over ``window`` from now on."""
         self._distinct_windows.setdefault((dimension, metric), set()).add(window)
-        if self._is_long(window):
-            dm = (dimension, metric)
-            self._long[dm] = max(window, self._long.get(dm, 0.0))
-        self._plans.clear()
-
-    def _is_long(self, window: float) -> bool:
-        """Read from the hourly HyperLogLogs (longer than span, up to LONG_SPAN, and a
-        local resolution that answers it)."""
-        return (self.span < window <= LONG_SPAN and self.hour_buckets > 0
-                and any(window <= r.span for r in self._resolutions()))
 
     def _resolutions(self) -> tuple[Any, ...]:
         return tuple(getattr(self.local, "resolutions", ()))
 
-    def long_settings(self) -> dict[str, Any] | None:
-        """For the script: which (dimension, metric) get hourly PFADDs, each with its
-        expiry (its longest long window plus LONG_SLACK), and how many buckets make an
-        hour."""
-        if not self._long:
-            return None
-        return {"metrics": {dm: int(w + LONG_SLACK) for dm, w in self._long.items()},
-                "per": self.hour_buckets}
+    def setup(self) -> dict[str, Any]:
+        """What books for this store are built from (plain values: the counts worker
+        builds its own from them)."""
+        return {"prefix": self.prefix, "width": self.width, "span_buckets": self.span_buckets,
+                "start_bucket": self.start_bucket, "writer": self.writer,
+                "hour_buckets": self.hour_buckets,
+                "resolutions": [(r.width, r.span) for r in self._resolutions()]}
 
-    def _hours(self, window: float, hi: int) -> tuple[int, int]:
-        """The hours whose union answers ``window`` ending in bucket ``hi``: the hour of
-        the first bucket the local store counts for that window (its resolution's
-        grid) to the hour of ``hi``. (The same for every key of a batch: kept.)"""
-        known = self._hours_of.get(window)
-        if known is not None and known[0] == hi:
-            return known[1]
-        now = hi * self.width
-        step = next(r.width for r in self._resolutions() if window <= r.span)
-        start = ((now - window) // step + 1) * step
-        hours = int(start // HOUR), int(now // HOUR)
-        if len(self._hours_of) > 100:
-            self._hours_of.clear()
-        self._hours_of[window] = (hi, hours)
-        return hours
+    @property
+    def books_here(self) -> FleetBooks:
+        """The in-process books (scan; a daemon whose counts worker cannot run keeps
+        them in the bus thread instead, built from :meth:`setup`)."""
+        if self._books is None:
+            self._books = FleetBooks(self.setup())
+        self._books.set_windows(self._distinct_windows)
+        return self._books
+
+    def long_settings(self) -> dict[str, Any] | None:
+        return self.books_here.long_settings()
 
     # -- once a second, on the main thread ----------------------------------------------------
 
-    def take_batch(self) -> dict[str, Any] | None:
-        """What to send (INCRBY, PFADD) and what to read back, for the Redis thread."""
-        now = self.clock()
-        hi = int(now // self.width)
-        incr, members = self._incr, self._members
-        self._incr, self._members = {}, {}
-        groups: dict[Key, dict[str, Any]] = {}
-        hot, sent_by = self._hot, self._sent
-        for dk, entries in incr.items():
-            groups[dk] = {"tag": tag_prefix(self.prefix, *dk), "incr": entries,
-                          "members": {}, "read": None}
-            seen = hot.pop(dk, None)
-            hot[dk] = (now, set(entries) if seen is None else seen[1].union(entries))
-            sent = sent_by.get(dk)
-            if sent is None:
-                sent_by[dk] = {metric: dict(per) for metric, per in entries.items()}
-                continue
-            for metric, per in entries.items():
-                had = sent.get(metric)
-                if had is None:
-                    sent[metric] = dict(per)
-                else:
-                    for b, n in per.items():
-                        had[b] = had.get(b, 0.0) + n
-        for dk, entries in members.items():
-            g = groups.get(dk)
-            if g is None:
-                g = groups[dk] = {"tag": tag_prefix(self.prefix, *dk), "incr": {},
-                                  "members": {}, "read": None}
-            g["members"] = entries  # (sets: no longer added to here)
-            self._seen(dk, now, set(entries))
-            sent = self._sent_members.setdefault(dk, {})
-            for metric, per in entries.items():
-                had = sent.setdefault(metric, {})
-                for b, names in per.items():
-                    already = had.setdefault(b, set())
-                    if len(already) < MAX_MEMBERS:
-                        already |= names
-        self._cool(now)
-        fresh = incr.keys() | members.keys()
-        self._forget_old(hi)
-        # read back: the keys seen since the last batch, and for HOT_FOR seconds after
-        # that the ones other hosts count too (their share may cross a threshold while
-        # this host's is quiet); a key only this host sees costs no read when idle
-        wanted = fresh | {dk for dk in self._shared if dk in self._hot}
-        if len(wanted) > MAX_READS:
-            wanted = set(sorted(wanted, key=lambda dk: -self._hot[dk][0])[:MAX_READS])
-        lo = max(hi - self.span_buckets + 1, self.start_bucket)
-        for dk in wanted:
-            g = groups.get(dk)
-            if g is None:
-                g = groups[dk] = {"tag": tag_prefix(self.prefix, *dk), "incr": {},
-                                  "members": {}, "read": None}
-            g["read"] = self._read_spec(dk, lo, hi, now)
-        if not groups:
+    def _swap(self) -> tuple[Counted, Met]:
+        counted, met = self._counted, self._met
+        self._counted, self._met = {}, {}
+        return counted, met
+
+    def take_raw(self) -> dict[str, Any] | None:
+        """What this host counted since the last batch, for books kept elsewhere (the
+        counts worker: :func:`.countwork.raw_round_trip`), or None when nothing was."""
+        counted, met = self._swap()
+        shared, self._found_shared = self._found_shared, []
+        if not counted and not met and not shared:
             return None
-        return {"keys": groups, "ttl": int((self.span_buckets + 2) * self.width),
-                "lo": lo, "hi": hi, "width": self.width, "long": self.long_settings(),
-                "writer": self.writer}
+        return {"raw": True, "counted": counted, "met": met, "now": self.clock(),
+                "shared": shared, "setup": self.setup(),
+                "windows": {dm: set(ws) for dm, ws in self._distinct_windows.items()}}
 
-    def _read_spec(self, dk: Key, lo: int, hi: int, now: float) -> dict[str, Any]:
-        """What to read back for one key: its count buckets from ``from`` to ``to``
-        (the whole span the first time, then from the bucket before the last read:
-        what other hosts add lands in the current bucket, or just before it), with
-        the sum this host already knows of (its own and what it merged: Redis answers
-        only when the fleet's sum differs), and its distinct windows with the estimate
-        this host holds (Redis answers only when it changed); its long windows (the
-        hours to union, see :meth:`_hours`) only when the key's were not read in the
-        last LONG_EVERY seconds."""
-        metrics = self._hot[dk][1]
-        last = self._read_to.get(dk)
-        self._read_to[dk] = hi
-        start = lo if last is None else max(lo, min(last, hi) - 1)
-        counts, distinct, long = self._plan(dk[0], metrics)
-        if long:
-            read_at = self._long_at.get(dk)
-            if read_at is None or now - read_at >= LONG_EVERY:
-                self._long_at[dk] = now
-            else:
-                long = []
-        expect = []
-        sent, merged = self._sent.get(dk, {}), self._merged.get(dk, {})
-        for metric in counts:
-            total = 0.0
-            for table in (sent, merged):
-                per = table.get(metric)
-                if per is not None:
-                    total += sum(n for b, n in per.items() if start <= b <= hi)
-            expect.append(total)
-        known = self._fleet_distinct.get(dk, {})
-        return {"from": start, "to": hi, "counts": counts, "expect": expect,
-                "distinct": distinct, "known": [known.get(mw, -1) for mw in distinct],
-                "long": long, "hours": [self._hours(w, hi) for _, w in long],
-                "long_known": [known.get(mw, -1) for mw in long]}
+    def take_batch(self) -> dict[str, Any] | None:
+        """What to send (INCRBY, PFADD) and what to read back, with the books kept
+        in-process (see :class:`.books.FleetBooks`)."""
+        books = self.books_here
+        books.mark_shared(self._found_shared)
+        self._found_shared = []
+        cooled: list[Key] = []
+        batch = books.take(*nest(*self._swap()), self.clock(), cooled)
+        self.forget(cooled)
+        return batch
 
-    def _plan(self, dimension: str,
-              metrics: set[str]) -> tuple[list[str], list[Any], list[Any]]:
-        """The count metrics and (distinct metric, window) pairs to read back for a key
-        with these metrics, the short windows and the long ones (the same few sets over
-        and over: cached until a rule asks about another distinct window)."""
-        index = (dimension, frozenset(metrics))
-        plan = self._plans.get(index)
-        if plan is None:
-            if len(self._plans) > 10_000:
-                self._plans.clear()
-            windows = [(m, w) for m in sorted(metrics) if m.startswith(DISTINCT)
-                       for w in sorted(self._distinct_windows.get((dimension, m), ()))]
-            plan = self._plans[index] = (
-                sorted(m for m in metrics if not m.startswith(DISTINCT)),
-                [(m, w) for m, w in windows if w <= self.span],
-                [(m, w) for m, w in windows if self._is_long(w)])
-        return plan
-
-    def _seen(self, dk: Key, now: float, metrics: set[str]) -> None:
-        """``dk`` was seen now: it moves to the end of the hot keys."""
-        seen = self._hot.pop(dk, None)
-        self._hot[dk] = (now, metrics if seen is None else seen[1] | metrics)
-
-    def _cool(self, now: float) -> None:
-        """Forget the keys not seen for HOT_FOR seconds (the oldest are first)."""
-        cutoff = now - HOT_FOR
-        stale = []
-        for dk, (seen, _) in self._hot.items():
-            if seen >= cutoff:
-                break
-            stale.append(dk)
-        for dk in stale:
-            del self._hot[dk]
-            self._shared.pop(dk, None)
-            self._read_to.pop(dk, None)
-            self._fleet_distinct.pop(dk, None)
-            self._long_at.pop(dk, None)
+    def forget(self, cooled: Iterable[Key]) -> None:
+        """Keys no longer hot: their fleet estimates are not answered any more."""
+        for dk in cooled:
+            self._fleet_distinct.pop(tuple(dk), None)
 
     def resend_batch(self) -> dict[str, Any] | None:
         """Everything this host sent for the buckets Redis still keeps, as one batch,
-        for a Redis that lost it (see the module docstring); the keys are read back
-        again over the whole span from the next batch on."""
+        for a Redis that lost it (see the module docstring): the in-process books',
+        and the hourly HyperLogLogs from the local store."""
         now = self.clock()
-        hi = int(now // self.width)
-        oldest = hi - self.span_buckets - 1
-        groups: dict[Key, dict[str, Any]] = {}
-        for table, field in ((self._sent, "incr"), (self._sent_members, "members")):
-            for dk, metrics in table.items():
-                for metric, per in metrics.items():
-                    for b, value in per.items():
-                        if b < oldest or not value:
-                            continue
-                        g = groups.get(dk)
-                        if g is None:
-                            g = groups[dk] = {"tag": tag_prefix(self.prefix, *dk),
-                                              "incr": {}, "members": {}, "read": None}
-                        g[field].setdefault(metric, {})[b] = (
-                            sorted(value) if field == "members" else value)
-                        self._seen(dk, now, {metric})
-                        self._incr.setdefault(dk, {})  # read back with the next batch
-                        self._read_to.pop(dk, None)
-        self._resend_hourly(groups, now)
-        if not groups:
-            return None
-        return {"keys": groups, "ttl": int((self.span_buckets + 2) * self.width),
-                "lo": max(hi - self.span_buckets + 1, self.start_bucket), "hi": hi,
-                "width": self.width, "long": self.long_settings(), "writer": self.writer}
+        batch = self.books_here.resend(now)
+        groups = {} if batch is None else batch["keys"]
+        self.resend_hourly(groups, now)
+        if batch is None and groups:
+            batch = self.books_here.batch_of(groups, int(now // self.width))
+        return batch
 
-    def _resend_hourly(self, groups: dict[Key, dict[str, Any]], now: float) -> None:
+    def resend_raw(self) -> dict[str, Any]:
+        """The same for books kept elsewhere: the counts worker resends what its books
+        sent; the hourly HyperLogLogs (from the local store) travel here."""
+        raw = self.take_raw() or {"raw": True, "counted": {}, "met": {}, "now": self.clock(),
+                                  "shared": [], "setup": self.setup(),
+                                  "windows": dict(self._distinct_windows)}
+        groups: dict[Key, dict[str, Any]] = {}
+        self.resend_hourly(groups, raw["now"])
+        raw["resend"] = groups
+        return raw
+
+    def resend_hourly(self, groups: dict[Key, dict[str, Any]], now: float) -> None:
         """The hourly HyperLogLogs again, from the local store: each member it holds
         goes to the hour of its latest sighting here. A union of the hours up to now
         holds a member iff one of its sightings is in them, and then its latest is
         too, so that is all a long window needs. Lost: the members the local store no
         longer holds (beyond its distinct cap, or of keys it evicted)."""
-        settings = self.long_settings()
+        books = FleetBooks(self.setup())
+        books.set_windows(self._distinct_windows)
+        settings = books.long_settings()
         sightings = getattr(self.local, "sightings", None)
         if settings is None or sightings is None:
             return
@@ -472,72 +315,39 @@ class FleetStore:
                 g.setdefault("hourly", {})[metric] = hours
 
     def books(self) -> dict[str, Any]:
-        """What this host sent and merged per key, metric and bucket, JSON-ready: a
-        ``scan`` keeps it from one run to the next (with the store it describes), so
-        that a bucket two runs share is neither merged twice nor taken for others'."""
-        def rows(table: dict[Key, PerMetric]) -> list[Any]:
-            return [[d, k, {m: {str(b): n for b, n in per.items()} for m, per in ms.items()}]
-                    for (d, k), ms in table.items()]
-
-        return {"sent": rows(self._sent), "merged": rows(self._merged)}
+        """The in-process books, JSON-ready (see :meth:`.books.FleetBooks.books`)."""
+        return self.books_here.books()
 
     def restore_books(self, books: dict[str, Any]) -> None:
-        """Take back what :meth:`books` gave (a bucket's sums stay what they were)."""
-        for name, table in (("sent", self._sent), ("merged", self._merged)):
-            for d, k, metrics in books[name]:
-                table[(str(d), str(k))] = {str(m): {int(b): float(n) for b, n in per.items()}
-                                           for m, per in metrics.items()}
+        self.books_here.restore_books(books)
 
     def merge(self, answer: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
-        """Fold the other hosts' counts into the local store; returns the keys (and
-        metrics) whose fleet counts changed, for the engine to look at again."""
+        """Fold the other hosts' counts (a script answer, read with the in-process
+        books) into the local store; returns the keys (and metrics) whose fleet counts
+        changed, for the engine to look at again."""
+        found: dict[str, list[Any]] = {"deltas": [], "distinct": []}
+        self.books_here.answer(answer, found)
+        changed = self.apply(found)
+        self.books_here.mark_shared(self._found_shared)
+        self._found_shared = []
+        return changed
+
+    def apply(self, found: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
+        """Add what the books found the other hosts added (:meth:`.books.FleetBooks.answer`:
+        ``deltas``, ``distinct``; ``cooled``: keys the books no longer keep hot) to the
+        local store; returns the keys (and metrics) whose fleet counts changed."""
         changed: dict[tuple[str, str], list[str]] = {}
-        for (d, k, metric, b), total in answer.get("counts", {}).items():
-            if b < self.start_bucket:
-                continue
-            sent = self._sent.get((d, k), {}).get(metric, {})
-            merged = self._merged.get((d, k), {}).get(metric, {})
-            others = total - sent.get(b, 0.0)
-            delta = others - merged.get(b, 0.0)
-            if others > 0 and (d, k) in self._hot:
-                self._shared[(d, k)] = total
-            if delta > 0:
-                self._merged.setdefault((d, k), {}).setdefault(metric, {})[b] = others
-                self.local.add(d, k, metric, b * self.width, delta)
-                self.merged_total += delta
-                changed.setdefault((d, k), []).append(metric)
-        for (d, k, metric, window), n in answer.get("distinct", {}).items():
-            if (d, k) not in self._hot:
-                continue  # forgotten meanwhile: read again when seen again
-            known = self._fleet_distinct.setdefault((d, k), {})
-            before = known.get((metric, window), 0)
-            known[(metric, window)] = n
+        for d, k, metric, b, delta in found.get("deltas", ()):
+            self.local.add(d, k, metric, b * self.width, delta)
+            self.merged_total += delta
+            changed.setdefault((d, k), []).append(metric)
+        now = self.clock()
+        for d, k, metric, window, n, before in found.get("distinct", ()):
+            self._fleet_distinct.setdefault((d, k), {})[(metric, window)] = n
             # the rules need another look only when other hosts add to what this one
             # counted itself (and then only when the estimate grew)
-            if n > before and n > self.local.distinct(d, k, metric, window, self.clock()):
-                self._shared[(d, k)] = n
+            if n > before and n > self.local.distinct(d, k, metric, window, now):
+                self._found_shared.append((d, k))
                 changed.setdefault((d, k), []).append(metric)
+        self.forget(found.get("cooled", ()))
         return {dk: sorted(set(ms)) for dk, ms in changed.items()}
-
-    def _forget_old(self, hi: int) -> None:
-        """Once per bucket: forget the buckets Redis no longer keeps (a pass over the
-        keys counted in the span, so memory stays bounded by what the span saw)."""
-        oldest = hi - self.span_buckets - 2
-        if oldest <= self._forgot:
-            return
-        self._forgot = oldest
-        for table in (self._sent, self._merged, self._sent_members):
-            for dk in list(table):
-                metrics = table[dk]
-                for metric in list(metrics):
-                    per = metrics[metric]
-                    for b in [b for b in per if b < oldest]:
-                        del per[b]
-                    if not per:
-                        del metrics[metric]
-                if not metrics:
-                    del table[dk]
-
-
-def key_text(key: str) -> str:
-    return key if len(key) <= MAX_KEY_CHARS else bounded_key(key)

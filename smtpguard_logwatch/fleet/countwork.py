@@ -25,6 +25,9 @@ from typing import Any
 
 log = logging.getLogger("smtpguard_logwatch.fleet")
 
+MAX_OWED = 100_000
+"""Keys of counts owed at most while Redis is down (beyond: dropped, and counted)."""
+
 CALL_KEYS = 2000
 """Bucket keys per script call at most: a call runs a few thousand INCRBY/PFADD inside
 Redis (a few milliseconds), and carries many of the tool's keys, so the Python work
@@ -359,6 +362,133 @@ class Counting:
         return answer
 
 
+def merge_batches(owed: dict[str, Any] | None, batch: dict[str, Any] | None
+                  ) -> tuple[dict[str, Any] | None, int]:
+    """One batch (FleetBooks.take) out of one still owed and a newer one: increments
+    added, members united, the newer read spec kept; returns it and how many keys were
+    dropped (beyond MAX_OWED keys: a long outage under hostile cardinality)."""
+    if owed is None or batch is None:
+        return owed if batch is None else batch, 0
+    dropped = 0
+    for dk, group in batch["keys"].items():
+        old = owed["keys"].get(dk)
+        if old is None:
+            if len(owed["keys"]) >= MAX_OWED:
+                dropped += 1
+                continue
+            owed["keys"][dk] = group
+            continue
+        for metric, per in group["incr"].items():
+            had = old["incr"].setdefault(metric, {})
+            for b, n in per.items():
+                had[b] = had.get(b, 0.0) + n
+        for field in ("members", "hourly"):
+            for metric, per in group.get(field, {}).items():
+                had = old.setdefault(field, {}).setdefault(metric, {})
+                for b, names in per.items():
+                    had[b] = sorted(set(had.get(b, ())) | set(names))
+        old["read"] = group["read"] or old["read"]
+    owed.update({k: batch[k] for k in ("lo", "hi", "ttl", "width", "long", "writer")
+                 if k in batch})
+    return owed, dropped
+
+
+def merge_raw(owed: dict[str, Any] | None, raw: dict[str, Any]
+              ) -> tuple[dict[str, Any], int]:
+    """One raw batch (FleetStore.take_raw) out of one still owed and a newer one; and
+    how many increments and members were dropped (beyond MAX_OWED keys)."""
+    if owed is None:
+        return raw, 0
+    counted, met = owed["counted"], owed["met"]
+    limit = MAX_OWED * 10  # entries (a key has a few)
+    dropped = 0
+    for k, n in raw["counted"].items():
+        if k in counted:
+            counted[k] += n
+        elif len(counted) + len(met) < limit:
+            counted[k] = n
+        else:
+            dropped += 1
+    for k in raw["met"]:
+        if k not in met:
+            if len(counted) + len(met) < limit:
+                met[k] = None
+            else:
+                dropped += 1
+    owed["shared"] = owed["shared"] + raw["shared"]
+    resend = raw.get("resend", owed.get("resend"))
+    owed.update({k: raw[k] for k in ("now", "setup", "windows")})
+    if resend is not None:
+        owed["resend"] = resend
+    return owed, dropped
+
+
+def raw_keys(raw: dict[str, Any] | None) -> int:
+    """Keys a raw batch carries."""
+    if raw is None:
+        return 0
+    return len({k[:2] for k in raw["counted"]} | {k[:2] for k in raw["met"]})
+
+
+class BookedCounting:
+    """Raw batches (FleetStore.take_raw) with books of their own (FleetBooks): in the
+    counts worker, or on the bus thread when no worker runs. A batch whose round trip
+    failed stays here (its increments are in the books already) and goes with the
+    next. ``fresh``: these books replace lost ones (a worker that died), so they
+    merge only buckets after the one they start in (see :mod:`.books`)."""
+
+    def __init__(self, fresh: bool) -> None:
+        self.fresh = fresh
+        self.books: Any = None
+        self.pending: dict[str, Any] | None = None
+
+    def held(self) -> int:
+        """Keys of a batch whose round trip failed (sent with the next)."""
+        return 0 if self.pending is None else len(self.pending["keys"])
+
+    def round_trip(self, counting: Counting, raw: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`take`, then :meth:`send`."""
+        found = self.take(raw)
+        self.send(counting, found)
+        return found
+
+    def take(self, raw: dict[str, Any]) -> dict[str, list[Any]]:
+        """Into the books (and onto the batch held, if any): taken once, whatever
+        happens to the round trip."""
+        from .books import FleetBooks, nest
+
+        now = raw["now"]
+        if self.books is None:
+            setup = raw["setup"]
+            if self.fresh:
+                setup = setup | {"start_bucket": max(setup["start_bucket"],
+                                                     int(now // setup["width"]) + 1)}
+            self.books = FleetBooks(setup)
+        books = self.books
+        books.set_windows(raw["windows"])
+        books.mark_shared(raw["shared"])
+        found: dict[str, list[Any]] = {"deltas": [], "distinct": [], "cooled": []}
+        pending = self.pending
+        resend = raw.get("resend")
+        if resend is not None:  # Redis lost the counts: all the books hold, again
+            pending = books.resend(now)  # (what was held is in there)
+            if resend:
+                pending, _ = merge_batches(pending, books.batch_of(resend,
+                                                                   int(now // books.width)))
+        batch = books.take(*nest(raw["counted"], raw["met"]), now, found["cooled"])
+        self.pending, dropped = merge_batches(pending, batch)
+        found["dropped"] = [dropped]
+        return found
+
+    def send(self, counting: Counting, found: dict[str, list[Any]]) -> None:
+        """The batch held, in one round trip (raises: held for the next); what the
+        other hosts added goes into ``found``."""
+        if self.pending is not None:
+            answer = counting.round_trip(self.pending)
+            self.pending = None
+            self.books.answer(answer, found)
+
+
 _FRAME = struct.Struct("!I")
 MAX_FRAME = 1 << 30
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -410,7 +540,12 @@ def _recv(fd: int, deadline: float | None = None) -> Any:
 
 
 class RedisFailed(Exception):
-    """Redis refused or failed a batch in the worker (which itself is fine)."""
+    """Redis refused or failed a batch in the worker (which itself is fine); ``held``:
+    keys of a raw batch's round trip the worker keeps for the next."""
+
+    def __init__(self, message: str, held: int = 0) -> None:
+        super().__init__(message)
+        self.held = held
 
 
 class CountWorker:
@@ -441,9 +576,9 @@ class CountWorker:
 
         deadline = time.monotonic() + timeout
         _send(self._out, batch, deadline)
-        kind, value, calls, operations, per_slot = _recv(self._in, deadline)
+        kind, value, calls, operations, per_slot, held = _recv(self._in, deadline)
         if kind == "error":
-            raise RedisFailed(value)
+            raise RedisFailed(value, held)
         return value, calls, operations, per_slot
 
     def close(self) -> None:
@@ -462,6 +597,7 @@ def main() -> int:
     fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
     url, options = _recv(fd_in)
     counting: Counting | None = None
+    booked: BookedCounting | None = None  # the books: kept across reconnections
     per_slot = False  # kept across reconnections
     while True:
         try:
@@ -469,16 +605,27 @@ def main() -> int:
         except EOFError:
             return 0
         try:
+            found = None
+            if batch.get("raw"):  # into the books first: taken once, come what may
+                if booked is None:
+                    booked = BookedCounting(bool(batch.get("fresh")))
+                found = booked.take(batch)
             if counting is None:
                 counting = Counting(redis.Redis.from_url(url, **options))
                 counting.per_slot = per_slot
             before = (counting.commands, counting.operations)
-            answer = counting.round_trip(batch)
+            if found is not None:
+                assert booked is not None
+                booked.send(counting, found)
+                answer = found
+            else:
+                answer = counting.round_trip(batch)
             per_slot = counting.per_slot
             _send(fd_out, ("ok", answer, counting.commands - before[0],
-                           counting.operations - before[1], per_slot))
+                           counting.operations - before[1], per_slot, 0))
         except Exception as exc:  # noqa: BLE001 - told to the bus, which logs it
             if counting is not None:
                 counting.client.close()
                 counting = None  # a new connection for the next batch
-            _send(fd_out, ("error", f"{type(exc).__name__}: {exc}", 0, 0, per_slot))
+            held = 0 if booked is None else booked.held()
+            _send(fd_out, ("error", f"{type(exc).__name__}: {exc}", 0, 0, per_slot, held))

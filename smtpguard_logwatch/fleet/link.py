@@ -143,7 +143,7 @@ class Link:
         if self.store is None or now - self._batch_at < COUNT_EVERY:
             return
         self._batch_at = now
-        batch = self.store.take_batch()
+        batch = self.store.take_raw()  # (the books are kept where the counts go out)
         if batch is not None:
             self.bus.send_counts(batch)
 
@@ -193,10 +193,11 @@ class Link:
                 self._republish(ledger, now)
             elif kind == "reset":  # Redis lost the counts: all of this host's again
                 self.bus.resend_counts(None if self.store is None
-                                       else self.store.resend_batch())
+                                       else self.store.resend_raw())
             elif kind == "counts":
                 if self.store is not None:
-                    changed = self.store.merge(value)
+                    changed = (self.store.apply(value) if "deltas" in value
+                                else self.store.merge(value))
                     if self.reevaluate is not None:
                         for (dimension, key), metrics in changed.items():
                             self.reevaluate(dimension, key, metrics)
