@@ -49,17 +49,22 @@ def generator_hash() -> str:
     return hashlib.sha1((HERE / "generate_log.py").read_bytes()).hexdigest()[:10]
 
 
-def cached_log(lines: int, seed: int, fmt: str, keep: bool,
-               anomalies: bool = True) -> tuple[Path, Path, float | None]:
-    """(log, truth, seconds spent generating or None when reused)."""
+def cached_log(lines: int, seed: int, fmt: str, keep: bool, anomalies: bool = True,
+               hours: float | None = None) -> tuple[Path, Path, float | None]:
+    """(log, truth, seconds spent generating or None when reused); ``hours``: the
+    time the log spans (the generator's default, 36 h, when None)."""
     OUT.mkdir(exist_ok=True)
-    stem = f"replay-{lines}-s{seed}-{fmt}{'-a' if anomalies else ''}-{generator_hash()}"
+    span = "" if hours is None else f"-h{hours:g}"
+    stem = (f"replay-{lines}-s{seed}-{fmt}{'-a' if anomalies else ''}{span}-"
+            f"{generator_hash()}")
     log, truth = OUT / f"{stem}.log", OUT / f"{stem}.truth.json"
     if log.exists() and truth.exists():
         return log, truth, None
     if not keep:
         prune(f"replay-{lines}-s{seed}-{fmt}-")
     cfg = generate_log.Config(lines=lines, seed=seed, fmt=fmt, anomalies=anomalies)
+    if hours is not None:
+        cfg.hours = hours
     t0 = time.perf_counter()
     tmp = log.with_suffix(".log.tmp")
     with open(tmp, "w", encoding="utf-8", buffering=1 << 20) as fh:

@@ -212,3 +212,4 @@ def test_after_redis_lost_its_data_the_worker_sends_the_span_again(
         assert redis_total(redis_server, b + 1) == 4  # once
     finally:
         host.close()
+
