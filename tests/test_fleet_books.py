@@ -51,7 +51,8 @@ class Host:
 
     def sync(self) -> dict[tuple[str, str], list[str]]:
         if self.bus is None:
-            return self.store.merge(self.counting.round_trip(self.store.take_batch()))
+            batch = self.store.take_batch()
+            return {} if batch is None else self.store.merge(self.counting.round_trip(batch))
         raw = self.store.take_raw()
         if raw is not None:
             self.bus.send_counts(raw)
@@ -213,3 +214,62 @@ def test_after_redis_lost_its_data_the_worker_sends_the_span_again(
     finally:
         host.close()
 
+
+
+def test_after_a_reset_a_host_reads_what_others_resend_later(
+        redis_server: RedisServer) -> None:
+    """Each host resends its counts when it reconnects, after its own backoff. One that
+    resent early has already read the span; it must still read what another resends
+    20 s later into the same (older) bucket, with no new counts of its own. Without
+    the settling reads it never read again (and never converged)."""
+    clock = [NOW]
+    b = int(NOW // 60)
+    early = Host(redis_server.url, clock, worker=True)
+    late = Host(redis_server.url, clock, worker=False)
+    try:
+        early.count(2)
+        early.sync()
+        late.count(3)
+        late.sync()
+        assert early.sync() == {} and early.total() == 2  # (not read: not fresh)
+        clock[0] += 5
+        redis_server.client().flushall()  # Redis lost its data
+        early.bus.resend_counts(early.store.resend_raw())
+        early.sync()
+        assert redis_total(redis_server, b) == 2
+        clock[0] += 20  # the late host reconnects and resends
+        late_books = late.store.books_here
+        resent = late_books.resend(clock[0])
+        late.store.merge(late.counting.round_trip(resent))
+        assert redis_total(redis_server, b) == 5
+        clock[0] += 1
+        assert early.sync() == {("client_ip", IP): ["rejects"]}
+        assert early.total() == 5
+    finally:
+        early.close()
+
+
+def test_a_quiet_host_reads_a_shared_key_while_it_is_hot(redis_server: RedisServer) -> None:
+    """A key other hosts count too is read back every second for HOT_FOR seconds after
+    this host last saw it, even when this host counts nothing more: the other hosts'
+    share may cross a threshold meanwhile. (With the books in the worker, a host that
+    counted nothing sent no batch, so nothing was read.)"""
+    clock = [NOW]
+    quiet = Host(redis_server.url, clock, worker=True)
+    other = Host(redis_server.url, clock, worker=False)
+    try:
+        other.count(1)
+        other.sync()
+        quiet.count(1)
+        assert quiet.sync() == {("client_ip", IP): ["rejects"]}  # shared: read back
+        clock[0] += 1
+        other.count(5)
+        other.sync()
+        clock[0] += 1
+        assert quiet.sync() == {("client_ip", IP): ["rejects"]}  # counted nothing itself
+        assert quiet.total() == 7
+        clock[0] += 11  # no longer hot: no batch, no read
+        assert quiet.sync() == {} and quiet.sync() == {}
+        assert quiet.store.take_raw() is None
+    finally:
+        quiet.close()

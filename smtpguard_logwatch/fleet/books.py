@@ -42,6 +42,11 @@ LONG_SLACK = 7200.0
 until an hour after it ended, and an hour more for late batches and clock skew."""
 LONG_EVERY = 5.0
 """A hot key's long windows are read back at most this often (seconds)."""
+SETTLE = 60.0
+"""After a resend (Redis lost its data), the keys resent are read back over the whole
+span every batch for this long: the other hosts resend theirs when they reconnect,
+each after its own backoff (up to 30 s), into buckets this host's own reads have
+already passed."""
 
 MAX_RAW = 2_000_000
 """Distinct members a host keeps for one batch at most (a second's worth; beyond it
@@ -111,6 +116,8 @@ class FleetBooks:
         self._read_to: dict[Key, int] = {}  # newest bucket read back, per key
         self._shared: dict[Key, float] = {}  # hot keys that other hosts count too
         self._reread: set[Key] = set()  # to read back with the next batch (a resend)
+        self._settling: dict[Key, set[str]] = {}  # resent keys (see SETTLE): metrics
+        self._settle_until = 0.0
         self._sent: dict[Key, PerMetric] = {}  # this host's increments
         self._merged: dict[Key, PerMetric] = {}  # the others', merged
         self._sent_members: dict[Key, PerMetric] = {}  # for a resend
@@ -212,6 +219,14 @@ class FleetBooks:
             cooled += gone
         fresh = incr.keys() | members.keys() | self._reread
         self._reread = set()
+        if self._settling:
+            if now < self._settle_until:
+                for dk, metrics in self._settling.items():
+                    self._seen(dk, now, metrics)
+                    self._read_to.pop(dk, None)  # (the whole span)
+                fresh |= self._settling.keys()
+            else:
+                self._settling = {}
         self._forget_old(hi)
         # read back: the keys seen since the last batch, and for HOT_FOR seconds after
         # that the ones other hosts count too (their share may cross a threshold while
@@ -329,11 +344,12 @@ class FleetBooks:
 
     def resend(self, now: float) -> dict[str, Any] | None:
         """Everything these books sent for the buckets Redis still keeps, as one
-        batch, for a Redis that lost it; the keys are read back again over the whole
-        span from the next batch on."""
+        batch, for a Redis that lost it; the keys are read back over the whole span,
+        every batch for SETTLE seconds."""
         hi = int(now // self.width)
         oldest = hi - self.span_buckets - 1
         groups: dict[Key, dict[str, Any]] = {}
+        self._settling = {}
         for table, field in ((self._sent, "incr"), (self._sent_members, "members")):
             for dk, metrics in table.items():
                 for metric, per in metrics.items():
@@ -348,6 +364,8 @@ class FleetBooks:
                         self._seen(dk, now, {metric})
                         self._reread.add(dk)
                         self._read_to.pop(dk, None)
+                        self._settling.setdefault(dk, set()).add(metric)
+        self._settle_until = now + SETTLE
         return None if not groups else self.batch_of(groups, hi)
 
     # -- an answer back -------------------------------------------------------------------------
@@ -379,6 +397,11 @@ class FleetBooks:
             before = known.get((metric, window), 0)
             known[(metric, window)] = n
             into["distinct"].append((d, k, metric, window, n, before))
+
+    def reading(self) -> bool:
+        """Whether a batch with nothing new would still read keys back (shared hot
+        keys, keys settling after a resend)."""
+        return bool(self._shared) or bool(self._settling)
 
     def mark_shared(self, keys: list[Key]) -> None:
         """Keys the host found other hosts count too (their distinct estimate passed

@@ -377,8 +377,7 @@ class Bus:
         if batch.get("raw"):
             self._held, self._last_raw = 0, _raw_meta(batch)
             self.dropped += sum(answer.pop("dropped", ()))
-            if answer["deltas"] or answer["distinct"] or answer["cooled"]:
-                self._put("counts", answer)
+            self._put("counts", answer)  # (whether the books still read: "hot")
         elif answer["counts"] or answer["distinct"]:
             self._put("counts", answer)
 

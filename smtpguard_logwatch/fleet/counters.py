@@ -140,6 +140,7 @@ class FleetStore:
         self._distinct_windows: dict[tuple[str, str], set[float]] = {}  # (dim, metric)
         self._fleet_distinct: dict[Key, dict[tuple[str, float], int]] = {}  # hot keys'
         self._found_shared: list[Key] = []  # for the books (see apply)
+        self._books_hot = False  # the worker's books still read keys back (see apply)
         # hourly HyperLogLogs: buckets per hour (0: the buckets do not divide an hour,
         # no hourly keys)
         self.hour_buckets = int(HOUR // self.width) if HOUR % self.width == 0 else 0
@@ -239,8 +240,8 @@ class FleetStore:
         counts worker: :func:`.countwork.raw_round_trip`), or None when nothing was."""
         counted, met = self._swap()
         shared, self._found_shared = self._found_shared, []
-        if not counted and not met and not shared:
-            return None
+        if not counted and not met and not shared and not self._books_hot:
+            return None  # (while the books read keys back, a batch every second)
         return {"raw": True, "counted": counted, "met": met, "now": self.clock(),
                 "shared": shared, "setup": self.setup(),
                 "windows": {dm: set(ws) for dm, ws in self._distinct_windows.items()}}
@@ -350,4 +351,6 @@ class FleetStore:
                 self._found_shared.append((d, k))
                 changed.setdefault((d, k), []).append(metric)
         self.forget(found.get("cooled", ()))
+        if "hot" in found:  # shared keys are read back while hot, this host quiet or not
+            self._books_hot = bool(found["hot"])
         return {dk: sorted(set(ms)) for dk, ms in changed.items()}

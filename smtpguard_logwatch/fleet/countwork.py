@@ -487,6 +487,7 @@ class BookedCounting:
             answer = counting.round_trip(self.pending)
             self.pending = None
             self.books.answer(answer, found)
+        found["hot"] = [1] if self.books.reading() else []
 
 
 _FRAME = struct.Struct("!I")
