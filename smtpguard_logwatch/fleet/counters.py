@@ -235,12 +235,13 @@ class FleetStore:
         self._counted, self._met = {}, {}
         return counted, met
 
-    def take_raw(self) -> dict[str, Any] | None:
+    def take_raw(self, always: bool = False) -> dict[str, Any] | None:
         """What this host counted since the last batch, for books kept elsewhere (the
-        counts worker: :func:`.countwork.raw_round_trip`), or None when nothing was."""
+        counts worker: :class:`.countwork.BookedCounting`), or None when there is
+        nothing to send and nothing to read back (and not ``always``)."""
         counted, met = self._swap()
         shared, self._found_shared = self._found_shared, []
-        if not counted and not met and not shared and not self._books_hot:
+        if not (counted or met or shared or self._books_hot or always):
             return None  # (while the books read keys back, a batch every second)
         return {"raw": True, "counted": counted, "met": met, "now": self.clock(),
                 "shared": shared, "setup": self.setup(),
@@ -260,7 +261,7 @@ class FleetStore:
     def forget(self, cooled: Iterable[Key]) -> None:
         """Keys no longer hot: their fleet estimates are not answered any more."""
         for dk in cooled:
-            self._fleet_distinct.pop(tuple(dk), None)
+            self._fleet_distinct.pop(dk, None)
 
     def resend_batch(self) -> dict[str, Any] | None:
         """Everything this host sent for the buckets Redis still keeps, as one batch,
@@ -277,9 +278,8 @@ class FleetStore:
     def resend_raw(self) -> dict[str, Any]:
         """The same for books kept elsewhere: the counts worker resends what its books
         sent; the hourly HyperLogLogs (from the local store) travel here."""
-        raw = self.take_raw() or {"raw": True, "counted": {}, "met": {}, "now": self.clock(),
-                                  "shared": [], "setup": self.setup(),
-                                  "windows": dict(self._distinct_windows)}
+        raw = self.take_raw(always=True)
+        assert raw is not None
         groups: dict[Key, dict[str, Any]] = {}
         self.resend_hourly(groups, raw["now"])
         raw["resend"] = groups

@@ -196,8 +196,7 @@ class Link:
                                        else self.store.resend_raw())
             elif kind == "counts":
                 if self.store is not None:
-                    changed = (self.store.apply(value) if "deltas" in value
-                                else self.store.merge(value))
+                    changed = self.store.apply(value)  # (the worker's books: deltas)
                     if self.reevaluate is not None:
                         for (dimension, key), metrics in changed.items():
                             self.reevaluate(dimension, key, metrics)
