@@ -59,7 +59,14 @@ from smtpguard_logwatch.events import (
 )
 
 from .base import Emit, Handler, JoinTable, ParserOptions
-from .fields import classify_reason, clean_address, is_own_refusal, log_count, normalize_ip
+from .fields import (
+    classify_reason,
+    clean_address,
+    first_in_domain,
+    is_own_refusal,
+    log_count,
+    normalize_ip,
+)
 
 PROGRAMS = frozenset({"exim", "exim4"})
 
@@ -318,7 +325,7 @@ def classify(text: str, stage: str) -> str:
 
 
 class _Message:
-    __slots__ = ("ip", "sender", "sasl_user", "seen", "held")
+    __slots__ = ("ip", "sender", "sasl_user", "seen", "held", "domains")
 
     def __init__(self, ip: str | None, sender: str | None, sasl_user: str | None) -> None:
         self.ip = ip
@@ -327,6 +334,7 @@ class _Message:
         self.seen: dict[str, None] | None = None  # recipients with an outcome, in order
         # an arrival without its recipients, emitted once its deliveries name them
         self.held: MessageAccepted | None = None
+        self.domains: str | set[str] | None = None  # recipient domains with an outcome
 
     def __setstate__(self, state: tuple[object, dict[str, object]]) -> None:
         """Join state saved by an older version (``scan``) lacks newer slots."""
@@ -559,7 +567,8 @@ class EximParser:
         if record.held is not None:
             self.holding.put(key, True, t)
         self.emit(RecipientOutcome(t, host, record.ip, mid, recipient, status, dsn,
-                                   record.sender, record.sasl_user, relay, first, False))
+                                   record.sender, record.sasl_user, relay, first, False,
+                                   first and first_in_domain(record, recipient)))
         return True
 
     # -- rejections with the host first --------------------------------------------------

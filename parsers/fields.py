@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Any
 
 from smtpguard_logwatch.events import OWN_MARK
 
@@ -96,6 +97,29 @@ def domain_of(address: str) -> str | None:
     if i < 0 or i == len(address) - 1:
         return None
     return address[i + 1 :]
+
+
+def first_in_domain(record: Any, recipient: str) -> bool:
+    """Whether ``recipient`` is the first recipient of its message (``record``, whose
+    ``domains`` slot holds the domains seen so far: one string, or a set past one) in
+    its domain, and note the domain. The summary counts a message once per recipient
+    domain; kept in the message's record, this dies with the message."""
+    domain = domain_of(recipient)
+    if domain is None:
+        return False
+    domains = record.domains
+    if domains is None:
+        record.domains = domain
+        return True
+    if type(domains) is str:
+        if domains == domain:
+            return False
+        record.domains = {domains, domain}
+        return True
+    if domain in domains:
+        return False
+    domains.add(domain)
+    return True
 
 
 def split_dsn(reply: str) -> tuple[int | None, str | None]:

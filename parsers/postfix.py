@@ -55,6 +55,7 @@ from .base import Emit, Handler, JoinTable, ParserOptions
 from .fields import (
     classify_reason,
     clean_address,
+    first_in_domain,
     is_own_refusal,
     log_count,
     split_client,
@@ -98,7 +99,7 @@ class _Session:
 class _Message:
     __slots__ = (
         "ip", "name", "sasl_user", "sender", "accepted", "reinjected", "local", "seen", "helo",
-        "forwarded",
+        "forwarded", "domains",
     )
 
     def __init__(self, ip: str | None, name: str | None, sasl_user: str | None) -> None:
@@ -112,6 +113,13 @@ class _Message:
         self.local = False
         self.seen: set[str] | None = None
         self.helo: str | None = None
+        self.domains: str | set[str] | None = None  # recipient domains with an outcome
+
+    def __setstate__(self, state: tuple[object, dict[str, object]]) -> None:
+        """Join state saved by an older version (``scan``) lacks newer slots."""
+        self.__init__(None, None, None)  # type: ignore[misc]
+        for name, value in (state[1] or {}).items():
+            setattr(self, name, value)
 
 
 def _service_of(program: str) -> tuple[str, str]:
@@ -499,7 +507,8 @@ class PostfixParser:
             seen.add(recipient)
         self.emit(RecipientOutcome(t, host, record.ip, qid, recipient, status, dsn,
                                    record.sender, record.sasl_user, relay, first,
-                                   record.reinjected))
+                                   record.reinjected,
+                                   first and first_in_domain(record, recipient)))
         return True
 
 

@@ -62,7 +62,14 @@ from smtpguard_logwatch.events import (
 )
 
 from .base import Emit, Handler, JoinTable, ParserOptions
-from .fields import classify_reason, clean_address, is_own_refusal, normalize_ip, split_dsn
+from .fields import (
+    classify_reason,
+    clean_address,
+    first_in_domain,
+    is_own_refusal,
+    normalize_ip,
+    split_dsn,
+)
 
 # <…> with quoted runs, as Sendmail logs an envelope address (``<"a, b>"@c>``).
 _ANGLE = re.compile(r'<(?:[^<>"\\]|\\.|"(?:[^"\\]|\\.)*")*>')
@@ -196,7 +203,7 @@ def refuses_message(ruleset: str, stage: str) -> bool:
 
 class _Message:
     __slots__ = ("ip", "name", "sender", "sasl_user", "enveloped", "nrcpts", "final",
-                 "seen", "pending", "more", "held", "holder", "refused")
+                 "seen", "pending", "more", "held", "holder", "refused", "domains")
 
     def __init__(self) -> None:
         self.ip: str | None = None
@@ -215,6 +222,7 @@ class _Message:
         self.held: MessageAccepted | None = None  # not emitted until confirmed
         self.holder: tuple[str, str | None] | None = None  # its key in ``holding``
         self.refused = False  # refused after DATA: no message, no deliveries
+        self.domains: str | set[str] | None = None  # recipient domains with an outcome
 
     def __setstate__(self, state: tuple[object, dict[str, object]]) -> None:
         """Join state saved by an older version (``scan``) lacks newer slots."""
@@ -499,7 +507,8 @@ class SendmailParser:
             elif first:
                 seen[addr] = False
             self.emit(RecipientOutcome(t, host, record.ip, qid, addr, status, dsn,
-                                       record.sender, record.sasl_user, relay, first, False))
+                                       record.sender, record.sasl_user, relay, first, False,
+                                       first and first_in_domain(record, addr)))
         if record.enveloped and record.final >= record.nrcpts > 0:
             key = (host, qid)
             if self.messages.pop(key) is not None:

@@ -878,6 +878,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             write_compare(sys.stdout, compare(decisions, other_decisions),
                           ", ".join(rules), ", ".join(args.compare))
         write_summary(sys.stdout, line_stats, counts, top=args.top)
+    counts.close()  # the spilled runs, if any (an error on the way: removed at exit)
     return 0
 
 

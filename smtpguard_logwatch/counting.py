@@ -1,8 +1,12 @@
 """Whole-run counts per dimension and key: what ``replay`` summarises.
 
 Per event only the base dimensions are touched (client IP, sender, SASL user,
-recipient domain); client networks and sender domains are sums of those and are
-derived once at the end, which keeps the per-event cost low.
+recipient domain); client networks and sender domains are sums of those, derived
+when a table goes to disk and at the end, which keeps the per-event cost low.
+
+Memory is bounded whatever the log's length: past ``ROWS_IN_MEMORY`` keys a base
+table is written out as a sorted run (:mod:`.sortedruns`) and starts empty; the
+results are streamed from a merge of the runs and what is in memory, in key order.
 
 Metric definitions (the documented contract of ``replay --json``):
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +44,9 @@ from .events import (
     SessionOpened,
 )
 from .parsers.fields import domain_of
+from .sortedruns import RunDirectory, Runs
+
+log = logging.getLogger(__name__)
 
 METRICS = ("connections", "messages", "recipients", "rejects", "auth_failures")
 DIMENSIONS = (
@@ -46,6 +54,9 @@ DIMENSIONS = (
 )
 CONNECTIONS, MESSAGES, RECIPIENTS, REJECTS, AUTH_FAILURES = range(5)
 _MESSAGE_DOMAINS_MAX = 200_000
+# Rows a base dimension keeps in memory before they go to disk as a sorted run: about
+# 200 bytes each with the key, so the summary holds at most ~25 MB whatever the log.
+ROWS_IN_MEMORY = 32_768
 _FEW_DOMAINS = 8
 intern = sys.intern
 
@@ -59,6 +70,24 @@ class _Rows(dict[str, list[int]]):
     """key -> [connections, messages, recipients, rejects, auth_failures]."""
 
     def __missing__(self, key: str) -> list[int]:
+        row = self[key] = _row()
+        return row
+
+
+class _SpillingRows(_Rows):
+    """A base dimension's rows, bounded: past ``limit`` keys they go to disk as a sorted
+    run (``on_full``) and the table starts empty again."""
+
+    __slots__ = ("limit", "on_full")
+
+    def __init__(self, limit: int, on_full: Callable[[_SpillingRows], None]) -> None:
+        super().__init__()
+        self.limit = limit
+        self.on_full = on_full
+
+    def __missing__(self, key: str) -> list[int]:
+        if len(self) >= self.limit:
+            self.on_full(self)
         row = self[key] = _row()
         return row
 
@@ -86,12 +115,20 @@ def network_of(ip: str) -> str:
 class Counts:
     """Consumes events (``consume`` is the pipeline's sink) and keeps totals."""
 
-    def __init__(self) -> None:
-        self.client_ip = _Rows()
-        self.sender = _Rows()
-        self.sasl_user = _Rows()
-        self.recipient_domain = _Rows()
+    def __init__(self, rows_in_memory: int | None = None) -> None:
+        if rows_in_memory is None:
+            rows_in_memory = ROWS_IN_MEMORY
+        self._runs_dir = RunDirectory()
+        self._runs = {dim: Runs(self._runs_dir) for dim in DIMENSIONS}
+        self.client_ip = self._base("client_ip", rows_in_memory)
+        self.sender = self._base("sender", rows_in_memory)
+        self.sasl_user = self._base("sasl_user", rows_in_memory)
+        self.recipient_domain = self._base("recipient_domain", rows_in_memory)
         self.kinds: Counter[type] = Counter()
+        # Only for outcomes whose parser does not say whether they are the message's
+        # first in their domain (``new_domain`` None: the built-in parsers say, from the
+        # message's own record, which dies with the message; this table could not know
+        # when a message is gone and had to hold up to 200,000 of them):
         # queue id -> recipient domains already counted for that message (a domain, or
         # a tuple of them: most messages go to one). Keyed by the bare queue id for the
         # first MTA host seen and by (host, queue id) for others, so the common
@@ -139,7 +176,8 @@ class Counts:
         kind = type(ev)
         self.kinds[kind] += 1
         if kind is MessageAccepted:
-            self._message_domains.pop(self._message_key(ev.mta_host, ev.queue_id), None)
+            if self._message_domains:
+                self._message_domains.pop(self._message_key(ev.mta_host, ev.queue_id), None)
             n = ev.nrcpt
             for rows, key in ((self.client_ip, ev.ip), (self.sender, ev.sender),
                               (self.sasl_user, ev.sasl_user)):
@@ -157,7 +195,10 @@ class Counts:
                     domain = intern(domain)  # one string per domain, however many messages
                     row = self.recipient_domain[domain]
                     row[RECIPIENTS] += 1
-                    if self._first_to_domain(ev.mta_host, ev.queue_id, domain):
+                    new = ev.new_domain
+                    if new is None:  # a parser that does not say: keep our own table
+                        new = self._first_to_domain(ev.mta_host, ev.queue_id, domain)
+                    if new:
                         row[MESSAGES] += 1
         elif kind is SessionOpened:
             if ev.ip is not None:
@@ -177,62 +218,96 @@ class Counts:
             if ev.user is not None:
                 self.sasl_user[ev.user][AUTH_FAILURES] += 1
 
+    # -- spilling ------------------------------------------------------------------
+
+    def _base(self, dim: str, limit: int) -> _SpillingRows:
+        return _SpillingRows(limit, lambda rows: self._spill(dim, rows))
+
+    def _spill(self, dim: str, rows: _SpillingRows) -> None:
+        """Write a full table out as a sorted run (and its derived dimension's sums, so
+        those need no second pass over the base keys later) and empty it."""
+        derived = _DERIVED.get(dim)
+        if derived is not None:
+            derived_dim, group_of = derived
+            if not self._runs[derived_dim].write(_grouped(rows, group_of)):
+                rows.limit = sys.maxsize  # the disk refused: keep counting in memory
+                return
+        if not self._runs[dim].write((key, rows[key]) for key in sorted(rows)):
+            if derived is not None:  # its sums must not count these rows a second time
+                self._runs[derived[0]].drop_last()
+            rows.limit = sys.maxsize
+            return
+        rows.clear()
+        self._runs[dim].compact()
+        if derived is not None:
+            self._runs[derived[0]].compact()
+
+    def spilled(self) -> bool:
+        """Whether any table went to disk (tests and the memory benchmark ask)."""
+        return any(self._runs.values())
+
+    def close(self) -> None:
+        """Remove the spilled runs (also done when the object is collected)."""
+        self._runs_dir.close()
+
     # -- results ------------------------------------------------------------------
 
-    def dimension_rows(self) -> dict[str, dict[str, list[int]]]:
-        """Every dimension's rows, derived ones included."""
-        nets: dict[str, list[int]] = _Rows()
-        for ip, row in self.client_ip.items():
-            _add(nets[network_of(ip)], row)
-        domains: dict[str, list[int]] = _Rows()
-        for sender, row in self.sender.items():
-            domain = domain_of(sender)
-            if domain is not None:
-                _add(domains[domain], row)
-        return {
-            "client_ip": self.client_ip,
-            "client_net": nets,
-            "sender": self.sender,
-            "sender_domain": domains,
-            "sasl_user": self.sasl_user,
-            "recipient_domain": self.recipient_domain,
-        }
+    def rows(self, dim: str) -> Iterator[tuple[str, list[int]]]:
+        """(key, row) of one dimension in key order, every key once; derived
+        dimensions summed per network or domain. Streamed from memory and the
+        spilled runs: nothing the size of the table is built."""
+        base, group_of = _BASE_OF.get(dim, (dim, None))
+        table: dict[str, list[int]] = getattr(self, base)
+        here = (_grouped(table, group_of) if group_of is not None
+                else ((key, table[key]) for key in sorted(table)))
+        return self._runs[dim].merged_with(here)
 
     def write_json(self, out: TextIO) -> None:
         """Write ``{DIMENSION: {KEY: {METRIC: N}}}`` to ``out`` without building it: for
-        a big replay the nested dicts would cost more memory than the counts. The derived
-        dimensions are summed group by group as they are written (base keys sorted by
-        their network or domain), so no second table of them is built either."""
+        a big replay the nested dicts would cost more memory than the counts."""
         out.write("{")
         for i, dim in enumerate(DIMENSIONS):
             out.write(("," if i else "") + json.dumps(dim) + ":{")
-            _write_rows(out, self._sorted_rows(dim))
+            _write_rows(out, self.rows(dim))
             out.write("}")
         out.write("}")
-
-    def _sorted_rows(self, dim: str) -> Iterator[tuple[str, list[int]]]:
-        """(key, row) of one dimension in key order; derived ones summed per group."""
-        if dim == "client_net":
-            return _grouped(self.client_ip, _network_text)
-        if dim == "sender_domain":
-            return _grouped(self.sender, domain_of)
-        rows: dict[str, list[int]] = getattr(self, dim)
-        return ((key, rows[key]) for key in sorted(rows))
 
     def events_by_kind(self) -> dict[str, int]:
         return {kind.__name__: n for kind, n in sorted(self.kinds.items(),
                                                         key=lambda kv: kv[0].__name__)}
 
-    def top(self, dimension: str, metric: str, n: int = 10,
-            rows: dict[str, list[int]] | None = None) -> list[tuple[str, int]]:
-        """The ``n`` keys with most of ``metric``; pass ``rows`` (from dimension_rows)
-        when asking for several metrics, so derived dimensions are summed once."""
-        index = METRICS.index(metric)
-        if rows is None:
-            rows = self.dimension_rows()[dimension]
-        ranked = sorted(((row[index], key) for key, row in rows.items() if row[index]),
-                        key=lambda vk: (-vk[0], vk[1]))
-        return [(key, value) for value, key in ranked[:n]]
+    def tops(self, dim: str, n: int = 10) -> dict[str, list[tuple[str, int]]]:
+        """Per metric, the ``n`` keys of ``dim`` with most of it (most first, ties by
+        key), found in one pass over the dimension's rows."""
+        if n <= 0:
+            return {metric: [] for metric in METRICS}
+        best: list[list[tuple[int, str]]] = [[] for _ in METRICS]
+        floor = [0] * len(METRICS)  # a value below it cannot enter that metric's list
+        for key, row in self.rows(dim):
+            for i, value in enumerate(row):
+                if value and value >= floor[i]:
+                    kept = best[i]
+                    kept.append((-value, key))
+                    if len(kept) >= 2 * n + 64:
+                        kept.sort()
+                        del kept[n:]
+                        floor[i] = -kept[-1][0]
+        result = {}
+        for metric, kept in zip(METRICS, best, strict=True):
+            kept.sort()
+            result[metric] = [(key, -negative) for negative, key in kept[:n]]
+        return result
+
+    def top(self, dimension: str, metric: str, n: int = 10) -> list[tuple[str, int]]:
+        """The ``n`` keys with most of ``metric`` (``tops`` when asking for several)."""
+        return self.tops(dimension, n)[metric]
+
+
+_DERIVED: dict[str, tuple[str, Callable[[str], str | None]]] = {
+    "client_ip": ("client_net", _network_text),
+    "sender": ("sender_domain", domain_of),
+}
+_BASE_OF = {derived: (base, group_of) for base, (derived, group_of) in _DERIVED.items()}
 
 
 def _grouped(rows: dict[str, list[int]], group_of: Callable[[str], str | None]

@@ -108,7 +108,10 @@ class RecipientOutcome(NamedTuple):
 
     ``first`` is True for the first outcome logged for this recipient of this message,
     so retries of a deferred recipient are not counted as new recipients.
-    ``reinjected`` marks outcomes of a copy re-injected by a content filter."""
+    ``reinjected`` marks outcomes of a copy re-injected by a content filter.
+    ``new_domain`` (on a first outcome) is True when no earlier recipient of this
+    message had the recipient's domain, so a message is counted once per domain; None
+    from a parser that does not say (the summary then keeps its own table)."""
 
     time: float
     mta_host: str
@@ -122,6 +125,7 @@ class RecipientOutcome(NamedTuple):
     relay: str | None = None
     first: bool = True
     reinjected: bool = False
+    new_domain: bool | None = None
 
 
 class Rejection(NamedTuple):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import TextIO
 
-from .counting import DIMENSIONS, METRICS, Counts
+from .counting import DIMENSIONS, Counts
 from .follow.segment import MAX_LINE
 from .pipeline import LineStats
 
@@ -45,10 +45,8 @@ def write_summary(out: TextIO, stats: LineStats, counts: Counts, *, top: int = 5
         w("  (none)\n")
     for kind, n in kinds.items():
         w(f"  {kind:<20} {n:>12,}\n")
-    all_rows = counts.dimension_rows()
     for dim in DIMENSIONS:
-        tables = [(metric, counts.top(dim, metric, top, all_rows[dim])) for metric in METRICS]
-        tables = [(metric, rows) for metric, rows in tables if rows]
+        tables = [(metric, rows) for metric, rows in counts.tops(dim, top).items() if rows]
         if not tables:
             continue
         w(f"\nTop {dim.replace('_', ' ')}s\n")

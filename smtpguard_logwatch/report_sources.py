@@ -32,9 +32,8 @@ class ReportError(Exception):
 
 def talkers_from_counts(counts: Counts, top: int) -> dict[str, dict[str, list[tuple[str, float]]]]:
     """Replay's top talkers: every dimension and metric, ``top`` rows each."""
-    rows = counts.dimension_rows()
-    return {dim: {metric: [(k, float(v)) for k, v in counts.top(dim, metric, top, rows[dim])]
-                  for metric in METRICS}
+    return {dim: {metric: [(k, float(v)) for k, v in rows]
+                  for metric, rows in counts.tops(dim, top).items()}
             for dim in DIMENSIONS}
 
 

@@ -16,10 +16,17 @@ import sys
 import tracemalloc
 from collections import defaultdict
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtpguard_logwatch.counting import DIMENSIONS, METRICS, Counts, write_summary_json
+from smtpguard_logwatch.counting import (
+    DIMENSIONS,
+    METRICS,
+    Counts,
+    network_of,
+    write_summary_json,
+)
 from smtpguard_logwatch.events import (
     AuthFailure,
     MessageAccepted,
@@ -27,6 +34,7 @@ from smtpguard_logwatch.events import (
     Rejection,
     SessionOpened,
 )
+from smtpguard_logwatch.parsers.fields import domain_of
 
 
 def _fresh(text: str) -> str:
@@ -141,10 +149,27 @@ def test_a_row_is_a_list_without_spare_slots() -> None:
     assert sys.getsizeof(counts.client_ip["192.0.2.1"]) == sys.getsizeof([0] * 5)
 
 
+def _whole_tables(counts: Counts) -> dict[str, dict[str, list[int]]]:
+    """Every dimension as one dict, the derived ones summed the obvious way (only
+    while nothing was spilled: the base tables are then whole in memory)."""
+    assert not counts.spilled()
+    tables = {dim: dict(getattr(counts, dim)) for dim in
+              ("client_ip", "sender", "sasl_user", "recipient_domain")}
+    for derived, base, group_of in (("client_net", "client_ip", network_of),
+                                    ("sender_domain", "sender", domain_of)):
+        sums: dict[str, list[int]] = defaultdict(lambda: [0] * 5)
+        for key, row in tables[base].items():
+            group = group_of(key)
+            if group is not None:
+                sums[group] = [a + b for a, b in zip(sums[group], row, strict=True)]
+        tables[derived] = dict(sums)
+    return {dim: tables[dim] for dim in DIMENSIONS}
+
+
 def _reference_json(counts: Counts) -> str:
     """The counts object as json.dumps writes it from whole tables."""
     doc = {dim: {key: dict(zip(METRICS, rows[key], strict=True)) for key in sorted(rows)}
-           for dim, rows in counts.dimension_rows().items()}
+           for dim, rows in _whole_tables(counts).items()}
     assert list(doc) == list(DIMENSIONS)
     return json.dumps(doc, separators=(",", ":"))
 
@@ -176,3 +201,104 @@ def test_streamed_json_equals_json_dumps_of_the_whole_document() -> None:
     doc = {**head, "events": counts.events_by_kind(), "counts": json.loads(_reference_json(
         counts)), **tail}
     assert out.getvalue() == json.dumps(doc, separators=(",", ":")) + "\n"
+
+
+# ------------------------------------------------ the parsers say it: no table at all
+
+def _parsed(lines: list[str], compiled: bool) -> list:
+    import datetime as dt
+
+    from smtpguard_logwatch.envelope import Clock
+    from smtpguard_logwatch.pipeline import Pipeline
+
+    events: list = []
+    pipeline = Pipeline(events.append, compiled=compiled)
+    pipeline.feed(lines, Clock(dt.UTC, year=2026))
+    pipeline.finish()
+    return events
+
+
+EXIM_SAME_DOMAIN = """\
+2026-03-02 08:03:31 [2130] 1uA2dT-000000002ZZ-3c4D <= alice@shop.example H=(laptop) \
+[192.0.2.200]:33000 I=[192.0.2.25]:587 P=esmtpsa A=dovecot_plain:alice S=2311 id=a@b \
+for bob@partner.example dan@partner.example carol@other.example
+2026-03-02 08:03:32 [2131] 1uA2dT-000000002ZZ-3c4D => bob@partner.example R=dnslookup \
+T=remote_smtp H=mail.partner.example [198.51.100.20] C="250 2.0.0 Ok: queued as 4F1A2"
+2026-03-02 08:03:32 [2131] 1uA2dT-000000002ZZ-3c4D -> dan@partner.example R=dnslookup \
+T=remote_smtp H=mail.partner.example [198.51.100.20] C="250 2.0.0 Ok: queued as 4F1A2"
+2026-03-02 08:03:33 [2131] 1uA2dT-000000002ZZ-3c4D == carol@other.example R=dnslookup \
+T=remote_smtp defer (111): Connection refused
+2026-03-02 08:13:33 [2140] 1uA2dT-000000002ZZ-3c4D => carol@other.example R=dnslookup \
+T=remote_smtp H=mx.other.example [198.51.100.77] C="250 OK"
+2026-03-02 08:13:33 [2140] 1uA2dT-000000002ZZ-3c4D Completed
+"""
+
+
+def _log_lines(name: str) -> list[str]:
+    import gzip
+    from pathlib import Path
+
+    from bench_modules import load_bench
+
+    if name == "exim-same-domain":
+        return EXIM_SAME_DOMAIN.splitlines(keepends=True)
+    if name.startswith("generated-"):
+        gen = load_bench("generate_log")
+        buf = io.StringIO()
+        gen.generate(gen.Config(lines=40_000, seed=3, fmt=name.split("-", 1)[1]), buf)
+        return buf.getvalue().splitlines(keepends=True)
+    path = Path(__file__).resolve().parent.parent / "samples" / name
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="surrogateescape") as fh:
+        return fh.readlines()
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["pure", "compiled"])
+@pytest.mark.parametrize("name", ["generated-bsd", "generated-rfc3339", "exim-mainlog.log",
+                                  "exim-same-domain", "postfix-mx1.log.gz",
+                                  "sendmail-maillog.log"])
+def test_the_parsers_records_count_messages_per_domain_as_the_table_did(
+        name: str, compiled: bool) -> None:
+    """Each parser marks a message's first outcome in a domain from the message's own
+    record (``new_domain``); counting from that must give exactly what the summary's
+    own table gives from the same events without the mark, and keep no table."""
+    if compiled:
+        from conftest import compiled_or_skip
+
+        compiled_or_skip()
+    events = _parsed(_log_lines(name), compiled)
+    outcomes = [ev for ev in events if type(ev) is RecipientOutcome]
+    assert outcomes, "no deliveries parsed: the test proves nothing"
+    assert all(ev.new_domain is not None for ev in outcomes  # orphans are not counted
+               if ev.ip is not None or ev.sender is not None)
+    marked, table = Counts(), Counts()
+    for ev in events:
+        marked.consume(ev)
+        table.consume(ev._replace(new_domain=None) if type(ev) is RecipientOutcome else ev)
+    assert dict(marked.recipient_domain) == dict(table.recipient_domain)
+    assert name in ("exim-mainlog.log", "postfix-mx1.log.gz") or any(
+        row[1] < row[2] for row in marked.recipient_domain.values()), \
+        "no message had two recipients in one domain: the test proves nothing"
+    assert not marked._message_domains and table._message_domains
+    if name == "exim-same-domain":
+        assert dict(marked.recipient_domain) == {"partner.example": [0, 1, 2, 0, 0],
+                                                 "other.example": [0, 1, 1, 0, 0]}
+
+
+@pytest.mark.parametrize("module", ["postfix", "exim", "sendmail"])
+def test_a_record_saved_before_it_kept_domains_still_counts(module: str) -> None:
+    """``scan`` pickles half-joined message records between runs: one saved before the
+    ``domains`` slot existed must load without it and count its next delivery."""
+    import importlib
+    import pickle
+
+    from smtpguard_logwatch.parsers.fields import first_in_domain
+
+    cls = importlib.import_module(f"smtpguard_logwatch.parsers.{module}")._Message
+    old = cls.__new__(cls)
+    old.__setstate__((None, {"ip": "192.0.2.1", "sender": "s@example.org"}))
+    assert old.domains is None and old.ip == "192.0.2.1"
+    assert first_in_domain(old, "a@d.example") and not first_in_domain(old, "b@d.example")
+    assert first_in_domain(old, "c@e.example")
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.domains == {"d.example", "e.example"}
