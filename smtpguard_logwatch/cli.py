@@ -794,11 +794,14 @@ def _parser_names(args: argparse.Namespace) -> list[str] | None:
     return names
 
 
-def _engine(paths: list[str], warmup: float) -> Engine:
+def _engine(paths: list[str], warmup: float, *, trim_store: bool = True) -> Engine:
+    """A replay engine. Its store forgets what no rule reads any more (see
+    FrequencyStore.set_horizons), unless --html will sample past counts from it."""
     from .engine import Engine
     from .engine.local import LocalNetworks
 
-    return Engine(load_rules(paths), local=LocalNetworks.this_host(), warmup=warmup)
+    return Engine(load_rules(paths), local=LocalNetworks.this_host(), warmup=warmup,
+                  trim_store=trim_store)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -812,7 +815,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc) if isinstance(exc, OutOfRange) else f"--warmup: {exc}"
                          ) from None
-    engine = _engine(rules, warmup) if rules else None
+    engine = _engine(rules, warmup, trim_store=not args.html) if rules else None
     other = _engine(args.compare, warmup) if args.compare else None
     tracer = _html_tracer(args, engine)
     ordered = chronological(sources, make_clock)

@@ -107,6 +107,39 @@ class EngineStats:
     by_type: dict[type, int] = field(default_factory=dict)  # events per class (metrics)
 
 
+def read_horizons(ruleset: RuleSet, needed: dict[str, set[str]]
+                  ) -> dict[str, dict[str, float]]:
+    """dimension -> store metric -> the longest window anything reads it with, for
+    the metrics read only through plain windows. Left out (the store's full retention):
+    metrics a baseline reads (the key's whole past), distinct counts with a history
+    series, and ``messages`` of dimensions with a ladder (the circuit breaker's good
+    standing reads 8 days of it)."""
+    longest: dict[tuple[str, str], float] = {}
+    full: set[tuple[str, str]] = set()
+    reads = [(rule.dimension, m) for rule in ruleset.rules for m in rule.metrics]
+    reads += [(dim, m) for dim, ladder in ruleset.ladders.items()
+              for m in ladder.enforce_only_metrics]
+    for dim, (kind, metric, window) in reads:
+        name, period = split_distinct_history(metric)
+        if kind == "sum":
+            stored = metric
+        elif kind == "distinct" and period is None:
+            stored = DISTINCT + metric
+        else:  # a baseline, or a distinct count's history: the whole retention
+            full.update({(dim, metric), (dim, name), (dim, DISTINCT + name)})
+            continue
+        if window > longest.get((dim, stored), 0.0):
+            longest[dim, stored] = window
+    full.update((dim, "messages") for dim in ruleset.ladders)
+    horizons: dict[str, dict[str, float]] = {}
+    for dim, metrics in needed.items():
+        for metric in metrics:
+            window = longest.get((dim, metric))
+            if window is not None and (dim, metric) not in full:
+                horizons.setdefault(dim, {})[metric] = window
+    return horizons
+
+
 class Engine:
     """Scores events against a RuleSet and records decisions in a Ledger."""
 
@@ -123,7 +156,11 @@ class Engine:
         on_revoke: Callable[[Decision], None] | None = None,
         warmup: float = 0.0,
         full_eval: bool | None = None,
+        trim_store: bool = False,
     ) -> None:
+        # trim_store: the store forgets a series once it is older than every window the
+        # rules read it with (replay: nothing else reads the store; the daemon keeps the
+        # full retention for `report` and `explain` over its saved state)
         # full_eval: evaluate every candidate rule's whole condition (the reference the
         # incremental path is tested against); None: the environment's
         # SMTPGUARD_FULL_EVAL=1 decides
@@ -147,6 +184,7 @@ class Engine:
         self._next_housekeeping: float | None = None
         self._next_store_expiry = -math.inf
         self._bucket = self.store.bucket_seconds
+        self.trim_store = trim_store
         self.set_rules(ruleset)
 
     # -- configuration -------------------------------------------------------------
@@ -206,6 +244,8 @@ class Engine:
         # dimension -> seconds, for ladders that extend penalties on activity
         self._extending = {d: ladder.extend_on_activity
                            for d, ladder in ruleset.ladders.items() if ladder.extend_on_activity}
+        if self.trim_store:
+            self.store.set_horizons(read_horizons(ruleset, needed))
 
     # -- the hot path ----------------------------------------------------------------
 

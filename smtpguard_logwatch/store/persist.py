@@ -262,7 +262,7 @@ def load(cls: type[FrequencyStore], conn: sqlite3.Connection, **kwargs) -> Frequ
         rec.first = first
         rec.id = kid
         rec.dirty = False
-        rec.due = NO_BUCKET
+        rec.due = rec.kept = NO_BUCKET
         recs[kid] = rec
     entries = 0
     dcap = store.distinct_cap

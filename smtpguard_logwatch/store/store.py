@@ -63,6 +63,7 @@ from .buckets import (
     DEFAULT_RESOLUTIONS,
     HOUR,
     NO_BUCKET,
+    SLACK,
     Geometry,
     Resolution,
     Series,
@@ -96,11 +97,13 @@ def _zero(kind: str, metric: str) -> float:
 
 class KeyRec(dict):
     """``metric -> Series | MemberSet`` for one key, plus its eviction score ``hits``,
-    ``first``, the level-0 index of the first bucket it was seen in, and ``due``, the
-    store clock (level-0 index) before which expiry has nothing to do for it. (No
-    __init__: creating one is on the hot path of hostile cardinality.)"""
+    ``first``, the level-0 index of the first bucket it was seen in, ``due``, the
+    store clock (level-0 index) before which expiry has nothing to do for it, and
+    ``kept``, the newest data of its series forgotten early (``set_horizons``): the
+    key stays, empty if need be, until the full retention would have forgotten that.
+    (No __init__: creating one is on the hot path of hostile cardinality.)"""
 
-    __slots__ = ("hits", "first", "dirty", "id", "due")
+    __slots__ = ("hits", "first", "dirty", "id", "due", "kept")
 
 
 class FrequencyStore:
@@ -138,6 +141,10 @@ class FrequencyStore:
         self._removed: list[int] = []  # saved keys expired or evicted since the last save
         self._decays: list[tuple[str, int]] = []  # (dimension, shift) since the last save
         self._next_id = 1  # row id of the next key saved incrementally
+        # dimension -> metric -> how long (level-0 buckets, one less: see _stay) a
+        # series stays after its newest data, for metrics read only in shorter windows
+        # than the store's retention (set_horizons; empty: everything stays that long)
+        self._horizon_stay: dict[str, dict[str, float]] = {}
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -161,6 +168,25 @@ class FrequencyStore:
     def clock(self) -> float:
         """Start of the newest level-0 bucket seen (``-inf`` while empty)."""
         return self._clock_b * self._w0
+
+    def set_horizons(self, horizons: dict[str, dict[str, float]]) -> None:
+        """Forget a metric's series once its newest data is older than ``horizons[dim]
+        [metric]`` seconds (plus SLACK): the longest window anything reads it with. A
+        key whose every series went that way early is kept, empty, until the store's
+        full retention would have forgotten it, so ``first``, eviction and every answer
+        for windows up to the horizon stay exactly what they were; only the memory of
+        old data nobody reads goes (in a long replay, most of the store's series).
+        Metrics not named keep the full retention."""
+        stays: dict[str, dict[str, float]] = {}
+        full = self._stay[-1]
+        for dim, metrics in horizons.items():
+            for metric, seconds in metrics.items():
+                if not seconds > 0:
+                    raise ValueError(f"horizon of {dim} {metric}: need seconds > 0")
+                stay = (seconds + SLACK) / self._w0 - 1.0
+                if stay < full:
+                    stays.setdefault(dim, {})[metric] = stay
+        self._horizon_stay = stays
 
     # ------------------------------------------------------------------ writes
     def add(self, dimension: str, key: str, metric: str, t: float, n: float = 1.0) -> None:
@@ -289,7 +315,7 @@ class FrequencyStore:
         rec.first = first if first != self._clock_b else self._clock_b  # shared float
         rec.dirty = True
         rec.id = 0
-        rec.due = NO_BUCKET
+        rec.due = rec.kept = NO_BUCKET
         return rec
 
     def _evict(self, dimension: str, keys: dict[str, KeyRec]) -> None:
@@ -332,18 +358,28 @@ class FrequencyStore:
         # The hot loop of housekeeping (hourly): a key whose data cannot have reached a
         # cut yet costs one comparison; in the others, the common cases — a head-only or
         # still-recent series, an unchanged member set — cost no call.
-        for keys in self._dims.values():
+        for dimension, keys in self._dims.items():
             dead_keys = []
+            short = self._horizon_stay.get(dimension)
             for key, rec in keys.items():
                 if clock < rec.due:
                     continue
                 dead = None
                 due = math.inf if rec else NO_BUCKET
                 for metric, s in rec.items():
+                    sh = None if short is None else short.get(metric)
                     if type(s) is Series:
                         if s.b < drop0:  # even the head is older than anything retained
                             dead = [metric] if dead is None else [*dead, metric]
                             continue
+                        if sh is not None:
+                            if s.b + sh < clock:  # older than any window reading it
+                                dead = [metric] if dead is None else [*dead, metric]
+                                if s.b > rec.kept:
+                                    rec.kept = s.b
+                                continue
+                            if s.b + sh < due:
+                                due = s.b + sh
                         h = s.h
                         if (s.up is not None or (h is not None and h and h[0] < cut0)) \
                                 and fold(s, geo, cuts):
@@ -362,21 +398,33 @@ class FrequencyStore:
                         if t < due:
                             due = t
                     else:
-                        if s.prune(drop0):
+                        newest = s.tail
+                        if s.prune(drop0 if sh is None else max(drop0, clock - sh)):
                             rec.dirty = True
                         oldest = s.oldest()
                         if oldest is None:
                             dead = [metric] if dead is None else [*dead, metric]
-                        elif oldest + stay_last < due:
-                            due = oldest + stay_last
-                rec.due = dues.setdefault(due, due)
+                            if sh is not None and newest > rec.kept:
+                                rec.kept = newest
+                        else:
+                            t = oldest + (stay_last if sh is None else sh)
+                            if t < due:
+                                due = t
                 if dead is not None:
                     for metric in dead:
                         del rec[metric]
                     rec.dirty = True
                     gone += len(dead)
-                    if not rec:
+                if not rec:
+                    # Nothing left: the key goes, unless series forgotten early hold
+                    # data the full retention would still keep (then it stays, empty,
+                    # until then: its first sighting and its place in eviction order
+                    # are what they would have been).
+                    if rec.kept < drop0:
                         dead_keys.append(key)
+                        continue
+                    due = rec.kept + stay_last
+                rec.due = dues.setdefault(due, due)
             for key in dead_keys:
                 rec = keys.pop(key)
                 if rec.id:
