@@ -243,7 +243,7 @@ class Counts:
             self._runs[derived[0]].compact()
 
     def spilled(self) -> bool:
-        """Whether any table went to disk (tests and the memory benchmark ask)."""
+        """Whether any table went to disk (the tests ask)."""
         return any(self._runs.values())
 
     def close(self) -> None:
