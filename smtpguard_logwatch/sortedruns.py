@@ -70,14 +70,16 @@ class Runs:
         written) when the disk refuses: the caller keeps its rows in memory then."""
         if self._dir.failed is not None:
             return False
-        path = self._dir.new_path()
-        try:
+        path = None
+        try:  # (making the directory can fail too: $TMPDIR missing or read-only)
+            path = self._dir.new_path()
             _write_run(path, rows)
         except OSError as exc:
-            self._dir.failed = f"{path}: {exc.strerror or exc}"
+            self._dir.failed = f"{path or tempfile.gettempdir()}: {exc.strerror or exc}"
             log.warning("cannot spill counts to disk (%s); keeping them in memory",
                         self._dir.failed)
-            _unlink(path)
+            if path is not None:
+                _unlink(path)
             return False
         self._paths.append(path)
         return True
@@ -91,7 +93,7 @@ class Runs:
         than MAX_RUNS chunks (and open files) at once."""
         if len(self._paths) <= MAX_RUNS:
             return
-        path = self._dir.new_path()
+        path = self._dir.new_path()  # the directory exists: runs were written to it
         try:
             _write_run(path, merge_rows([_read_run(p) for p in self._paths]))
         except OSError as exc:  # the runs are still there: merge them at the read instead

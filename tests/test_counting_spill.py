@@ -148,6 +148,22 @@ def test_a_disk_that_refuses_a_run_loses_no_count(tmp_path: Path, file_size: int
     assert "cannot spill counts to disk" in done.stderr
 
 
+def test_a_temporary_directory_that_cannot_be_made_loses_no_count(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """$TMPDIR missing: the first spill cannot even make its directory. Counting goes
+    on in memory, with one warning, and nothing is lost."""
+    import tempfile
+
+    events = list(_events(5, 1500))
+    whole = _json(_counted(events, 10**9))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    counts = _counted(events, 10)
+    assert not counts.spilled() and counts._runs_dir.failed
+    assert _json(counts) == whole
+    assert sum("cannot spill counts to disk" in r.message for r in caplog.records) == 1
+
+
 @pytest.mark.parametrize("mode", [["--json"], ["--top", "3"]])
 def test_replay_output_is_the_same_when_its_tables_spill(monkeypatch, capsys,
                                                          mode: list[str]) -> None:
