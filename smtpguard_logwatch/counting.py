@@ -67,20 +67,13 @@ def _row() -> list[int]:
 
 
 class _Rows(dict[str, list[int]]):
-    """key -> [connections, messages, recipients, rejects, auth_failures]."""
-
-    def __missing__(self, key: str) -> list[int]:
-        row = self[key] = _row()
-        return row
-
-
-class _SpillingRows(_Rows):
-    """A base dimension's rows, bounded: past ``limit`` keys they go to disk as a sorted
-    run (``on_full``) and the table starts empty again."""
+    """A base dimension's rows, key -> [connections, messages, recipients, rejects,
+    auth_failures], bounded: past ``limit`` keys they go to disk as a sorted run
+    (``on_full``) and the table starts empty again."""
 
     __slots__ = ("limit", "on_full")
 
-    def __init__(self, limit: int, on_full: Callable[[_SpillingRows], None]) -> None:
+    def __init__(self, limit: int, on_full: Callable[[_Rows], None]) -> None:
         super().__init__()
         self.limit = limit
         self.on_full = on_full
@@ -220,10 +213,10 @@ class Counts:
 
     # -- spilling ------------------------------------------------------------------
 
-    def _base(self, dim: str, limit: int) -> _SpillingRows:
-        return _SpillingRows(limit, lambda rows: self._spill(dim, rows))
+    def _base(self, dim: str, limit: int) -> _Rows:
+        return _Rows(limit, lambda rows: self._spill(dim, rows))
 
-    def _spill(self, dim: str, rows: _SpillingRows) -> None:
+    def _spill(self, dim: str, rows: _Rows) -> None:
         """Write a full table out as a sorted run (and its derived dimension's sums, so
         those need no second pass over the base keys later) and empty it."""
         derived = _DERIVED.get(dim)
@@ -297,10 +290,6 @@ class Counts:
             kept.sort()
             result[metric] = [(key, -negative) for negative, key in kept[:n]]
         return result
-
-    def top(self, dimension: str, metric: str, n: int = 10) -> list[tuple[str, int]]:
-        """The ``n`` keys with most of ``metric`` (``tops`` when asking for several)."""
-        return self.tops(dimension, n)[metric]
 
 
 _DERIVED: dict[str, tuple[str, Callable[[str], str | None]]] = {

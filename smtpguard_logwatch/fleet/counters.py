@@ -291,9 +291,7 @@ class FleetStore:
         holds a member iff one of its sightings is in them, and then its latest is
         too, so that is all a long window needs. Lost: the members the local store no
         longer holds (beyond its distinct cap, or of keys it evicted)."""
-        books = FleetBooks(self.setup())
-        books.set_windows(self._distinct_windows)
-        settings = books.long_settings()
+        settings = self.long_settings()
         sightings = getattr(self.local, "sightings", None)
         if settings is None or sightings is None:
             return
