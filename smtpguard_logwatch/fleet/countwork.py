@@ -446,12 +446,6 @@ class BookedCounting:
         """Keys of a batch whose round trip failed (sent with the next)."""
         return 0 if self.pending is None else len(self.pending["keys"])
 
-    def round_trip(self, counting: Counting, raw: dict[str, Any]) -> dict[str, Any]:
-        """:meth:`take`, then :meth:`send`."""
-        found = self.take(raw)
-        self.send(counting, found)
-        return found
-
     def take(self, raw: dict[str, Any]) -> dict[str, list[Any]]:
         """Into the books (and onto the batch held, if any): taken once, whatever
         happens to the round trip."""
