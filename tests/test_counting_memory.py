@@ -205,19 +205,6 @@ def test_streamed_json_equals_json_dumps_of_the_whole_document() -> None:
 
 # ------------------------------------------------ the parsers say it: no table at all
 
-def _parsed(lines: list[str], compiled: bool) -> list:
-    import datetime as dt
-
-    from smtpguard_logwatch.envelope import Clock
-    from smtpguard_logwatch.pipeline import Pipeline
-
-    events: list = []
-    pipeline = Pipeline(events.append, compiled=compiled)
-    pipeline.feed(lines, Clock(dt.UTC, year=2026))
-    pipeline.finish()
-    return events
-
-
 EXIM_SAME_DOMAIN = """\
 2026-03-02 08:03:31 [2130] 1uA2dT-000000002ZZ-3c4D <= alice@shop.example H=(laptop) \
 [192.0.2.200]:33000 I=[192.0.2.25]:587 P=esmtpsa A=dovecot_plain:alice S=2311 id=a@b \
@@ -235,10 +222,10 @@ T=remote_smtp H=mx.other.example [198.51.100.77] C="250 OK"
 
 
 def _log_lines(name: str) -> list[str]:
-    import gzip
     from pathlib import Path
 
     from bench_modules import load_bench
+    from test_core_twins import _sample_lines
 
     if name == "exim-same-domain":
         return EXIM_SAME_DOMAIN.splitlines(keepends=True)
@@ -247,10 +234,7 @@ def _log_lines(name: str) -> list[str]:
         buf = io.StringIO()
         gen.generate(gen.Config(lines=40_000, seed=3, fmt=name.split("-", 1)[1]), buf)
         return buf.getvalue().splitlines(keepends=True)
-    path = Path(__file__).resolve().parent.parent / "samples" / name
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="surrogateescape") as fh:
-        return fh.readlines()
+    return _sample_lines(Path(__file__).resolve().parent.parent / "samples" / name)
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["pure", "compiled"])
@@ -262,11 +246,13 @@ def test_the_parsers_records_count_messages_per_domain_as_the_table_did(
     """Each parser marks a message's first outcome in a domain from the message's own
     record (``new_domain``); counting from that must give exactly what the summary's
     own table gives from the same events without the mark, and keep no table."""
+    from test_core_twins import run
+
     if compiled:
         from conftest import compiled_or_skip
 
         compiled_or_skip()
-    events = _parsed(_log_lines(name), compiled)
+    events = run(_log_lines(name), compiled)[0]
     outcomes = [ev for ev in events if type(ev) is RecipientOutcome]
     assert outcomes, "no deliveries parsed: the test proves nothing"
     assert all(ev.new_domain is not None for ev in outcomes  # orphans are not counted

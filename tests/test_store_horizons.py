@@ -10,7 +10,6 @@ the same output)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import random
 from pathlib import Path
@@ -19,14 +18,13 @@ import pytest
 from bench_modules import load_bench
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_core_twins import run
 from test_incremental_eval import HARD, _as_its_header_says
 
 from smtpguard_logwatch.decisions import decision_json
 from smtpguard_logwatch.engine import Engine
 from smtpguard_logwatch.engine.engine import read_horizons
 from smtpguard_logwatch.engine.local import LocalNetworks
-from smtpguard_logwatch.envelope import Clock
-from smtpguard_logwatch.pipeline import Pipeline
 from smtpguard_logwatch.rules.loader import load_rules
 from smtpguard_logwatch.store import FrequencyStore
 
@@ -147,11 +145,7 @@ def _events(seed: int, lines: int, hours: float) -> list:
     buf = io.StringIO()
     gen.generate(gen.Config(lines=lines, seed=seed, anomalies=True, anomaly_scale=0.3,
                             hours=hours), buf)
-    events: list = []
-    pipeline = Pipeline(events.append)
-    pipeline.feed(buf.getvalue().splitlines(keepends=True), Clock(dt.UTC, year=2026))
-    pipeline.finish()
-    return events
+    return run(buf.getvalue().splitlines(keepends=True), compiled=False)[0]
 
 
 @pytest.fixture(scope="module", params=[(7, 30_000, 8.0), (23, 60_000, 12 * 24.0)],
