@@ -33,7 +33,7 @@ import sys
 from array import array
 from typing import TYPE_CHECKING
 
-from .buckets import NO_BUCKET, Geometry, Resolution, Series
+from .buckets import Geometry, Resolution, Series
 from .distinct import MemberSet
 
 if TYPE_CHECKING:
@@ -257,12 +257,10 @@ def load(cls: type[FrequencyStore], conn: sqlite3.Connection, **kwargs) -> Frequ
         keys = dims.get(dim)
         if keys is None:
             keys = dims[dim] = {}
-        rec = keys[bytes(key).decode("utf-8", "surrogatepass")] = KeyRec()
+        rec = keys[bytes(key).decode("utf-8", "surrogatepass")] = KeyRec(first)
         rec.hits = hits
-        rec.first = first
         rec.id = kid
         rec.dirty = False
-        rec.due = rec.kept = NO_BUCKET
         recs[kid] = rec
     entries = 0
     dcap = store.distinct_cap

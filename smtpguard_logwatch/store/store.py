@@ -1,8 +1,8 @@
 """FrequencyStore: time-bucketed counters per (dimension, key, metric), bounded in memory.
 
-Layout: ``dimension -> key -> KeyRec``; a KeyRec is a dict ``metric -> Series |
-MemberSet`` carrying the key's eviction score (``hits``) and first-seen bucket. Nested
-dicts rather than tuple keys because the hot path then hashes no new objects: the
+Layout: ``dimension -> key -> KeyRec``; a KeyRec maps ``metric -> Series |
+MemberSet`` and carries the key's eviction score (``hits``) and first-seen bucket. Nested
+maps rather than tuple keys because the hot path then hashes no new objects: the
 strings come from the event and cache their hashes.
 
 * Buckets, resolutions and exact window semantics: :mod:`.buckets`.
@@ -30,9 +30,10 @@ Bounded memory under hostile cardinality (forged senders, random recipients):
   valid address) are stored as a prefix plus a 128-bit BLAKE2b digest of the whole
   string (:func:`bounded_key`); lookups apply the same mapping, so this is invisible
   except in ``keys()``.
-* What a key costs (CPython 3.11, 64-bit; tests/test_store_memory.py): ~0.33 KB with
-  one count series, ~0.42 KB with two, ~0.48 KB with two counts and one single-member
-  distinct set, plus the key string. (The bucket a series, key or member set is
+* What a key costs (CPython 3.11, 64-bit; tests/test_store_memory.py): ~0.21 KB with
+  one count series (most keys of a long replay: a sender's ``messages``), ~0.48 KB with
+  two, ~0.55 KB with two counts and one single-member distinct set, plus the key
+  string. (The bucket a series, key or member set is
   stamped with is the store clock's float, one object per minute, not one per item.)
   Busy series grow to at most ~1,400 buckets (~28 KB). A distinct set holds at most
   ``distinct_cap * 9/8`` members (~0.1 KB each + the string), so the worst case
@@ -50,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from .baseline import (
     baseline_level,
@@ -95,15 +96,97 @@ def _zero(kind: str, metric: str) -> float:
     return 0.0
 
 
-class KeyRec(dict):
-    """``metric -> Series | MemberSet`` for one key, plus its eviction score ``hits``,
-    ``first``, the level-0 index of the first bucket it was seen in, ``due``, the
-    store clock (level-0 index) before which expiry has nothing to do for it, and
-    ``kept``, the newest data of its series forgotten early (``set_horizons``): the
-    key stays, empty if need be, until the full retention would have forgotten that.
-    (No __init__: creating one is on the hot path of hostile cardinality.)"""
+class KeyRec:
+    """One key's series and member sets (``metric -> Series | MemberSet``), with its
+    eviction score ``hits``; ``first``, the level-0 index of the first bucket it was
+    seen in; ``dirty``, changed since the last save; ``id``, its saved row (0: none);
+    ``due``, the store clock (level-0 index) before which expiry has nothing to do for
+    it; and ``kept``, the newest data of its series forgotten early (``set_horizons``):
+    the key stays, empty if need be, until the full retention would have forgotten that.
 
-    __slots__ = ("hits", "first", "dirty", "id", "due", "kept")
+    Why not a dict: most keys of a big store hold one series (a sender's ``messages``)
+    or none (kept, see above), and a dict costs 232 bytes where this record costs 104.
+    One metric lives in ``m``/``s``; a second one moves both into the dict ``d``, and
+    deleting down to one moves it back. The mapping methods cover what the store and
+    its persistence use; the hot paths read ``m``/``s``/``d`` directly."""
+
+    __slots__ = ("hits", "first", "dirty", "id", "due", "kept", "m", "s", "d")
+
+    def __init__(self, first: float) -> None:
+        self.hits = 0
+        self.first = first
+        self.dirty = True
+        self.id = 0
+        self.due = self.kept = NO_BUCKET
+        self.m: str | None = None
+        self.s: Series | MemberSet | None = None
+        self.d: dict[str, Series | MemberSet] | None = None
+
+    def get(self, metric: str, default: Series | MemberSet | None = None):
+        d = self.d
+        if d is not None:
+            return d.get(metric, default)
+        return self.s if self.m == metric else default
+
+    def __getitem__(self, metric: str) -> Series | MemberSet:
+        obj = self.get(metric)
+        if obj is None:
+            raise KeyError(metric)
+        return obj
+
+    def __setitem__(self, metric: str, obj: Series | MemberSet) -> None:
+        d = self.d
+        if d is not None:
+            d[metric] = obj
+        elif self.m is None or self.m == metric:
+            self.m = metric
+            self.s = obj
+        else:
+            self.d = {self.m: self.s, metric: obj}
+            self.m = self.s = None
+
+    def __delitem__(self, metric: str) -> None:
+        d = self.d
+        if d is not None:
+            del d[metric]
+            if len(d) == 1:
+                ((self.m, self.s),) = d.items()
+                self.d = None
+        elif self.m is not None and self.m == metric:
+            self.m = self.s = None
+        else:
+            raise KeyError(metric)
+
+    def __len__(self) -> int:
+        d = self.d
+        if d is not None:
+            return len(d)
+        return 0 if self.m is None else 1
+
+    def __contains__(self, metric: object) -> bool:
+        d = self.d
+        return metric in d if d is not None else self.m is not None and self.m == metric
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def keys(self) -> Iterable[str]:
+        d = self.d
+        if d is not None:
+            return d.keys()
+        return () if self.m is None else (self.m,)
+
+    def items(self) -> Iterable[tuple[str, Series | MemberSet]]:
+        d = self.d
+        if d is not None:
+            return d.items()
+        return () if self.m is None else ((self.m, self.s),)
+
+    def values(self) -> Iterable[Series | MemberSet]:
+        d = self.d
+        if d is not None:
+            return d.values()
+        return () if self.m is None else (self.s,)
 
 
 class FrequencyStore:
@@ -202,7 +285,8 @@ class FrequencyStore:
         rec.hits += 1
         rec.dirty = True
         b = t // self._w0
-        s = rec.get(metric)
+        d = rec.d  # rec.get(metric), inlined
+        s = (rec.s if rec.m == metric else None) if d is None else d.get(metric)
         if s is not None:
             sb = s.b
             if b == sb:
@@ -273,7 +357,8 @@ class FrequencyStore:
             b = self._clock_b  # the shared float (see _add_slow); rec.first <= clock
         elif b < rec.first:
             rec.first = b
-        ms = rec.get(metric)
+        d = rec.d  # rec.get(metric), inlined
+        ms = (rec.s if rec.m == metric else None) if d is None else d.get(metric)
         if ms is None:
             ms = rec[metric] = MemberSet()
             self._entries += 1
@@ -309,13 +394,10 @@ class FrequencyStore:
                 return rec
         if len(keys) >= self._cap:
             self._evict(dimension, keys)
-        rec = keys[key] = KeyRec()
-        rec.hits = 0
         first = t // self._w0
-        rec.first = first if first != self._clock_b else self._clock_b  # shared float
-        rec.dirty = True
-        rec.id = 0
-        rec.due = rec.kept = NO_BUCKET
+        if first == self._clock_b:
+            first = self._clock_b  # the shared float (see _add_slow)
+        rec = keys[key] = KeyRec(first)
         return rec
 
     def _evict(self, dimension: str, keys: dict[str, KeyRec]) -> None:
@@ -453,11 +535,15 @@ class FrequencyStore:
         if lvl is None:
             lvl = self._geo.level_for(window)
         try:
-            s = self._dims[dimension][key][metric]
+            rec = self._dims[dimension][key]
         except KeyError:
-            s = self._lookup(dimension, key, metric)
-            if s is None:
+            rec = self._rec(dimension, key)
+            if rec is None:
                 return 0.0
+        d = rec.d  # rec.get(metric), inlined: rule evaluation's hot path
+        s = (rec.s if rec.m == metric else None) if d is None else d.get(metric)
+        if s is None:
+            return 0.0
         if type(s) is not Series:
             raise TypeError(f"metric {metric!r} holds distinct members; use distinct")
         if lvl or s.up is not None or s.h is not None:
@@ -499,11 +585,15 @@ class FrequencyStore:
         if lvl is None:
             lvl = self._geo.level_for(window)
         try:
-            ms = self._dims[dimension][key][metric]
+            rec = self._dims[dimension][key]
         except KeyError:
-            ms = self._lookup(dimension, key, metric)
-            if ms is None:
+            rec = self._rec(dimension, key)
+            if rec is None:
                 return 0
+        d = rec.d  # rec.get(metric), inlined
+        ms = (rec.s if rec.m == metric else None) if d is None else d.get(metric)
+        if ms is None:
+            return 0
         if type(ms) is not MemberSet:
             raise TypeError(f"metric {metric!r} holds counts; use count")
         geo = self._geo
