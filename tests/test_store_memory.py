@@ -10,11 +10,15 @@ thousands of series, keys and member sets; a float or a string per item is megab
 
 from __future__ import annotations
 
+import sqlite3
 import tracemalloc
+
+import pytest
 
 from smtpguard_logwatch.engine.observe import observe
 from smtpguard_logwatch.events import MessageAccepted
 from smtpguard_logwatch.store import FrequencyStore
+from smtpguard_logwatch.store.buckets import Series
 
 T0 = 1_700_000_000.0
 
@@ -84,10 +88,11 @@ def _bytes_per_key(n: int) -> float:
 
 def test_a_one_series_key_costs_its_record_and_series_only() -> None:
     """Before: ~370 bytes (a float each for the key's first bucket and the series' head
-    bucket); then ~340: the KeyRec was a dict (232 bytes with its slots); now ~215: a
-    slotted KeyRec holding its one series without a dict, the Series, the dict slot."""
+    bucket); then ~340: the KeyRec was a dict (232 bytes with its slots) beside a
+    Series; now ~140: a slotted KeyRec holding its one series as its head, and the
+    dict slot."""
     per_key = _bytes_per_key(20_000)
-    assert per_key < 240, per_key
+    assert per_key < 170, per_key
 
 
 def test_a_key_record_moves_between_one_metric_and_several() -> None:
@@ -106,7 +111,8 @@ def test_a_key_record_moves_between_one_metric_and_several() -> None:
     assert store.distinct("sender", "a@example.org", "#client_ips", 600, T0) == 1
     del rec["messages"]
     del rec["#client_ips"]
-    assert rec.d is None and list(rec.items()) == [("recipients", rec["recipients"])]
+    assert rec.d is None and rec.s is None  # down to one series, a head alone: held so
+    assert list(rec.items()) == [("recipients", rec["recipients"])]
     assert store.count("sender", "a@example.org", "recipients", 600, T0) == 3.0
     assert store.count("sender", "a@example.org", "messages", 600, T0) == 0.0
     assert "messages" not in rec and rec.get("messages") is None
@@ -120,3 +126,48 @@ def test_a_key_record_moves_between_one_metric_and_several() -> None:
     assert not rec and list(rec.values()) == []
     store.add("sender", "a@example.org", "messages", T0 + 60)
     assert store.count("sender", "a@example.org", "messages", 600, T0 + 60) == 1.0
+
+
+def test_a_first_series_is_held_as_its_head_until_it_needs_more(tmp_path) -> None:
+    """A key's first series lives in its record as a head (no Series) while it is one
+    bucket: it counts, bounds, saves, loads, expires and is refused for distinct use
+    exactly as a Series would be, and reading it that way does not make a Series."""
+    store = FrequencyStore()
+    store.add("sender", "a@example.org", "messages", T0 + 5)
+    store.add("sender", "a@example.org", "messages", T0 + 7, 2.0)  # the same minute
+    rec = store._dims["sender"]["a@example.org"]
+    assert rec.s is None and rec.hv == 3.0
+    twin = FrequencyStore()  # the same data, held as a Series (its key has two)
+    twin.add("ip", "x", "other", T0)
+    twin.add("ip", "x", "messages", T0 + 5, 3.0)
+    assert type(twin._dims["ip"]["x"].d["messages"]) is Series
+    answers = set()
+    for now in (T0 - 60, T0, T0 + 59, T0 + 3600, T0 + 86400 + 30, T0 + 6 * 86400):
+        for w in (60, 600, 3600, 12 * 3600, 13 * 3600, 86400, 3 * 86400, 7 * 86400):
+            got = store.count("sender", "a@example.org", "messages", w, now)
+            assert got == twin.count("ip", "x", "messages", w, now), (w, now)
+            answers.add(got)
+    assert answers == {0.0, 3.0} and rec.s is None  # counting did not revive it
+    top = store.bound_reader("sender", "a@example.org", {})
+    assert top("sum", "messages") == 3.0 and top("sum", "bounces") == 0.0
+    assert store.in_good_standing("sender", "a@example.org", T0 + 7200)
+    assert store.stats()["series"] == 1
+    conn = sqlite3.connect(tmp_path / "s.db")
+    store.save(conn)
+    assert rec.s is None  # saving read the head without reviving it
+    loaded = FrequencyStore.load(conn)
+    back = loaded._dims["sender"]["a@example.org"]
+    assert back.s is None and back.hv == 3.0 and back.hb == rec.hb
+    assert loaded.count("sender", "a@example.org", "messages", 3600, T0 + 60) == 3.0
+    with pytest.raises(TypeError):
+        store.add_member("sender", "a@example.org", "messages", "192.0.2.1", T0)
+    with pytest.raises(TypeError):
+        store.distinct("sender", "a@example.org", "messages", 60, T0)
+    # a second bucket makes it a Series with the head in its history
+    store.add("sender", "a@example.org", "messages", T0 + 65)
+    assert type(rec.s) is Series
+    assert store.count("sender", "a@example.org", "messages", 600, T0 + 65) == 4.0
+    # expiry forgets a head past the retention like any series, and the key with it
+    loaded.expire(T0 + 10 * 86400)
+    assert loaded.first_seen("sender", "a@example.org") is None
+    assert loaded.entries() == 0

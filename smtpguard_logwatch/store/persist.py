@@ -149,7 +149,7 @@ def unpack_members(data: bytes) -> MemberSet:
 
 def _series_of(kid: int, rec) -> list[tuple[int, str, int, bytes]]:
     return [(kid, metric, KIND_COUNTS, pack_series(s)) if type(s) is Series
-            else (kid, metric, KIND_MEMBERS, pack_members(s)) for metric, s in rec.items()]
+            else (kid, metric, KIND_MEMBERS, pack_members(s)) for metric, s in rec.stored()]
 
 
 def _meta(store: FrequencyStore) -> dict[str, str]:
@@ -274,7 +274,12 @@ def load(cls: type[FrequencyStore], conn: sqlite3.Connection, **kwargs) -> Frequ
             if len(obj) > dcap:
                 obj.trim(dcap)
                 recs[kid].dirty = True
-        recs[kid][metric] = obj
+        rec = recs[kid]
+        if (type(obj) is Series and obj.h is None and obj.up is None and rec.m is None
+                and rec.d is None):
+            rec.hold_head(metric, obj.b, obj.v)  # a first series that is a head alone
+        else:
+            rec[metric] = obj
         entries += 1
     store._entries = entries
     store._next_id = max(recs, default=0) + 1

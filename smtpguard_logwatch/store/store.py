@@ -30,11 +30,12 @@ Bounded memory under hostile cardinality (forged senders, random recipients):
   valid address) are stored as a prefix plus a 128-bit BLAKE2b digest of the whole
   string (:func:`bounded_key`); lookups apply the same mapping, so this is invisible
   except in ``keys()``.
-* What a key costs (CPython 3.11, 64-bit; tests/test_store_memory.py): ~0.21 KB with
-  one count series (most keys of a long replay: a sender's ``messages``), ~0.48 KB with
-  two, ~0.55 KB with two counts and one single-member distinct set, plus the key
-  string. (The bucket a series, key or member set is
-  stamped with is the store clock's float, one object per minute, not one per item.)
+* What a key costs (CPython 3.11, 64-bit; tests/test_store_memory.py): ~0.14 KB with
+  one count series that is still one bucket (most keys of a long replay: a sender's
+  ``messages``; past it, a Series and its bucket arrays), ~0.50 KB with two, ~0.56 KB
+  with two counts and one single-member distinct set, plus the key string. (The
+  bucket a series, key or member set is stamped with is the store clock's float, one
+  object per minute, not one per item.)
   Busy series grow to at most ~1,400 buckets (~28 KB). A distinct set holds at most
   ``distinct_cap * 9/8`` members (~0.1 KB each + the string), so the worst case
   is ``max_keys_per_dimension x distinct metrics x distinct_cap`` members: choose
@@ -104,13 +105,18 @@ class KeyRec:
     it; and ``kept``, the newest data of its series forgotten early (``set_horizons``):
     the key stays, empty if need be, until the full retention would have forgotten that.
 
-    Why not a dict: most keys of a big store hold one series (a sender's ``messages``)
-    or none (kept, see above), and a dict costs 232 bytes where this record costs 104.
-    One metric lives in ``m``/``s``; a second one moves both into the dict ``d``, and
-    deleting down to one moves it back. The mapping methods cover what the store and
-    its persistence use; the hot paths read ``m``/``s``/``d`` directly."""
+    Why not a dict: most keys of a long replay hold one series (a sender's
+    ``messages``, kept 8 days for its baseline) or none (kept, see above), and a dict
+    costs 232 bytes where this record costs 120. One metric lives in ``m``/``s``; a
+    second one moves both into the dict ``d``, and deleting down to one moves it back.
+    Most of those single series never grow past their head (one message, one minute):
+    a key's first series is therefore held as its head alone, ``hb``/``hv`` with ``s``
+    None, and becomes a :class:`Series` (:meth:`revive`) only when it needs more than
+    a head: a second bucket, a second metric, a baseline. That saves the Series (112
+    bytes) on most keys. The mapping methods revive; the store's hot paths and its
+    walkers (expiry, saving, stats) read ``m``/``s``/``d``/``hb``/``hv`` directly."""
 
-    __slots__ = ("hits", "first", "dirty", "id", "due", "kept", "m", "s", "d")
+    __slots__ = ("hits", "first", "dirty", "id", "due", "kept", "m", "s", "d", "hb", "hv")
 
     def __init__(self, first: float) -> None:
         self.hits = 0
@@ -121,12 +127,56 @@ class KeyRec:
         self.m: str | None = None
         self.s: Series | MemberSet | None = None
         self.d: dict[str, Series | MemberSet] | None = None
+        self.hb = self.hv = 0.0
+
+    def hold_head(self, metric: str, b: float, v: float) -> None:
+        """Hold the record's first (and only) series as its head: bucket ``b``, ``v``."""
+        self.m = metric
+        self.hb = b
+        self.hv = v
+
+    def compact(self) -> None:
+        """Hold a single series that is a head alone as its head (dropping its
+        memoised baselines, a cache)."""
+        s = self.s
+        if type(s) is Series and s.h is None and s.up is None:
+            self.hb = s.b
+            self.hv = s.v
+            self.s = None
+
+    def revive(self) -> Series:
+        """The series held as its head, as a Series from now on."""
+        s = self.s = Series(self.hb, self.hv)
+        return s
+
+    def stored(self) -> Iterable[tuple[str, Series | MemberSet]]:
+        """``(metric, series)`` pairs without reviving a head: a series held as its head
+        is given as a new Series, which changes nothing when changed (for walkers that
+        only read: saving, stats)."""
+        d = self.d
+        if d is not None:
+            return d.items()
+        m = self.m
+        if m is None:
+            return ()
+        s = self.s
+        return ((m, Series(self.hb, self.hv) if s is None else s),)
+
+    def holds_counts(self, metric: str) -> bool:
+        """Whether ``metric`` is a count series here (without reviving a head)."""
+        d = self.d
+        if d is not None:
+            return type(d.get(metric)) is Series
+        return self.m == metric and (self.s is None or type(self.s) is Series)
 
     def get(self, metric: str, default: Series | MemberSet | None = None):
         d = self.d
         if d is not None:
             return d.get(metric, default)
-        return self.s if self.m == metric else default
+        if self.m != metric:
+            return default
+        s = self.s
+        return self.revive() if s is None else s
 
     def __getitem__(self, metric: str) -> Series | MemberSet:
         obj = self.get(metric)
@@ -142,7 +192,8 @@ class KeyRec:
             self.m = metric
             self.s = obj
         else:
-            self.d = {self.m: self.s, metric: obj}
+            m = self.m
+            self.d = {m: self.get(m), metric: obj}
             self.m = self.s = None
 
     def __delitem__(self, metric: str) -> None:
@@ -150,8 +201,11 @@ class KeyRec:
         if d is not None:
             del d[metric]
             if len(d) == 1:
-                ((self.m, self.s),) = d.items()
+                ((m, s),) = d.items()
                 self.d = None
+                self.m = m
+                self.s = s
+                self.compact()
         elif self.m is not None and self.m == metric:
             self.m = self.s = None
         else:
@@ -180,13 +234,11 @@ class KeyRec:
         d = self.d
         if d is not None:
             return d.items()
-        return () if self.m is None else ((self.m, self.s),)
+        m = self.m
+        return () if m is None else ((m, self.get(m)),)
 
     def values(self) -> Iterable[Series | MemberSet]:
-        d = self.d
-        if d is not None:
-            return d.values()
-        return () if self.m is None else (self.s,)
+        return [s for _, s in self.items()]
 
 
 class FrequencyStore:
@@ -286,7 +338,18 @@ class FrequencyStore:
         rec.dirty = True
         b = t // self._w0
         d = rec.d  # rec.get(metric), inlined
-        s = (rec.s if rec.m == metric else None) if d is None else d.get(metric)
+        if d is None:
+            if rec.m == metric:
+                s = rec.s
+                if s is None:  # the series is its head alone (see KeyRec)
+                    if b == rec.hb:
+                        rec.hv += n
+                        return
+                    s = rec.revive()
+            else:
+                s = None
+        else:
+            s = d.get(metric)
         if s is not None:
             sb = s.b
             if b == sb:
@@ -327,7 +390,10 @@ class FrequencyStore:
         if s is None:
             if b < self._drop0:
                 return  # older than anything retained
-            rec[metric] = Series(b, n)
+            if rec.m is None and rec.d is None:
+                rec.hold_head(metric, b, n)  # a first series: its head alone (KeyRec)
+            else:
+                rec[metric] = Series(b, n)
             self._entries += 1
         elif type(s) is Series:
             _push(s, b, n, self._geo, self._cuts)
@@ -359,6 +425,8 @@ class FrequencyStore:
             rec.first = b
         d = rec.d  # rec.get(metric), inlined
         ms = (rec.s if rec.m == metric else None) if d is None else d.get(metric)
+        if ms is None and rec.m == metric:  # counts held as a head: refused below
+            ms = rec.get(metric)
         if ms is None:
             ms = rec[metric] = MemberSet()
             self._entries += 1
@@ -448,24 +516,34 @@ class FrequencyStore:
                     continue
                 dead = None
                 due = math.inf if rec else NO_BUCKET
-                for metric, s in rec.items():
+                d, m = rec.d, rec.m  # rec.items() without reviving a head (KeyRec)
+                for metric, s in (d.items() if d is not None else () if m is None
+                                  else ((m, rec.s),)):
                     sh = None if short is None else short.get(metric)
-                    if type(s) is Series:
-                        if s.b < drop0:  # even the head is older than anything retained
+                    if s is None or type(s) is Series:  # None: a series held as its head
+                        sb = rec.hb if s is None else s.b
+                        if sb < drop0:  # even the head is older than anything retained
                             dead = [metric] if dead is None else [*dead, metric]
                             continue
                         if sh is not None:
-                            if s.b + sh < clock:  # older than any window reading it
+                            if sb + sh < clock:  # older than any window reading it
                                 dead = [metric] if dead is None else [*dead, metric]
-                                if s.b > rec.kept:
-                                    rec.kept = s.b
+                                if sb > rec.kept:
+                                    rec.kept = sb
                                 continue
-                            if s.b + sh < due:
-                                due = s.b + sh
+                            if sb + sh < due:
+                                due = sb + sh
+                        if s is None:  # nothing to fold: it next matters when it leaves
+                            t = sb + stay_last
+                            if t < due:
+                                due = t
+                            continue
                         h = s.h
                         if (s.up is not None or (h is not None and h and h[0] < cut0)) \
                                 and fold(s, geo, cuts):
                             rec.dirty = True
+                            if d is None and s.h is None and s.up is None:
+                                rec.compact()  # its history is gone: a head alone
                         # when this series next has something to fold or drop
                         t = s.b + stay_last
                         h = s.h
@@ -541,9 +619,24 @@ class FrequencyStore:
             if rec is None:
                 return 0.0
         d = rec.d  # rec.get(metric), inlined: rule evaluation's hot path
-        s = (rec.s if rec.m == metric else None) if d is None else d.get(metric)
-        if s is None:
+        if d is not None:
+            s = d.get(metric)
+            if s is None:
+                return 0.0
+        elif rec.m != metric:
             return 0.0
+        else:
+            s = rec.s
+            if s is None:  # a series held as its head (KeyRec): as window_sum counts it
+                if lvl:
+                    geo = self._geo
+                    w = geo.w[lvl]
+                    r = geo.r0[lvl]
+                    hb = rec.hb
+                    return rec.hv if ((now - window) // w + 1.0) * r <= hb < (
+                        now // w + 1.0) * r else 0.0
+                w = self._w0
+                return rec.hv if (now - window) // w < rec.hb <= now // w else 0.0
         if type(s) is not Series:
             raise TypeError(f"metric {metric!r} holds distinct members; use distinct")
         if lvl or s.up is not None or s.h is not None:
@@ -562,10 +655,18 @@ class FrequencyStore:
         rec = self._rec(dimension, key)
         if rec is None:
             return _zero
-        get = rec.get
-
         def top(kind: str, metric: str) -> float:
-            s = get(metric) if kind == "sum" else get(distinct_names[metric])
+            if kind != "sum":
+                metric = distinct_names[metric]
+            d = rec.d
+            if d is not None:
+                s = d.get(metric)
+            elif rec.m != metric:
+                return 0.0
+            else:
+                s = rec.s
+                if s is None:  # a series held as its head (KeyRec)
+                    return rec.hv
             if s is None:
                 return 0.0
             if type(s) is Series:
@@ -592,6 +693,8 @@ class FrequencyStore:
                 return 0
         d = rec.d  # rec.get(metric), inlined
         ms = (rec.s if rec.m == metric else None) if d is None else d.get(metric)
+        if ms is None and d is None and rec.m == metric:  # counts held as a head
+            ms = rec.get(metric)
         if ms is None:
             return 0
         if type(ms) is not MemberSet:
@@ -703,7 +806,7 @@ class FrequencyStore:
         known) needs accepted mail only. The circuit breaker counts refusals of such
         sources only (see :mod:`..engine.breaker`)."""
         rec = self._rec(dimension, key)
-        if rec is None or type(rec.get("messages")) is not Series:
+        if rec is None or not rec.holds_counts("messages"):
             return False
         history = min(GOOD_STANDING_HISTORY, self._geo.span[-1])
         total = self.count(dimension, key, "messages", history, now)
@@ -730,9 +833,9 @@ class FrequencyStore:
     def stats(self) -> dict:
         """Monitoring numbers: keys per dimension, series, distinct members held (an
         O(series) walk), keys evicted so far, the store clock."""
-        members = sum(
+        members = sum(  # stored(): a head held in its record is never a member set
             len(x) for keys in self._dims.values() for rec in keys.values()
-            for x in rec.values() if type(x) is MemberSet
+            for _, x in rec.stored() if type(x) is MemberSet
         )
         return {
             "keys": {d: len(k) for d, k in self._dims.items()},
