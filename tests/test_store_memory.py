@@ -171,3 +171,29 @@ def test_a_first_series_is_held_as_its_head_until_it_needs_more(tmp_path) -> Non
     loaded.expire(T0 + 10 * 86400)
     assert loaded.first_seen("sender", "a@example.org") is None
     assert loaded.entries() == 0
+
+
+def test_a_key_with_coarse_history_holds_no_tuple_per_level() -> None:
+    """A series whose minutes were folded into 5-minute buckets: the levels above
+    level 0 are a flat list of arrays, not a list of (indices, values) tuples (80
+    bytes a level). Before: ~630 bytes a key; now ~590."""
+    n = 20_000
+    store = FrequencyStore(max_keys_per_dimension=10 * n)
+    keys = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(n)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for k in keys:
+            store.add("client_ip", k, "messages", T0)
+            store.add("client_ip", k, "messages", T0 + 120)
+        store.add("client_ip", "x", "messages", T0 + 14 * 3600)
+        store.expire(T0 + 14 * 3600)  # past the level-0 cut: the older minute moves up
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    s = store._dims["client_ip"][keys[0]]["messages"]
+    assert s.h is None and [(j, list(i), list(v)) for j, i, v in s.levels()] == [
+        (1, [T0 // 300], [1.0])]
+    assert store.count("client_ip", keys[0], "messages", 86400, T0 + 14 * 3600) == 2.0
+    per_key = sum(d.size_diff for d in after.compare_to(before, "filename")) / n
+    assert per_key < 610, per_key

@@ -145,8 +145,10 @@ class Series:
     ``b``/``v`` is the head (newest level-0 bucket: index, value); ``h``/``hv`` the
     older level-0 buckets (sorted indices, values) or ``None``, and ``hc`` their running
     sums (``hc[i] - hc[j] = hv[j+1] + … + hv[i]``) so that a short-window count is two
-    lookups however busy the key; ``up`` is ``None`` or a list whose item ``j - 1`` is
-    ``None`` or the ``(indices, values)`` of level ``j``.
+    lookups however busy the key; ``up`` is ``None`` or a flat list whose items
+    ``2j - 2`` and ``2j - 1`` are the indices and values of level ``j``, or both
+    ``None`` (flat, not a list of pairs: a tuple per level is 80 bytes on each of the
+    ~100k series with coarse history of a long replay).
     ``memo`` is ``None`` or ``[ver, lb, entries]``: memoised baselines (``entries``,
     see :mod:`.baseline`) with ``ver``, the late (out-of-order) adds since the memo was
     made, and ``lb``, the level-0 index of the latest one, which tell the entries that
@@ -161,17 +163,19 @@ class Series:
         self.h: array | None = None
         self.hv: array | None = None
         self.hc: array | None = None
-        self.up: list[tuple[array, array] | None] | None = None
+        self.up: list[array | None] | None = None
         self.memo: list | None = None
 
     def levels(self) -> Iterator[tuple[int, array, array]]:
         """``(level, indices, values)`` of every non-empty history level."""
         if self.h is not None and self.h:
             yield 0, self.h, self.hv
-        if self.up is not None:
-            for j, p in enumerate(self.up, 1):
-                if p is not None and p[0]:
-                    yield j, p[0], p[1]
+        up = self.up
+        if up is not None:
+            for x in range(0, len(up), 2):
+                idx = up[x]
+                if idx is not None and idx:
+                    yield x // 2 + 1, idx, up[x + 1]
 
     def nbuckets(self) -> int:
         """Buckets held, head included (for memory accounting and tests)."""
@@ -182,11 +186,13 @@ def _pair(s: Series, j: int, n: int) -> tuple[array, array]:
     """Level ``j >= 1``'s history arrays, created on first use."""
     up = s.up
     if up is None:
-        up = s.up = [None] * (n - 1)
-    p = up[j - 1]
-    if p is None:
-        p = up[j - 1] = (array("d"), array("d"))
-    return p
+        up = s.up = [None] * (2 * n - 2)
+    x = 2 * j - 2
+    idx = up[x]
+    if idx is None:
+        idx = up[x] = array("d")
+        up[x + 1] = array("d")
+    return idx, up[x + 1]
 
 
 def _acc(p: tuple[array, array], c: float, v: float) -> None:
@@ -286,11 +292,12 @@ def fold(s: Series, geo: Geometry, cuts: tuple[float, ...]) -> bool:
     # Free emptied arrays: most series are short-lived and empty arrays still cost memory.
     if s.h is not None and not s.h:
         s.h = s.hv = s.hc = None
-    if s.up is not None:
-        for j, p in enumerate(s.up):
-            if p is not None and not p[0]:
-                s.up[j] = None
-        if not any(s.up):
+    up = s.up
+    if up is not None:
+        for x in range(0, len(up), 2):
+            if up[x] is not None and not up[x]:
+                up[x] = up[x + 1] = None
+        if not any(up):
             s.up = None
     return changed
 
@@ -307,9 +314,10 @@ def total(s: Series) -> float:
         t += hc[-1] - hc[0] + s.hv[0]
     up = s.up
     if up is not None:
-        for p in up:
-            if p is not None:
-                t += sum(p[1])
+        for x in range(1, len(up), 2):
+            val = up[x]
+            if val is not None:
+                t += sum(val)
     return t + abs(t) * 1e-12
 
 
@@ -322,8 +330,9 @@ def _due(s: Series, cuts: tuple[float, ...]) -> bool:
         return True
     up = s.up
     if up is not None:
-        for j, p in enumerate(up, 1):
-            if p is not None and p[0] and p[0][0] < cuts[j]:
+        for x in range(0, len(up), 2):
+            idx = up[x]
+            if idx is not None and idx and idx[0] < cuts[x // 2 + 1]:
                 return True
     return False
 
@@ -373,10 +382,10 @@ def window_sum(s: Series, geo: Geometry, lvl: int, lo: float, hi: float) -> floa
         return total
     ratio = geo.ratio[lvl]
     for j in range(1, geo.n):
-        p = up[j - 1]
-        if p is None:
+        idx = up[2 * j - 2]
+        if idx is None:
             continue
-        idx, val = p
+        val = up[2 * j - 1]
         rj = ratio[j]
         if j <= lvl:  # rj = level-j buckets per level-lvl bucket
             if idx[-1] < a * rj:

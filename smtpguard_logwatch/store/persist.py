@@ -115,8 +115,9 @@ def unpack_series(data: bytes, nlevels: int) -> Series:
             off += 8 * n
         else:
             if s.up is None:
-                s.up = [None] * (nlevels - 1)
-            s.up[j - 1] = (idx, val)
+                s.up = [None] * (2 * nlevels - 2)
+            s.up[2 * j - 2] = idx
+            s.up[2 * j - 1] = val
     return s
 
 

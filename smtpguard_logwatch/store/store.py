@@ -549,10 +549,13 @@ class FrequencyStore:
                         h = s.h
                         if h is not None:
                             t = min(t, h[0] + stay0) if h else NO_BUCKET
-                        if s.up is not None:
-                            for j, pair in enumerate(s.up, 1):
-                                if pair is not None and pair[0]:
-                                    tj = pair[0][0] * r0[j] + stay[j]
+                        up = s.up
+                        if up is not None:
+                            for x in range(0, len(up), 2):
+                                idx = up[x]
+                                if idx is not None and idx:
+                                    j = x // 2 + 1
+                                    tj = idx[0] * r0[j] + stay[j]
                                     if tj < t:
                                         t = tj
                         if t < due:
