@@ -32,7 +32,7 @@ Bounded memory under hostile cardinality (forged senders, random recipients):
   except in ``keys()``.
 * What a key costs (CPython 3.11, 64-bit; tests/test_store_memory.py): ~0.14 KB with
   one count series that is still one bucket (most keys of a long replay: a sender's
-  ``messages``; past it, a Series and its bucket arrays), ~0.50 KB with two, ~0.56 KB
+  ``messages``; past it, a Series and its bucket arrays), ~0.38 KB with two, ~0.47 KB
   with two counts and one single-member distinct set, plus the key string. (The
   bucket a series, key or member set is stamped with is the store clock's float, one
   object per minute, not one per item.)
@@ -107,8 +107,13 @@ class KeyRec:
 
     Why not a dict: most keys of a long replay hold one series (a sender's
     ``messages``, kept 8 days for its baseline) or none (kept, see above), and a dict
-    costs 232 bytes where this record costs 120. One metric lives in ``m``/``s``; a
-    second one moves both into the dict ``d``, and deleting down to one moves it back.
+    costs 232 bytes where this record costs 128. One metric lives in ``m``/``s``; a
+    second one moves both into ``d``, a flat tuple ``(metric1, obj1, metric2, obj2,
+    …)`` (88 bytes for three metrics, where a dict beside the record would cost 200:
+    a daemon's and a forged sender's keys hold three), rebuilt when a metric comes or
+    goes, which is rare; deleting down to one moves it back. A metric is found with
+    ``in`` and ``index``, C scans of a few items that match names only (the objects
+    between them compare by identity).
     Most of those single series never grow past their head (one message, one minute):
     a key's first series is therefore held as its head alone, ``hb``/``hv`` with ``s``
     None, and becomes a :class:`Series` (:meth:`revive`) only when it needs more than
@@ -118,16 +123,44 @@ class KeyRec:
 
     __slots__ = ("hits", "first", "dirty", "id", "due", "kept", "m", "s", "d", "hb", "hv")
 
-    def __init__(self, first: float) -> None:
-        self.hits = 0
-        self.first = first
-        self.dirty = True
-        self.id = 0
-        self.due = self.kept = NO_BUCKET
-        self.m: str | None = None
-        self.s: Series | MemberSet | None = None
-        self.d: dict[str, Series | MemberSet] | None = None
-        self.hb = self.hv = 0.0
+    # No __init__: creating one is on the hot path of hostile cardinality
+    # (FrequencyStore._key_miss sets the fields itself; elsewhere, fresh()).
+    hits: int
+    first: float
+    dirty: bool
+    id: int
+    due: float
+    kept: float
+    m: str | None
+    s: Series | MemberSet | None
+    d: tuple | None
+    hb: float
+    hv: float
+
+    @classmethod
+    def fresh(cls, first: float) -> KeyRec:
+        """A record with nothing in it, first seen in level-0 bucket ``first``."""
+        rec = cls()
+        rec.hits = rec.id = 0
+        rec.first = first
+        rec.dirty = True
+        rec.due = rec.kept = NO_BUCKET
+        rec.m = rec.s = rec.d = None
+        return rec
+
+    def join(self, metric: str, obj: Series | MemberSet) -> None:
+        """Add a metric not held yet (cheaper than ``self[metric] = obj``: this is
+        every new key's second and third metric)."""
+        d = self.d
+        if d is not None:
+            self.d = d + (metric, obj)
+        elif self.m is None:
+            self.m = metric
+            self.s = obj
+        else:
+            s = self.s
+            self.d = (self.m, Series(self.hb, self.hv) if s is None else s, metric, obj)
+            self.m = self.s = None
 
     def hold_head(self, metric: str, b: float, v: float) -> None:
         """Hold the record's first (and only) series as its head: bucket ``b``, ``v``."""
@@ -155,7 +188,7 @@ class KeyRec:
         only read: saving, stats)."""
         d = self.d
         if d is not None:
-            return d.items()
+            return zip(d[::2], d[1::2], strict=True)
         m = self.m
         if m is None:
             return ()
@@ -166,13 +199,13 @@ class KeyRec:
         """Whether ``metric`` is a count series here (without reviving a head)."""
         d = self.d
         if d is not None:
-            return type(d.get(metric)) is Series
+            return metric in d and type(d[d.index(metric) + 1]) is Series
         return self.m == metric and (self.s is None or type(self.s) is Series)
 
     def get(self, metric: str, default: Series | MemberSet | None = None):
         d = self.d
         if d is not None:
-            return d.get(metric, default)
+            return d[d.index(metric) + 1] if metric in d else default
         if self.m != metric:
             return default
         s = self.s
@@ -187,24 +220,31 @@ class KeyRec:
     def __setitem__(self, metric: str, obj: Series | MemberSet) -> None:
         d = self.d
         if d is not None:
-            d[metric] = obj
+            if metric in d:
+                i = d.index(metric) + 1
+                self.d = (*d[:i], obj, *d[i + 1:])
+            else:
+                self.d = d + (metric, obj)
         elif self.m is None or self.m == metric:
             self.m = metric
             self.s = obj
         else:
             m = self.m
-            self.d = {m: self.get(m), metric: obj}
+            self.d = (m, self.get(m), metric, obj)
             self.m = self.s = None
 
     def __delitem__(self, metric: str) -> None:
         d = self.d
         if d is not None:
-            del d[metric]
-            if len(d) == 1:
-                ((m, s),) = d.items()
+            if metric not in d:
+                raise KeyError(metric)
+            i = d.index(metric)
+            d = (*d[:i], *d[i + 2:])
+            if len(d) > 2:
+                self.d = d
+            else:
                 self.d = None
-                self.m = m
-                self.s = s
+                self.m, self.s = d
                 self.compact()
         elif self.m is not None and self.m == metric:
             self.m = self.s = None
@@ -214,7 +254,7 @@ class KeyRec:
     def __len__(self) -> int:
         d = self.d
         if d is not None:
-            return len(d)
+            return len(d) >> 1
         return 0 if self.m is None else 1
 
     def __contains__(self, metric: object) -> bool:
@@ -227,13 +267,13 @@ class KeyRec:
     def keys(self) -> Iterable[str]:
         d = self.d
         if d is not None:
-            return d.keys()
+            return d[::2]
         return () if self.m is None else (self.m,)
 
     def items(self) -> Iterable[tuple[str, Series | MemberSet]]:
         d = self.d
         if d is not None:
-            return d.items()
+            return list(zip(d[::2], d[1::2], strict=True))
         m = self.m
         return () if m is None else ((m, self.get(m)),)
 
@@ -349,7 +389,7 @@ class FrequencyStore:
             else:
                 s = None
         else:
-            s = d.get(metric)
+            s = d[d.index(metric) + 1] if metric in d else None
         if s is not None:
             sb = s.b
             if b == sb:
@@ -390,10 +430,12 @@ class FrequencyStore:
         if s is None:
             if b < self._drop0:
                 return  # older than anything retained
-            if rec.m is None and rec.d is None:
-                rec.hold_head(metric, b, n)  # a first series: its head alone (KeyRec)
+            if rec.m is None and rec.d is None:  # a first series: its head alone (KeyRec)
+                rec.m = metric
+                rec.hb = b
+                rec.hv = n
             else:
-                rec[metric] = Series(b, n)
+                rec.join(metric, Series(b, n))
             self._entries += 1
         elif type(s) is Series:
             _push(s, b, n, self._geo, self._cuts)
@@ -424,11 +466,13 @@ class FrequencyStore:
         elif b < rec.first:
             rec.first = b
         d = rec.d  # rec.get(metric), inlined
-        ms = (rec.s if rec.m == metric else None) if d is None else d.get(metric)
+        ms = (rec.s if rec.m == metric else None) if d is None else (
+            d[d.index(metric) + 1] if metric in d else None)
         if ms is None and rec.m == metric:  # counts held as a head: refused below
             ms = rec.get(metric)
         if ms is None:
-            ms = rec[metric] = MemberSet()
+            ms = MemberSet()
+            rec.join(metric, ms)
             self._entries += 1
         elif type(ms) is not MemberSet:
             raise TypeError(f"metric {metric!r} holds counts; use add")
@@ -465,7 +509,12 @@ class FrequencyStore:
         first = t // self._w0
         if first == self._clock_b:
             first = self._clock_b  # the shared float (see _add_slow)
-        rec = keys[key] = KeyRec(first)
+        rec = keys[key] = KeyRec()  # KeyRec.fresh(first), inlined
+        rec.hits = rec.id = 0
+        rec.first = first
+        rec.dirty = True
+        rec.due = rec.kept = NO_BUCKET
+        rec.m = rec.s = rec.d = None
         return rec
 
     def _evict(self, dimension: str, keys: dict[str, KeyRec]) -> None:
@@ -517,8 +566,8 @@ class FrequencyStore:
                 dead = None
                 due = math.inf if rec else NO_BUCKET
                 d, m = rec.d, rec.m  # rec.items() without reviving a head (KeyRec)
-                for metric, s in (d.items() if d is not None else () if m is None
-                                  else ((m, rec.s),)):
+                for metric, s in (zip(d[::2], d[1::2], strict=True) if d is not None
+                                  else () if m is None else ((m, rec.s),)):
                     sh = None if short is None else short.get(metric)
                     if s is None or type(s) is Series:  # None: a series held as its head
                         sb = rec.hb if s is None else s.b
@@ -623,9 +672,9 @@ class FrequencyStore:
                 return 0.0
         d = rec.d  # rec.get(metric), inlined: rule evaluation's hot path
         if d is not None:
-            s = d.get(metric)
-            if s is None:
+            if metric not in d:
                 return 0.0
+            s = d[d.index(metric) + 1]
         elif rec.m != metric:
             return 0.0
         else:
@@ -663,7 +712,7 @@ class FrequencyStore:
                 metric = distinct_names[metric]
             d = rec.d
             if d is not None:
-                s = d.get(metric)
+                s = d[d.index(metric) + 1] if metric in d else None
             elif rec.m != metric:
                 return 0.0
             else:
@@ -695,7 +744,8 @@ class FrequencyStore:
             if rec is None:
                 return 0
         d = rec.d  # rec.get(metric), inlined
-        ms = (rec.s if rec.m == metric else None) if d is None else d.get(metric)
+        ms = (rec.s if rec.m == metric else None) if d is None else (
+            d[d.index(metric) + 1] if metric in d else None)
         if ms is None and d is None and rec.m == metric:  # counts held as a head
             ms = rec.get(metric)
         if ms is None:
