@@ -258,7 +258,7 @@ def load(cls: type[FrequencyStore], conn: sqlite3.Connection, **kwargs) -> Frequ
         keys = dims.get(dim)
         if keys is None:
             keys = dims[dim] = {}
-        rec = keys[bytes(key).decode("utf-8", "surrogatepass")] = KeyRec.fresh(first)
+        rec = keys[bytes(key).decode("utf-8", "surrogatepass")] = KeyRec(first)
         rec.hits = hits
         rec.id = kid
         rec.dirty = False

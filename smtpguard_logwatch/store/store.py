@@ -114,6 +114,7 @@ class KeyRec:
     goes, which is rare; deleting down to one moves it back. A metric is found with
     ``in`` and ``index``, C scans of a few items that match names only (the objects
     between them compare by identity).
+
     Most of those single series never grow past their head (one message, one minute):
     a key's first series is therefore held as its head alone, ``hb``/``hv`` with ``s``
     None, and becomes a :class:`Series` (:meth:`revive`) only when it needs more than
@@ -123,30 +124,17 @@ class KeyRec:
 
     __slots__ = ("hits", "first", "dirty", "id", "due", "kept", "m", "s", "d", "hb", "hv")
 
-    # No __init__: creating one is on the hot path of hostile cardinality
-    # (FrequencyStore._key_miss sets the fields itself; elsewhere, fresh()).
-    hits: int
-    first: float
-    dirty: bool
-    id: int
-    due: float
-    kept: float
-    m: str | None
-    s: Series | MemberSet | None
-    d: tuple | None
-    hb: float
-    hv: float
-
-    @classmethod
-    def fresh(cls, first: float) -> KeyRec:
+    def __init__(self, first: float) -> None:
         """A record with nothing in it, first seen in level-0 bucket ``first``."""
-        rec = cls()
-        rec.hits = rec.id = 0
-        rec.first = first
-        rec.dirty = True
-        rec.due = rec.kept = NO_BUCKET
-        rec.m = rec.s = rec.d = None
-        return rec
+        self.hits = self.id = 0
+        self.first = first
+        self.dirty = True
+        self.due = self.kept = NO_BUCKET
+        self.m: str | None = None
+        self.s: Series | MemberSet | None = None
+        self.d: tuple | None = None
+        self.hb: float
+        self.hv: float  # set with m when the series is held as its head
 
     def join(self, metric: str, obj: Series | MemberSet) -> None:
         """Add a metric not held yet (cheaper than ``self[metric] = obj``: this is
@@ -389,7 +377,10 @@ class FrequencyStore:
             else:
                 s = None
         else:
-            s = d[d.index(metric) + 1] if metric in d else None
+            try:  # one scan: a miss (a new metric for the key) is the rare case here
+                s = d[d.index(metric) + 1]
+            except ValueError:
+                s = None
         if s is not None:
             sb = s.b
             if b == sb:
@@ -509,12 +500,7 @@ class FrequencyStore:
         first = t // self._w0
         if first == self._clock_b:
             first = self._clock_b  # the shared float (see _add_slow)
-        rec = keys[key] = KeyRec()  # KeyRec.fresh(first), inlined
-        rec.hits = rec.id = 0
-        rec.first = first
-        rec.dirty = True
-        rec.due = rec.kept = NO_BUCKET
-        rec.m = rec.s = rec.d = None
+        rec = keys[key] = KeyRec(first)
         return rec
 
     def _evict(self, dimension: str, keys: dict[str, KeyRec]) -> None:
