@@ -276,11 +276,8 @@ def load(cls: type[FrequencyStore], conn: sqlite3.Connection, **kwargs) -> Frequ
                 obj.trim(dcap)
                 recs[kid].dirty = True
         rec = recs[kid]
-        if (type(obj) is Series and obj.h is None and obj.up is None and rec.m is None
-                and rec.d is None):
-            rec.hold_head(metric, obj.b, obj.v)  # a first series that is a head alone
-        else:
-            rec[metric] = obj
+        rec[metric] = obj
+        rec.compact()  # a key's only series that is a head alone: held as its head
         entries += 1
     store._entries = entries
     store._next_id = max(recs, default=0) + 1

@@ -147,14 +147,8 @@ class KeyRec:
             self.s = obj
         else:
             s = self.s
-            self.d = (self.m, Series(self.hb, self.hv) if s is None else s, metric, obj)
+            self.d = (self.m, self.revive() if s is None else s, metric, obj)
             self.m = self.s = None
-
-    def hold_head(self, metric: str, b: float, v: float) -> None:
-        """Hold the record's first (and only) series as its head: bucket ``b``, ``v``."""
-        self.m = metric
-        self.hb = b
-        self.hv = v
 
     def compact(self) -> None:
         """Hold a single series that is a head alone as its head (dropping its
@@ -666,15 +660,11 @@ class FrequencyStore:
         else:
             s = rec.s
             if s is None:  # a series held as its head (KeyRec): as window_sum counts it
-                if lvl:
-                    geo = self._geo
-                    w = geo.w[lvl]
-                    r = geo.r0[lvl]
-                    hb = rec.hb
-                    return rec.hv if ((now - window) // w + 1.0) * r <= hb < (
-                        now // w + 1.0) * r else 0.0
-                w = self._w0
-                return rec.hv if (now - window) // w < rec.hb <= now // w else 0.0
+                geo = self._geo
+                w = geo.w[lvl]
+                r = geo.r0[lvl]
+                return rec.hv if ((now - window) // w + 1.0) * r <= rec.hb < (
+                    now // w + 1.0) * r else 0.0
         if type(s) is not Series:
             raise TypeError(f"metric {metric!r} holds distinct members; use distinct")
         if lvl or s.up is not None or s.h is not None:
