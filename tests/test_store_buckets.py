@@ -275,3 +275,30 @@ def test_expiry_skipping_keys_not_due_changes_nothing(events, keys, expire_every
                 store.expire(t + (i % 3) * HOUR)
         assert _state(stores[0]) == _state(stores[1])
         assert stores[0].entries() == stores[1].entries()
+
+
+def test_a_bound_reader_remembers_totals_for_one_evaluation_only():
+    """``bound_reader`` remembers the total of a series with coarse history (a sum over
+    its coarse buckets, asked again by every rule of the key): a reader answers as
+    ``total`` does, and a new reader, made for the next evaluation, sees what was added
+    since."""
+    from smtpguard_logwatch.store.buckets import total
+
+    store = FrequencyStore()
+    t0 = 1_700_000_000.0
+    for hour in range(30):  # 30 hours: level-0 buckets fold into 5-minute ones
+        for minute in (0, 7, 31):
+            store.add("client_ip", "192.0.2.1", "messages", t0 + hour * HOUR + minute * 60)
+        store.expire(t0 + hour * HOUR + 3600)
+    series = store._dims["client_ip"]["192.0.2.1"].get("messages")
+    assert series.up is not None  # coarse history: the case the reader remembers
+    names = {"recipients": "#recipients"}
+    top = store.bound_reader("client_ip", "192.0.2.1", names)
+    assert top("sum", "messages") == top("sum", "messages") == total(series)
+    assert 90.0 <= top("sum", "messages") <= 90.0 * (1 + 1e-9)
+    assert top("sum", "rejects") == 0.0
+    now = t0 + 30 * HOUR
+    store.add("client_ip", "192.0.2.1", "messages", now, 5.0)
+    assert top("sum", "messages") < 95.0  # remembered: one evaluation sees one store
+    fresh = store.bound_reader("client_ip", "192.0.2.1", names)
+    assert 95.0 <= fresh("sum", "messages") == total(series)

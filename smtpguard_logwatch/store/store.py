@@ -679,10 +679,17 @@ class FrequencyStore:
         """``top(kind, metric)``: an upper bound of that metric's count ("sum") or
         distinct count ("distinct", stored under ``distinct_names[metric]``) over any
         window for this key, in O(1) for most series: the total it holds, the members it
-        holds. The engine skips rules these bounds prove cannot hold."""
+        holds. The engine skips rules these bounds prove cannot hold.
+
+        A reader lives for one evaluation of one key's rules, during which the store does
+        not change: it remembers the totals of series with history, which cost a sum over
+        their coarse buckets (up to ~800 for a week of history) and which the rules of
+        one key ask for again and again (half of all questions in a replay)."""
         rec = self._rec(dimension, key)
         if rec is None:
             return _zero
+        totals: dict[str, float] = {}
+
         def top(kind: str, metric: str) -> float:
             if kind != "sum":
                 metric = distinct_names[metric]
@@ -700,7 +707,10 @@ class FrequencyStore:
             if type(s) is Series:
                 if s.h is None and s.up is None:
                     return s.v
-                return _total(s)
+                total = totals.get(metric)
+                if total is None:
+                    total = totals[metric] = _total(s)
+                return total
             return float(len(s))
 
         return top
