@@ -37,11 +37,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_replay  # noqa: E402
 
-from smtpguard_logwatch.engine import Engine  # noqa: E402
-from smtpguard_logwatch.engine.local import LocalNetworks  # noqa: E402
+from smtpguard_logwatch.cli import replay_engine  # noqa: E402
 from smtpguard_logwatch.envelope import Clock  # noqa: E402
 from smtpguard_logwatch.pipeline import Pipeline, tune_collector  # noqa: E402
-from smtpguard_logwatch.rules.loader import DEFAULT_RULES_TOKEN, load_rules  # noqa: E402
+from smtpguard_logwatch.rules.loader import DEFAULT_RULES_TOKEN  # noqa: E402
 
 WARMUP = 3600.0  # replay's default --warmup
 
@@ -88,8 +87,7 @@ def measure(events: list, runs: int) -> dict:
     best = float("inf")
     engine = None
     for _ in range(runs):
-        engine = Engine(load_rules([DEFAULT_RULES_TOKEN]), local=LocalNetworks.this_host(),
-                        warmup=WARMUP, trim_store=True)
+        engine = replay_engine([DEFAULT_RULES_TOKEN], WARMUP)
         best = min(best, cpu_seconds(engine.consume, events))
     assert engine is not None
     decisions = [(d.time, d.dimension, d.key, d.action, tuple(d.rules))

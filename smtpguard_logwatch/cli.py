@@ -794,9 +794,10 @@ def _parser_names(args: argparse.Namespace) -> list[str] | None:
     return names
 
 
-def _engine(paths: list[str], warmup: float, *, trim_store: bool = True) -> Engine:
+def replay_engine(paths: list[str], warmup: float, *, trim_store: bool = True) -> Engine:
     """A replay engine. Its store forgets what no rule reads any more (see
-    FrequencyStore.set_horizons), unless --html will sample past counts from it."""
+    FrequencyStore.set_horizons), unless --html will sample past counts from it.
+    (Public for bench/bench_engine.py, which times the engine replay runs.)"""
     from .engine import Engine
     from .engine.local import LocalNetworks
 
@@ -815,8 +816,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc) if isinstance(exc, OutOfRange) else f"--warmup: {exc}"
                          ) from None
-    engine = _engine(rules, warmup, trim_store=not args.html) if rules else None
-    other = _engine(args.compare, warmup) if args.compare else None
+    engine = replay_engine(rules, warmup, trim_store=not args.html) if rules else None
+    other = replay_engine(args.compare, warmup) if args.compare else None
     tracer = _html_tracer(args, engine)
     ordered = chronological(sources, make_clock)
     counts = Counts()

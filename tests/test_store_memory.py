@@ -71,8 +71,9 @@ def test_recipient_counts_are_shared_floats() -> None:
 
 def _bytes_per_key(n: int, counts: tuple[str, ...] = ("messages",),
                    distinct: tuple[str, ...] = ()) -> float:
-    """What a key with one count series costs the store, measured with tracemalloc
-    (keys added within one minute, as a busy log adds them)."""
+    """What a key with these count series and distinct sets (one member each) costs
+    the store, measured with tracemalloc (keys added within one minute, as a busy log
+    adds them)."""
     store = FrequencyStore(max_keys_per_dimension=10 * n)
     store.add("client_ip", "x", "messages", T0)
     keys = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(n)]
