@@ -15,38 +15,52 @@ from typing import Any
 from smtpguard_logwatch.events import OWN_MARK
 
 # Canonical dotted-quad (no leading zeros): the form every MTA prints. Matching it
-# is ~10x cheaper than ipaddress, and a match is already the canonical text.
+# is ~10x cheaper than ipaddress, and a match is already the canonical text. ASCII
+# digits only: a str pattern's \d is any Unicode digit, and "1\u0661.2.3.4" from a
+# forged line was taken for an address (a client key, a network, a penalty).
 _IPV4 = re.compile(
-    r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+    r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)",
+    re.ASCII,
 ).fullmatch
 
 _IP_CACHE: dict[str, str | None] = {}
-_IP_CACHE_MAX = 65536
+# Recent addresses only: a client's address comes back on every line of its session
+# (connect, client=, rejects, disconnect), so a small cache answers nearly all of them;
+# cleared when full, so a flood of distinct addresses costs what no cache would.
+_IP_CACHE_MAX = 2048
+# Longest text cached: an address as MTAs print it is at most 50 characters (IPv6 with
+# "IPv6:" and an IPv4 tail); the slot is the log's, so it may hold kilobytes, and a
+# full cache of those would hold megabytes.
+_IP_TEXT_MAX = 64
 
 
 def normalize_ip(text: str) -> str | None:
     """Canonical text of an IPv4/IPv6 address, or None if ``text`` is not one.
 
     Accepts Sendmail's ``IPv6:`` prefix; IPv4-mapped IPv6 becomes plain IPv4 so the
-    same client is one key whichever way the MTA printed it."""
-    if _IPV4(text) is not None:
-        return text
+    same client is one key whichever way the MTA printed it. Answers are cached (a
+    dict lookup costs a twentieth of the dotted-quad match), and a cached address is
+    returned as the string first seen, so the events of one client share one string."""
     cached = _IP_CACHE.get(text, False)
     if cached is not False:
         return cached  # type: ignore[return-value]
-    raw = text
-    if raw[:5].lower() == "ipv6:":
-        raw = raw[5:]
-    try:
-        addr = ipaddress.ip_address(raw)
-    except ValueError:
-        result = None
+    if _IPV4(text) is not None:
+        result: str | None = text
     else:
-        mapped = getattr(addr, "ipv4_mapped", None)
-        result = str(mapped if mapped is not None else addr)
-    if len(_IP_CACHE) >= _IP_CACHE_MAX:
-        _IP_CACHE.clear()
-    _IP_CACHE[text] = result
+        raw = text
+        if raw[:5].lower() == "ipv6:":
+            raw = raw[5:]
+        try:
+            addr = ipaddress.ip_address(raw)
+        except ValueError:
+            result = None
+        else:
+            mapped = getattr(addr, "ipv4_mapped", None)
+            result = str(mapped if mapped is not None else addr)
+    if len(text) <= _IP_TEXT_MAX:  # a long non-address is not worth keeping
+        if len(_IP_CACHE) >= _IP_CACHE_MAX:
+            _IP_CACHE.clear()
+        _IP_CACHE[text] = result
     return result
 
 
