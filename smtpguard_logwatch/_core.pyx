@@ -123,6 +123,11 @@ def feed(pipeline, lines, clock, progress, Py_ssize_t max_line, Py_ssize_t expir
     cdef object t = None
     cdef object first = stats.first_time
     cdef object entry, handler, now, parts
+    # The stamp and time of the last line resolved: lines of the same second repeat it,
+    # and resolving it again would make the same Clock cache hit (a hit has no side
+    # effect), so its time is reused without building the stamp or calling the clock.
+    cdef str last_stamp = None
+    cdef object last_now = None
     try:
         for line in lines:
             read += 1
@@ -160,7 +165,11 @@ def feed(pipeline, lines, clock, progress, Py_ssize_t max_line, Py_ssize_t expir
                 if handler is None:
                     skipped += 1
                     continue
-                stamp = s[:i1]
+                if last_stamp is not None and i1 == len(last_stamp) and \
+                        s.startswith(last_stamp):
+                    stamp = last_stamp
+                else:
+                    stamp = s[:i1]
                 host = s[i1 + 1:i2]
                 msg = s[i3 + 1:n]
             else:
@@ -176,10 +185,15 @@ def feed(pipeline, lines, clock, progress, Py_ssize_t max_line, Py_ssize_t expir
                 if handler is None:
                     skipped += 1
                     continue
-            now = resolve_time(stamp)
-            if now is None:
-                bad_time += 1
-                continue
+            if stamp is last_stamp or (last_stamp is not None and stamp == last_stamp):
+                now = last_now
+            else:
+                now = resolve_time(stamp)
+                if now is None:
+                    bad_time += 1
+                    continue
+                last_stamp = stamp
+                last_now = now
             t = now
             if first is None:
                 first = now

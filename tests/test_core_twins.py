@@ -156,6 +156,28 @@ def test_hostile_lines_same_events(cc) -> None:
     assert events
 
 
+def test_repeated_stamps_resolve_as_the_reference(cc) -> None:
+    """The compiled loop reuses the time of a stamp that repeats the line before's
+    (most lines of a busy log share their second). Runs of one stamp broken by lines
+    whose stamp is no date, by other programs' lines, by a stamp one character off, by
+    the other stamp format and across a year's end must give the reference's times."""
+    line = "{} mx postfix/smtpd[{}]: connect from a[192.0.2.{}]\n"
+    stamps = ["Dec 31 23:59:59", "Dec 31 23:59:59", "Xyz 31 23:59:59", "Dec 31 23:59:59",
+              "Dec 31 23:59:5", "Dec 31 23:59:59", "Jan  1 00:00:00", "Jan  1 00:00:00",
+              "Dec 31 23:59:59", "2026-12-31T23:59:59+01:00", "2026-12-31T23:59:59+01:00",
+              "2026-12-31T23:59:59+02:00", "Jan  1 00:00:00", "Jan 1 00:00:00",
+              "Jan  1 00:00:00"]
+    lines = []
+    for i, stamp in enumerate(stamps):
+        lines.append(line.format(stamp, i, i))
+        if i % 4 == 1:
+            lines.append(f"{stamp} mx sshd[9]: Accepted publickey for root\n")
+    events = assert_same(lines, year=2025)
+    pure_stats = run(lines, False, year=2025)[1]
+    assert pure_stats["bad_time"] + pure_stats["skipped"] >= 2  # "Xyz" is no date
+    assert len({ev.time for ev in events}) >= 4  # both years, both offsets
+
+
 def test_non_str_line_rejected_like_the_reference(cc) -> None:
     for compiled in (False, True):
         with pytest.raises(TypeError):
