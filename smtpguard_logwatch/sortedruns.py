@@ -21,10 +21,12 @@ import logging
 import marshal
 import os
 import shutil
+import struct
 import tempfile
 import weakref
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ Row = list[int]
 CHUNK = 1024     # rows per marshal record: a run being read holds one record in memory
 MAX_RUNS = 16    # runs of one table before they are merged into one
 _key = itemgetter(0)
+_LENGTH = struct.Struct("<Q")  # a chunk's size in bytes, before the chunk
 
 
 class RunDirectory:
@@ -134,20 +137,35 @@ def _write_run(path: str, rows: Iterable[tuple[str, Row]]) -> None:
         for item in rows:
             chunk.append(item)
             if len(chunk) >= CHUNK:
-                marshal.dump(chunk, out)
+                _dump_chunk(chunk, out)
                 chunk = []
         if chunk:
-            marshal.dump(chunk, out)
+            _dump_chunk(chunk, out)
+
+
+def _dump_chunk(chunk: list[tuple[str, Row]], out: BinaryIO) -> None:
+    """One chunk as its length and its marshal bytes: the reader takes it in one read
+    and ``marshal.loads``, where ``marshal.load`` on a file calls the file's
+    ``readinto`` for every item it reads (measured: 0.15 s of the 0.55 s a 1M-line
+    replay took to write its JSON)."""
+    data = marshal.dumps(chunk)
+    out.write(_LENGTH.pack(len(data)))
+    out.write(data)
 
 
 def _read_run(path: str) -> Iterator[tuple[str, Row]]:
     with open(path, "rb") as f:
         while True:
-            try:
-                chunk = marshal.load(f)
-            except EOFError:
+            head = f.read(_LENGTH.size)
+            if not head:
                 return
-            yield from chunk
+            if len(head) < _LENGTH.size:
+                raise OSError(f"{path}: a spilled run ends in the middle of a chunk")
+            (size,) = _LENGTH.unpack(head)
+            data = f.read(size)
+            if len(data) < size:
+                raise OSError(f"{path}: a spilled run ends in the middle of a chunk")
+            yield from marshal.loads(data)
 
 
 def _unlink(path: str) -> None:

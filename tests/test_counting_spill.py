@@ -185,3 +185,21 @@ def test_replay_output_is_the_same_when_its_tables_spill(monkeypatch, capsys,
     assert made and made[0].spilled()
     assert made[0]._runs_dir._path is not None and not os.path.exists(
         made[0]._runs_dir._path)  # replay removed its runs
+
+
+def test_a_run_cut_short_is_an_error_not_fewer_counts(tmp_path: Path) -> None:
+    """A run read back whole, or an OSError: never the rows before a cut alone (it was
+    read with marshal.load, which took a cut file's end for the end of the run)."""
+    directory = sortedruns.RunDirectory()
+    runs = sortedruns.Runs(directory)
+    rows = [(f"k{i:05d}", [i, 0, 0, 0, 1]) for i in range(3 * sortedruns.CHUNK)]
+    assert runs.write(iter(rows))
+    assert list(runs.merged_with(iter(()))) == rows
+    (path,) = runs._paths
+    size = os.path.getsize(path)
+    for cut in (size - 1, size // 2, 3):
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+        with pytest.raises(OSError, match="ends in the middle"):
+            list(runs.merged_with(iter(())))
+    directory.close()
