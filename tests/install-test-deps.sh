@@ -40,6 +40,9 @@ PACKAGES+=(chromium)
 PACKAGES+=(gcc python3-dev)
 # cython3 - Debian's Cython 0.29: tests/test_core_install.py checks the core compiles with it.
 PACKAGES+=(cython3)
+# valgrind - bench/bench_instructions.py counts instructions per line with it
+#            (tests/test_bench_instructions.py runs it on a sample).
+PACKAGES+=(valgrind)
 # The Debian package test (tests/test_debian_package.py): build the .deb from Debian's own
 # packages and install it into a debootstrap'ed Debian 12 root (cached under
 # /var/cache/smtpguard-test/). python3-apscheduler/-prometheus-client/-redis: the
