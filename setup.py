@@ -23,7 +23,10 @@ PURE_BUILD = "SMTPGUARD_PURE_BUILD"
 # The MTA state machines, compiled from their unchanged Python source as twin modules
 # smtpguard_logwatch.parsers._c_<name> (Cython 3 only: 0.29 lacks parts of the syntax).
 TWINS = ("fields", "postfix", "exim", "sendmail")
-TWIN_DIR = Path("build") / "cython-twins"
+# In a tree shaped like the package (with __init__.py files): Cython finds a module's
+# .pxd by its full name, so parsers/<name>.pxd, copied beside its twin, types it.
+TWIN_ROOT = Path("build") / "cython-twins"
+TWIN_DIR = TWIN_ROOT / "smtpguard_logwatch" / "parsers"
 
 
 def _warn(why: object) -> None:
@@ -51,15 +54,29 @@ def twin_sources() -> list[Extension]:
     """Copies of parsers/<name>.py as _c_<name>.py (importing each other's twins), so the
     compiled and the pure module live side by side and the tests can compare them."""
     TWIN_DIR.mkdir(parents=True, exist_ok=True)
+    for package in (TWIN_DIR.parent, TWIN_DIR):
+        (package / "__init__.py").touch()
     exts = []
     for name in TWINS:
         text = Path("parsers", f"{name}.py").read_text(encoding="utf-8")
         text = re.sub(r"^from \.(fields) import", r"from ._c_\1 import", text, flags=re.M)
-        target = TWIN_DIR / f"_c_{name}.py"
-        if not target.exists() or target.read_text(encoding="utf-8") != text:
-            target.write_text(text, encoding="utf-8")
-        exts.append(Extension(f"smtpguard_logwatch.parsers._c_{name}", [str(target)]))
+        _write_if_changed(TWIN_DIR / f"_c_{name}.py", text)
+        # The twin's types (parsers/<name>.pxd), when the module has them.
+        declarations = Path("parsers", f"{name}.pxd")
+        pxd = TWIN_DIR / f"_c_{name}.pxd"
+        if declarations.exists():
+            _write_if_changed(pxd, declarations.read_text(encoding="utf-8"))
+        else:
+            pxd.unlink(missing_ok=True)
+        exts.append(Extension(f"smtpguard_logwatch.parsers._c_{name}",
+                              [str(TWIN_DIR / f"_c_{name}.py")]))
     return exts
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Rewrite only a changed file: Cython recompiles what is newer than its C file."""
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
 
 
 def ext_modules() -> list[Extension]:
