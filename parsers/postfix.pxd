@@ -7,8 +7,9 @@
 # call between the handlers through a Python call. With the handlers' text typed as
 # str and their indexes as C integers, Cython calls the str functions directly and the
 # handlers call each other in C: 18 % fewer instructions per line of the bench log
-# (bench/bench_instructions.py --only parse). A str argument must be a str (None is refused by
-# Cython's own checks, as the pure module would fail on it).
+# (bench/bench_instructions.py --only parse). An argument typed str takes a str or None:
+# another type is a TypeError, and None fails where the pure module fails on it, with a
+# Python exception (tests/test_core_twins.py). The pipeline only ever passes str.
 import cython
 
 cdef class PostfixParser:

@@ -307,6 +307,31 @@ def test_the_postfix_twin_is_compiled_with_its_declarations(cc) -> None:
     assert vars(twin.PostfixParser(lambda ev: None))  # the pipeline walks its tables
 
 
+def test_typed_twin_handlers_fail_like_the_pure_ones_on_wrong_types(cc) -> None:
+    """The declarations type the handlers' arguments: a None or a number where the
+    pipeline passes text must raise the pure module's exception class, never crash."""
+    from smtpguard_logwatch import core
+    from smtpguard_logwatch.parsers import postfix
+
+    twin = core.twin_parser_modules().get("smtpguard_logwatch.parsers.postfix")
+    if twin is None:
+        pytest.skip("the state machines' twins were not built (Cython < 3)")
+    good = (1.0, "mx", "postfix/smtpd", "7", "connect from a[192.0.2.1]")
+    for i in (1, 2, 4):
+        for wrong in (None, 5):
+            args = (*good[:i], wrong, *good[i + 1:])
+            outcomes = []
+            for module in (postfix, twin):
+                try:
+                    outcomes.append(module.PostfixParser(lambda ev: None)._smtpd(*args))
+                except (TypeError, AttributeError) as exc:
+                    outcomes.append(type(exc))
+            if outcomes[0] in (TypeError, AttributeError):
+                assert outcomes[1] in (TypeError, AttributeError), (args, outcomes)
+            else:  # the pure module took it (host is only carried along)
+                assert outcomes[1] in (outcomes[0], TypeError), (args, outcomes)
+
+
 def _halves() -> list[tuple[list[str], list[str]]]:
     buf = io.StringIO()
     gen.generate(gen.Config(lines=20_000, seed=3), buf)
