@@ -185,7 +185,7 @@ def feed(pipeline, lines, clock, progress, Py_ssize_t max_line, Py_ssize_t expir
                 if handler is None:
                     skipped += 1
                     continue
-            if stamp is last_stamp or (last_stamp is not None and stamp == last_stamp):
+            if last_stamp is not None and stamp == last_stamp:
                 now = last_now
             else:
                 now = resolve_time(stamp)

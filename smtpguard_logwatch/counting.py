@@ -175,11 +175,10 @@ class Counts:
             # message started before the log) and Postfix's own bounces carry
             # neither client nor sender.
             if ev.first and not ev.reinjected and (ev.ip is not None or ev.sender is not None):
-                recipient = ev.recipient
-                at = recipient.rfind("@")  # domain_of(), inlined
-                if at < 0 or at == len(recipient) - 1:
+                domain = domain_of(ev.recipient)
+                if domain is None:
                     return
-                domain = intern(recipient[at + 1:])  # one string per domain, however many messages
+                domain = intern(domain)  # one string per domain, however many messages
                 row = self.recipient_domain[domain]
                 row[RECIPIENTS] += 1
                 new = ev.new_domain

@@ -293,29 +293,32 @@ def test_compiled_pipeline_runs_the_compiled_state_machines(cc) -> None:
         core.twin_module_name(type(p).__module__) for p in pure.parsers]
 
 
-def test_the_postfix_twin_is_compiled_with_its_declarations(cc) -> None:
-    """parsers/postfix.pxd types the twin (18 % fewer instructions per line): it makes
-    PostfixParser an extension type. When the build stops finding the file (its path
-    in setup.py), the twin is plain compiled Python again, and only this says so."""
+@pytest.fixture
+def postfix_twin(cc):  # noqa: ANN201 - the compiled twin module of parsers/postfix.py
     from smtpguard_logwatch import core
 
     twin = core.twin_parser_modules().get("smtpguard_logwatch.parsers.postfix")
     if twin is None:
         pytest.skip("the state machines' twins were not built (Cython < 3)")
+    return twin
+
+
+def test_the_postfix_twin_is_compiled_with_its_declarations(postfix_twin) -> None:
+    """parsers/postfix.pxd types the twin (18 % fewer instructions per line): it makes
+    PostfixParser an extension type. When the build stops finding the file (its path
+    in setup.py), the twin is plain compiled Python again, and only this says so."""
+    twin = postfix_twin
     with pytest.raises(TypeError, match="immutable type"):
         twin.PostfixParser.probe = 1
     assert vars(twin.PostfixParser(lambda ev: None))  # the pipeline walks its tables
 
 
-def test_typed_twin_handlers_fail_like_the_pure_ones_on_wrong_types(cc) -> None:
+def test_typed_twin_handlers_fail_like_the_pure_ones_on_wrong_types(postfix_twin) -> None:
     """The declarations type the handlers' arguments: a None or a number where the
     pipeline passes text must raise the pure module's exception class, never crash."""
-    from smtpguard_logwatch import core
     from smtpguard_logwatch.parsers import postfix
 
-    twin = core.twin_parser_modules().get("smtpguard_logwatch.parsers.postfix")
-    if twin is None:
-        pytest.skip("the state machines' twins were not built (Cython < 3)")
+    twin = postfix_twin
     good = (1.0, "mx", "postfix/smtpd", "7", "connect from a[192.0.2.1]")
     for i in (1, 2, 4):
         for wrong in (None, 5):
