@@ -1,4 +1,4 @@
-"""Build the optional compiled parsing core (smtpguard_logwatch/_core.pyx).
+"""Build the optional compiled core (smtpguard_logwatch/_core.pyx and the twins below).
 
 Everything else is declared in pyproject.toml. The extension is built when Cython,
 a C compiler and Python's headers are there; when any of them is missing or the
@@ -20,13 +20,19 @@ from setuptools.command.build_ext import build_ext
 CORE = "smtpguard_logwatch._core"
 # Set by debian/rules: the Debian package is Architecture: all, pure Python.
 PURE_BUILD = "SMTPGUARD_PURE_BUILD"
-# The MTA state machines, compiled from their unchanged Python source as twin modules
-# smtpguard_logwatch.parsers._c_<name> (Cython 3 only: 0.29 lacks parts of the syntax).
-TWINS = ("fields", "postfix", "exim", "sendmail")
+# Compiled twins of pure modules, from their unchanged Python source, as
+# <package>._c_<name> beside the pure one (Cython 3 only: 0.29 lacks parts of the
+# syntax): the MTA state machines, and the frequency store the engine updates and
+# reads for every event. Source directory -> (installed package, module names).
+TWINS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "parsers": ("smtpguard_logwatch.parsers", ("fields", "postfix", "exim", "sendmail")),
+    "smtpguard_logwatch/store": ("smtpguard_logwatch.store",
+                                 ("buckets", "distinct", "baseline", "evict", "store",
+                                  "persist")),
+}
 # In a tree shaped like the package (with __init__.py files): Cython finds a module's
-# .pxd by its full name, so parsers/<name>.pxd, copied beside its twin, types it.
+# .pxd by its full name, so <source>/<name>.pxd, copied beside its twin, types it.
 TWIN_ROOT = Path("build") / "cython-twins"
-TWIN_DIR = TWIN_ROOT / "smtpguard_logwatch" / "parsers"
 
 
 def _warn(why: object) -> None:
@@ -51,25 +57,28 @@ class OptionalBuildExt(build_ext):
 
 
 def twin_sources() -> list[Extension]:
-    """Copies of parsers/<name>.py as _c_<name>.py (importing each other's twins), so the
-    compiled and the pure module live side by side and the tests can compare them."""
-    TWIN_DIR.mkdir(parents=True, exist_ok=True)
-    for package in (TWIN_DIR.parent, TWIN_DIR):
-        (package / "__init__.py").touch()
+    """Copies of <source>/<name>.py as _c_<name>.py whose relative imports of their
+    siblings import the siblings' twins, so the compiled and the pure modules live side
+    by side and the tests can compare them."""
     exts = []
-    for name in TWINS:
-        text = Path("parsers", f"{name}.py").read_text(encoding="utf-8")
-        text = re.sub(r"^from \.(fields) import", r"from ._c_\1 import", text, flags=re.M)
-        _write_if_changed(TWIN_DIR / f"_c_{name}.py", text)
-        # The twin's types (parsers/<name>.pxd), when the module has them.
-        declarations = Path("parsers", f"{name}.pxd")
-        pxd = TWIN_DIR / f"_c_{name}.pxd"
-        if declarations.exists():
-            _write_if_changed(pxd, declarations.read_text(encoding="utf-8"))
-        else:
-            pxd.unlink(missing_ok=True)
-        exts.append(Extension(f"smtpguard_logwatch.parsers._c_{name}",
-                              [str(TWIN_DIR / f"_c_{name}.py")]))
+    for source, (package, names) in TWINS.items():
+        twin_dir = TWIN_ROOT.joinpath(*package.split("."))
+        twin_dir.mkdir(parents=True, exist_ok=True)
+        for level in range(1, len(package.split(".")) + 1):
+            TWIN_ROOT.joinpath(*package.split(".")[:level], "__init__.py").touch()
+        siblings = re.compile(rf"^(\s*)from \.({'|'.join(names)}) import", flags=re.M)
+        for name in names:
+            text = Path(source, f"{name}.py").read_text(encoding="utf-8")
+            _write_if_changed(twin_dir / f"_c_{name}.py",
+                              siblings.sub(r"\1from ._c_\2 import", text))
+            # The twin's types (<source>/<name>.pxd), when the module has them.
+            declarations = Path(source, f"{name}.pxd")
+            pxd = twin_dir / f"_c_{name}.pxd"
+            if declarations.exists():
+                _write_if_changed(pxd, declarations.read_text(encoding="utf-8"))
+            else:
+                pxd.unlink(missing_ok=True)
+            exts.append(Extension(f"{package}._c_{name}", [str(twin_dir / f"_c_{name}.py")]))
     return exts
 
 

@@ -23,7 +23,8 @@ def _load() -> tuple[ModuleType | None, str]:
         from . import _core  # type: ignore[attr-defined]
     except ImportError:
         return None, "pure Python (the compiled core was not built)"
-    return _core, "compiled (Cython)" + ("" if twin_parser_modules() else ", parsers pure")
+    return _core, "compiled (Cython)" + ("" if twin_parser_modules() else ", parsers pure") + (
+        "" if twin_store_module() else ", store pure")
 
 
 PARSERS_PACKAGE = "smtpguard_logwatch.parsers"
@@ -54,6 +55,18 @@ def twin_parser_class(cls: type) -> type:
     module = twin_parser_modules().get(cls.__module__)
     twin = getattr(module, cls.__name__, None) if module is not None else None
     return twin if isinstance(twin, type) else cls
+
+
+STORE_MODULE = "smtpguard_logwatch.store.store"
+
+
+def twin_store_module() -> ModuleType | None:
+    """The compiled twin of the frequency store (store/store.py, compiled with its
+    sibling modules' twins), or None when it was not built."""
+    try:
+        return importlib.import_module(twin_module_name(STORE_MODULE))
+    except ImportError:
+        return None
 
 
 compiled, _description = _load()

@@ -17,6 +17,7 @@ from .report_html import ReportData, diff_decisions, write_html
 from .report_trace import Tracer
 from .rules.model import RuleSet
 from .store import FrequencyStore
+from .store.active import store_class
 
 if TYPE_CHECKING:
     from .config import Config
@@ -115,7 +116,7 @@ def state_report(cfg: Config, ruleset: RuleSet, *, days: float, top: int,
         conn.execute("BEGIN")  # one snapshot, though the daemon checkpoints meanwhile
         decisions = _decisions(conn, now - days * DAY)
         try:
-            store = FrequencyStore.load(conn)
+            store = store_class().load(conn)
         except (ValueError, sqlite3.Error) as exc:
             raise ReportError(f"{cfg.state}: cannot read the saved counts: {exc}") from None
     finally:

@@ -43,7 +43,7 @@ from .pipeline import LineStats, Pipeline
 from .rules import RuleSet, load_rules
 from .rules.loader import DEFAULT_RULES_TOKEN
 from .simulation import Simulation
-from .store import FrequencyStore
+from .store.active import store_class
 
 log = logging.getLogger("smtpguard_logwatch.state")
 
@@ -197,7 +197,7 @@ class State:
                                                                      self.clock())
         self.tally = Tally.load(self.conn)
         self.ledger.counted = self.tally.decision
-        self.engine = Engine(self.ruleset, store=FrequencyStore.load(self.conn),
+        self.engine = Engine(self.ruleset, store=store_class().load(self.conn),
                              ledger=self.ledger, breaker=breaker_of(cfg), local=self.local,
                              warmup=cfg.warmup, on_decision=on_decision)
         load_engine(self.engine, self.conn)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
+from types import ModuleType
 
 import pytest
 
@@ -55,3 +57,32 @@ def parser_classes_twin(request: pytest.FixtureRequest) -> dict[str, type]:
     if not core.twin_parser_modules():
         pytest.skip("the parser twins were not built (Cython < 3 at install time)")
     return {name: core.twin_parser_class(cls) for name, cls in classes.items()}
+
+
+STORE_PACKAGE = "smtpguard_logwatch.store."
+
+
+@pytest.fixture(params=TWINS)
+def store_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once per store: for "compiled", every class, function and module the
+    test module took from the pure store package is swapped for its compiled twin's
+    (``smtpguard_logwatch.store._c_<name>``), and the engine's default store follows
+    (``core.compiled``). Use it module-wide: ``pytestmark =
+    pytest.mark.usefixtures("store_twin")``."""
+    if request.param == "pure":
+        monkeypatch.setattr(core, "compiled", None)
+        return "pure"
+    monkeypatch.setattr(core, "compiled", compiled_or_skip())
+    if core.twin_store_module() is None:
+        pytest.skip("the store twin was not built (Cython < 3 at install time)")
+    for name, value in list(vars(request.module).items()):
+        if isinstance(value, ModuleType):
+            home, attr = value.__name__, None
+        else:
+            home, attr = getattr(value, "__module__", None), getattr(value, "__name__", None)
+        if not isinstance(home, str) or not home.startswith(STORE_PACKAGE) \
+                or "._c_" in home or home.endswith(".active"):
+            continue
+        twin = importlib.import_module(core.twin_module_name(home))
+        monkeypatch.setattr(request.module, name, twin if attr is None else getattr(twin, attr))
+    return "compiled"

@@ -12,6 +12,9 @@ from smtpguard_logwatch.store import DAY, HOUR, MINUTE, SLACK, FrequencyStore
 from smtpguard_logwatch.store.baseline import baseline_level, quantile
 from smtpguard_logwatch.store.buckets import Geometry
 
+# Every test runs against the pure store and its compiled twin.
+pytestmark = pytest.mark.usefixtures("store_twin")
+
 T0 = 1_700_000_000.0 - 1_700_000_000.0 % DAY  # midnight UTC
 
 

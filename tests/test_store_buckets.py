@@ -16,6 +16,9 @@ from hypothesis import strategies as st
 from smtpguard_logwatch.store import DAY, HOUR, MINUTE, SLACK, FrequencyStore, Resolution
 from smtpguard_logwatch.store.buckets import Geometry
 
+# Every test runs against the pure store and its compiled twin.
+pytestmark = pytest.mark.usefixtures("store_twin")
+
 T0 = 1_700_000_000.0
 
 # Small spans so that a few hundred events cross every level and get folded and dropped.

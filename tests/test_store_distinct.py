@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smtpguard_logwatch.store import DAY, HOUR, SLACK, FrequencyStore
 from smtpguard_logwatch.store.buckets import Geometry
+
+# Every test runs against the pure store and its compiled twin.
+pytestmark = pytest.mark.usefixtures("store_twin")
 
 T0 = 1_700_000_000.0
 

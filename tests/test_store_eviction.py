@@ -9,6 +9,9 @@ import pytest
 from smtpguard_logwatch.store import HOUR, FrequencyStore
 from smtpguard_logwatch.store.evict import decay, pick_victims
 
+# Every test runs against the pure store and its compiled twin.
+pytestmark = pytest.mark.usefixtures("store_twin")
+
 T0 = 1_700_000_000.0
 
 

@@ -28,6 +28,9 @@ from smtpguard_logwatch.engine.local import LocalNetworks
 from smtpguard_logwatch.rules.loader import load_rules
 from smtpguard_logwatch.store import FrequencyStore
 
+# Every test runs against the pure store and its compiled twin.
+pytestmark = pytest.mark.usefixtures("store_twin")
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = str(ROOT / "rules" / "default.rules")
 EXAMPLES = sorted((ROOT / "rules" / "examples").glob("*.rules"))
@@ -154,18 +157,25 @@ def events(request: pytest.FixtureRequest) -> list:
     return _events(*request.param)
 
 
-@pytest.mark.parametrize("ruleset", ["default", "hard", *[e.name for e in EXAMPLES]])
+RULESETS = ["default", "hard", *[e.name for e in EXAMPLES]]
+
+
+def rule_files(ruleset: str, tmp_path: Path) -> list[str]:
+    """The files of one of RULESETS, as ``load_rules`` takes them."""
+    if ruleset == "default":
+        return [DEFAULT]
+    if ruleset == "hard":
+        (tmp_path / "hard.rules").write_text(HARD)
+        return [str(tmp_path / "hard.rules")]
+    return _as_its_header_says(ROOT / "rules" / "examples" / ruleset)
+
+
+@pytest.mark.parametrize("ruleset", RULESETS)
 def test_a_trimmed_replay_decides_exactly_as_a_whole_one(events: list, ruleset: str,
                                                          tmp_path: Path) -> None:
     """The default rules, rules made hard for shortcuts (ratios, ``<``, ``not``,
     ``usual`` with a short history) and every example file as its header loads it."""
-    if ruleset == "default":
-        rules = [DEFAULT]
-    elif ruleset == "hard":
-        (tmp_path / "hard.rules").write_text(HARD)
-        rules = [str(tmp_path / "hard.rules")]
-    else:
-        rules = _as_its_header_says(ROOT / "rules" / "examples" / ruleset)
+    rules = rule_files(ruleset, tmp_path)
     results = []
     horizons: dict = {}
     for trim in (False, True):

@@ -10,6 +10,9 @@ import pytest
 from smtpguard_logwatch.store import DAY, HOUR, FrequencyStore, Resolution
 from smtpguard_logwatch.store.persist import SCHEMA_VERSION
 
+# Every test runs against the pure store and its compiled twin.
+pytestmark = pytest.mark.usefixtures("store_twin")
+
 T0 = 1_700_000_000.0
 
 

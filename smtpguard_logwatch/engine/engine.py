@@ -35,6 +35,7 @@ from ..events import Event
 from ..rules.model import ACTION_ORDER, Ladder, LadderStep, Rule, RuleSet
 from ..rules.vocab import split_distinct_history
 from ..store import FrequencyStore
+from ..store.active import plain_store_classes, store_class
 from .breaker import CircuitBreaker
 from .ledger import Decision, Ledger
 from .local import LocalNetworks
@@ -48,6 +49,8 @@ DEFAULT_FLOOR = 1.0
 DISTINCT = "#"
 ENFORCING = frozenset({"delay", "throttle", "defer", "hold", "refuse"})
 _RANK = {a: i for i, a in enumerate(ACTION_ORDER)}
+# The store classes whose counts the gates may bound (see Engine._top)
+_PLAIN_STORES = plain_store_classes()
 # distinct metric name -> its store name (observe's few fixed names)
 _PREFIXED: dict[str, str] = {}
 
@@ -166,7 +169,7 @@ class Engine:
         # SMTPGUARD_FULL_EVAL=1 decides
         self.full_eval = (os.environ.get("SMTPGUARD_FULL_EVAL") == "1"
                           if full_eval is None else full_eval)
-        self.store = store if store is not None else FrequencyStore()
+        self.store = store if store is not None else store_class()()
         self.ledger = ledger if ledger is not None else Ledger()
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.local = local if local is not None else LocalNetworks.loopback_only()
@@ -384,7 +387,7 @@ class Engine:
         bound of each count over any window, from the plain store only (a fleet store's
         distinct counts include other hosts' estimates, which no local bound covers)."""
         store = self.store
-        if type(store) is not FrequencyStore:
+        if type(store) not in _PLAIN_STORES:
             return None
         return store.bound_reader(dimension, key, _PREFIXED)
 

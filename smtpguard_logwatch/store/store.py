@@ -263,6 +263,44 @@ class KeyRec:
         return [s for _, s in self.items()]
 
 
+class _Bounds:
+    """The ``top`` of :meth:`FrequencyStore.bound_reader` for one key's record, with
+    the totals it has summed (a class rather than a closure: the compiled twin types
+    its fields, store.pxd)."""
+
+    __slots__ = ("rec", "names", "totals")
+
+    def __init__(self, rec: KeyRec, names: dict[str, str]) -> None:
+        self.rec = rec
+        self.names = names
+        self.totals: dict[str, float] = {}
+
+    def top(self, kind: str, metric: str) -> float:
+        if kind != "sum":
+            metric = self.names[metric]
+        rec = self.rec
+        d = rec.d
+        if d is not None:
+            s = d[d.index(metric) + 1] if metric in d else None
+        elif rec.m != metric:
+            return 0.0
+        else:
+            s = rec.s
+            if s is None:  # a series held as its head (KeyRec)
+                return rec.hv
+        if s is None:
+            return 0.0
+        if type(s) is Series:
+            if s.h is None and s.up is None:
+                return s.v
+            totals = self.totals
+            total = totals.get(metric)
+            if total is None:
+                total = totals[metric] = _total(s)
+            return total
+        return float(len(s))
+
+
 class FrequencyStore:
     """Windowed sums, distinct counts and baselines per (dimension, key, metric)."""
 
@@ -688,32 +726,7 @@ class FrequencyStore:
         rec = self._rec(dimension, key)
         if rec is None:
             return _zero
-        totals: dict[str, float] = {}
-
-        def top(kind: str, metric: str) -> float:
-            if kind != "sum":
-                metric = distinct_names[metric]
-            d = rec.d
-            if d is not None:
-                s = d[d.index(metric) + 1] if metric in d else None
-            elif rec.m != metric:
-                return 0.0
-            else:
-                s = rec.s
-                if s is None:  # a series held as its head (KeyRec)
-                    return rec.hv
-            if s is None:
-                return 0.0
-            if type(s) is Series:
-                if s.h is None and s.up is None:
-                    return s.v
-                total = totals.get(metric)
-                if total is None:
-                    total = totals[metric] = _total(s)
-                return total
-            return float(len(s))
-
-        return top
+        return _Bounds(rec, distinct_names).top
 
     def distinct(self, dimension: str, key: str, metric: str, window: float, now: float,
                  limit: int | None = None) -> int:
