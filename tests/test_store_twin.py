@@ -10,8 +10,12 @@ engine takes the twin exactly when the compiled core is active.
 
 from __future__ import annotations
 
+import ast
 import math
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,10 +66,29 @@ def test_the_engine_takes_the_store_of_the_active_core(twin, monkeypatch) -> Non
     monkeypatch.setattr(core, "compiled", core.load_compiled())
     assert store_class() is twin.FrequencyStore
     assert type(Engine(RuleSet()).store) is twin.FrequencyStore
+    assert set(plain_store_classes()) == {PureStore, twin.FrequencyStore}
     monkeypatch.setattr(core, "compiled", None)  # SMTPGUARD_PURE_PYTHON=1, or no build
     assert store_class() is PureStore
     assert type(Engine(RuleSet()).store) is PureStore
-    assert set(plain_store_classes()) == {PureStore, twin.FrequencyStore}
+    assert plain_store_classes() == (PureStore,)
+
+
+def test_the_pure_switch_does_not_even_import_the_twin() -> None:
+    """SMTPGUARD_PURE_PYTHON=1 is there to rule the compiled code out: a replay under
+    it must not load a single compiled store module."""
+    code = ("import sys\nfrom smtpguard_logwatch.cli import main\n"
+            "main(['replay', '--json', sys.argv[1]])\n"
+            "print(sorted(m for m in sys.modules if '._c_' in m or m.endswith('._core')))")
+    sample = Path(__file__).resolve().parent.parent / "samples" / "postfix-mx1.log.gz"
+    for pure, loaded in (("1", []), ("0", None)):
+        done = subprocess.run([sys.executable, "-c", code, str(sample)], cwd="/",
+                              env={**os.environ, "SMTPGUARD_PURE_PYTHON": pure},
+                              capture_output=True, text=True, timeout=300, check=True)
+        modules = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+        if loaded is not None:
+            assert modules == loaded
+        elif core.load_compiled() is not None and core.twin_store_module() is not None:
+            assert "smtpguard_logwatch.store._c_store" in modules  # the check can fail
 
 
 DIMS = ["client_ip", "sender"]

@@ -25,7 +25,9 @@ def store_class() -> type[FrequencyStore]:
 
 
 def plain_store_classes() -> tuple[type, ...]:
-    """Every FrequencyStore class that may hold an engine's counts (the pure one and
-    its twin, when built); a fleet store in front of one is not among them."""
-    twin = core.twin_store_module()
+    """Every FrequencyStore class that may hold an engine's counts: the pure one, and
+    its twin while the compiled core is active (with ``SMTPGUARD_PURE_PYTHON=1`` the
+    twin is not even imported: that switch is there to rule the compiled code out). A
+    fleet store in front of one, or a subclass, is not among them."""
+    twin = None if core.compiled is None else core.twin_store_module()
     return (FrequencyStore,) if twin is None else (FrequencyStore, twin.FrequencyStore)
