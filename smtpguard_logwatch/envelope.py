@@ -168,6 +168,10 @@ class Clock:
         return t
 
     def _resolve_uncached(self, stamp: str) -> float:
+        # Digits are ASCII digits: int() and fromisoformat() would also read other
+        # scripts' digits ("Mar  ٣ 08:00:01"), which no MTA or syslog daemon writes.
+        if not stamp.isascii():
+            raise ValueError("not an ASCII stamp")
         c = stamp[:1]
         if c.isdigit():
             return self._resolve_dated(stamp)

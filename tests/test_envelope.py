@@ -143,6 +143,20 @@ def test_bad_stamp_is_none() -> None:
     assert Clock(UTC).resolve("2026-13-45T00:00:00") is None
 
 
+@pytest.mark.parametrize("stamp", [
+    "Mar  \u0663 08:00:01",  # ARABIC-INDIC DIGIT THREE
+    "Mar  3 08:00:0\u0661",
+    "Mar  3 \uff10\uff18:00:01",  # FULLWIDTH DIGITS ZERO, EIGHT
+    "\u0662\u0660\u0662\u0666-03-03T08:00:01+00:00",
+    "2026-03-03T08:00:0\u0967+00:00",  # DEVANAGARI DIGIT ONE
+    "2026-03-03 08:00:0\u0661",  # Exim's form
+    "2026-03-03 08:00:01 +0\u066100",
+])
+def test_a_stamp_with_other_scripts_digits_is_not_a_date(stamp: str) -> None:
+    """int() and fromisoformat() read any script's digits; a stamp is ASCII."""
+    assert Clock(UTC).resolve(stamp) is None
+
+
 def test_zone_from_name() -> None:
     assert zone_from_name("UTC") is UTC
     assert zone_from_name("Europe/Berlin") == BERLIN

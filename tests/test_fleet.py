@@ -76,6 +76,10 @@ def test_a_decision_survives_the_wire() -> None:
     assert (unban.kind, unban.dimension, unban.key) == ("unban", "client_net", "198.51.100.0/24")
 
 
+ARABIC_INDIC = str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666"
+                                           "\u0667\u0668\u0669")
+
+
 def _fields(**changes: str) -> dict[str, str]:
     fields = wire.encode_decision("mx1", decision())
     fields.update(changes)
@@ -107,6 +111,10 @@ def _fields(**changes: str) -> dict[str, str]:
     ({"v": "2"}, "version"),
     ({"kind": "exec"}, "kind"),
     ({"key": "x" * 5000}, "longer than"),
+    # other scripts' digits, which float() and int() would read
+    ({"until": f"{NOW + 3600:.6f}".translate(ARABIC_INDIC)}, "until"),
+    ({"time": f"{NOW:.6f}".translate(ARABIC_INDIC)}, "time"),
+    ({"id": "mx1:" + f"12:{int(NOW)}".translate(ARABIC_INDIC)}, "id"),
 ])
 def test_a_hostile_entry_is_refused_with_one_line(changes: dict[str, str], why: str) -> None:
     with pytest.raises(wire.Malformed, match=why) as info:

@@ -326,3 +326,16 @@ def test_postfix_real_reinjection_is_still_one_message() -> None:
     ])
     assert [(e.queue_id, e.ip) for e in events if type(e) is MessageAccepted] == [
         ("AAAAA11111", REAL_IP), ("CCCCC33333", REAL_IP)]
+
+
+def test_a_stamp_in_other_scripts_digits_counts_nothing() -> None:
+    """A syslog stamp is ASCII; int() would read "٣" as 3, so a forged stamp with
+    another script's digits made a dated line that was counted like any other."""
+    ascii_line = f"Jun 18 07:24:10 mx postfix/smtpd[42]: connect from h.example[{REAL_IP}]"
+    forged = [ascii_line.replace("18", "\u0661\u0668", 1),  # ARABIC-INDIC 1, 8
+              ascii_line.replace("07:24:10", "07:24:1\uff10", 1),  # FULLWIDTH 0
+              ascii_line.replace("07", "\u0966\u096d", 1)]  # DEVANAGARI 0, 7
+    events, stats = feed(forged)
+    assert events == [] and stats.bad_time == len(forged)
+    events, stats = feed([ascii_line])  # the same line with ASCII digits counts
+    assert [e.ip for e in events] == [REAL_IP] and stats.bad_time == 0

@@ -41,7 +41,10 @@ MAX_SKEW = 300.0
 outlive every expiry) is refused."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
-_FLEET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}:\d{1,18}:\d{1,12}")
+# ASCII digits only (re.ASCII): \d alone matches every script's digits, which int()
+# and float() read as well.
+_FLEET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}:\d{1,18}:\d{1,12}", re.ASCII)
+_NUMBER = re.compile(r"\d{1,12}(?:\.\d{1,9})?", re.ASCII)
 _RULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
@@ -201,7 +204,7 @@ def _match(fields: dict[str, str], name: str, pattern: re.Pattern[str]) -> str:
 
 def _number(fields: dict[str, str], name: str) -> float:
     text = fields.get(name, "")
-    if not re.fullmatch(r"\d{1,12}(?:\.\d{1,9})?", text):
+    if not _NUMBER.fullmatch(text):
         raise Malformed(f"{name} {text[:40]!r} is not a time or number")
     value = float(text)
     if not math.isfinite(value):
