@@ -62,10 +62,11 @@ def twin_sources() -> list[Extension]:
     by side and the tests can compare them."""
     exts = []
     for source, (package, names) in TWINS.items():
-        twin_dir = TWIN_ROOT.joinpath(*package.split("."))
+        parts = package.split(".")
+        twin_dir = TWIN_ROOT.joinpath(*parts)
         twin_dir.mkdir(parents=True, exist_ok=True)
-        for level in range(1, len(package.split(".")) + 1):
-            TWIN_ROOT.joinpath(*package.split(".")[:level], "__init__.py").touch()
+        for level in range(1, len(parts) + 1):
+            TWIN_ROOT.joinpath(*parts[:level], "__init__.py").touch()
         siblings = re.compile(rf"^(\s*)from \.({'|'.join(names)}) import", flags=re.M)
         for name in names:
             text = Path(source, f"{name}.py").read_text(encoding="utf-8")

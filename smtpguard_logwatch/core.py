@@ -37,15 +37,23 @@ def twin_module_name(pure: str) -> str:
     return f"{package}._c_{name}"
 
 
+def twin_module(pure: str) -> ModuleType | None:
+    """The compiled twin of the pure module named ``pure``, or None when it was not
+    built."""
+    try:
+        return importlib.import_module(twin_module_name(pure))
+    except ImportError:
+        return None
+
+
 def twin_parser_modules() -> dict[str, ModuleType]:
     """The compiled twins of the built-in MTA parsers that were built, by pure module name."""
     found = {}
     for name in PARSER_MODULES:
         pure = f"{PARSERS_PACKAGE}.{name}"
-        try:
-            found[pure] = importlib.import_module(twin_module_name(pure))
-        except ImportError:
-            continue
+        twin = twin_module(pure)
+        if twin is not None:
+            found[pure] = twin
     return found
 
 
@@ -63,10 +71,7 @@ STORE_MODULE = "smtpguard_logwatch.store.store"
 def twin_store_module() -> ModuleType | None:
     """The compiled twin of the frequency store (store/store.py, compiled with its
     sibling modules' twins), or None when it was not built."""
-    try:
-        return importlib.import_module(twin_module_name(STORE_MODULE))
-    except ImportError:
-        return None
+    return twin_module(STORE_MODULE)
 
 
 compiled, _description = _load()

@@ -29,5 +29,5 @@ def plain_store_classes() -> tuple[type, ...]:
     its twin while the compiled core is active (with ``SMTPGUARD_PURE_PYTHON=1`` the
     twin is not even imported: that switch is there to rule the compiled code out). A
     fleet store in front of one, or a subclass, is not among them."""
-    twin = None if core.compiled is None else core.twin_store_module()
-    return (FrequencyStore,) if twin is None else (FrequencyStore, twin.FrequencyStore)
+    active = store_class()
+    return (FrequencyStore,) if active is FrequencyStore else (FrequencyStore, active)
