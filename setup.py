@@ -22,13 +22,15 @@ CORE = "smtpguard_logwatch._core"
 PURE_BUILD = "SMTPGUARD_PURE_BUILD"
 # Compiled twins of pure modules, from their unchanged Python source, as
 # <package>._c_<name> beside the pure one (Cython 3 only: 0.29 lacks parts of the
-# syntax): the MTA state machines, and the frequency store the engine updates and
-# reads for every event. Source directory -> (installed package, module names).
+# syntax): the MTA state machines, the frequency store the engine updates and reads
+# for every event, and the engine's per-event path. Source directory -> (installed
+# package, module names).
 TWINS: dict[str, tuple[str, tuple[str, ...]]] = {
     "parsers": ("smtpguard_logwatch.parsers", ("fields", "postfix", "exim", "sendmail")),
     "smtpguard_logwatch/store": ("smtpguard_logwatch.store",
                                  ("buckets", "distinct", "baseline", "evict", "store",
                                   "persist")),
+    "smtpguard_logwatch/engine": ("smtpguard_logwatch.engine", ("observe", "engine")),
 }
 # In a tree shaped like the package (with __init__.py files): Cython finds a module's
 # .pxd by its full name, so <source>/<name>.pxd, copied beside its twin, types it.

@@ -798,11 +798,11 @@ def replay_engine(paths: list[str], warmup: float, *, trim_store: bool = True) -
     """A replay engine. Its store forgets what no rule reads any more (see
     FrequencyStore.set_horizons), unless --html will sample past counts from it.
     (Public for bench/bench_engine.py, which times the engine replay runs.)"""
-    from .engine import Engine
+    from .engine.active import engine_class
     from .engine.local import LocalNetworks
 
-    return Engine(load_rules(paths), local=LocalNetworks.this_host(), warmup=warmup,
-                  trim_store=trim_store)
+    return engine_class()(load_rules(paths), local=LocalNetworks.this_host(),
+                          warmup=warmup, trim_store=trim_store)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -889,14 +889,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _compare_sidecar(other: Engine | None):
     """The --compare engine in a forked process when a second core can run it beside
     the first engine (sidecar.py); None: feed it in this process."""
-    from .engine import Engine
     from .sidecar import Sidecar, cores
 
     if other is None or cores() < 2:
         return None
 
-    def start():  # in the child: an engine like ``other``, with its own ledger
-        fresh = Engine(other.ruleset, local=other.local, warmup=other.warmup)
+    def start():  # in the child: an engine like ``other`` (same class), own ledger
+        fresh = type(other)(other.ruleset, local=other.local, warmup=other.warmup)
         return fresh.consume, lambda: list(fresh.decisions())
 
     return Sidecar(start)

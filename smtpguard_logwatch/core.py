@@ -74,12 +74,24 @@ def twin_store_module() -> ModuleType | None:
     return twin_module(STORE_MODULE)
 
 
+ENGINE_MODULE = "smtpguard_logwatch.engine.engine"
+
+
+def twin_engine_module() -> ModuleType | None:
+    """The compiled twin of the engine's per-event path (engine/engine.py, compiled with
+    observe.py's twin), or None when it was not built."""
+    return twin_module(ENGINE_MODULE)
+
+
 compiled, _description = _load()
 
 
 def description() -> str:
-    """One line for ``--version`` and ``status``: which parsing core runs."""
-    return f"parsing core: {_description}"
+    """One line for ``--version`` and ``status``: which parsing core runs. (The engine's
+    twin is looked for here, not at import: importing it imports the engine, which asks
+    this module which store is active.)"""
+    engine = "" if compiled is None or twin_engine_module() else ", engine pure"
+    return f"parsing core: {_description}{engine}"
 
 
 def load_compiled() -> ModuleType | None:

@@ -29,7 +29,7 @@ from typing import Any
 from . import recovery
 from .actions import safefs
 from .config import Config, state_directory
-from .engine import Engine
+from .engine.active import engine_class
 from .engine.breaker import CircuitBreaker
 from .engine.ledger import Decision, Ledger
 from .engine.local import LocalNetworks
@@ -197,9 +197,10 @@ class State:
                                                                      self.clock())
         self.tally = Tally.load(self.conn)
         self.ledger.counted = self.tally.decision
-        self.engine = Engine(self.ruleset, store=store_class().load(self.conn),
-                             ledger=self.ledger, breaker=breaker_of(cfg), local=self.local,
-                             warmup=cfg.warmup, on_decision=on_decision)
+        self.engine = engine_class()(self.ruleset, store=store_class().load(self.conn),
+                                     ledger=self.ledger, breaker=breaker_of(cfg),
+                                     local=self.local, warmup=cfg.warmup,
+                                     on_decision=on_decision)
         load_engine(self.engine, self.conn)
         self.pipeline = Pipeline(self.engine.consume, parsers=cfg.parsers)
         self.conn.execute(_JOIN_TABLE)

@@ -60,6 +60,24 @@ def parser_classes_twin(request: pytest.FixtureRequest) -> dict[str, type]:
 
 
 STORE_PACKAGE = "smtpguard_logwatch.store."
+ENGINE_TWINNED = ("smtpguard_logwatch.engine.engine", "smtpguard_logwatch.engine.observe")
+
+
+def _swap_for_twins(module: ModuleType, monkeypatch: pytest.MonkeyPatch,
+                    twinned: Callable[[str], bool]) -> None:
+    """In a test module, every class, function and module it took from a pure module
+    that ``twinned`` names is swapped for its compiled twin's
+    (``<package>._c_<name>``). The twin is imported, not looked up: a twin that is
+    missing here fails loudly instead of quietly testing the pure module twice."""
+    for name, value in list(vars(module).items()):
+        if isinstance(value, ModuleType):
+            home, attr = value.__name__, None
+        else:
+            home, attr = getattr(value, "__module__", None), getattr(value, "__name__", None)
+        if not isinstance(home, str) or "._c_" in home or not twinned(home):
+            continue
+        twin = importlib.import_module(core.twin_module_name(home))
+        monkeypatch.setattr(module, name, twin if attr is None else getattr(twin, attr))
 
 
 @pytest.fixture(params=TWINS)
@@ -75,14 +93,23 @@ def store_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(core, "compiled", compiled_or_skip())
     if core.twin_store_module() is None:
         pytest.skip("the store twin was not built (Cython < 3 at install time)")
-    for name, value in list(vars(request.module).items()):
-        if isinstance(value, ModuleType):
-            home, attr = value.__name__, None
-        else:
-            home, attr = getattr(value, "__module__", None), getattr(value, "__name__", None)
-        if not isinstance(home, str) or not home.startswith(STORE_PACKAGE) \
-                or "._c_" in home or home.endswith(".active"):
-            continue
-        twin = importlib.import_module(core.twin_module_name(home))
-        monkeypatch.setattr(request.module, name, twin if attr is None else getattr(twin, attr))
+    _swap_for_twins(request.module, monkeypatch,
+                    lambda home: home.startswith(STORE_PACKAGE) and not home.endswith(".active"))
+    return "compiled"
+
+
+@pytest.fixture(params=TWINS)
+def engine_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once per engine: for "compiled", the Engine (and whatever else) the
+    test module took from engine.py and observe.py is their compiled twins'
+    (``smtpguard_logwatch.engine._c_engine``), and the store follows
+    (``core.compiled``): the whole per-event path of each core. Use it module-wide:
+    ``pytestmark = pytest.mark.usefixtures("engine_twin")``."""
+    if request.param == "pure":
+        monkeypatch.setattr(core, "compiled", None)
+        return "pure"
+    monkeypatch.setattr(core, "compiled", compiled_or_skip())
+    if core.twin_engine_module() is None or core.twin_store_module() is None:
+        pytest.skip("the engine or store twin was not built (Cython < 3 at install time)")
+    _swap_for_twins(request.module, monkeypatch, lambda home: home in ENGINE_TWINNED)
     return "compiled"

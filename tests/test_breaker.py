@@ -24,6 +24,8 @@ from smtpguard_logwatch.scan import run_scan
 from smtpguard_logwatch.state import breaker_of
 from smtpguard_logwatch.store import FrequencyStore
 
+pytestmark = pytest.mark.usefixtures("engine_twin")
+
 T0 = 1_772_500_000.0
 HOUR = 3600.0
 ENFORCING = {"delay", "throttle", "defer", "hold", "refuse"}

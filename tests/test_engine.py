@@ -10,6 +10,8 @@ from smtpguard_logwatch.engine.points import Scores
 from smtpguard_logwatch.events import AuthFailure, MessageAccepted
 from smtpguard_logwatch.rules import load_text
 
+pytestmark = pytest.mark.usefixtures("engine_twin")
+
 T0 = 1_772_500_000.0
 
 BURST = """

@@ -9,6 +9,7 @@ import io
 import sqlite3
 from pathlib import Path
 
+import pytest
 from bench_modules import load_bench
 
 from smtpguard_logwatch.engine import Engine, Ledger
@@ -17,6 +18,8 @@ from smtpguard_logwatch.envelope import Clock
 from smtpguard_logwatch.pipeline import Pipeline
 from smtpguard_logwatch.rules import default_rules_path, load_rules
 from smtpguard_logwatch.store import FrequencyStore
+
+pytestmark = pytest.mark.usefixtures("engine_twin")
 
 
 def _events() -> list:

@@ -36,6 +36,10 @@ from smtpguard_logwatch.pipeline import Pipeline
 from smtpguard_logwatch.rules.loader import load_rules
 from smtpguard_logwatch.rules.model import RuleSet
 
+# the in-process tests run once per engine (conftest.engine_twin); the CLI ones run
+# the installed program as it is
+TWINS = pytest.mark.usefixtures("engine_twin")
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "rules" / "default.rules"
 EXAMPLES = sorted((ROOT / "rules" / "examples").glob("*.rules"))
@@ -188,6 +192,7 @@ def _as_its_header_says(example: Path) -> list[str]:
     return [str(DEFAULT) if w == "@default" else str(ROOT / w) for w in words]
 
 
+@TWINS
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_examples_decide_identically(example: Path, generated: Path) -> None:
     """Every example rule file, loaded as its header says, in process: the same
@@ -213,6 +218,7 @@ def test_samples_and_corpus_identical(hard: Path) -> None:
         assert _replay(files, rules, True) == _replay(files, rules, False)
 
 
+@TWINS
 def test_forged_negative_recipient_count_counts_nothing() -> None:
     """Counts never go down (the gates rely on it): a forged ``nrcpt=-100`` added a
     negative recipient count, and a later window without it exceeded the key's total."""
@@ -311,6 +317,7 @@ _EVENTS = st.lists(st.tuples(st.integers(0, 3), st.sampled_from(_IPS),
                              st.integers(0, 150), st.integers(0, 4)), min_size=1, max_size=80)
 
 
+@TWINS
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conds=st.lists(_cond(), min_size=1, max_size=3), stream=_EVENTS)
 def test_random_conditions_fire_identically(conds: list[str], stream: list) -> None:
@@ -355,6 +362,7 @@ _SHAPES = (
 )
 
 
+@TWINS
 def test_every_shape_at_every_threshold_fires_identically() -> None:
     """Exhaustive over small thresholds: each shape (sums, differences, negative
     factors, ratios, not/or, usual, distinct) with each operator and constant, against
@@ -385,6 +393,7 @@ def test_every_shape_at_every_threshold_fires_identically() -> None:
     assert ref.stats.fired and inc.stats.gated
 
 
+@TWINS
 def test_no_gates_over_a_store_that_is_not_the_plain_one() -> None:
     """A fleet store's distinct counts include other hosts' estimates, which the local
     members held do not bound: over any store but the plain one every rule is evaluated."""

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from smtpguard_logwatch.engine import Engine
 from smtpguard_logwatch.events import AuthFailure, MessageAccepted
 from smtpguard_logwatch.rules import default_rules_path, load_rules, load_text
+
+pytestmark = pytest.mark.usefixtures("engine_twin")
 
 T0 = 1_780_000_000.0
 HOUR = 3600.0
