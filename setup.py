@@ -23,14 +23,15 @@ PURE_BUILD = "SMTPGUARD_PURE_BUILD"
 # Compiled twins of pure modules, from their unchanged Python source, as
 # <package>._c_<name> beside the pure one (Cython 3 only: 0.29 lacks parts of the
 # syntax): the MTA state machines, the frequency store the engine updates and reads
-# for every event, and the engine's per-event path. Source directory -> (installed
-# package, module names).
+# for every event, the engine's per-event path, and the rule conditions and gates it
+# runs (their closures). Source directory -> (installed package, module names).
 TWINS: dict[str, tuple[str, tuple[str, ...]]] = {
     "parsers": ("smtpguard_logwatch.parsers", ("fields", "postfix", "exim", "sendmail")),
     "smtpguard_logwatch/store": ("smtpguard_logwatch.store",
                                  ("buckets", "distinct", "baseline", "evict", "store",
                                   "persist")),
     "smtpguard_logwatch/engine": ("smtpguard_logwatch.engine", ("observe", "engine")),
+    "smtpguard_logwatch/rules": ("smtpguard_logwatch.rules", ("gate", "conditions")),
 }
 # In a tree shaped like the package (with __init__.py files): Cython finds a module's
 # .pxd by its full name, so <source>/<name>.pxd, copied beside its twin, types it.
@@ -69,11 +70,14 @@ def twin_sources() -> list[Extension]:
         twin_dir.mkdir(parents=True, exist_ok=True)
         for level in range(1, len(parts) + 1):
             TWIN_ROOT.joinpath(*parts[:level], "__init__.py").touch()
-        siblings = re.compile(rf"^(\s*)from \.({'|'.join(names)}) import", flags=re.M)
+        names_re = "|".join(names)
+        siblings = re.compile(rf"^(\s*)from \.({names_re}) import", flags=re.M)
+        sibling_modules = re.compile(rf"^(\s*)from \. import ({names_re})$", flags=re.M)
         for name in names:
             text = Path(source, f"{name}.py").read_text(encoding="utf-8")
-            _write_if_changed(twin_dir / f"_c_{name}.py",
-                              siblings.sub(r"\1from ._c_\2 import", text))
+            text = siblings.sub(r"\1from ._c_\2 import", text)
+            text = sibling_modules.sub(r"\1from . import _c_\2 as \2", text)
+            _write_if_changed(twin_dir / f"_c_{name}.py", text)
             # The twin's types (<source>/<name>.pxd), when the module has them.
             declarations = Path(source, f"{name}.pxd")
             pxd = twin_dir / f"_c_{name}.pxd"

@@ -60,7 +60,8 @@ def parser_classes_twin(request: pytest.FixtureRequest) -> dict[str, type]:
 
 
 STORE_PACKAGE = "smtpguard_logwatch.store."
-ENGINE_TWINNED = ("smtpguard_logwatch.engine.engine", "smtpguard_logwatch.engine.observe")
+ENGINE_TWINNED = ("smtpguard_logwatch.engine.engine", "smtpguard_logwatch.engine.observe",
+                  "smtpguard_logwatch.rules.conditions", "smtpguard_logwatch.rules.gate")
 
 
 def _swap_for_twins(module: ModuleType, monkeypatch: pytest.MonkeyPatch,
@@ -101,15 +102,18 @@ def store_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 @pytest.fixture(params=TWINS)
 def engine_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Runs a test once per engine: for "compiled", the Engine (and whatever else) the
-    test module took from engine.py and observe.py is their compiled twins'
-    (``smtpguard_logwatch.engine._c_engine``), and the store follows
-    (``core.compiled``): the whole per-event path of each core. Use it module-wide:
-    ``pytestmark = pytest.mark.usefixtures("engine_twin")``."""
+    test module took from engine.py, observe.py and the rules' conditions.py and
+    gate.py is their compiled twins' (``smtpguard_logwatch.engine._c_engine`` …), and
+    the store and the rules loaded during the test follow (``core.compiled``): the
+    whole per-event path of each core. Use it module-wide: ``pytestmark =
+    pytest.mark.usefixtures("engine_twin")``."""
     if request.param == "pure":
         monkeypatch.setattr(core, "compiled", None)
         return "pure"
     monkeypatch.setattr(core, "compiled", compiled_or_skip())
-    if core.twin_engine_module() is None or core.twin_store_module() is None:
-        pytest.skip("the engine or store twin was not built (Cython < 3 at install time)")
+    if None in (core.twin_engine_module(), core.twin_store_module(),
+                core.twin_module("smtpguard_logwatch.rules.conditions")):
+        pytest.skip("the engine, store or rule twins were not built (Cython < 3 at "
+                    "install time)")
     _swap_for_twins(request.module, monkeypatch, lambda home: home in ENGINE_TWINNED)
     return "compiled"

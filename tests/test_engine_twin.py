@@ -2,12 +2,14 @@
 
 The pure engine is the reference. The twin is the same source compiled by Cython with
 engine.pxd (``smtpguard_logwatch.engine._c_engine``, with observe.py's twin, see
-setup.py); the engine test modules run against both (``engine_twin`` in conftest.py).
-Here: the whole per-event path of each core (engine and store twins together, as a
-replay runs them) must give the same decisions, the same rule firings and
-evaluations, and the same store, on generated traffic with every rule set, trimmed and
-whole, incremental and fully evaluated, and on the bundled samples; and the CLI and
-the daemon take the twin exactly when the compiled core is active.
+setup.py), and the rules' conditions and gates (their closures) are compiled likewise
+(``smtpguard_logwatch.rules._c_conditions``, ``_c_gate``); the engine and rule test
+modules run against both (``engine_twin`` in conftest.py). Here: the whole per-event
+path of each core (engine, store and rule twins together, as a replay runs them) must
+give the same decisions, the same rule firings and evaluations, and the same store, on
+generated traffic with every rule set, trimmed and whole, incremental and fully
+evaluated, and on the bundled samples; and the CLI and the daemon take the twins
+exactly when the compiled core is active.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from smtpguard_logwatch.engine.local import LocalNetworks
 from smtpguard_logwatch.envelope import Clock
 from smtpguard_logwatch.pipeline import Pipeline
 from smtpguard_logwatch.rules.loader import DEFAULT_RULES_TOKEN, load_rules
+from smtpguard_logwatch.rules.model import RuleSet
 from smtpguard_logwatch.store.store import FrequencyStore as PureStore
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -50,12 +53,16 @@ def _is_extension(module) -> bool:  # noqa: ANN001
     return module.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
-def test_the_twin_is_compiled_with_the_observe_twin(twin) -> None:
+def test_the_twins_are_compiled_modules(twin) -> None:
     assert _is_extension(twin)
     observe = importlib.import_module(twin.observe.__module__)
     assert observe.__name__ == "smtpguard_logwatch.engine._c_observe"
     assert _is_extension(observe)
     assert twin.Engine is not Engine  # the pure one is still there, as the reference
+    conditions = core.twin_module("smtpguard_logwatch.rules.conditions")
+    assert _is_extension(conditions)
+    assert conditions.gate.__name__ == "smtpguard_logwatch.rules._c_gate"  # its twin
+    assert _is_extension(conditions.gate)
 
 
 def test_the_cli_and_the_daemon_take_the_engine_of_the_active_core(
@@ -63,7 +70,9 @@ def test_the_cli_and_the_daemon_take_the_engine_of_the_active_core(
     for active, expected in ((None, Engine), (core.load_compiled(), twin.Engine)):
         monkeypatch.setattr(core, "compiled", active)
         assert engine_class() is expected
-        assert type(cli.replay_engine([DEFAULT_RULES_TOKEN], 0.0)) is expected
+        engine = cli.replay_engine([DEFAULT_RULES_TOKEN], 0.0)
+        assert type(engine) is expected
+        assert _compiled_closures(engine.ruleset) == (active is not None)
 
 
 @pytest.mark.usefixtures("engine_twin")
@@ -80,18 +89,42 @@ def _outcome(engine) -> tuple:  # noqa: ANN001
             sorted(engine._enforced), engine.store.stats(), _rows(engine.store))
 
 
+def _rules_of(active, files: list[str]) -> RuleSet:  # noqa: ANN001
+    """The rules compiled by the core ``active`` (None: the pure one)."""
+    before = core.compiled
+    core.compiled = active
+    try:
+        return load_rules(files)
+    finally:
+        core.compiled = before
+
+
 def _both(twin, events: list, rules: list[str], **options) -> list[tuple]:  # noqa: ANN001
-    """The outcome of the pure path and of the compiled one on the same events."""
+    """The outcome of the pure path and of the compiled one (engine, store, and the
+    rules' conditions and gates) on the same events."""
     results = []
-    for engine_cls, store_cls in ((Engine, PureStore),
-                                  (twin.Engine, core.twin_store_module().FrequencyStore)):
-        engine = engine_cls(load_rules(rules), store=store_cls(),
-                            local=LocalNetworks.loopback_only(), **options)
-        assert type(engine).__module__ == engine_cls.__module__
+    for active, engine_cls, store_cls in (
+            (None, Engine, PureStore),
+            (core.load_compiled(), twin.Engine, core.twin_store_module().FrequencyStore)):
+        ruleset = _rules_of(active, rules)
+        assert _compiled_closures(ruleset) == (active is not None)
+        engine = engine_cls(ruleset, store=store_cls(), local=LocalNetworks.loopback_only(),
+                            **options)
         for ev in events:
             engine.consume(ev)
         results.append(_outcome(engine))
     return results
+
+
+def _compiled_closures(ruleset: RuleSet) -> bool:
+    """Whether the rules' conditions and gates come from the compiled twins (all or
+    none: a mixture fails)."""
+    modules = {f.__module__ for rule in ruleset.rules for f in (rule.condition, rule.gate)
+               if f is not None}
+    assert modules, "no closure to look at"
+    twins = {m for m in modules if m.startswith("smtpguard_logwatch.rules._c_")}
+    assert twins in (set(), modules), modules
+    return bool(twins)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,9 @@ import pytest
 from smtpguard_logwatch.rules import Rule, load_text
 from smtpguard_logwatch.rules.matchers import DomainSet, NetworkSet
 
+# the rules are compiled into pure closures and into the compiled twin's
+pytestmark = pytest.mark.usefixtures("engine_twin")
+
 
 @dataclass
 class View:
