@@ -107,9 +107,12 @@ def split_line(str line):
     return _py_split_line(line)
 
 
-def feed(pipeline, lines, clock, progress, Py_ssize_t max_line, Py_ssize_t expire_every):
+def feed(pipeline, lines, clock, progress, Py_ssize_t max_line, Py_ssize_t expire_every,
+         Py_ssize_t batch):
     """``Pipeline.feed`` for one source, compiled: same counters, same calls, same order."""
     stats = pipeline.stats
+    cdef list pending = pipeline._batch
+    deliver = pipeline.deliver
     cdef dict tags = pipeline._tags
     resolve_tag = pipeline._resolve_tag
     resolve_time = clock.resolve
@@ -203,6 +206,9 @@ def feed(pipeline, lines, clock, progress, Py_ssize_t max_line, Py_ssize_t expir
                 unparsed += 1
                 if len(stats.unparsed_samples) < max_samples:
                     stats.unparsed_samples.append(s.rstrip(u"\n")[:500])
+            if len(pending) >= batch:
+                deliver()
+        deliver()
     finally:
         stats.read += read
         stats.parsed += parsed
