@@ -75,6 +75,7 @@ def twin_store_module() -> ModuleType | None:
 
 
 ENGINE_MODULE = "smtpguard_logwatch.engine.engine"
+CONDITIONS_MODULE = "smtpguard_logwatch.rules.conditions"
 
 
 def twin_engine_module() -> ModuleType | None:
@@ -83,15 +84,25 @@ def twin_engine_module() -> ModuleType | None:
     return twin_module(ENGINE_MODULE)
 
 
+def twin_conditions_module() -> ModuleType | None:
+    """The compiled twin of the rule conditions (rules/conditions.py, compiled with
+    gate.py's twin), whose closures are every rule's condition and gate; None when it
+    was not built."""
+    return twin_module(CONDITIONS_MODULE)
+
+
 compiled, _description = _load()
 
 
 def description() -> str:
     """One line for ``--version`` and ``status``: which parsing core runs. (The engine's
-    twin is looked for here, not at import: importing it imports the engine, which asks
-    this module which store is active.)"""
-    engine = "" if compiled is None or twin_engine_module() else ", engine pure"
-    return f"parsing core: {_description}{engine}"
+    and the rules' twins are looked for here, not at import: importing them imports the
+    engine and the rules, which ask this module which core is active.)"""
+    if compiled is None:
+        return f"parsing core: {_description}"
+    engine = "" if twin_engine_module() else ", engine pure"
+    rules = "" if twin_conditions_module() else ", rules pure"
+    return f"parsing core: {_description}{engine}{rules}"
 
 
 def load_compiled() -> ModuleType | None:

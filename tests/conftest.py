@@ -112,7 +112,7 @@ def engine_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
         return "pure"
     monkeypatch.setattr(core, "compiled", compiled_or_skip())
     if None in (core.twin_engine_module(), core.twin_store_module(),
-                core.twin_module("smtpguard_logwatch.rules.conditions")):
+                core.twin_conditions_module()):
         pytest.skip("the engine, store or rule twins were not built (Cython < 3 at "
                     "install time)")
     _swap_for_twins(request.module, monkeypatch, lambda home: home in ENGINE_TWINNED)

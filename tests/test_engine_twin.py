@@ -44,8 +44,9 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 def twin():  # noqa: ANN201 - the compiled engine module
     compiled_or_skip()
     module = core.twin_engine_module()
-    if module is None or core.twin_store_module() is None:
-        pytest.skip("the engine or store twin was not built (Cython < 3 at install time)")
+    if None in (module, core.twin_store_module(), core.twin_conditions_module()):
+        pytest.skip("the engine, store or rule twins were not built (Cython < 3 at "
+                    "install time)")
     return module
 
 
@@ -59,7 +60,7 @@ def test_the_twins_are_compiled_modules(twin) -> None:
     assert observe.__name__ == "smtpguard_logwatch.engine._c_observe"
     assert _is_extension(observe)
     assert twin.Engine is not Engine  # the pure one is still there, as the reference
-    conditions = core.twin_module("smtpguard_logwatch.rules.conditions")
+    conditions = core.twin_conditions_module()
     assert _is_extension(conditions)
     assert conditions.gate.__name__ == "smtpguard_logwatch.rules._c_gate"  # its twin
     assert _is_extension(conditions.gate)
@@ -73,6 +74,16 @@ def test_the_cli_and_the_daemon_take_the_engine_of_the_active_core(
         engine = cli.replay_engine([DEFAULT_RULES_TOKEN], 0.0)
         assert type(engine) is expected
         assert _compiled_closures(engine.ruleset) == (active is not None)
+
+
+def test_the_version_line_says_when_a_twin_is_missing(twin, monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    monkeypatch.setattr(core, "compiled", core.load_compiled())
+    assert "pure" not in core.description()
+    monkeypatch.setattr(core, "twin_engine_module", lambda: None)
+    assert core.description().endswith(", engine pure")
+    monkeypatch.setattr(core, "twin_conditions_module", lambda: None)
+    assert core.description().endswith(", engine pure, rules pure")
 
 
 @pytest.mark.usefixtures("engine_twin")

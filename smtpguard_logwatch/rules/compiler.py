@@ -45,9 +45,6 @@ _CONTEXT_NOUN = {
 }
 
 
-CONDITIONS_MODULE = "smtpguard_logwatch.rules.conditions"
-
-
 def condition_module() -> ModuleType:
     """conditions.py of the active core: its compiled twin
     (``smtpguard_logwatch.rules._c_conditions``, with gate.py's twin) while the compiled
@@ -57,7 +54,7 @@ def condition_module() -> ModuleType:
     compiled, they run in fewer instructions."""
     if core.compiled is None:
         return pure_conditions
-    return core.twin_module(CONDITIONS_MODULE) or pure_conditions
+    return core.twin_conditions_module() or pure_conditions
 
 
 def suggest(word: str, choices: Sequence[str]) -> str:
