@@ -23,8 +23,9 @@ PURE_BUILD = "SMTPGUARD_PURE_BUILD"
 # Compiled twins of pure modules, from their unchanged Python source, as
 # <package>._c_<name> beside the pure one (Cython 3 only: 0.29 lacks parts of the
 # syntax): the MTA state machines, the frequency store the engine updates and reads
-# for every event, the engine's per-event path, and the rule conditions and gates it
-# runs (their closures). Source directory -> (installed package, module names).
+# for every event, the engine's per-event path, the rule conditions and gates it runs
+# (their closures), the envelope's clock and replay's counting summary. Source
+# directory -> (installed package, module names).
 TWINS: dict[str, tuple[str, tuple[str, ...]]] = {
     "parsers": ("smtpguard_logwatch.parsers", ("fields", "postfix", "exim", "sendmail")),
     "smtpguard_logwatch/store": ("smtpguard_logwatch.store",
@@ -32,6 +33,9 @@ TWINS: dict[str, tuple[str, tuple[str, ...]]] = {
                                   "persist")),
     "smtpguard_logwatch/engine": ("smtpguard_logwatch.engine", ("observe", "engine")),
     "smtpguard_logwatch/rules": ("smtpguard_logwatch.rules", ("gate", "conditions")),
+    # the stamps' clock (a new stamp every few lines) and the replay's counting summary
+    # (every event)
+    "smtpguard_logwatch": ("smtpguard_logwatch", ("envelope", "counting")),
 }
 # In a tree shaped like the package (with __init__.py files): Cython finds a module's
 # .pxd by its full name, so <source>/<name>.pxd, copied beside its twin, types it.

@@ -44,11 +44,12 @@ import bench_replay  # noqa: E402
 
 READ = "import sys\nfor _line in open(sys.argv[1], 'rb'):\n    pass\n"
 PARSE = """import datetime as dt, sys
+from smtpguard_logwatch import core
 from smtpguard_logwatch.envelope import Clock
 from smtpguard_logwatch.pipeline import Pipeline
 pipeline = Pipeline(lambda ev: None)
 with open(sys.argv[1], encoding="utf-8", errors="surrogateescape") as fh:
-    pipeline.feed(fh, Clock(dt.UTC, year=2026))
+    pipeline.feed(fh, core.active_class(Clock)(dt.UTC, year=2026))
 pipeline.finish()
 """
 # argv[0] is "-c" under ``python -c``: the CLI's arguments follow it

@@ -777,8 +777,10 @@ def _clock_factory(args: argparse.Namespace):
         raise UsageError(f"unknown time zone {args.timezone!r} (use an IANA name such as "
                          "Europe/Berlin, or UTC)") from None
 
+    clock_class = core.active_class(Clock)
+
     def make(source: LogSource) -> Clock:
-        return Clock(tz, year=args.year, anchor=source.mtime)
+        return clock_class(tz, year=args.year, anchor=source.mtime)
 
     return make
 
@@ -820,7 +822,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     other = replay_engine(args.compare, warmup) if args.compare else None
     tracer = _html_tracer(args, engine)
     ordered = chronological(sources, make_clock)
-    counts = Counts()
+    counts = core.active_class(Counts)()
     # One parse feeds the counts and every engine (--compare: both rule sets; the
     # second in a forked process on another core when there is one).
     sinks = [counts.consume] + ([engine.consume] if engine is not None else [])

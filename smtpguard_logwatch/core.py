@@ -91,18 +91,47 @@ def twin_conditions_module() -> ModuleType | None:
     return twin_module(CONDITIONS_MODULE)
 
 
+ENVELOPE_MODULE = "smtpguard_logwatch.envelope"
+COUNTING_MODULE = "smtpguard_logwatch.counting"
+
+
+def twin_envelope_module() -> ModuleType | None:
+    """The compiled twin of envelope.py, whose Clock dates every new stamp; None when
+    it was not built."""
+    return twin_module(ENVELOPE_MODULE)
+
+
+def twin_counting_module() -> ModuleType | None:
+    """The compiled twin of counting.py, the replay's summary of every event; None
+    when it was not built."""
+    return twin_module(COUNTING_MODULE)
+
+
+def active_class(cls: type) -> type:
+    """``cls`` of the active core: the class of that name in the compiled twin of its
+    module while the compiled core is active and the twin was built, else ``cls``
+    (the Clock and Counts that replay, scan and the daemon make)."""
+    if compiled is None or not cls.__module__.startswith(f"{__package__}."):
+        return cls  # a subclass made elsewhere (a test's) is used as it is
+    module = twin_module(cls.__module__)
+    twin = getattr(module, cls.__name__, None) if module is not None else None
+    return twin if isinstance(twin, type) else cls
+
+
 compiled, _description = _load()
 
 
 def description() -> str:
-    """One line for ``--version`` and ``status``: which parsing core runs. (The engine's
-    and the rules' twins are looked for here, not at import: importing them imports the
-    engine and the rules, which ask this module which core is active.)"""
+    """One line for ``--version`` and ``status``: which parsing core runs, and which
+    twins of it are missing. (The later twins are looked for here, not at import:
+    importing them imports the engine and the rules, which ask this module which core
+    is active.)"""
     if compiled is None:
         return f"parsing core: {_description}"
-    engine = "" if twin_engine_module() else ", engine pure"
-    rules = "" if twin_conditions_module() else ", rules pure"
-    return f"parsing core: {_description}{engine}{rules}"
+    missing = "".join(f", {name} pure" for name, twin in (
+        ("engine", twin_engine_module), ("rules", twin_conditions_module),
+        ("clock", twin_envelope_module), ("counting", twin_counting_module)) if twin() is None)
+    return f"parsing core: {_description}{missing}"
 
 
 def load_compiled() -> ModuleType | None:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import recovery
+from . import core, recovery
 from .actions import safefs
 from .config import Config, state_directory
 from .engine.active import engine_class
@@ -227,7 +227,7 @@ class State:
         """One Clock per log (year inference follows each file's own lines)."""
         clock = self._clocks.get(path)
         if clock is None:
-            clock = self._clocks[path] = Clock(self._tz, now=self.clock)
+            clock = self._clocks[path] = core.active_class(Clock)(self._tz, now=self.clock)
         return clock
 
     def feed(self, path: str, lines: Iterable[tuple[str, Position]],
