@@ -70,10 +70,13 @@ _COLLECTED = re.compile(r"==\d+== Collected : (\d+)")
 def instructions(script: str, args: list[str], env: dict[str, str], log: Path,
                  scratch: Path) -> int:
     """Instructions one run of ``script`` executes on ``log`` (stdout discarded)."""
+    # A fixed hash seed (unless one is set): string hashes decide dict layouts and so
+    # when the collector runs, which moved a 300-line figure by thousands per line.
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={scratch / 'cg.out'}",
            sys.executable, "-c", script, *args, str(log)]
     done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          env={**os.environ, "PYTHONSAFEPATH": "1", **env},
+                          env={**os.environ, "PYTHONSAFEPATH": "1",
+                               "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0"), **env},
                           cwd=scratch, text=True, check=False)
     found = _COLLECTED.findall(done.stderr)
     if done.returncode != 0 or not found:
