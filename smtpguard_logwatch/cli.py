@@ -822,7 +822,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     other = replay_engine(args.compare, warmup) if args.compare else None
     tracer = _html_tracer(args, engine)
     ordered = chronological(sources, make_clock)
-    counts = core.active_class(Counts)()
+    counts = Counts()
     # One parse feeds the counts and every engine (--compare: both rule sets; the
     # second in a forked process on another core when there is one).
     sinks = [counts.consume] + ([engine.consume] if engine is not None else [])

@@ -92,7 +92,6 @@ def twin_conditions_module() -> ModuleType | None:
 
 
 ENVELOPE_MODULE = "smtpguard_logwatch.envelope"
-COUNTING_MODULE = "smtpguard_logwatch.counting"
 
 
 def twin_envelope_module() -> ModuleType | None:
@@ -101,16 +100,10 @@ def twin_envelope_module() -> ModuleType | None:
     return twin_module(ENVELOPE_MODULE)
 
 
-def twin_counting_module() -> ModuleType | None:
-    """The compiled twin of counting.py, the replay's summary of every event; None
-    when it was not built."""
-    return twin_module(COUNTING_MODULE)
-
-
 def active_class(cls: type) -> type:
     """``cls`` of the active core: the class of that name in the compiled twin of its
     module while the compiled core is active and the twin was built, else ``cls``
-    (the Clock and Counts that replay, scan and the daemon make)."""
+    (the Clock that replay, scan and the daemon make)."""
     if compiled is None or not cls.__module__.startswith(f"{__package__}."):
         return cls  # a subclass made elsewhere (a test's) is used as it is
     module = twin_module(cls.__module__)
@@ -130,7 +123,7 @@ def description() -> str:
         return f"parsing core: {_description}"
     missing = "".join(f", {name} pure" for name, twin in (
         ("engine", twin_engine_module), ("rules", twin_conditions_module),
-        ("clock", twin_envelope_module), ("counting", twin_counting_module)) if twin() is None)
+        ("clock", twin_envelope_module)) if twin() is None)
     return f"parsing core: {_description}{missing}"
 
 

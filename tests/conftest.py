@@ -119,22 +119,18 @@ def engine_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     return "compiled"
 
 
-SUMMARY_TWINNED = (core.ENVELOPE_MODULE, core.COUNTING_MODULE)
-
-
 @pytest.fixture(params=TWINS)
-def summary_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Runs a test once per clock and counting summary: for "compiled", the Clock,
-    Counts (and whatever else) the test module took from envelope.py and counting.py
-    are their compiled twins' (``smtpguard_logwatch._c_envelope`` …), and the CLI run
-    in the test follows (``core.compiled``). Use it module-wide: ``pytestmark =
-    pytest.mark.usefixtures("summary_twin")``."""
+def clock_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once per clock: for "compiled", the Clock (and whatever else) the
+    test module took from envelope.py is its compiled twin's
+    (``smtpguard_logwatch._c_envelope``), and the CLI run in the test follows
+    (``core.compiled``). Use it module-wide: ``pytestmark =
+    pytest.mark.usefixtures("clock_twin")``."""
     if request.param == "pure":
         monkeypatch.setattr(core, "compiled", None)
         return "pure"
     monkeypatch.setattr(core, "compiled", compiled_or_skip())
-    if None in (core.twin_envelope_module(), core.twin_counting_module()):
-        pytest.skip("the clock or counting twins were not built (Cython < 3 at install "
-                    "time)")
-    _swap_for_twins(request.module, monkeypatch, lambda home: home in SUMMARY_TWINNED)
+    if core.twin_envelope_module() is None:
+        pytest.skip("the clock twin was not built (Cython < 3 at install time)")
+    _swap_for_twins(request.module, monkeypatch, lambda home: home == core.ENVELOPE_MODULE)
     return "compiled"

@@ -4,13 +4,8 @@ set of domains already counted is a string, then a tuple, then a set)."""
 
 from __future__ import annotations
 
-import pytest
-
 from smtpguard_logwatch.counting import Counts
 from smtpguard_logwatch.events import MessageAccepted, RecipientOutcome
-
-# the clock and the counting summary of each core (conftest.summary_twin)
-pytestmark = pytest.mark.usefixtures("summary_twin")
 
 IP = "192.0.2.10"
 

@@ -36,9 +36,6 @@ from smtpguard_logwatch.events import (
 )
 from smtpguard_logwatch.parsers.fields import domain_of
 
-# the clock and the counting summary of each core (conftest.summary_twin)
-pytestmark = pytest.mark.usefixtures("summary_twin")
-
 
 def _fresh(text: str) -> str:
     """A new string object equal to ``text``, as every parsed log line gives."""

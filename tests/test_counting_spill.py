@@ -31,9 +31,6 @@ from smtpguard_logwatch.events import (
     SessionOpened,
 )
 
-# the clock and the counting summary of each core (conftest.summary_twin)
-pytestmark = pytest.mark.usefixtures("summary_twin")
-
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from smtpguard_logwatch.envelope import Clock, split_tag, zone_from_name
 
-# the clock and the counting summary of each core (conftest.summary_twin)
-pytestmark = pytest.mark.usefixtures("summary_twin")
+# the clock of each core (conftest.clock_twin)
+pytestmark = pytest.mark.usefixtures("clock_twin")
 
 UTC = dt.UTC
 BERLIN = ZoneInfo("Europe/Berlin")
