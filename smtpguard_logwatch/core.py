@@ -60,7 +60,11 @@ def twin_parser_modules() -> dict[str, ModuleType]:
 def twin_parser_class(cls: type) -> type:
     """The compiled twin of a built-in parser class, or ``cls`` itself (a third-party
     parser, or a twin that was not built)."""
-    module = twin_parser_modules().get(cls.__module__)
+    return _class_in(twin_parser_modules().get(cls.__module__), cls)
+
+
+def _class_in(module: ModuleType | None, cls: type) -> type:
+    """The class named like ``cls`` in ``module`` (a twin), or ``cls`` when there is none."""
     twin = getattr(module, cls.__name__, None) if module is not None else None
     return twin if isinstance(twin, type) else cls
 
@@ -106,9 +110,7 @@ def active_class(cls: type) -> type:
     (the Clock that replay, scan and the daemon make)."""
     if compiled is None or not cls.__module__.startswith(f"{__package__}."):
         return cls  # a subclass made elsewhere (a test's) is used as it is
-    module = twin_module(cls.__module__)
-    twin = getattr(module, cls.__name__, None) if module is not None else None
-    return twin if isinstance(twin, type) else cls
+    return _class_in(twin_module(cls.__module__), cls)
 
 
 compiled, _description = _load()

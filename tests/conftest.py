@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import os
 from collections.abc import Callable
 from types import ModuleType
@@ -81,6 +82,27 @@ def _swap_for_twins(module: ModuleType, monkeypatch: pytest.MonkeyPatch,
         monkeypatch.setattr(module, name, twin if attr is None else getattr(twin, attr))
 
 
+def is_extension(module: ModuleType) -> bool:
+    """Whether ``module`` was loaded from a compiled extension."""
+    return module.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+def _run_on(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+            needed: tuple[Callable[[], ModuleType | None], ...], missing: str,
+            twinned: Callable[[str], bool]) -> str:
+    """The body of the fixtures below: "pure" turns the compiled core off; "compiled"
+    turns it on, skips when a ``needed`` twin was not built (``missing`` says which),
+    and swaps what the test module took from the ``twinned`` pure modules."""
+    if request.param == "pure":
+        monkeypatch.setattr(core, "compiled", None)
+        return "pure"
+    monkeypatch.setattr(core, "compiled", compiled_or_skip())
+    if any(twin() is None for twin in needed):
+        pytest.skip(f"the {missing} not built (Cython < 3 at install time)")
+    _swap_for_twins(request.module, monkeypatch, twinned)
+    return "compiled"
+
+
 @pytest.fixture(params=TWINS)
 def store_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Runs a test once per store: for "compiled", every class, function and module the
@@ -88,15 +110,8 @@ def store_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     (``smtpguard_logwatch.store._c_<name>``), and the engine's default store follows
     (``core.compiled``). Use it module-wide: ``pytestmark =
     pytest.mark.usefixtures("store_twin")``."""
-    if request.param == "pure":
-        monkeypatch.setattr(core, "compiled", None)
-        return "pure"
-    monkeypatch.setattr(core, "compiled", compiled_or_skip())
-    if core.twin_store_module() is None:
-        pytest.skip("the store twin was not built (Cython < 3 at install time)")
-    _swap_for_twins(request.module, monkeypatch,
-                    lambda home: home.startswith(STORE_PACKAGE) and not home.endswith(".active"))
-    return "compiled"
+    return _run_on(request, monkeypatch, (core.twin_store_module,), "store twin was",
+                   lambda home: home.startswith(STORE_PACKAGE) and not home.endswith(".active"))
 
 
 @pytest.fixture(params=TWINS)
@@ -107,16 +122,9 @@ def engine_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     the store and the rules loaded during the test follow (``core.compiled``): the
     whole per-event path of each core. Use it module-wide: ``pytestmark =
     pytest.mark.usefixtures("engine_twin")``."""
-    if request.param == "pure":
-        monkeypatch.setattr(core, "compiled", None)
-        return "pure"
-    monkeypatch.setattr(core, "compiled", compiled_or_skip())
-    if None in (core.twin_engine_module(), core.twin_store_module(),
-                core.twin_conditions_module()):
-        pytest.skip("the engine, store or rule twins were not built (Cython < 3 at "
-                    "install time)")
-    _swap_for_twins(request.module, monkeypatch, lambda home: home in ENGINE_TWINNED)
-    return "compiled"
+    return _run_on(request, monkeypatch,
+                   (core.twin_engine_module, core.twin_store_module, core.twin_conditions_module),
+                   "engine, store or rule twins were", lambda home: home in ENGINE_TWINNED)
 
 
 @pytest.fixture(params=TWINS)
@@ -126,11 +134,5 @@ def clock_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     (``smtpguard_logwatch._c_envelope``), and the CLI run in the test follows
     (``core.compiled``). Use it module-wide: ``pytestmark =
     pytest.mark.usefixtures("clock_twin")``."""
-    if request.param == "pure":
-        monkeypatch.setattr(core, "compiled", None)
-        return "pure"
-    monkeypatch.setattr(core, "compiled", compiled_or_skip())
-    if core.twin_envelope_module() is None:
-        pytest.skip("the clock twin was not built (Cython < 3 at install time)")
-    _swap_for_twins(request.module, monkeypatch, lambda home: home == core.ENVELOPE_MODULE)
-    return "compiled"
+    return _run_on(request, monkeypatch, (core.twin_envelope_module,), "clock twin was",
+                   lambda home: home == core.ENVELOPE_MODULE)

@@ -13,13 +13,12 @@ import datetime as dt
 import os
 import subprocess
 import sys
-from importlib.machinery import ExtensionFileLoader
 from pathlib import Path
 from types import ModuleType
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import compiled_or_skip
+from conftest import compiled_or_skip, is_extension
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,12 +37,8 @@ def twin() -> ModuleType:
     return envelope
 
 
-def _is_extension(module: ModuleType) -> bool:
-    return isinstance(module.__loader__, ExtensionFileLoader)
-
-
 def test_the_twin_is_a_compiled_module(twin) -> None:
-    assert _is_extension(twin)
+    assert is_extension(twin)
     assert twin.Clock is not Clock
 
 

@@ -21,7 +21,7 @@ import importlib.machinery
 from pathlib import Path
 
 import pytest
-from conftest import compiled_or_skip
+from conftest import compiled_or_skip, is_extension
 from test_incremental_eval import HARD
 from test_store_horizons import RULESETS, _events, rule_files
 from test_store_twin import _rows
@@ -50,20 +50,16 @@ def twin():  # noqa: ANN201 - the compiled engine module
     return module
 
 
-def _is_extension(module) -> bool:  # noqa: ANN001
-    return module.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
-
-
 def test_the_twins_are_compiled_modules(twin) -> None:
-    assert _is_extension(twin)
+    assert is_extension(twin)
     observe = importlib.import_module(twin.observe.__module__)
     assert observe.__name__ == "smtpguard_logwatch.engine._c_observe"
-    assert _is_extension(observe)
+    assert is_extension(observe)
     assert twin.Engine is not Engine  # the pure one is still there, as the reference
     conditions = core.twin_conditions_module()
-    assert _is_extension(conditions)
+    assert is_extension(conditions)
     assert conditions.gate.__name__ == "smtpguard_logwatch.rules._c_gate"  # its twin
-    assert _is_extension(conditions.gate)
+    assert is_extension(conditions.gate)
 
 
 def test_the_cli_and_the_daemon_take_the_engine_of_the_active_core(
@@ -84,6 +80,8 @@ def test_the_version_line_says_when_a_twin_is_missing(twin, monkeypatch: pytest.
     assert core.description().endswith(", engine pure")
     monkeypatch.setattr(core, "twin_conditions_module", lambda: None)
     assert core.description().endswith(", engine pure, rules pure")
+    monkeypatch.setattr(core, "twin_envelope_module", lambda: None)
+    assert core.description().endswith(", engine pure, rules pure, clock pure")
 
 
 @pytest.mark.usefixtures("engine_twin")
