@@ -243,7 +243,7 @@ def _state(store: FrequencyStore) -> dict:
     """Everything a store holds, comparable: series levels and member maps per key."""
     out = {}
     for dim in store.dimensions():
-        for key, rec in store._dims[dim].items():
+        for key, rec in store.records(dim):
             for metric, s in rec.items():
                 if hasattr(s, "last"):
                     out[dim, key, metric] = dict(s.last)
@@ -260,8 +260,10 @@ def _state(store: FrequencyStore) -> dict:
 def test_expiry_skipping_keys_not_due_changes_nothing(events, keys, expire_every):
     """Expiry skips a key until its ``due`` clock (issue 10: replay no slower): the same
     adds, late adds and members, with expiry forced to look at every key, leave exactly
-    the same buckets, members, series and keys."""
-    stores = [FrequencyStore(resolutions=SMALL), FrequencyStore(resolutions=SMALL)]
+    the same buckets, members, series and keys. (The reference freezes no idle key:
+    frozen keys are skipped the same way, and must come back as they were.)"""
+    stores = [FrequencyStore(resolutions=SMALL),
+              FrequencyStore(resolutions=SMALL, freeze_idle=False)]
     for i, ((t, n), key) in enumerate(zip(events, keys, strict=False)):
         for store in stores:
             store.add("ip", "192.0.2.99", "messages", t)  # moves the store clock first

@@ -295,8 +295,8 @@ def test_eviction_is_saved_incrementally_with_the_decayed_scores(tmp_path):
     loaded = _reloaded(conn)
     for dim in store.dimensions():
         assert list(loaded.keys(dim)) == list(store.keys(dim))
-        assert [loaded._dims[dim][k].hits for k in loaded.keys(dim)] == [
-            store._dims[dim][k].hits for k in store.keys(dim)]
+        assert [r.hits for _, r in loaded.records(dim)] == [
+            r.hits for _, r in store.records(dim)]
     assert answers(loaded, seed=5) == answers(store, seed=5)
     for i in range(300):  # and both evict the same keys next
         for s in (store, loaded):

@@ -194,19 +194,24 @@ def _same(a, b) -> bool:  # noqa: ANN001
        dcap=st.sampled_from([1, 2, 1024]))
 def test_every_operation_answers_alike_on_both_stores(twin, ops: list, cap: int,
                                                      dcap: int) -> None:
-    pure = PureStore(max_keys_per_dimension=cap, distinct_cap=dcap)
-    compiled = twin.FrequencyStore(max_keys_per_dimension=cap, distinct_cap=dcap)
+    assert_alike(PureStore(max_keys_per_dimension=cap, distinct_cap=dcap),
+                 twin.FrequencyStore(max_keys_per_dimension=cap, distinct_cap=dcap), ops)
+
+
+def assert_alike(reference, store, ops: list) -> None:  # noqa: ANN001 - two stores
+    """Run ``ops`` (OP's tuples) on both stores: every answer, the saved rows at each
+    "save" and at the end, and everything the stores say about themselves, alike."""
     now = T0
     for i, op in enumerate(ops):
         if op[0] in ("add", "member"):
             now += op[4]
         if op[0] == "save":
-            assert _rows(compiled) == _rows(pure), i
+            assert _rows(store) == _rows(reference), i
             continue
-        a, b = _answer(pure, op, now), _answer(compiled, op, now)
+        a, b = _answer(reference, op, now), _answer(store, op, now)
         assert _same(b, a), (i, op, a, b)
-    assert _snapshot(compiled, now) == _snapshot(pure, now)
-    assert _rows(compiled) == _rows(pure)
+    assert _snapshot(store, now) == _snapshot(reference, now)
+    assert _rows(store) == _rows(reference)
 
 
 def _assert_answers_alike(loaded, pure: PureStore, t: float) -> None:  # noqa: ANN001

@@ -34,13 +34,17 @@ class Scored(Protocol):
 _hits = attrgetter("hits")
 
 
-def pick_victims(keys: dict[str, Scored], batch: int) -> list[str]:
-    """The ``batch`` keys with the lowest ``hits``, ties broken by insertion order.
+def pick_victims(keys: dict[str, Scored], batch: int,
+                 hits: list[int] | None = None) -> list[str]:
+    """The ``batch`` keys with the lowest ``hits``, ties broken by insertion order
+    (``hits``: the scores in the order of ``keys``, when the caller has them; the
+    store's frozen keys carry theirs packed).
 
     Three linear passes, all in C (attrgetter, Counter, compress); no sort of the keys."""
     if batch >= len(keys):
         return list(keys)
-    hits = list(map(_hits, keys.values()))
+    if hits is None:
+        hits = list(map(_hits, keys.values()))
     need = batch
     threshold = 0
     for h, c in sorted(Counter(hits).items()):

@@ -181,27 +181,43 @@ def save(store: FrequencyStore, conn: sqlite3.Connection) -> None:
 
 
 def _save_full(store: FrequencyStore, conn: sqlite3.Connection) -> None:
+    from .store import KeyRec, thaw
+
     conn.execute("DELETE FROM freqstore_series")
     conn.execute("DELETE FROM freqstore_keys")
     i = 0
     key_rows, series_rows = [], []
+    names = store._frozen_names
     for dim, keys in store._dims.items():
         for key, rec in keys.items():
+            frozen = type(rec) is not KeyRec
+            if frozen:  # saved as a record, and frozen again with its new row id
+                rec = thaw(rec, names)
             i += 1
             rec.id = i
             rec.dirty = False
             key_rows.append((i, dim, key.encode("utf-8", "surrogatepass"), rec.hits, rec.first))
             series_rows.extend(_series_of(i, rec))
+            if frozen:
+                _refreeze(store, keys, key, rec)
     conn.executemany("INSERT INTO freqstore_keys VALUES (?, ?, ?, ?, ?)", key_rows)
     conn.executemany("INSERT INTO freqstore_series VALUES (?, ?, ?, ?)", series_rows)
     store._next_id = i + 1
 
 
 def _save_changed(store: FrequencyStore, conn: sqlite3.Connection) -> None:
+    from .store import KeyRec, frozen_dirty, thaw
+
     new_keys, old_keys, series_rows, stale = [], [], [], []
+    names = store._frozen_names
     for dim, keys in store._dims.items():
         for key, rec in keys.items():
-            if not rec.dirty:
+            frozen = type(rec) is not KeyRec
+            if frozen:
+                if not frozen_dirty(rec):
+                    continue
+                rec = thaw(rec, names)
+            elif not rec.dirty:
                 continue
             rec.dirty = False
             if rec.id:
@@ -213,6 +229,8 @@ def _save_changed(store: FrequencyStore, conn: sqlite3.Connection) -> None:
                 new_keys.append((rec.id, dim, key.encode("utf-8", "surrogatepass"), rec.hits,
                                  rec.first))
             series_rows.extend(_series_of(rec.id, rec))
+            if frozen:
+                _refreeze(store, keys, key, rec)
     for dimension, shift in store._decays:  # as eviction halved them in memory
         conn.execute("UPDATE freqstore_keys SET hits = hits >> ? WHERE dimension = ?",
                      (shift, dimension))
@@ -223,6 +241,13 @@ def _save_changed(store: FrequencyStore, conn: sqlite3.Connection) -> None:
     conn.executemany("DELETE FROM freqstore_series WHERE key_id = ?", stale)
     conn.executemany("INSERT INTO freqstore_keys VALUES (?, ?, ?, ?, ?)", new_keys)
     conn.executemany("INSERT INTO freqstore_series VALUES (?, ?, ?, ?)", series_rows)
+
+
+def _refreeze(store: FrequencyStore, keys: dict, key: str, rec) -> None:
+    """Put a frozen key saved as a record back, frozen again if its new row id
+    still fits (else as the record)."""
+    v = store._frozen(rec)
+    keys[key] = rec if v is None else v
 
 
 def load(cls: type[FrequencyStore], conn: sqlite3.Connection, **kwargs) -> FrequencyStore:

@@ -40,6 +40,10 @@ Bounded memory under hostile cardinality (forged senders, random recipients):
   ``distinct_cap * 9/8`` members (~0.1 KB each + the string), so the worst case
   is ``max_keys_per_dimension x distinct metrics x distinct_cap`` members: choose
   ``distinct_cap`` just above the largest distinct threshold the rules use.
+* FROZEN KEYS: an idle key that holds one head or nothing (a one-off sender kept 8
+  days for the baselines; an IP kept for its first sighting: nine in ten of a long
+  replay's keys) is held as one packed int of 48 bytes instead of its record of 128
+  (:func:`freeze`), and becomes a record again when anything adds to it.
 
 The store clock is the newest level-0 bucket passed to ``add``/``add_member`` or to
 ``expire``; answers are exact for queries whose ``now`` is at most ``SLACK`` (1 hour)
@@ -263,6 +267,114 @@ class KeyRec:
         return [s for _, s in self.items()]
 
 
+# Frozen keys. Most keys of a long replay hold nothing but a head (one sender's one
+# message, kept 8 days for the baselines) or nothing at all (an IP kept for its first
+# sighting): their record is 128 bytes for a few numbers. Once such a key is idle (the
+# hourly expiry walk first comes to it), its value in the dimension's dict becomes one
+# int packing those numbers (48 bytes), and becomes a record again (``thaw``) the moment
+# anything adds to it; reads take a temporary record. Layout, low bits first:
+# dirty (1) | metric (4: 1 + index in the store's table; 0: no series) | hits (18) |
+# head value (18, a whole number) | first (32) | head - first (24) |
+# kept - first + 1 (24; 0: nothing kept) | saved row id (32) | floor(due) (the rest: the
+# expiry walk compares the whole int). 153 bits below the due, so a due below 2^27
+# buckets (a minute index until 2225) keeps the int at 6 digits: 48 bytes.
+# A record whose numbers do not fit stays a record: nothing is ever rounded.
+_FIELD_HITS, _FIELD_VALUE, _FIELD_FIRST, _FIELD_HEAD, _FIELD_KEPT, _FIELD_ID = (
+    5, 23, 41, 73, 97, 121)
+FROZEN_DUE_SHIFT = 153
+FROZEN_METRICS = 15
+_MASK_18, _MASK_24, _MASK_32 = 0x3FFFF, 0xFFFFFF, 0xFFFFFFFF
+
+
+def freeze(rec: KeyRec, metric_ids: dict[str, int]) -> int | None:
+    """``rec`` packed as an int (see above), or None when it holds a Series or a member
+    set or a number that does not fit. A new metric name takes the next index of
+    ``metric_ids`` (name -> index, from 1), at most FROZEN_METRICS of them."""
+    if rec.d is not None or rec.s is not None:
+        return None
+    first = rec.first
+    due = rec.due
+    if not (0.0 <= first < 4294967296.0 and first == int(first)) or not (
+            0.0 <= due < math.inf):
+        return None
+    kept = rec.kept
+    if kept == NO_BUCKET:
+        kept_field = 0
+    else:
+        span = kept - first + 1.0
+        if not (1.0 <= span < 16777216.0 and span == int(span)):
+            return None
+        kept_field = int(span)
+    m = rec.m
+    if m is None:
+        if not kept_field:
+            return None
+        head = value = mi = 0
+    else:
+        span = rec.hb - first
+        value = rec.hv
+        if not (0.0 <= span < 16777216.0 and span == int(span)) or not (
+                0.0 <= value < 262144.0 and value == int(value)):
+            return None
+        head = int(span)
+        value = int(value)
+        mi = metric_ids.get(m, 0)
+        if not mi:
+            if len(metric_ids) >= FROZEN_METRICS:
+                return None
+            mi = metric_ids[m] = len(metric_ids) + 1
+    hits = rec.hits
+    kid = rec.id
+    if not (0 <= hits <= _MASK_18 and 0 <= kid <= _MASK_32):
+        return None
+    return (int(due) << FROZEN_DUE_SHIFT | kid << _FIELD_ID | kept_field << _FIELD_KEPT
+            | head << _FIELD_HEAD | int(first) << _FIELD_FIRST | value << _FIELD_VALUE
+            | hits << _FIELD_HITS | mi << 1 | (1 if rec.dirty else 0))
+
+
+def thaw(v: int, metric_names: list[str]) -> KeyRec:
+    """The record packed in ``v`` (``metric_names[i - 1]``: metric index i)."""
+    first = float((v >> _FIELD_FIRST) & _MASK_32)
+    rec = KeyRec(first)
+    rec.dirty = bool(v & 1)
+    rec.hits = (v >> _FIELD_HITS) & _MASK_18
+    rec.id = (v >> _FIELD_ID) & _MASK_32
+    rec.due = float(v >> FROZEN_DUE_SHIFT)
+    kept = (v >> _FIELD_KEPT) & _MASK_24
+    if kept:
+        rec.kept = first + (kept - 1)
+    mi = (v >> 1) & 15
+    if mi:
+        rec.m = metric_names[mi - 1]
+        rec.hb = first + ((v >> _FIELD_HEAD) & _MASK_24)
+        rec.hv = float((v >> _FIELD_VALUE) & _MASK_18)
+    return rec
+
+
+def frozen_due_by(clock: float) -> int:
+    """A frozen key whose int is below this is due at store clock ``clock`` (its
+    floor(due) is at most the clock: early by under a bucket at worst, which costs a
+    look and changes nothing)."""
+    return (int(clock) + 1) << FROZEN_DUE_SHIFT
+
+
+def frozen_hits(v: int) -> int:
+    """The eviction score packed in a frozen key."""
+    return (v >> _FIELD_HITS) & _MASK_18
+
+
+def frozen_dirty(v: int) -> bool:
+    """Whether a frozen key changed since the last save."""
+    return bool(v & 1)
+
+
+def frozen_shifted(v: int, shift: int) -> int:
+    """A frozen key with its score halved ``shift`` times (eviction's decay)."""
+    hits = (v >> _FIELD_HITS) & _MASK_18
+    return v ^ ((hits ^ (hits >> shift)) << _FIELD_HITS)
+
+
+
 class _Bounds:
     """The ``top`` of :meth:`FrequencyStore.bound_reader` for one key's record, with
     the totals it has summed (a class rather than a closure: the compiled twin types
@@ -310,6 +422,7 @@ class FrequencyStore:
         resolutions: tuple[Resolution, ...] | list = DEFAULT_RESOLUTIONS,
         max_keys_per_dimension: int = 200_000,
         distinct_cap: int = 1024,
+        freeze_idle: bool = True,
     ) -> None:
         if max_keys_per_dimension < 1 or distinct_cap < 1:
             raise ValueError("max_keys_per_dimension and distinct_cap must be >= 1")
@@ -340,6 +453,11 @@ class FrequencyStore:
         # series stays after its newest data, for metrics read only in shorter windows
         # than the store's retention (set_horizons; empty: everything stays that long)
         self._horizon_stay: dict[str, dict[str, float]] = {}
+        # idle keys that hold a head or nothing are packed into ints (see freeze); their
+        # metrics' names by index (a handful: the metrics the rules count)
+        self._freeze_idle = bool(freeze_idle)
+        self._frozen_ids: dict[str, int] = {}
+        self._frozen_names: list[str] = []
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -391,9 +509,10 @@ class FrequencyStore:
         a newer bucket -> the old head is appended to the level-0 history. Everything
         else (new key or series, out-of-order, folding) goes to :meth:`_add_slow`."""
         try:
-            rec = self._dims[dimension][key]
+            obj = self._dims[dimension][key]
         except KeyError:
-            rec = self._key_miss(dimension, key, t)
+            obj = self._key_miss(dimension, key, t)
+        rec = obj if type(obj) is KeyRec else self._thaw_key(dimension, key, obj)
         rec.hits += 1
         rec.dirty = True
         b = t // self._w0
@@ -470,9 +589,10 @@ class FrequencyStore:
         """Record that ``member`` was seen at ``t`` (for distinct counts). Returns the
         start of the level-0 bucket it was last seen in before, None if it is new."""
         try:
-            rec = self._dims[dimension][key]
+            obj = self._dims[dimension][key]
         except KeyError:
-            rec = self._key_miss(dimension, key, t)
+            obj = self._key_miss(dimension, key, t)
+        rec = obj if type(obj) is KeyRec else self._thaw_key(dimension, key, obj)
         if len(member) > MAX_KEY_CHARS:
             member = bounded_key(member)
         rec.hits += 1
@@ -526,7 +646,7 @@ class FrequencyStore:
             key = bounded_key(key)
             rec = keys.get(key)
             if rec is not None:
-                return rec
+                return rec if type(rec) is KeyRec else self._thaw_key(dimension, key, rec)
         if len(keys) >= self._cap:
             self._evict(dimension, keys)
         first = t // self._w0
@@ -534,6 +654,20 @@ class FrequencyStore:
             first = self._clock_b  # the shared float (see _add_slow)
         rec = keys[key] = KeyRec(first)
         return rec
+
+    def _thaw_key(self, dimension: str, key: str, v: int) -> KeyRec:
+        """A frozen key's record, held as a record again (something adds to it)."""
+        rec = self._dims[dimension][key] = thaw(v, self._frozen_names)
+        return rec
+
+    def _frozen(self, rec: KeyRec) -> int | None:
+        """``rec`` frozen (see :func:`freeze`), or None: it stays a record."""
+        ids = self._frozen_ids
+        known = len(ids)
+        v = freeze(rec, ids)
+        if len(ids) != known:
+            self._frozen_names.append(rec.m)
+        return v
 
     def _evict(self, dimension: str, keys: dict[str, KeyRec]) -> None:
         """Batch-evict the lowest-scoring ~10 % of a full dimension (see module doc).
@@ -544,12 +678,19 @@ class FrequencyStore:
             hour = (self._clock_b * self._w0) // HOUR
             last = self._decayed_at.get(dimension)
             if last is not None and hour > last:
-                shift = decay(keys.values(), int(hour - last))
+                shift = decay([r for r in keys.values() if type(r) is KeyRec],
+                              int(hour - last))
                 if shift:
                     self._decays.append((dimension, shift))
+                    for k, r in keys.items():
+                        if type(r) is not KeyRec:
+                            keys[k] = frozen_shifted(r, shift)
             self._decayed_at[dimension] = hour
-        for k in pick_victims(keys, self._batch):
+        hits = [r.hits if type(r) is KeyRec else frozen_hits(r) for r in keys.values()]
+        for k in pick_victims(keys, self._batch, hits):
             rec = keys.pop(k)
+            if type(rec) is not KeyRec:
+                rec = thaw(rec, self._frozen_names)
             self._entries -= len(rec)
             self.evicted += 1
             if rec.id:
@@ -572,15 +713,23 @@ class FrequencyStore:
         r0 = geo.r0
         gone = 0
         dues: dict[float, float] = {}  # one float object per distinct due time
+        freeze_idle = self._freeze_idle
+        frozen_due = frozen_due_by(clock)
         # The hot loop of housekeeping (hourly): a key whose data cannot have reached a
         # cut yet costs one comparison; in the others, the common cases — a head-only or
         # still-recent series, an unchanged member set — cost no call.
         for dimension, keys in self._dims.items():
             dead_keys = []
             short = self._horizon_stay.get(dimension)
-            for key, rec in keys.items():
-                if clock < rec.due:
+            for key, obj in keys.items():
+                if type(obj) is KeyRec:
+                    rec = obj
+                    if clock < rec.due:
+                        continue
+                elif obj >= frozen_due:
                     continue
+                else:
+                    rec = keys[key] = thaw(obj, self._frozen_names)
                 dead = None
                 due = math.inf if rec else NO_BUCKET
                 d, m = rec.d, rec.m  # rec.items() without reviving a head (KeyRec)
@@ -655,6 +804,10 @@ class FrequencyStore:
                         continue
                     due = rec.kept + stay_last
                 rec.due = dues.setdefault(due, due)
+                if freeze_idle and rec.s is None and rec.d is None:  # a head or nothing
+                    v = self._frozen(rec)
+                    if v is not None:
+                        keys[key] = v
             for key in dead_keys:
                 rec = keys.pop(key)
                 if rec.id:
@@ -670,6 +823,8 @@ class FrequencyStore:
         rec = keys.get(key)
         if rec is None and len(key) > MAX_KEY_CHARS:
             rec = keys.get(bounded_key(key))
+        if rec is not None and type(rec) is not KeyRec:  # frozen: a record to read
+            rec = thaw(rec, self._frozen_names)
         return rec
 
     def _lookup(self, dimension: str, key: str, metric: str) -> Series | MemberSet | None:
@@ -683,11 +838,12 @@ class FrequencyStore:
         if lvl is None:
             lvl = self._geo.level_for(window)
         try:
-            rec = self._dims[dimension][key]
+            obj = self._dims[dimension][key]
         except KeyError:
-            rec = self._rec(dimension, key)
-            if rec is None:
+            obj = self._rec(dimension, key)
+            if obj is None:
                 return 0.0
+        rec = obj if type(obj) is KeyRec else thaw(obj, self._frozen_names)
         d = rec.d  # rec.get(metric), inlined: rule evaluation's hot path
         if d is not None:
             if metric not in d:
@@ -737,11 +893,12 @@ class FrequencyStore:
         if lvl is None:
             lvl = self._geo.level_for(window)
         try:
-            rec = self._dims[dimension][key]
+            obj = self._dims[dimension][key]
         except KeyError:
-            rec = self._rec(dimension, key)
-            if rec is None:
+            obj = self._rec(dimension, key)
+            if obj is None:
                 return 0
+        rec = obj if type(obj) is KeyRec else thaw(obj, self._frozen_names)
         d = rec.d  # rec.get(metric), inlined
         ms = (rec.s if rec.m == metric else None) if d is None else (
             d[d.index(metric) + 1] if metric in d else None)
@@ -822,6 +979,13 @@ class FrequencyStore:
         entries[window, q, daily] = (token, now_ver, value)
         return value
 
+    def records(self, dimension: str) -> list[tuple[str, KeyRec]]:
+        """``(key, record)`` for every key of ``dimension``; a frozen key's record is a
+        copy to read (for walkers outside the store: persistence checks, tests)."""
+        names = self._frozen_names
+        return [(k, r if type(r) is KeyRec else thaw(r, names))
+                for k, r in self._dims.get(dimension, {}).items()]
+
     def keys(self, dimension: str) -> Iterable[str]:
         """A snapshot of the keys held for ``dimension`` (safe to iterate while adding)."""
         return list(self._dims.get(dimension, ()))
@@ -887,7 +1051,7 @@ class FrequencyStore:
         O(series) walk), keys evicted so far, the store clock."""
         members = sum(  # stored(): a head held in its record is never a member set
             len(x) for keys in self._dims.values() for rec in keys.values()
-            for _, x in rec.stored() if type(x) is MemberSet
+            if type(rec) is KeyRec for _, x in rec.stored() if type(x) is MemberSet
         )
         return {
             "keys": {d: len(k) for d, k in self._dims.items()},
