@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from .limits import CONFIG_RANGES, OutOfRange
 from .operator import OperatorError
 from .parsers import load_parser_classes
 from .parsers.base import ParserOptions
-from .pipeline import Pipeline, fan_out, tune_collector
+from .pipeline import LineStats, Pipeline, fan_out, tune_collector
 from .progress import ByteMeter, Progress
 from .report import iso, write_header, write_summary
 from .rules import RuleError, check_main, load_rules
@@ -33,6 +34,7 @@ from .sources import LogSource, SourceError, chronological, iter_lines, source_f
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .engine.ledger import Ledger
 
 DESCRIPTION = """\
 Reads Postfix, Exim and Sendmail logs, counts what every client IP, network,
@@ -818,11 +820,71 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc) if isinstance(exc, OutOfRange) else f"--warmup: {exc}"
                          ) from None
+    counts = Counts()
+    files, line_stats, ledger, other_decisions = _replay_feed(
+        args, rules, warmup, sources, make_clock, counts)
+    # The engines, their stores and the parsers' tables are gone now: what the output
+    # needs (the decisions read back, the summary's runs merged, the JSON) reuses their
+    # memory. On a 15-day log it came on top of them: the replay's peak.
+    gc.collect()
+    decisions = list(ledger.all()) if ledger is not None else []
+    if args.json:
+        tail: dict[str, Any] = {"files": files, "rules": rules,
+                                "decisions": [decision_json(d) for d in decisions]}
+        if args.compare:
+            tail["compare"] = {"rules": args.compare,
+                               "decisions": [decision_json(d) for d in other_decisions],
+                               **compare(decisions, other_decisions)}
+        write_summary_json(sys.stdout, counts, {"lines": line_stats.as_dict()}, tail)
+    else:
+        write_header(sys.stdout, line_stats, files)
+        if rules:  # the decisions first, then the counts behind them
+            sys.stdout.write(f"Rules: {', '.join(rules)}\n")
+            write_timeline(sys.stdout, decisions, limit=args.max_decisions)
+        if args.compare:
+            write_compare(sys.stdout, compare(decisions, other_decisions),
+                          ", ".join(rules), ", ".join(args.compare))
+        write_summary(sys.stdout, line_stats, counts, top=args.top)
+    counts.close()  # the spilled runs, if any (an error on the way: removed at exit)
+    return 0
+
+
+def _compare_sidecar(other: Engine | None):
+    """The --compare engine in a forked process when a second core can run it beside
+    the first engine (sidecar.py); None: feed it in this process."""
+    from .sidecar import Sidecar, cores
+
+    if other is None or cores() < 2:
+        return None
+
+    def start():  # in the child: an engine like ``other`` (same class), own ledger
+        fresh = type(other)(other.ruleset, local=other.local, warmup=other.warmup)
+        return fresh.consume, lambda: list(fresh.decisions())
+
+    return Sidecar(start)
+
+
+def _sidecar_result(sidecar) -> list:
+    from .sidecar import SidecarError
+
+    try:
+        return sidecar.result()
+    except SidecarError as exc:
+        raise OperatorError(f"replay --compare: {exc}") from None
+
+
+def _replay_feed(args: argparse.Namespace, rules: list[str], warmup: float, sources,
+                 make_clock, counts: Counts) -> tuple[list[str], LineStats, Ledger | None,
+                                                      list]:
+    """Parse every source once, in time order, into ``counts`` and the engines
+    (``--compare``: both rule sets), write ``--html``, and give the sources' names, the
+    line statistics, the engine's ledger (its decisions, None without rules) and the
+    --compare engine's decisions. Everything else the run built (the engines' stores
+    above all) can go when this returns."""
     engine = replay_engine(rules, warmup, trim_store=not args.html) if rules else None
     other = replay_engine(args.compare, warmup) if args.compare else None
     tracer = _html_tracer(args, engine)
     ordered = chronological(sources, make_clock)
-    counts = Counts()
     # One parse feeds the counts and every engine (--compare: both rule sets; the
     # second in a forked process on another core when there is one).
     sinks = [counts.consume] + ([engine.consume] if engine is not None else [])
@@ -863,53 +925,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
             sidecar.close()
     if progress is not None:
         progress.end(line_stats)
-    decisions = list(engine.decisions()) if engine is not None else []
     if args.html:
+        decisions = list(engine.decisions()) if engine is not None else []
         _write_replay_html(args, [s.name for s in ordered], rules, line_stats, counts,
                            decisions, tracer, other_decisions)
-    if args.json:
-        tail: dict[str, Any] = {"files": [s.name for s in ordered], "rules": rules,
-                                "decisions": [decision_json(d) for d in decisions]}
-        if other is not None:
-            tail["compare"] = {"rules": args.compare,
-                               "decisions": [decision_json(d) for d in other_decisions],
-                               **compare(decisions, other_decisions)}
-        write_summary_json(sys.stdout, counts, {"lines": line_stats.as_dict()}, tail)
-    else:
-        write_header(sys.stdout, line_stats, [s.name for s in ordered])
-        if engine is not None:  # the decisions first, then the counts behind them
-            sys.stdout.write(f"Rules: {', '.join(rules)}\n")
-            write_timeline(sys.stdout, decisions, limit=args.max_decisions)
-        if other is not None:
-            write_compare(sys.stdout, compare(decisions, other_decisions),
-                          ", ".join(rules), ", ".join(args.compare))
-        write_summary(sys.stdout, line_stats, counts, top=args.top)
-    counts.close()  # the spilled runs, if any (an error on the way: removed at exit)
-    return 0
-
-
-def _compare_sidecar(other: Engine | None):
-    """The --compare engine in a forked process when a second core can run it beside
-    the first engine (sidecar.py); None: feed it in this process."""
-    from .sidecar import Sidecar, cores
-
-    if other is None or cores() < 2:
-        return None
-
-    def start():  # in the child: an engine like ``other`` (same class), own ledger
-        fresh = type(other)(other.ruleset, local=other.local, warmup=other.warmup)
-        return fresh.consume, lambda: list(fresh.decisions())
-
-    return Sidecar(start)
-
-
-def _sidecar_result(sidecar) -> list:
-    from .sidecar import SidecarError
-
-    try:
-        return sidecar.result()
-    except SidecarError as exc:
-        raise OperatorError(f"replay --compare: {exc}") from None
+    return ([s.name for s in ordered], line_stats,
+            engine.ledger if engine is not None else None, other_decisions)
 
 
 def _html_tracer(args: argparse.Namespace, engine: Engine | None):
