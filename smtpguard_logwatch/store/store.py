@@ -374,7 +374,6 @@ def frozen_shifted(v: int, shift: int) -> int:
     return v ^ ((hits ^ (hits >> shift)) << _FIELD_HITS)
 
 
-
 class _Bounds:
     """The ``top`` of :meth:`FrequencyStore.bound_reader` for one key's record, with
     the totals it has summed (a class rather than a closure: the compiled twin types
