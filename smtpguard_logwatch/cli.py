@@ -35,6 +35,7 @@ from .sources import LogSource, SourceError, chronological, iter_lines, source_f
 if TYPE_CHECKING:
     from .engine import Engine
     from .engine.ledger import Ledger
+    from .report_trace import Tracer
 
 DESCRIPTION = """\
 Reads Postfix, Exim and Sendmail logs, counts what every client IP, network,
@@ -821,13 +822,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(str(exc) if isinstance(exc, OutOfRange) else f"--warmup: {exc}"
                          ) from None
     counts = Counts()
-    files, line_stats, ledger, other_decisions = _replay_feed(
+    files, line_stats, ledger, other_decisions, tracer = _replay_feed(
         args, rules, warmup, sources, make_clock, counts)
-    # The engines, their stores and the parsers' tables are gone now: what the output
-    # needs (the decisions read back, the summary's runs merged, the JSON) reuses their
-    # memory. On a 15-day log it came on top of them: the replay's peak.
+    # The engines, their stores and the parsers' tables are gone now (unless --html's
+    # tracer samples the store): what the output needs (the decisions read back, the
+    # summary's runs merged, the JSON) reuses their memory. On a 15-day log it came on
+    # top of them: the replay's peak.
     gc.collect()
     decisions = list(ledger.all()) if ledger is not None else []
+    if args.html:
+        _write_replay_html(args, files, rules, line_stats, counts, decisions, tracer,
+                           other_decisions)
     if args.json:
         tail: dict[str, Any] = {"files": files, "rules": rules,
                                 "decisions": [decision_json(d) for d in decisions]}
@@ -874,13 +879,13 @@ def _sidecar_result(sidecar) -> list:
 
 
 def _replay_feed(args: argparse.Namespace, rules: list[str], warmup: float, sources,
-                 make_clock, counts: Counts) -> tuple[list[str], LineStats, Ledger | None,
-                                                      list]:
+                 make_clock, counts: Counts
+                 ) -> tuple[list[str], LineStats, Ledger | None, list, Tracer | None]:
     """Parse every source once, in time order, into ``counts`` and the engines
-    (``--compare``: both rule sets), write ``--html``, and give the sources' names, the
-    line statistics, the engine's ledger (its decisions, None without rules) and the
-    --compare engine's decisions. Everything else the run built (the engines' stores
-    above all) can go when this returns."""
+    (``--compare``: both rule sets), and give the sources' names, the line statistics,
+    the engine's ledger (its decisions, None without rules), the --compare engine's
+    decisions and --html's tracer. Everything else the run built (the engines' stores
+    above all, unless the tracer samples one) can go when this returns."""
     engine = replay_engine(rules, warmup, trim_store=not args.html) if rules else None
     other = replay_engine(args.compare, warmup) if args.compare else None
     tracer = _html_tracer(args, engine)
@@ -925,12 +930,8 @@ def _replay_feed(args: argparse.Namespace, rules: list[str], warmup: float, sour
             sidecar.close()
     if progress is not None:
         progress.end(line_stats)
-    if args.html:
-        decisions = list(engine.decisions()) if engine is not None else []
-        _write_replay_html(args, [s.name for s in ordered], rules, line_stats, counts,
-                           decisions, tracer, other_decisions)
     return ([s.name for s in ordered], line_stats,
-            engine.ledger if engine is not None else None, other_decisions)
+            engine.ledger if engine is not None else None, other_decisions, tracer)
 
 
 def _html_tracer(args: argparse.Namespace, engine: Engine | None):
