@@ -87,6 +87,17 @@ def is_extension(module: ModuleType) -> bool:
     return module.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
+def built_twins(needed: tuple[Callable[[], ModuleType | None], ...],
+                missing: str) -> ModuleType:
+    """The first of the compiled core's twins ``needed`` (their loaders in ``core``),
+    or a skip when any was not built (``missing`` says which)."""
+    compiled_or_skip()
+    modules = [load() for load in needed]
+    if None in modules:
+        pytest.skip(f"the {missing} not built (Cython < 3 at install time)")
+    return modules[0]
+
+
 def _run_on(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
             needed: tuple[Callable[[], ModuleType | None], ...], missing: str,
             twinned: Callable[[str], bool]) -> str:
@@ -97,8 +108,7 @@ def _run_on(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
         monkeypatch.setattr(core, "compiled", None)
         return "pure"
     monkeypatch.setattr(core, "compiled", compiled_or_skip())
-    if any(twin() is None for twin in needed):
-        pytest.skip(f"the {missing} not built (Cython < 3 at install time)")
+    built_twins(needed, missing)
     _swap_for_twins(request.module, monkeypatch, twinned)
     return "compiled"
 

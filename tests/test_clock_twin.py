@@ -18,7 +18,7 @@ from types import ModuleType
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import compiled_or_skip, is_extension
+from conftest import built_twins, is_extension
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,11 +30,7 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 @pytest.fixture(scope="module")
 def twin() -> ModuleType:
-    compiled_or_skip()
-    envelope = core.twin_envelope_module()
-    if envelope is None:
-        pytest.skip("the clock twin was not built (Cython < 3 at install time)")
-    return envelope
+    return built_twins((core.twin_envelope_module,), "clock twin was")
 
 
 def test_the_twin_is_a_compiled_module(twin) -> None:

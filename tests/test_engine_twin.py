@@ -21,7 +21,7 @@ import importlib.machinery
 from pathlib import Path
 
 import pytest
-from conftest import compiled_or_skip, is_extension
+from conftest import built_twins, is_extension
 from test_incremental_eval import HARD
 from test_store_horizons import RULESETS, _events, rule_files
 from test_store_twin import _rows
@@ -42,12 +42,8 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 @pytest.fixture(scope="module")
 def twin():  # noqa: ANN201 - the compiled engine module
-    compiled_or_skip()
-    module = core.twin_engine_module()
-    if None in (module, core.twin_store_module(), core.twin_conditions_module()):
-        pytest.skip("the engine, store or rule twins were not built (Cython < 3 at "
-                    "install time)")
-    return module
+    return built_twins((core.twin_engine_module, core.twin_store_module,
+                        core.twin_conditions_module), "engine, store or rule twins were")
 
 
 def test_the_twins_are_compiled_modules(twin) -> None:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import compiled_or_skip
+from conftest import built_twins
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_store_horizons import RULESETS, _events, rule_files
@@ -39,11 +39,7 @@ T0 = 1_780_000_000.0
 
 @pytest.fixture(scope="module")
 def twin():  # noqa: ANN201 - the compiled store module
-    compiled_or_skip()
-    module = core.twin_store_module()
-    if module is None:
-        pytest.skip("the store twin was not built (Cython < 3 at install time)")
-    return module
+    return built_twins((core.twin_store_module,), "store twin was")
 
 
 def test_the_twin_is_a_compiled_module(twin) -> None:
