@@ -43,7 +43,9 @@ Bounded memory under hostile cardinality (forged senders, random recipients):
 * FROZEN KEYS: an idle key that holds one head or nothing (a one-off sender kept 8
   days for the baselines; an IP kept for its first sighting: nine in ten of a long
   replay's keys) is held as one packed int of 48 bytes instead of its record of 128
-  (:func:`freeze`), and becomes a record again when anything adds to it.
+  (:func:`freeze`), and becomes a record again when anything adds to it. An idle key
+  whose series hold history (nothing added for 13 hours) is packed into one bytes
+  object, about a third of its record, series and arrays (:func:`pack`).
 
 The store clock is the newest level-0 bucket passed to ``add``/``add_member`` or to
 ``expire``; answers are exact for queries whose ``now`` is at most ``SLACK`` (1 hour)
@@ -56,6 +58,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
+import struct
 from collections.abc import Callable, Iterable, Iterator
 
 from .baseline import (
@@ -80,6 +83,7 @@ from .buckets import total as _total
 from .buckets import window_sum as _window_sum
 from .distinct import MemberSet
 from .evict import decay, pick_victims
+from .persist import pack_members, pack_series, unpack_members, unpack_series
 
 # Keys and members are attacker-chosen strings; their length is bounded so that the key
 # cap bounds memory. 320 = the longest valid address (64 + 1 + 255, RFC 5321).
@@ -319,6 +323,8 @@ def freeze(rec: KeyRec, metric_ids: dict[str, int]) -> int | None:
         head = int(span)
         value = int(value)
         mi = metric_ids.get(m, 0)
+        if mi > FROZEN_METRICS:  # named first by a packed key (see pack)
+            return None
         if not mi:
             if len(metric_ids) >= FROZEN_METRICS:
                 return None
@@ -332,8 +338,8 @@ def freeze(rec: KeyRec, metric_ids: dict[str, int]) -> int | None:
             | hits << _FIELD_HITS | mi << 1 | (1 if rec.dirty else 0))
 
 
-def thaw(v: int, metric_names: list[str]) -> KeyRec:
-    """The record packed in ``v`` (``metric_names[i - 1]``: metric index i)."""
+def _thaw_int(v: int, metric_names: list[str]) -> KeyRec:
+    """The record packed in the int ``v`` (``metric_names[i - 1]``: metric index i)."""
     first = float((v >> _FIELD_FIRST) & _MASK_32)
     rec = KeyRec(first)
     rec.dirty = bool(v & 1)
@@ -351,6 +357,105 @@ def thaw(v: int, metric_names: list[str]) -> KeyRec:
     return rec
 
 
+# Packed keys. An idle key whose series hold history (a sender busy for an afternoon,
+# then quiet: its hourly buckets stay 8 days for the baselines) costs its record, a
+# Series per metric, a list of levels and two arrays per level: about 670 bytes for one
+# series of 8 hourly buckets, some 40,000 such keys at the peak of a long replay; a
+# network's member set of client addresses adds a MemberSet and its dict. Once such a
+# key is idle (expiry finds no head and no sighting younger than level 0's cut: nothing
+# added for 13 hours), its value in the dimension's dict becomes one bytes object (about
+# a third of that) holding the same numbers and members as they were, doubles as
+# doubles: nothing is rounded. It is unpacked like a frozen int: for good when
+# something adds to it or expiry has something to fold, as a copy to read otherwise.
+# Layout: floor(due) as a big-endian u64 (so that the expiry walk compares the bytes
+# with one comparison, as it compares the ints), _PACKED_HEAD, then per metric its
+# index, kind and size, and the series or member set as the state database saves it
+# (:mod:`.persist`: a packed key unpacks as a saved one loads). A 256th metric, or a
+# due that is not a whole u64 of buckets, keeps the record.
+_PACKED_DUE = struct.Struct(">Q")
+# dirty, levels, hits, id, first, kept, members held (for stats), metrics
+_PACKED_HEAD = struct.Struct("<BBqqddqB")
+_PACKED_HITS = _PACKED_DUE.size + 2  # offset of hits
+_PACKED_HELD = _PACKED_DUE.size + 34  # offset of the members held
+_PACKED_METRIC = struct.Struct("<BBI")  # metric index, kind (0: series, 1: members), size
+_PACKED_METRICS = 255
+_I64 = struct.Struct("<q")
+
+
+def pack(rec: KeyRec, metric_ids: dict[str, int], nlevels: int) -> bytes | None:
+    """``rec`` packed as bytes (see above), or None when it holds a number that does
+    not fit or a head alone (:func:`freeze` packs those)."""
+    d = rec.d
+    if d is None:
+        if rec.s is None:
+            return None
+        pairs: tuple = (rec.m, rec.s)
+    else:
+        pairs = d
+    due = rec.due
+    if not (0.0 <= due < 18446744073709551616.0) or not (
+            0 <= rec.hits < 2**63 and 0 <= rec.id < 2**63):
+        return None
+    mids = []
+    for m in pairs[::2]:
+        mi = metric_ids.get(m, 0)
+        if not mi:
+            if len(metric_ids) >= _PACKED_METRICS:
+                return None
+            mi = metric_ids[m] = len(metric_ids) + 1
+        mids.append(mi)
+    parts: list = [b"", b""]
+    held = 0
+    for mi, s in zip(mids, pairs[1::2], strict=True):
+        series = type(s) is Series
+        data = pack_series(s) if series else pack_members(s)
+        if not series:
+            held += len(s)
+        parts.append(_PACKED_METRIC.pack(mi, 0 if series else 1, len(data)))
+        parts.append(data)
+    parts[0] = _PACKED_DUE.pack(int(due))
+    parts[1] = _PACKED_HEAD.pack(1 if rec.dirty else 0, nlevels, rec.hits, rec.id, rec.first,
+                                 rec.kept, held, len(mids))
+    return b"".join(parts)
+
+
+def _unpack(v: bytes, metric_names: list[str]) -> KeyRec:
+    """The record packed in the bytes ``v`` (see :func:`pack`)."""
+    dirty, nlevels, hits, kid, first, kept, _, nm = _PACKED_HEAD.unpack_from(v, 8)
+    rec = KeyRec(first)
+    rec.dirty = bool(dirty)
+    rec.hits = hits
+    rec.id = kid
+    rec.kept = kept
+    rec.due = float(_PACKED_DUE.unpack_from(v, 0)[0])
+    off = 8 + _PACKED_HEAD.size
+    pairs: list = []
+    for _ in range(nm):
+        mi, kind, size = _PACKED_METRIC.unpack_from(v, off)
+        off += _PACKED_METRIC.size
+        data = v[off:off + size]
+        off += size
+        pairs.append(metric_names[mi - 1])
+        pairs.append(unpack_series(data, nlevels) if kind == 0 else unpack_members(data))
+    if nm == 1:
+        rec.m, rec.s = pairs
+    else:
+        rec.d = tuple(pairs)
+    return rec
+
+
+def packed_members(v: bytes) -> int:
+    """Distinct members a packed key holds (for stats, without unpacking it)."""
+    return _I64.unpack_from(v, _PACKED_HELD)[0]
+
+
+def thaw(v: int | bytes, metric_names: list[str]) -> KeyRec:
+    """The record frozen in ``v``, an int (:func:`freeze`) or bytes (:func:`pack`)."""
+    if type(v) is int:
+        return _thaw_int(v, metric_names)
+    return _unpack(v, metric_names)
+
+
 def frozen_due_by(clock: float) -> int:
     """A frozen key whose int is below this is due at store clock ``clock`` (its
     floor(due) is at most the clock: early by under a bucket at worst, which costs a
@@ -358,20 +463,32 @@ def frozen_due_by(clock: float) -> int:
     return (int(clock) + 1) << FROZEN_DUE_SHIFT
 
 
-def frozen_hits(v: int) -> int:
+def packed_due_by(clock: float) -> bytes:
+    """:func:`frozen_due_by` for packed keys: a packed key below these bytes is due."""
+    return _PACKED_DUE.pack(int(clock) + 1)
+
+
+def frozen_hits(v: int | bytes) -> int:
     """The eviction score packed in a frozen key."""
-    return (v >> _FIELD_HITS) & _MASK_18
+    if type(v) is int:
+        return (v >> _FIELD_HITS) & _MASK_18
+    return _I64.unpack_from(v, _PACKED_HITS)[0]
 
 
-def frozen_dirty(v: int) -> bool:
+def frozen_dirty(v: int | bytes) -> bool:
     """Whether a frozen key changed since the last save."""
-    return bool(v & 1)
+    if type(v) is int:
+        return bool(v & 1)
+    return bool(v[8] & 1)
 
 
-def frozen_shifted(v: int, shift: int) -> int:
+def frozen_shifted(v: int | bytes, shift: int) -> int | bytes:
     """A frozen key with its score halved ``shift`` times (eviction's decay)."""
-    hits = (v >> _FIELD_HITS) & _MASK_18
-    return v ^ ((hits ^ (hits >> shift)) << _FIELD_HITS)
+    if type(v) is int:
+        hits = (v >> _FIELD_HITS) & _MASK_18
+        return v ^ ((hits ^ (hits >> shift)) << _FIELD_HITS)
+    hits = _I64.unpack_from(v, _PACKED_HITS)[0]
+    return b"".join((v[:_PACKED_HITS], _I64.pack(hits >> shift), v[_PACKED_HITS + 8:]))
 
 
 class _Bounds:
@@ -452,8 +569,8 @@ class FrequencyStore:
         # series stays after its newest data, for metrics read only in shorter windows
         # than the store's retention (set_horizons; empty: everything stays that long)
         self._horizon_stay: dict[str, dict[str, float]] = {}
-        # idle keys that hold a head or nothing are packed into ints (see freeze); their
-        # metrics' names by index (a handful: the metrics the rules count)
+        # idle keys are frozen: a head or nothing into an int (freeze), series into bytes
+        # (pack); their metrics' names by index (a handful: the metrics the rules count)
         self._freeze_idle = bool(freeze_idle)
         self._frozen_ids: dict[str, int] = {}
         self._frozen_names: list[str] = []
@@ -618,7 +735,9 @@ class FrequencyStore:
             self._entries += 1
         elif type(ms) is not MemberSet:
             raise TypeError(f"metric {metric!r} holds counts; use add")
-        due = b + self._stay[-1]
+        # expiry looks again once level 0's retention has passed: then a key may be
+        # idle (frozen), and a member read only in short windows may go
+        due = b + self._stay[0]
         if due < rec.due:
             rec.due = due
         old = ms.add(member, b, self._dcap)
@@ -659,13 +778,15 @@ class FrequencyStore:
         rec = self._dims[dimension][key] = thaw(v, self._frozen_names)
         return rec
 
-    def _frozen(self, rec: KeyRec) -> int | None:
-        """``rec`` frozen (see :func:`freeze`), or None: it stays a record."""
+    def _frozen(self, rec: KeyRec) -> int | bytes | None:
+        """``rec`` frozen: a head or nothing as an int (:func:`freeze`), series as bytes
+        (:func:`pack`); None: it stays a record."""
         ids = self._frozen_ids
         known = len(ids)
-        v = freeze(rec, ids)
+        held = rec.s is not None or rec.d is not None
+        v = pack(rec, ids, self._geo.n) if held else freeze(rec, ids)
         if len(ids) != known:
-            self._frozen_names.append(rec.m)
+            self._frozen_names.extend(list(ids)[known:])
         return v
 
     def _evict(self, dimension: str, keys: dict[str, KeyRec]) -> None:
@@ -714,6 +835,7 @@ class FrequencyStore:
         dues: dict[float, float] = {}  # one float object per distinct due time
         freeze_idle = self._freeze_idle
         frozen_due = frozen_due_by(clock)
+        packed_due = packed_due_by(clock)
         # The hot loop of housekeeping (hourly): a key whose data cannot have reached a
         # cut yet costs one comparison; in the others, the common cases — a head-only or
         # still-recent series, an unchanged member set — cost no call.
@@ -725,11 +847,16 @@ class FrequencyStore:
                     rec = obj
                     if clock < rec.due:
                         continue
-                elif obj >= frozen_due:
+                elif type(obj) is int:
+                    if obj >= frozen_due:
+                        continue
+                    rec = keys[key] = thaw(obj, self._frozen_names)
+                elif obj >= packed_due:
                     continue
                 else:
                     rec = keys[key] = thaw(obj, self._frozen_names)
                 dead = None
+                idle = True  # nothing added at or after level 0's cut
                 due = math.inf if rec else NO_BUCKET
                 d, m = rec.d, rec.m  # rec.items() without reviving a head (KeyRec)
                 for metric, s in (zip(d[::2], d[1::2], strict=True) if d is not None
@@ -753,6 +880,10 @@ class FrequencyStore:
                             if t < due:
                                 due = t
                             continue
+                        if s.b >= cut0:  # added to within 13 hours: not idle yet
+                            idle = False
+                            if freeze_idle and s.b + stay0 < due:
+                                due = s.b + stay0  # look again when it may be
                         h = s.h
                         if (s.up is not None or (h is not None and h and h[0] < cut0)) \
                                 and fold(s, geo, cuts):
@@ -777,6 +908,10 @@ class FrequencyStore:
                             due = t
                     else:
                         newest = s.tail
+                        if newest >= cut0:
+                            idle = False
+                            if freeze_idle and newest + stay0 < due:
+                                due = newest + stay0
                         if s.prune(drop0 if sh is None else max(drop0, clock - sh)):
                             rec.dirty = True
                         oldest = s.oldest()
@@ -803,7 +938,7 @@ class FrequencyStore:
                         continue
                     due = rec.kept + stay_last
                 rec.due = dues.setdefault(due, due)
-                if freeze_idle and rec.s is None and rec.d is None:  # a head or nothing
+                if freeze_idle and (idle or rec.s is None and rec.d is None):
                     v = self._frozen(rec)
                     if v is not None:
                         keys[key] = v
@@ -1048,10 +1183,13 @@ class FrequencyStore:
     def stats(self) -> dict:
         """Monitoring numbers: keys per dimension, series, distinct members held (an
         O(series) walk), keys evicted so far, the store clock."""
-        members = sum(  # stored(): a head held in its record is never a member set
-            len(x) for keys in self._dims.values() for rec in keys.values()
-            if type(rec) is KeyRec for _, x in rec.stored() if type(x) is MemberSet
-        )
+        members = 0  # stored(): a head held in its record is never a member set
+        for keys in self._dims.values():
+            for rec in keys.values():
+                if type(rec) is KeyRec:
+                    members += sum(len(x) for _, x in rec.stored() if type(x) is MemberSet)
+                elif type(rec) is bytes:
+                    members += packed_members(rec)
         return {
             "keys": {d: len(k) for d, k in self._dims.items()},
             "series": self._entries,
