@@ -404,19 +404,18 @@ def pack(rec: KeyRec, metric_ids: dict[str, int], nlevels: int) -> bytes | None:
                 return None
             mi = metric_ids[m] = len(metric_ids) + 1
         mids.append(mi)
-    parts: list = [b"", b""]
+    body: list = []
     held = 0
     for mi, s in zip(mids, pairs[1::2], strict=True):
         series = type(s) is Series
         data = pack_series(s) if series else pack_members(s)
         if not series:
             held += len(s)
-        parts.append(_PACKED_METRIC.pack(mi, 0 if series else 1, len(data)))
-        parts.append(data)
-    parts[0] = _PACKED_DUE.pack(int(due))
-    parts[1] = _PACKED_HEAD.pack(1 if rec.dirty else 0, nlevels, rec.hits, rec.id, rec.first,
-                                 rec.kept, held, len(mids))
-    return b"".join(parts)
+        body.append(_PACKED_METRIC.pack(mi, 0 if series else 1, len(data)))
+        body.append(data)
+    head = _PACKED_HEAD.pack(1 if rec.dirty else 0, nlevels, rec.hits, rec.id, rec.first,
+                             rec.kept, held, len(mids))
+    return b"".join((_PACKED_DUE.pack(int(due)), head, *body))
 
 
 def _unpack(v: bytes, metric_names: list[str]) -> KeyRec:
@@ -847,11 +846,7 @@ class FrequencyStore:
                     rec = obj
                     if clock < rec.due:
                         continue
-                elif type(obj) is int:
-                    if obj >= frozen_due:
-                        continue
-                    rec = keys[key] = thaw(obj, self._frozen_names)
-                elif obj >= packed_due:
+                elif obj >= (frozen_due if type(obj) is int else packed_due):
                     continue
                 else:
                     rec = keys[key] = thaw(obj, self._frozen_names)
