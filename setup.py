@@ -29,8 +29,8 @@ PURE_BUILD = "SMTPGUARD_PURE_BUILD"
 TWINS: dict[str, tuple[str, tuple[str, ...]]] = {
     "parsers": ("smtpguard_logwatch.parsers", ("fields", "postfix", "exim", "sendmail")),
     "smtpguard_logwatch/store": ("smtpguard_logwatch.store",
-                                 ("buckets", "distinct", "baseline", "evict", "store",
-                                  "persist")),
+                                 ("buckets", "distinct", "baseline", "evict", "record",
+                                  "store", "persist")),
     "smtpguard_logwatch/engine": ("smtpguard_logwatch.engine", ("observe", "engine")),
     "smtpguard_logwatch/rules": ("smtpguard_logwatch.rules", ("gate", "conditions")),
     # the clock that dates the stamps (a new stamp every few lines). Not counting.py:

@@ -26,9 +26,8 @@ from smtpguard_logwatch.rules.loader import load_rules
 from smtpguard_logwatch.store import DAY, HOUR, MINUTE
 from smtpguard_logwatch.store.buckets import Series
 from smtpguard_logwatch.store.distinct import MemberSet
-from smtpguard_logwatch.store.store import (
+from smtpguard_logwatch.store.record import (
     FROZEN_METRICS,
-    FrequencyStore,
     KeyRec,
     freeze,
     frozen_dirty,
@@ -38,6 +37,7 @@ from smtpguard_logwatch.store.store import (
     packed_members,
     thaw,
 )
+from smtpguard_logwatch.store.store import FrequencyStore
 
 pytestmark = pytest.mark.usefixtures("store_twin")
 

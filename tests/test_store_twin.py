@@ -45,7 +45,7 @@ def twin():  # noqa: ANN201 - the compiled store module
 def test_the_twin_is_a_compiled_module(twin) -> None:
     assert twin.__file__.endswith(".so")
     assert twin.FrequencyStore is not PureStore
-    for name in ("buckets", "distinct", "baseline", "evict", "persist"):
+    for name in ("buckets", "distinct", "baseline", "evict", "record", "persist"):
         sibling = __import__(f"smtpguard_logwatch.store._c_{name}", fromlist=["x"])
         assert sibling.__file__.endswith(".so"), name
     # the twin uses its siblings' twins, not the pure modules
@@ -54,7 +54,7 @@ def test_the_twin_is_a_compiled_module(twin) -> None:
     store.add("client_ip", "192.0.2.1", "rejects", T0)
     assert type(store._geo).__module__ == "smtpguard_logwatch.store._c_buckets"
     rec = store._dims["client_ip"]["192.0.2.1"]
-    assert type(rec).__module__ == "smtpguard_logwatch.store._c_store"
+    assert type(rec).__module__ == "smtpguard_logwatch.store._c_record"
     assert type(rec.d[1]).__module__ == "smtpguard_logwatch.store._c_buckets"
 
 

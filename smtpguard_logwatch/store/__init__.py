@@ -8,6 +8,7 @@ Modules, one job each:
 * :mod:`.distinct` — capped distinct-member counts per window;
 * :mod:`.baseline` — a key's usual count for a window length (quantile of its history);
 * :mod:`.evict` — which keys to forget when a dimension is full;
+* :mod:`.record` — one key's record, and the int or bytes an idle key is frozen into;
 * :mod:`.store` — :class:`FrequencyStore`, the keyed map tying them together;
 * :mod:`.persist` — SQLite save/load inside the caller's transaction.
 """

@@ -181,7 +181,7 @@ def save(store: FrequencyStore, conn: sqlite3.Connection) -> None:
 
 
 def _save_full(store: FrequencyStore, conn: sqlite3.Connection) -> None:
-    from .store import KeyRec, thaw
+    from .record import KeyRec, thaw
 
     conn.execute("DELETE FROM freqstore_series")
     conn.execute("DELETE FROM freqstore_keys")
@@ -206,7 +206,7 @@ def _save_full(store: FrequencyStore, conn: sqlite3.Connection) -> None:
 
 
 def _save_changed(store: FrequencyStore, conn: sqlite3.Connection) -> None:
-    from .store import KeyRec, frozen_dirty, thaw
+    from .record import KeyRec, frozen_dirty, thaw
 
     new_keys, old_keys, series_rows, stale = [], [], [], []
     names = store._frozen_names
@@ -273,7 +273,7 @@ def load(cls: type[FrequencyStore], conn: sqlite3.Connection, **kwargs) -> Frequ
     store._decayed_at = {k: float(v) for k, v in json.loads(meta["decayed_at"]).items()}
     store.evicted = int(meta.get("evicted", "0"))
 
-    from .store import KeyRec
+    from .record import KeyRec
 
     recs: dict[int, KeyRec] = {}
     dims = store._dims

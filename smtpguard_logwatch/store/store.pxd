@@ -12,12 +12,8 @@ import cython
 
 # (the twin's name for buckets.pxd: setup.py copies both beside their twins)
 from ._c_buckets cimport Geometry, Series
-
-cdef class KeyRec:
-    cdef public Py_ssize_t hits, id
-    cdef public double first, due, kept, hb, hv
-    cdef public bint dirty
-    cdef public object m, s, d
+# a key's record, typed in record.pxd: its fields are C fields here too
+from ._c_record cimport KeyRec
 
 cdef class _Bounds:
     cdef KeyRec rec
