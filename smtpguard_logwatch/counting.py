@@ -382,14 +382,16 @@ def write_summary_json(out: TextIO, counts: Counts, head: dict[str, Any],
 
 def _write_value(out: TextIO, value: Any) -> None:
     """``json.dumps(value, separators=(",", ":"))`` written piece by piece: the lists of
-    decisions are written one decision at a time, never as one big string."""
+    decisions are written one decision at a time, never as one big string. An iterator
+    is written as a list, taking one item at a time from it (replay streams its
+    decisions from the ledger that way)."""
     if isinstance(value, dict) and all(type(k) is str for k in value):
         out.write("{")
         for i, (key, item) in enumerate(value.items()):
             out.write(("," if i else "") + json.dumps(key) + ":")
             _write_value(out, item)
         out.write("}")
-    elif isinstance(value, list):
+    elif isinstance(value, (list, Iterator)):
         out.write("[")
         for i, item in enumerate(value):
             if i:
