@@ -98,9 +98,6 @@ from .record import (
 # Keys and members are attacker-chosen strings; their length is bounded so that the key
 # cap bounds memory. 320 = the longest valid address (64 + 1 + 255, RFC 5321).
 MAX_KEY_CHARS = 320
-# A dimension's dict is rebuilt once this many keys, and a quarter of those it holds,
-# were removed from it (FrequencyStore._compact); below, it is too small to matter.
-_COMPACT_MIN = 4096
 # Good standing (accepted mail in the key's history), for the circuit breaker.
 GOOD_STANDING_HISTORY = 8 * 86400.0  # the longest window the default resolutions hold
 GOOD_STANDING_SETTLE = 3600.0
@@ -190,8 +187,6 @@ class FrequencyStore:
         self.evicted = 0  # keys evicted so far (for monitoring)
         self._all_dirty = True  # the next save rewrites everything (see persist.save)
         self._removed: list[int] = []  # saved keys expired or evicted since the last save
-        # per dimension: keys removed since its dict was last rebuilt (see _compact)
-        self._holes: dict[str, int] = {}
         self._decays: list[tuple[str, int]] = []  # (dimension, shift) since the last save
         self._next_id = 1  # row id of the next key saved incrementally
         # dimension -> metric -> how long (level-0 buckets, one less: see _stay) a
@@ -436,8 +431,7 @@ class FrequencyStore:
                             keys[k] = frozen_shifted(r, shift)
             self._decayed_at[dimension] = hour
         hits = [r.hits if type(r) is KeyRec else frozen_hits(r) for r in keys.values()]
-        victims = pick_victims(keys, self._batch, hits)
-        for k in victims:
+        for k in pick_victims(keys, self._batch, hits):
             rec = keys.pop(k)
             if type(rec) is not KeyRec:
                 rec = thaw(rec, self._frozen_names)
@@ -445,8 +439,6 @@ class FrequencyStore:
             self.evicted += 1
             if rec.id:
                 self._removed.append(rec.id)
-        # (the dict is rebuilt by the next expire: the caller goes on adding to it)
-        self._holes[dimension] = self._holes.get(dimension, 0) + len(victims)
 
     def expire(self, now: float) -> int:
         """Housekeeping, e.g. every few minutes: advance the clock to ``now``, fold or drop
@@ -574,28 +566,8 @@ class FrequencyStore:
                 rec = keys.pop(key)
                 if rec.id:
                     self._removed.append(rec.id)  # for the next (incremental) save
-            self._compact(dimension, keys, len(dead_keys))
         self._entries -= gone
         return gone
-
-    def _compact(self, dimension: str, keys: dict, removed: int) -> None:
-        """Count ``removed`` keys gone from the dimension's dict, and rebuild the dict
-        once they are a quarter of what it holds.
-
-        Why: a dict never reuses the slot of a key it deleted, and when its slots run
-        out it grows to three times its keys, not to what they need. Keys come and go
-        all the time here (8 days of senders, a few thousand new ones an hour), so the
-        sender dimension's dict of 185,000 keys went from 7.3 to 14.7 MB in a long
-        replay, each growth holding both tables for a moment (the bench's 45-day log
-        peaked at 181 MB against 147 MB at 15 days). A copy is sized for the keys it
-        holds, in the same order (eviction's ties go by it). Amortised, four entries
-        are copied per key removed."""
-        holes = self._holes.get(dimension, 0) + removed
-        if holes >= _COMPACT_MIN and holes * 4 >= len(keys):
-            if self._dims.get(dimension) is keys:
-                self._dims[dimension] = dict(keys)
-            holes = 0
-        self._holes[dimension] = holes
 
     # ------------------------------------------------------------------ reads
     def _rec(self, dimension: str, key: str) -> KeyRec | None:
