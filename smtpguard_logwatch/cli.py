@@ -834,8 +834,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         decisions = []
     elif args.json and not (args.html or args.compare):
         # Streamed from the ledger into the JSON, one decision at a time: as a list of
-        # decisions and their JSON objects (2.6 KB each), a 45-day log's 22,000 held
-        # about 57 MB at the end of the replay, on top of everything else.
+        # decisions and their JSON objects (2.6 KB each), a 45-day log's 22,000 took
+        # about 57 MB at the end of the replay (not its peak there: that comes while
+        # parsing, but the end need not hold a copy of the ledger).
         decisions = ledger.all()
     else:
         decisions = list(ledger.all())  # read more than once (HTML, compare, timeline)
