@@ -294,8 +294,10 @@ def _thaw_int(v: int, metric_names: list[str]) -> KeyRec:
 _PACKED_DUE = struct.Struct(">Q")
 # dirty, levels, hits, id, first, kept, members held (for stats), metrics
 _PACKED_HEAD = struct.Struct("<BBqqddqB")
-_PACKED_HITS = _PACKED_DUE.size + 2  # offset of hits
-_PACKED_HELD = _PACKED_DUE.size + 34  # offset of the members held
+# offsets in the bytes, from the head's format: dirty, hits, members held
+_PACKED_DIRTY = _PACKED_DUE.size
+_PACKED_HITS = _PACKED_DUE.size + struct.calcsize("<BB")
+_PACKED_HELD = _PACKED_DUE.size + struct.calcsize("<BBqqdd")
 _PACKED_METRIC = struct.Struct("<BBI")  # metric index, kind (0: series, 1: members), size
 _PACKED_METRICS = 255
 _I64 = struct.Struct("<q")
@@ -339,14 +341,14 @@ def pack(rec: KeyRec, metric_ids: dict[str, int], nlevels: int) -> bytes | None:
 
 def _unpack(v: bytes, metric_names: list[str]) -> KeyRec:
     """The record packed in the bytes ``v`` (see :func:`pack`)."""
-    dirty, nlevels, hits, kid, first, kept, _, nm = _PACKED_HEAD.unpack_from(v, 8)
+    dirty, nlevels, hits, kid, first, kept, _, nm = _PACKED_HEAD.unpack_from(v, _PACKED_DIRTY)
     rec = KeyRec(first)
     rec.dirty = bool(dirty)
     rec.hits = hits
     rec.id = kid
     rec.kept = kept
     rec.due = float(_PACKED_DUE.unpack_from(v, 0)[0])
-    off = 8 + _PACKED_HEAD.size
+    off = _PACKED_DIRTY + _PACKED_HEAD.size
     pairs: list = []
     for _ in range(nm):
         mi, kind, size = _PACKED_METRIC.unpack_from(v, off)
@@ -397,7 +399,7 @@ def frozen_dirty(v: int | bytes) -> bool:
     """Whether a frozen key changed since the last save."""
     if type(v) is int:
         return bool(v & 1)
-    return bool(v[8] & 1)
+    return bool(v[_PACKED_DIRTY] & 1)
 
 
 def frozen_shifted(v: int | bytes, shift: int) -> int | bytes:
@@ -406,4 +408,4 @@ def frozen_shifted(v: int | bytes, shift: int) -> int | bytes:
         hits = (v >> _FIELD_HITS) & _MASK_18
         return v ^ ((hits ^ (hits >> shift)) << _FIELD_HITS)
     hits = _I64.unpack_from(v, _PACKED_HITS)[0]
-    return b"".join((v[:_PACKED_HITS], _I64.pack(hits >> shift), v[_PACKED_HITS + 8:]))
+    return b"".join((v[:_PACKED_HITS], _I64.pack(hits >> shift), v[_PACKED_HITS + _I64.size:]))
