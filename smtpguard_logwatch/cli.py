@@ -804,10 +804,11 @@ def replay_engine(paths: list[str], warmup: float, *, trim_store: bool = True) -
     FrequencyStore.set_horizons), unless --html will sample past counts from it.
     (Public for bench/bench_engine.py, which times the engine replay runs.)"""
     from .engine.active import engine_class
+    from .engine.ledger import Ledger
     from .engine.local import LocalNetworks
 
     return engine_class()(load_rules(paths), local=LocalNetworks.this_host(),
-                          warmup=warmup, trim_store=trim_store)
+                          warmup=warmup, trim_store=trim_store, ledger=Ledger.temporary())
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -873,7 +874,10 @@ def _compare_sidecar(other: Engine | None):
         return None
 
     def start():  # in the child: an engine like ``other`` (same class), own ledger
-        fresh = type(other)(other.ruleset, local=other.local, warmup=other.warmup)
+        from .engine.ledger import Ledger
+
+        fresh = type(other)(other.ruleset, local=other.local, warmup=other.warmup,
+                            trim_store=other.trim_store, ledger=Ledger.temporary())
         return fresh.consume, lambda: list(fresh.decisions())
 
     return Sidecar(start)

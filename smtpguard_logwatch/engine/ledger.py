@@ -1,6 +1,6 @@
 """The decision ledger: every decision — what, on whom, why (rules and evidence), from
 when, until when — in SQLite. Actions are applied and revoked from it; replay writes
-to an in-memory ledger and prints it."""
+to a temporary ledger (see :meth:`Ledger.temporary`) and prints it."""
 
 from __future__ import annotations
 
@@ -85,6 +85,16 @@ class Ledger:
         self.conn = conn if conn is not None else sqlite3.connect(path)
         self.conn.executescript(SCHEMA)
         _add_simulated_column(self.conn)
+
+    @classmethod
+    def temporary(cls) -> Ledger:
+        """A ledger that lives as long as its connection, in SQLite's private temporary
+        database (the empty file name): its pages beyond SQLite's page cache (2 MB by
+        default) go to an unlinked file, so a replay's decisions do not grow the heap
+        (in ``:memory:`` a 45-day log's 22,000 took about 7 MB, 0.33 MB per 1,000). SQLite
+        opens that file with O_EXCL|O_NOFOLLOW under a random name and unlinks it at
+        once (in $SQLITE_TMPDIR, /var/tmp or /tmp): no other user can redirect it."""
+        return cls("")
 
     def record(self, d: Decision) -> Decision:
         """Insert ``d`` (keeping ``d.id`` if it has one) and set its id."""
