@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from functools import partial
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -65,9 +66,11 @@ class OptionalBuildExt(build_ext):
 
 
 def twin_sources() -> list[Extension]:
-    """Copies of <source>/<name>.py as _c_<name>.py whose relative imports of their
-    siblings import the siblings' twins, so the compiled and the pure modules live side
-    by side and the tests can compare them."""
+    """Copies of <source>/<name>.py as _c_<name>.py whose imports of twinned modules
+    (siblings or not: the engine's observe calls the parsers' field helpers for every
+    event) import the twins, so the compiled and the pure modules live side by side
+    and the tests can compare them."""
+    twinned = {f"{package}.{name}" for package, names in TWINS.values() for name in names}
     exts = []
     for source, (package, names) in TWINS.items():
         parts = package.split(".")
@@ -76,11 +79,11 @@ def twin_sources() -> list[Extension]:
         for level in range(1, len(parts) + 1):
             TWIN_ROOT.joinpath(*parts[:level], "__init__.py").touch()
         names_re = "|".join(names)
-        siblings = re.compile(rf"^(\s*)from \.({names_re}) import", flags=re.M)
         sibling_modules = re.compile(rf"^(\s*)from \. import ({names_re})$", flags=re.M)
         for name in names:
             text = Path(source, f"{name}.py").read_text(encoding="utf-8")
-            text = siblings.sub(r"\1from ._c_\2 import", text)
+            text = _IMPORT_FROM.sub(partial(_to_twin, package=package, twinned=twinned),
+                                    text)
             text = sibling_modules.sub(r"\1from . import _c_\2 as \2", text)
             _write_if_changed(twin_dir / f"_c_{name}.py", text)
             # The twin's types (<source>/<name>.pxd), when the module has them.
@@ -92,6 +95,27 @@ def twin_sources() -> list[Extension]:
                 pxd.unlink(missing_ok=True)
             exts.append(Extension(f"{package}._c_{name}", [str(twin_dir / f"_c_{name}.py")]))
     return exts
+
+
+_IMPORT_FROM = re.compile(r"^(\s*from )(\.*)([\w.]*)( import)", flags=re.M)
+
+
+def _to_twin(match: re.Match, package: str, twinned: set[str]) -> str:
+    """``from <module> import`` in a module of ``package``, naming the module's twin
+    when it has one (``from ..parsers.fields import`` -> ``from ..parsers._c_fields
+    import``); any other import unchanged."""
+    head, dots, dotted, tail = match.groups()
+    if not dotted:
+        return match.group(0)  # ``from . import x``: see sibling_modules
+    if dots:
+        base = package.split(".")[: len(package.split(".")) - (len(dots) - 1)]
+        module = ".".join([*base, dotted])
+    else:
+        module = dotted
+    if module not in twinned:
+        return match.group(0)
+    parent, _, last = dotted.rpartition(".")
+    return f"{head}{dots}{parent + '.' if parent else ''}_c_{last}{tail}"
 
 
 def _write_if_changed(path: Path, text: str) -> None:

@@ -105,6 +105,35 @@ def clean_address(text: str | None) -> str | None:
     return text.lower()
 
 
+# address -> its network's text, for recent addresses only (as the address cache
+# above: an address comes back on every line of its session). Cleared when
+# full. 4096 rather than 65536: a full cache of one-off addresses held ~7 MB (their
+# strings and the networks') at the peak of a long replay, and on the 1M-line bench
+# log 93 % of lookups still hit (96 % with 65536): 19k more slices per million lines.
+_NETS_MAX = 4096
+_NETS: dict[str, str] = {}
+
+
+def network_text(ip: str) -> str:
+    """The network of a valid address (see network_of), computed."""
+    if ":" in ip:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return ip[: ip.rfind(".")] + ".0/24"
+
+
+def network_of(ip: str) -> str:
+    """The /24 (IPv4) or /64 (IPv6) network an address belongs to, as CIDR text: the
+    client_net key of every event with a client. Here, beside the address's own
+    normalisation, so that the engine's compiled twin calls the compiled twin."""
+    net = _NETS.get(ip)
+    if net is None:
+        net = network_text(ip)
+        if len(_NETS) >= _NETS_MAX:
+            _NETS.clear()
+        _NETS[ip] = net
+    return net
+
+
 def domain_of(address: str) -> str | None:
     """The domain part of an address key, or None for the null sender / bare names."""
     i = address.rfind("@")

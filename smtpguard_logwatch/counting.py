@@ -26,7 +26,6 @@ Metric definitions (the documented contract of ``replay --json``):
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import sys
@@ -44,7 +43,7 @@ from .events import (
     Rejection,
     SessionOpened,
 )
-from .parsers.fields import domain_of
+from .parsers.fields import domain_of, network_text
 from .sortedruns import RunDirectory, Runs
 
 log = logging.getLogger(__name__)
@@ -89,30 +88,6 @@ class _Rows(dict[str, list[int]]):
         return row
 
 
-# address -> its network's text, for recent addresses only (as parsers.fields'
-# address cache: an address comes back on every line of its session). Cleared when
-# full. 4096 rather than 65536: a full cache of one-off addresses held ~7 MB (their
-# strings and the networks') at the peak of a long replay, and on the 1M-line bench
-# log 93 % of lookups still hit (96 % with 65536): 19k more slices per million lines.
-_NETS_MAX = 4096
-_NETS: dict[str, str] = {}
-
-
-def _network_text(ip: str) -> str:
-    if ":" in ip:
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return ip[: ip.rfind(".")] + ".0/24"
-
-
-def network_of(ip: str) -> str:
-    """The /24 (IPv4) or /64 (IPv6) network an address belongs to, as CIDR text."""
-    net = _NETS.get(ip)
-    if net is None:
-        net = _network_text(ip)
-        if len(_NETS) >= _NETS_MAX:
-            _NETS.clear()
-        _NETS[ip] = net
-    return net
 
 
 class Counts:
@@ -314,7 +289,7 @@ class Counts:
 
 
 _DERIVED: dict[str, tuple[str, Callable[[str], str | None]]] = {
-    "client_ip": ("client_net", _network_text),
+    "client_ip": ("client_net", network_text),
     "sender": ("sender_domain", domain_of),
 }
 _BASE_OF = {derived: (base, group_of) for base, (derived, group_of) in _DERIVED.items()}

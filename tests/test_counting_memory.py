@@ -24,7 +24,6 @@ from smtpguard_logwatch.counting import (
     DIMENSIONS,
     METRICS,
     Counts,
-    network_of,
     write_summary_json,
 )
 from smtpguard_logwatch.events import (
@@ -34,7 +33,7 @@ from smtpguard_logwatch.events import (
     Rejection,
     SessionOpened,
 )
-from smtpguard_logwatch.parsers.fields import domain_of
+from smtpguard_logwatch.parsers.fields import domain_of, network_of
 
 
 def _fresh(text: str) -> str:

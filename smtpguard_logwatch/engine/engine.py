@@ -29,18 +29,20 @@ import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..events import Event
 from ..rules.model import ACTION_ORDER, Ladder, LadderStep, Rule, RuleSet
 from ..rules.vocab import split_distinct_history
-from ..store import FrequencyStore
 from ..store.active import plain_store_classes, store_class
 from .breaker import CircuitBreaker
 from .ledger import Decision, Ledger
 from .local import LocalNetworks
 from .observe import event_keys, observe, wanted_distinct
 from .points import Scores
+
+if TYPE_CHECKING:  # annotations only: the store's class is store_class()'s choice
+    from ..store import FrequencyStore
 
 DEFAULT_MIN_HISTORY = 86400.0  # a key needs a day of history before "x usual" applies
 DEFAULT_FLOOR = 1.0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from ..counting import network_of
 from ..events import (
     BOUNCED,
     DEFERRED,
@@ -27,7 +26,7 @@ from ..events import (
     Rejection,
     SessionOpened,
 )
-from ..parsers.fields import domain_of
+from ..parsers.fields import domain_of, network_of
 from ..rules.vocab import DISTINCT_METRICS
 
 # (dimension, key, metric, amount)
