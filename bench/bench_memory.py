@@ -62,13 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{lines:>12,} lines  {hours:6.0f} h of log  replay {wall:7.1f} s "
               f"({lines / wall:9,.0f} lines/s)  peak RSS {rss:7.1f} MB"
               f"{'' if gen is None else f'  (generated in {gen:.0f} s)'}", flush=True)
-    base = rows[0][3]
     worst = max(rss for *_, rss, _ in rows)
-    flat = rows[-1][3] / base
+    flatness = ""
+    if len(rows) > 1:  # one size has nothing to be flat against
+        flat = rows[-1][3] / rows[0][3]
+        flatness = (f"; the longest log's peak is {flat:.2f} x the shortest's (target <= "
+                    f"{FLAT_TARGET:g}: {'met' if flat <= FLAT_TARGET else 'MISSED'})")
     print(f"peak RSS: at most {worst:.1f} MB (target <= {RSS_TARGET_MB:g}: "
-          f"{'met' if worst <= RSS_TARGET_MB else 'MISSED'}); the longest log's peak is "
-          f"{flat:.2f} x the shortest's (target <= {FLAT_TARGET:g}: "
-          f"{'met' if flat <= FLAT_TARGET else 'MISSED'})")
+          f"{'met' if worst <= RSS_TARGET_MB else 'MISSED'}){flatness}")
     return 0
 
 
