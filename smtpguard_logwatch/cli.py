@@ -462,6 +462,16 @@ def cmd_unban(args: argparse.Namespace) -> int:
     return 1 if untold else 0
 
 
+def _tune_process() -> None:
+    """For the commands that read logs: the collector and the allocator set for millions
+    of long-lived small objects and a few big tables that grow (pipeline.tune_collector,
+    allocator.hold_mmap_threshold)."""
+    from .allocator import hold_mmap_threshold
+
+    tune_collector()
+    hold_mmap_threshold()
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .listing import RowFilter, empty_message, format_table, parse_ip, row_json
 
@@ -500,7 +510,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     from .scan import EX_TEMPFAIL, ScanBusy, ScanFailed, run_scan
 
-    tune_collector()
+    _tune_process()
     cfg = _load_config(args)
     if cfg.path is None:
         raise UsageError(f"no config file ({DEFAULT_CONFIG} does not exist): scan reads "
@@ -552,7 +562,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .daemon.logsetup import setup_logging
     from .scan import EX_TEMPFAIL, ScanBusy
 
-    tune_collector()
+    _tune_process()
     setup_logging(args.log_level, args.log_format)
     try:
         cfg = _load_config(args)
@@ -812,7 +822,7 @@ def replay_engine(paths: list[str], warmup: float, *, trim_store: bool = True) -
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    tune_collector()
+    _tune_process()
     sources = [source_for(f) for f in args.files]
     make_clock = _clock_factory(args)
     rules = [] if args.no_rules else (args.rules or [DEFAULT_RULES_TOKEN])
