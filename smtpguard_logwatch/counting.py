@@ -88,8 +88,6 @@ class _Rows(dict[str, list[int]]):
         return row
 
 
-
-
 class Counts:
     """Consumes events (``consume`` is the pipeline's sink) and keeps totals."""
 
