@@ -10,6 +10,7 @@ heap."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import subprocess
@@ -49,6 +50,8 @@ sys.stdout = out
 def _probe(setup: str, env: dict[str, str] | None = None) -> str:
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc's allocator only (mallinfo2, mallopt)")
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("glibc older than 2.33 (no mallinfo2 to read the allocator with)")
     run_env = {k: v for k, v in os.environ.items()
                if k != "MALLOC_MMAP_THRESHOLD_" and k != "GLIBC_TUNABLES"}
     done = subprocess.run([sys.executable, "-c", PROBE.format(setup=setup)],
