@@ -58,7 +58,9 @@ def cached_log(lines: int, seed: int, fmt: str, keep: bool, anomalies: bool = Tr
     """(log, truth, seconds spent generating or None when reused); ``hours``: the
     time the log spans (the generator's default, 36 h, when None)."""
     OUT.mkdir(exist_ok=True)
-    span = "" if hours is None else f"-h{hours:g}"
+    # the default span named as none: bench_memory's 1M-line log (36 h) is the same log
+    # as bench_replay's and bench_instructions', not a second one that prunes the first
+    span = "" if hours is None or hours == generate_log.Config.hours else f"-h{hours:g}"
     stem = (f"replay-{lines}-s{seed}-{fmt}{'-a' if anomalies else ''}{span}-"
             f"{generator_hash()}")
     log, truth = OUT / f"{stem}.log", OUT / f"{stem}.truth.json"
