@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import sqlite3
 from pathlib import Path
 
@@ -43,6 +44,17 @@ def _fill(ledger: Ledger) -> None:
             points=10.0))
 
 
+@pytest.fixture
+def no_collection():  # noqa: ANN201
+    """SQLite's count is the process's: no earlier test's connection may be collected
+    (and its memory freed) while one is measured."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+@pytest.mark.usefixtures("no_collection")
 def test_the_replay_ledger_holds_its_decisions_in_bounded_memory() -> None:
     used = _sqlite_memory_used()
     before = used()
