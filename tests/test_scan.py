@@ -4,6 +4,7 @@ the lock keeps overlapping runs apart; a run killed with SIGKILL loses nothing."
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -74,24 +75,36 @@ def test_cli_scan_exit_status_when_busy(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    """The moments are fractions of one uninterrupted scan of the same log, timed first
+    on this machine: a run commits once, at its end, so a killed run saves nothing and
+    the next one does the whole work again. (Fixed delays of 0.5-3 s stopped landing
+    once a scan of these lines took about a second.)"""
     lines = log_lines(150_000, seed=8)
     expected_messages, _ = one_pass(lines)
     log = tmp_path / "mail.log"
     log.write_text("".join(lines))
-    conf = tmp_path / "config.toml"
-    conf.write_text(f'[logs]\nfiles = ["{log}"]\ntimezone = "UTC"\n'
-                    f'[state]\ndatabase = "{tmp_path}/state.sqlite"\n')
-    cmd = [sys.executable, "-m", "smtpguard_logwatch", "scan", "--config", str(conf)]
+
+    def scan_command(state: str) -> list[str]:
+        conf = tmp_path / f"{state}.toml"
+        conf.write_text(f'[logs]\nfiles = ["{log}"]\ntimezone = "UTC"\n'
+                        f'[state]\ndatabase = "{tmp_path}/{state}.sqlite"\n')
+        return [sys.executable, "-m", "smtpguard_logwatch", "scan", "--config", str(conf)]
+
+    started = time.monotonic()
+    subprocess.run(scan_command("timed"), cwd="/", capture_output=True, check=True)
+    whole = time.monotonic() - started
+    cmd = scan_command("state")
+    rng = random.Random(8)
     kills = 0
-    for delay in (0.5, 1.2, 2.0, 0.8, 3.0, 1.6, 2.5):
+    for fraction in [rng.uniform(0.2, 1.0) for _ in range(7)]:
         proc = subprocess.Popen(cmd, cwd="/", stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        time.sleep(fraction * whole)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
         proc.wait()
-    assert kills >= 3, "scan finished before any kill: make the log longer"
+    assert kills >= 3, f"scan finished before the kills ({whole:.2f} s uninterrupted)"
     final = subprocess.run(cmd, cwd="/", capture_output=True, text=True, check=False)
     assert final.returncode == 0, final.stderr
     messages, _ = _stored(_config(tmp_path, log))
