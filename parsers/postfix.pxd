@@ -55,6 +55,9 @@ cdef class PostfixParser:
 @cython.locals(c=str)
 cpdef Py_ssize_t _field(str s, Py_ssize_t i, str name)
 
+@cython.locals(limit=Py_ssize_t, e=Py_ssize_t)
+cpdef Py_ssize_t _addr_end(str s, Py_ssize_t k)
+
 @cython.locals(i=Py_ssize_t, e=Py_ssize_t, k=Py_ssize_t, end=Py_ssize_t, stop=Py_ssize_t)
 cpdef object _parse_tail(str s, Py_ssize_t c, bint cleanup)
 

@@ -558,6 +558,19 @@ _EXT_ADDR = re.compile(r'(?:[^">]++|"(?:[^"\\]++|\\.)*+")*+')
 # is not one, and reading it at every tail start would cost MAX_TAILS passes.
 MAX_ADDRESS = 4096
 _PROTO = re.compile(r"[A-Z]{2,8}")
+
+
+def _addr_end(s: str, k: int) -> int:
+    """Where the external-form address that starts at ``s[k]`` ends: where
+    ``_EXT_ADDR`` stops reading (at most MAX_ADDRESS on). Nearly every address has no
+    quote before its ">", and there that is the first ">": two scans in C instead of
+    the regex (about 730 ns a match, twice on every reject line). With a quote, the
+    regex reads it."""
+    limit = k + MAX_ADDRESS
+    e = s.find(">", k, limit)
+    if s.find('"', k, e if e >= 0 else limit) < 0:
+        return e if e >= 0 else min(len(s), limit)
+    return _EXT_ADDR.match(s, k, limit).end()  # type: ignore[union-attr]
 # Tail starts weighed per line; a line with more is read as having no trustworthy
 # sender/recipient (and costs no more than MAX_TAILS linear passes).
 MAX_TAILS = 8
@@ -578,13 +591,13 @@ def _parse_tail(s: str, c: int, cleanup: bool) -> Tail | None:
     i = c + 2
     sender = recipient = helo = None
     if s.startswith("from=<", i):
-        e = _EXT_ADDR.match(s, i + 6, i + 6 + MAX_ADDRESS).end()  # type: ignore[union-attr]
+        e = _addr_end(s, i + 6)
         if not s.startswith(">", e):
             return None
         sender, i = s[i + 6 : e], e + 1
         k = _field(s, i, "to=<")
         if k >= 0:
-            e = _EXT_ADDR.match(s, k, k + MAX_ADDRESS).end()  # type: ignore[union-attr]
+            e = _addr_end(s, k)
             if not s.startswith(">", e):
                 return None
             recipient, i = s[k:e], e + 1
@@ -658,7 +671,7 @@ def _choose(reply: str, words: int, client: str | None, tails: list[Tail]) -> Ta
         return tails[0]  # nothing the client wrote comes before Postfix's own tail
     # An echoed address in external form ends at its first unquoted ">": the tail is
     # after it. (A raw HELO echo may not parse that way; it is matched below.)
-    e = _EXT_ADDR.match(reply, words + 1, words + 1 + MAX_ADDRESS).end()  # type: ignore[union-attr]
+    e = _addr_end(reply, words + 1)
     if reply.startswith(">: ", e):
         after = [t for t in tails if t.start > e]
         if after and len({(t.sender, t.recipient) for t in after}) == 1:
