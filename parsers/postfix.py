@@ -558,6 +558,9 @@ _EXT_ADDR = re.compile(r'(?:[^">]++|"(?:[^"\\]++|\\.)*+")*+')
 # is not one, and reading it at every tail start would cost MAX_TAILS passes.
 MAX_ADDRESS = 4096
 _PROTO = re.compile(r"[A-Z]{2,8}")
+# Tail starts weighed per line; a line with more is read as having no trustworthy
+# sender/recipient (and costs no more than MAX_TAILS linear passes).
+MAX_TAILS = 8
 
 
 def _addr_end(s: str, k: int) -> int:
@@ -571,9 +574,6 @@ def _addr_end(s: str, k: int) -> int:
     if s.find('"', k, e if e >= 0 else limit) < 0:
         return e if e >= 0 else min(len(s), limit)
     return _EXT_ADDR.match(s, k, limit).end()  # type: ignore[union-attr]
-# Tail starts weighed per line; a line with more is read as having no trustworthy
-# sender/recipient (and costs no more than MAX_TAILS linear passes).
-MAX_TAILS = 8
 
 
 def _field(s: str, i: int, name: str) -> int:
