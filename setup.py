@@ -107,9 +107,9 @@ def _to_twin(match: re.Match, package: str, twinned: set[str]) -> str:
     head, dots, dotted, tail = match.groups()
     if not dotted:
         return match.group(0)  # ``from . import x``: see sibling_modules
-    if dots:
-        base = package.split(".")[: len(package.split(".")) - (len(dots) - 1)]
-        module = ".".join([*base, dotted])
+    if dots:  # relative: one dot is the package itself, each more goes one up
+        parts = package.split(".")
+        module = ".".join([*parts[: len(parts) - len(dots) + 1], dotted])
     else:
         module = dotted
     if module not in twinned:

@@ -27,11 +27,12 @@ def _sqlite_memory_used():  # noqa: ANN202 - a ctypes function
     name = ctypes.util.find_library("sqlite3")
     if name is None:
         pytest.skip("libsqlite3 is not loadable with ctypes: SQLite's memory cannot be read")
-    used = ctypes.CDLL(name).sqlite3_memory_used
-    used.restype = ctypes.c_int64
-    if ctypes.CDLL(name).sqlite3_libversion_number() != sqlite3.sqlite_version_info[0] * \
-            1_000_000 + sqlite3.sqlite_version_info[1] * 1000 + sqlite3.sqlite_version_info[2]:
+    library = ctypes.CDLL(name)
+    major, minor, patch = sqlite3.sqlite_version_info
+    if library.sqlite3_libversion_number() != major * 1_000_000 + minor * 1000 + patch:
         pytest.skip("the sqlite3 module is not linked to the system's libsqlite3")
+    used = library.sqlite3_memory_used
+    used.restype = ctypes.c_int64
     return used
 
 
